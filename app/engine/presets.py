@@ -1,0 +1,136 @@
+"""The recipe's preprocessing, defined once and used by training, evaluation and prediction.
+
+From the d2l.ai fine-tuning lecture: training sees ``RandomResizedCrop(S)`` + horizontal
+flip, evaluation and prediction see ``Resize(round(S*256/224))`` + ``CenterCrop(S)``; both
+then ``ToTensor`` (scale to [0, 1]) and ``Normalize`` with the ImageNet mean and std.
+
+The geometric part runs on uint8 CHW tensors (cheap to cache, cheap to batch); scaling and
+normalisation run on whole batches on the training device (:func:`normalize_batch`).
+:func:`train_transform` / :func:`eval_transform` compose both for single images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from app.engine.images import open_rgb
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+DEFAULT_IMAGE_SIZE = 224
+# RandomResizedCrop's default scale range: a crop can cover as little as 8% of the area.
+TRAIN_CROP_SCALE: tuple[float, float] = (0.08, 1.0)
+
+
+def eval_resize_size(image_size: int) -> int:
+    """Shorter side before the centre crop: 256 for 224, in proportion otherwise."""
+    return round(image_size * 256 / 224)
+
+
+def train_decode_size(image_size: int) -> int:
+    """Smallest short side that still gives the smallest random crop full resolution."""
+    return math.ceil(image_size / math.sqrt(TRAIN_CROP_SCALE[0]))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Eval/predict preprocessing, stored in every checkpoint so prediction can't drift."""
+
+    image_size: int = DEFAULT_IMAGE_SIZE
+    resize_size: int = eval_resize_size(DEFAULT_IMAGE_SIZE)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def for_size(cls, image_size: int) -> Preprocessing:
+        return cls(image_size=image_size, resize_size=eval_resize_size(image_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(
+            image_size=int(d["image_size"]),
+            resize_size=int(d["resize_size"]),
+            mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
+        )
+
+
+def train_geometry(image_size: int) -> v2.Compose:
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=TRAIN_CROP_SCALE, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
+    )
+
+
+def eval_geometry(pre: Preprocessing) -> v2.Compose:
+    return v2.Compose(
+        [v2.Resize(pre.resize_size, antialias=True), v2.CenterCrop(pre.image_size)]
+    )
+
+
+def _to_normalized(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+
+
+def train_transform(image_size: int) -> v2.Compose:
+    """The full training transform for one image (PIL or uint8 tensor) → normalised float."""
+    return v2.Compose(
+        [v2.ToImage(), *train_geometry(image_size).transforms,
+         *_to_normalized(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+
+
+def eval_transform(pre: Preprocessing) -> v2.Compose:
+    """The full eval/predict transform for one image (PIL or uint8 tensor) → normalised float."""
+    return v2.Compose(
+        [v2.ToImage(), *eval_geometry(pre).transforms, *_to_normalized(pre.mean, pre.std)]
+    )
+
+
+def pil_to_uint8(img: Image.Image) -> torch.Tensor:
+    return F.pil_to_tensor(img)
+
+
+def load_eval_image(
+    source: str | Path | bytes | BinaryIO, pre: Preprocessing, *, name: str | None = None
+) -> torch.Tensor:
+    """Decode + resize + centre-crop one image to a uint8 (3, S, S) tensor.
+
+    The single path for evaluation during training, ``hotdog evaluate`` and prediction.
+    """
+    img = open_rgb(source, name=name, min_short_side=pre.resize_size)
+    return eval_geometry(pre)(pil_to_uint8(img)).contiguous()
+
+
+def normalize_batch(
+    batch: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    device: torch.device | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 (N, 3, H, W) → float32 normalised, on ``device``: ToTensor + Normalize, batched."""
+    device = device or batch.device
+    x = batch.to(device, non_blocking=True).float()
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1).mul(255.0)
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1).mul(255.0)
+    x = x.sub_(m).div_(s)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x

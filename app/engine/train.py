@@ -1,0 +1,387 @@
+"""The fine-tuning loop: ``fit`` runs a whole job, ``train_one_epoch``/``run_inference`` are
+its parts. It knows nothing of HTTP, queues or databases: it reports through a
+:class:`Callback`, which can also ask it to stop between batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from app.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from app.engine.config import INIT_IMAGENET, INIT_SCRATCH, TrainConfig
+from app.engine.data import (
+    CachedImages,
+    available_memory_bytes,
+    eval_dataset,
+    load_image_folder,
+    make_loader,
+    train_dataset,
+)
+from app.engine.device import DevicePlan, plan_device
+from app.engine.metrics import Evaluation, evaluation_from
+from app.engine.model import backbone_parameters, build_model, head_parameters
+from app.engine.presets import Preprocessing, normalize_batch
+
+log = logging.getLogger(__name__)
+
+
+class TrainingCancelled(Exception):
+    """The callback asked the run to stop."""
+
+
+@dataclass(frozen=True)
+class StartInfo:
+    classes: list[str]
+    train_count: int
+    test_count: int
+    device: str
+    start_epoch: int
+    epochs: int
+    batches_per_epoch: int
+    config: TrainConfig
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    epoch: int
+    epochs: int
+    batch: int  # batches done in this epoch
+    batches: int
+    images: int  # images done in this epoch
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    epochs: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    images_per_s: float  # training images per second of the training pass, loading included
+    seconds: float  # the whole epoch: training pass and evaluation
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Callback:
+    """Override what you need; every hook is optional."""
+
+    def on_start(self, info: StartInfo) -> None:
+        pass
+
+    def on_batch(self, progress: BatchProgress) -> None:
+        pass
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        pass
+
+    def on_checkpoint(self, path: Path, epoch: int) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    classes: list[str]
+    config: TrainConfig
+    history: list[EpochMetrics] = field(default_factory=list)
+    evaluation: Evaluation | None = None
+
+    @property
+    def test_acc(self) -> float:
+        return self.history[-1].test_acc if self.history else float("nan")
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with the backbone at ``lr`` and the new head at ``lr * head_lr_mult``."""
+    assert cfg.lr is not None and cfg.head_lr_mult is not None, "resolve the config first"
+    return torch.optim.SGD(
+        [
+            {"params": backbone_parameters(model), "lr": cfg.lr, "name": "backbone"},
+            {"params": head_parameters(model), "lr": cfg.lr * cfg.head_lr_mult, "name": "head"},
+        ],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    """Seed everything random in one epoch from (seed, epoch); returns the shuffle generator.
+
+    Augmentation in the main process draws from torch's global RNG; loader workers are
+    seeded by the DataLoader from the returned generator.
+    """
+    s = (seed * 1_000_003 + epoch) % (2**63)
+    torch.manual_seed(s)
+    random.seed(s)
+    return torch.Generator().manual_seed(s)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    plan: DevicePlan,
+    pre: Preprocessing,
+    *,
+    epoch: int,
+    epochs: int,
+    batches: int,
+    callback: Callback,
+) -> tuple[float, float, int, float]:
+    """One pass over ``loader``. Returns (mean loss, accuracy, images, seconds)."""
+    model.train()
+    device = plan.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    start = time.perf_counter()
+    for i, (images, targets) in enumerate(loader):
+        if callback.should_stop():
+            raise TrainingCancelled(f"cancelled in epoch {epoch}, batch {i}")
+        x = normalize_batch(
+            images, pre.mean, pre.std, device=device, channels_last=plan.channels_last
+        )
+        y = targets.to(device, non_blocking=True)
+        with plan.autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # Accumulate on the device: no per-batch host sync.
+        loss_sum += loss.detach().float() * y.numel()
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += y.numel()
+        callback.on_batch(BatchProgress(epoch, epochs, i + 1, batches, seen))
+    if plan.is_cuda:
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if seen == 0:
+        return float("nan"), float("nan"), 0, seconds
+    return loss_sum.item() / seen, correct.item() / seen, seen, seconds
+
+
+@torch.inference_mode()
+def run_inference(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    plan: DevicePlan,
+    pre: Preprocessing,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, CPU) and targets for every sample of ``loader``, in order."""
+    model.eval()
+    all_logits, all_targets = [], []
+    for images, targets in loader:
+        x = normalize_batch(
+            images, pre.mean, pre.std, device=plan.device, channels_last=plan.channels_last
+        )
+        with plan.autocast():
+            logits = model(x)
+        all_logits.append(logits.float().cpu())
+        all_targets.append(torch.as_tensor(targets))
+    if not all_logits:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(all_logits), torch.cat(all_targets)
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    plan: DevicePlan,
+    pre: Preprocessing,
+    classes: list[str],
+) -> Evaluation:
+    logits, targets = run_inference(model, loader, plan, pre)
+    return evaluation_from_logits(classes, logits, targets)
+
+
+def evaluation_from_logits(
+    classes: list[str], logits: torch.Tensor, targets: torch.Tensor
+) -> Evaluation:
+    loss = F.cross_entropy(logits, targets).item() if len(targets) else float("nan")
+    return evaluation_from(classes, targets, logits.argmax(1), loss)
+
+
+def _source_state(cfg: TrainConfig) -> tuple[str, dict[str, torch.Tensor] | None]:
+    if cfg.init in (INIT_IMAGENET, INIT_SCRATCH):
+        return cfg.init, None
+    try:
+        return "checkpoint", load_checkpoint(cfg.init)["model"]
+    except CheckpointError as exc:
+        raise ValueError(
+            f"init must be 'imagenet', 'scratch' or a hotdog checkpoint path: {exc}"
+        ) from exc
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def fit(
+    data_dir: str | Path,
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    callback: Callback | None = None,
+    resume_from: str | Path | None = None,
+    epoch_checkpoint: str | Path | None = None,
+) -> TrainResult:
+    """Fine-tune on ``data_dir`` (train/ and test/ ImageFolders) and write the checkpoint
+    ``out``. ``epoch_checkpoint`` is rewritten after every epoch; passing such a file as
+    ``resume_from`` continues the run up to ``config.epochs`` exactly as if it had never
+    stopped (on CPU, same seed).
+    """
+    cfg = config.resolved()
+    cb = callback or Callback()
+    out = Path(out)
+    plan = plan_device(cfg.device, workers=cfg.workers, channels_last=cfg.channels_last)
+    if plan.is_cuda:
+        torch.backends.cudnn.benchmark = True
+    splits = load_image_folder(data_dir)
+    classes = splits.classes
+    pre = Preprocessing.for_size(cfg.image_size)
+
+    resume: dict[str, Any] | None = None
+    if resume_from is not None:
+        resume = load_checkpoint(resume_from)
+        if resume["classes"] != classes:
+            raise ValueError(
+                f"cannot resume: checkpoint classes {resume['classes']} differ from the "
+                f"dataset's {classes}"
+            )
+        if Preprocessing.from_dict(resume["preprocessing"]) != pre:
+            raise ValueError("cannot resume: the checkpoint was trained at another image_size")
+        if resume["epoch"] > cfg.epochs:
+            raise ValueError(f"cannot resume: checkpoint is at epoch {resume['epoch']} > epochs")
+
+    # Load weights first: a missing ImageNet file fails before any image is decoded.
+    torch.manual_seed(cfg.seed)
+    if resume is None:
+        init, source = _source_state(cfg)
+        model = build_model(len(classes), init, source_state=source)
+    else:
+        model = build_model(len(classes), INIT_SCRATCH)
+        model.load_state_dict(resume["model"])
+    model.to(plan.device)
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    start_epoch = 0
+    history: list[EpochMetrics] = []
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        start_epoch = int(resume["epoch"])
+        history = [EpochMetrics(**m) for m in resume.get("history", [])][:start_epoch]
+
+    train_ds = train_dataset(splits.train, cfg.image_size)
+    test_ds = eval_dataset(splits.test, pre)
+    _fill_caches(cfg, train_ds, test_ds)
+    batch_size = min(cfg.batch_size, len(train_ds))
+    test_loader = make_loader(
+        test_ds, batch_size=cfg.batch_size, shuffle=False, workers=plan.workers,
+        pin_memory=plan.pin_memory,
+    )
+    probe_loader = make_loader(train_ds, batch_size=batch_size, shuffle=True, workers=0)
+    batches = len(probe_loader)
+    cb.on_start(
+        StartInfo(
+            classes=classes, train_count=len(train_ds), test_count=len(test_ds),
+            device=str(plan.device), start_epoch=start_epoch, epochs=cfg.epochs,
+            batches_per_epoch=batches, config=cfg,
+        )
+    )
+    log.info(
+        "training %s on %d images (%d classes), testing on %d, device %s, epochs %d..%d",
+        cfg.init, len(train_ds), len(classes), len(test_ds), plan.device,
+        start_epoch + 1, cfg.epochs,
+    )
+
+    evaluation: Evaluation | None = None
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        epoch_start = time.perf_counter()
+        train_loader = make_loader(
+            train_ds, batch_size=batch_size, shuffle=True, workers=plan.workers,
+            pin_memory=plan.pin_memory, generator=seed_epoch(cfg.seed, epoch),
+        )
+        train_loss, train_acc, seen, train_seconds = train_one_epoch(
+            model, train_loader, optimizer, plan, pre,
+            epoch=epoch, epochs=cfg.epochs, batches=batches, callback=cb,
+        )
+        evaluation = evaluate(model, test_loader, plan, pre, classes)
+        metrics = EpochMetrics(
+            epoch=epoch, epochs=cfg.epochs,
+            train_loss=train_loss, train_acc=train_acc,
+            test_loss=evaluation.loss, test_acc=evaluation.accuracy,
+            images_per_s=seen / train_seconds if train_seconds > 0 else 0.0,
+            seconds=time.perf_counter() - epoch_start,
+        )
+        history.append(metrics)
+        log.info(
+            "epoch %d/%d train loss %.4f acc %.3f, test loss %.4f acc %.3f, %.1f img/s",
+            epoch, cfg.epochs, train_loss, train_acc, metrics.test_loss, metrics.test_acc,
+            metrics.images_per_s,
+        )
+        if epoch_checkpoint is not None:
+            payload = _payload(model, optimizer, cfg, classes, pre, epoch, history, None)
+            save_checkpoint(payload, epoch_checkpoint)
+            cb.on_checkpoint(Path(epoch_checkpoint), epoch)
+        cb.on_epoch(metrics)
+
+    if evaluation is None:  # resumed a run that had already finished its epochs
+        evaluation = evaluate(model, test_loader, plan, pre, classes)
+    save_checkpoint(
+        _payload(model, optimizer, cfg, classes, pre, cfg.epochs, history, evaluation), out
+    )
+    return TrainResult(
+        checkpoint=out, classes=classes, config=cfg, history=history, evaluation=evaluation
+    )
+
+
+def _fill_caches(cfg: TrainConfig, train_ds: CachedImages, test_ds: CachedImages) -> None:
+    budget = cfg.cache_bytes if cfg.cache_bytes is not None else available_memory_bytes() // 4
+    start = time.perf_counter()
+    used = test_ds.fill(budget)
+    used += train_ds.fill(budget - used)
+    log.info("decoded %.1f MB of images in %.1fs", used / 1e6, time.perf_counter() - start)
+
+
+def _payload(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    classes: list[str],
+    pre: Preprocessing,
+    epoch: int,
+    history: list[EpochMetrics],
+    evaluation: Evaluation | None,
+) -> dict[str, Any]:
+    return {
+        "model": _cpu_state(model),
+        "classes": list(classes),
+        "preprocessing": pre.to_dict(),
+        "params": cfg.to_dict(),
+        "epoch": epoch,
+        "optimizer": optimizer.state_dict(),
+        "seed": cfg.seed,
+        "history": [m.to_dict() for m in history],
+        "metrics": history[-1].to_dict() if history else None,
+        "evaluation": evaluation.to_dict() if evaluation is not None else None,
+        "complete": evaluation is not None,
+    }
