@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", cmd_train, "fine-tune ResNet-18 on an ImageFolder dataset",
                 _train_epilog())
-    p.add_argument("data_dir", metavar="DATA_DIR", help="folder with train/<class>/ and test/<class>/")
+    p.add_argument("data_dir", metavar="DATA_DIR",
+                   help="folder with train/<class>/ and test/<class>/")
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--init", default="imagenet",
                    help="'imagenet', 'scratch' or the path of an earlier checkpoint")

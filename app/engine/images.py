@@ -14,9 +14,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Formats a user's photo realistically arrives in. Anything else is refused rather than
-# handed to a less-exercised PIL decoder.
-SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP")
+# Formats a user's photo realistically arrives in (JPEG covers multi-picture MPO files).
+# Anything else is refused rather than handed to a less-exercised PIL decoder.
+SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 )

@@ -67,7 +67,9 @@ def load_imagenet_state_dict(path: str | Path | None = None) -> dict[str, torch.
                 _missing_message(f"{cached} is missing and the download host is unreachable")
             )
         try:
-            state = weights.get_state_dict(progress=False, check_hash=not cached.is_file())
+            state = weights.get_state_dict(
+                progress=False, check_hash=not cached.is_file(), weights_only=True
+            )
         except OSError as exc:  # URLError, connection reset, disk full...
             raise PretrainedWeightsMissing(_missing_message(f"download failed ({exc})")) from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

@@ -1,0 +1,48 @@
+"""``make run`` for now: demo data, a fine-tune and a prediction, start to finish on this machine.
+
+Uses ImageNet weights when they are available (torchvision cache or
+``HOTDOG_PRETRAINED_PATH``); offline without them it trains from scratch and says so.
+Settings: ``DATA_DIR`` (default ``./data``), ``EPOCHS`` (default 5), ``IMAGE_SIZE`` (default 224).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from app import cli
+from app.engine.model import PretrainedWeightsMissing, load_imagenet_state_dict
+
+
+def main() -> int:
+    data_dir = Path(os.environ.get("DATA_DIR", "data"))
+    demo = data_dir / "demo"
+    model = data_dir / "demo-model.pt"
+    epochs = os.environ.get("EPOCHS", "5")
+    image_size = os.environ.get("IMAGE_SIZE", "224")
+    if not (demo / "train").is_dir():
+        print(f"== generating the synthetic hotdog / not-hotdog dataset in {demo}", flush=True)
+        if code := cli.main(["demo-data", str(demo)]):
+            return code
+    try:
+        load_imagenet_state_dict()
+        init = "imagenet"
+    except PretrainedWeightsMissing as exc:
+        print(f"== {exc}\n== so this run trains from scratch instead.", flush=True)
+        init = "scratch"
+    print(f"== fine-tuning ResNet-18 ({init}) for {epochs} epochs at {image_size} px", flush=True)
+    code = cli.main(["train", str(demo), "--out", str(model), "--init", init,
+                     "--epochs", epochs, "--image-size", image_size])
+    if code:
+        return code
+    test_photos = sorted((demo / "test").glob("*/*.jpg"))
+    photos = [test_photos[0], test_photos[-1]]
+    print("== predicting two test photos", flush=True)
+    code = cli.main(["predict", str(model), *map(str, photos)])
+    print(f"\nnext: hotdog predict {model} YOUR_PHOTO.jpg   (hotdog --help for more)")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ("hotdog", "not-hotdog")
+
+
+def write_color_dataset(
+    root: Path, *, train: int = 8, test: int = 4, seed: int = 0, sizes: tuple[int, int] = (40, 72)
+) -> Path:
+    """A tiny two-class set that is easy to learn: warm vs green noisy JPEGs of varied sizes."""
+    rng = np.random.default_rng(seed)
+    base = {"hotdog": (190, 90, 40), "not-hotdog": (50, 150, 70)}
+    for split, n in (("train", train), ("test", test)):
+        for cls in CLASSES:
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = rng.integers(sizes[0], sizes[1], size=2)
+                noise = rng.normal(0, 25, size=(h, w, 3))
+                arr = np.clip(np.array(base[cls]) + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def color_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_color_dataset(tmp_path_factory.mktemp("colors"))
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from app.demo_data import generate_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    generate_demo_dataset(out, train_per_class=40, test_per_class=20, seed=1,
+                          min_side=64, max_side=128)
+    return out
+
+
+@pytest.fixture
+def no_imagenet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torchvision cache and no configured weights file."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("HOTDOG_PRETRAINED_PATH", raising=False)
+    return tmp_path / "torch-home"

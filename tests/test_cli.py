@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def hotdog(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})},
+    )
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_demo_data_train_evaluate_predict(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    summary = last_json(hotdog("demo-data", str(data), "--train-per-class", "6",
+                               "--test-per-class", "3", "--seed", "2", "--zip", "--json"))
+    assert summary["counts"]["train"] == {"hotdog": 6, "not-hotdog": 6}
+    assert Path(summary["zip"]).is_file()
+
+    ckpt = tmp_path / "model.pt"
+    proc = hotdog("train", str(data), "--out", str(ckpt), "--init", "scratch", "--epochs", "2",
+                  "--image-size", "32", "--batch-size", "4", "--json")
+    trained = last_json(proc)
+    assert ckpt.is_file() and not (tmp_path / "model.last.pt").exists()
+    assert [e["epoch"] for e in trained["epochs"]] == [1, 2]
+    assert 0.0 <= trained["test_acc"] <= 1.0 and trained["params"]["lr"] == 0.064
+
+    evaluated = last_json(hotdog("evaluate", str(ckpt), str(data), "--json", "--per-image"))
+    assert evaluated["test_acc"] == trained["test_acc"]
+    assert evaluated["confusion"] == trained["evaluation"]["confusion"]
+    assert len(evaluated["predictions"]) == 6
+
+    photo = next((data / "test" / "hotdog").iterdir())
+    predicted = last_json(hotdog("predict", str(ckpt), str(photo), "--json"))
+    (only,) = predicted["predictions"]
+    assert only["label"] in ("hotdog", "not-hotdog")
+    assert sum(only["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    by_file = {p["filename"]: p for p in evaluated["predictions"]}
+    same = by_file[str(photo.relative_to(data))]
+    for cls, p in only["probabilities"].items():
+        assert p == pytest.approx(same["probabilities"][cls], abs=1e-6)
+
+    human = hotdog("train", str(data), "--out", str(tmp_path / "h.pt"), "--init", "scratch",
+                   "--epochs", "1", "--image-size", "32", "--batch-size", "4")
+    assert human.returncode == 0, human.stderr
+    assert "train loss" in human.stdout and "test accuracy" in human.stdout
+
+
+def test_resume_from_last_checkpoint(tmp_path: Path, color_dataset: Path) -> None:
+    common = ("--init", "scratch", "--image-size", "32", "--batch-size", "8", "--json")
+    two = last_json(hotdog("train", str(color_dataset), "--out", str(tmp_path / "a.pt"),
+                           "--epochs", "2", *common))
+    four = last_json(hotdog("train", str(color_dataset), "--out", str(tmp_path / "b.pt"),
+                            "--epochs", "4", "--resume-from", str(tmp_path / "a.pt"), *common))
+    assert [e["epoch"] for e in four["epochs"]] == [1, 2, 3, 4]
+    assert four["epochs"][:2] == two["epochs"]
+
+
+def test_missing_imagenet_weights_exit_4_with_instructions(tmp_path: Path,
+                                                           color_dataset: Path) -> None:
+    proc = hotdog("train", str(color_dataset), "--out", str(tmp_path / "m.pt"),
+                  env={"TORCH_HOME": str(tmp_path / "empty"), "HOTDOG_PRETRAINED_PATH": ""})
+    assert proc.returncode == 4
+    assert "HOTDOG_PRETRAINED_PATH" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unusable_inputs_exit_3_naming_the_problem(tmp_path: Path, color_dataset: Path) -> None:
+    proc = hotdog("train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.pt"),
+                  "--init", "scratch")
+    assert proc.returncode == 3 and "no such dataset directory" in proc.stderr
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not a photo")
+    proc = hotdog("predict", str(tmp_path / "missing.pt"), str(bad))
+    assert proc.returncode == 3 and "missing.pt" in proc.stderr
+
+
+def test_bad_parameter_values_exit_2(tmp_path: Path, color_dataset: Path) -> None:
+    proc = hotdog("train", str(color_dataset), "--out", str(tmp_path / "m.pt"), "--init",
+                  "scratch", "--epochs", "0")
+    assert proc.returncode == 2 and "epochs" in proc.stderr
+    assert hotdog("train").returncode == 2  # argparse usage error
+
+
+def test_help_has_examples() -> None:
+    proc = hotdog("train", "--help")
+    assert proc.returncode == 0 and "examples:" in proc.stdout and "exit codes:" in proc.stdout
