@@ -89,6 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
         workers=args.workers,
     )
     out = Path(args.out)
@@ -103,7 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             if show:
                 print(
                     f"training on {info.train_count} images, testing on {info.test_count}, "
-                    f"classes {', '.join(info.classes)}; device {info.device}; init {cfg.init}, "
+                    f"classes {', '.join(info.classes)}; {info.device} {info.precision}; "
+                    f"init {cfg.init}, "
                     f"lr {cfg.lr:g} (head x{cfg.head_lr_mult:g}), batch {cfg.batch_size}, "
                     f"image size {cfg.image_size}",
                     flush=True,
@@ -286,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="data loader processes (default: 0 on small CPUs, more on CUDA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: bf16 autocast where the hardware runs it natively, else fp32")
     p.add_argument("--resume-from", metavar="CKPT", default=None,
                    help="continue a run from its .last.pt (or any checkpoint) up to --epochs")
 

@@ -50,3 +50,19 @@ def test_autocast_context_is_a_no_op_in_fp32() -> None:
     with plan.autocast():
         y = torch.ones(2, 2) @ torch.ones(2, 2)
     assert y.dtype == torch.float32
+
+
+def test_precision_can_be_forced() -> None:
+    plan = plan_device("cpu", precision="fp32", cuda_available=False, cpu_bf16=True)
+    assert plan.amp_dtype is None and plan.precision == "fp32"
+    plan = plan_device("cpu", precision="bf16", cuda_available=False, cpu_bf16=False)
+    assert plan.amp_dtype == torch.bfloat16 and plan.precision == "bf16"
+    plan = plan_device("cuda", precision="fp16", cuda_available=True, cuda_bf16=True)
+    assert plan.amp_dtype == torch.float16
+
+
+def test_fp16_on_cpu_and_unknown_precision_are_refused() -> None:
+    with pytest.raises(ValueError, match="fp16"):
+        plan_device("cpu", precision="fp16", cuda_available=False)
+    with pytest.raises(ValueError, match="precision"):
+        plan_device("cpu", precision="fp8", cuda_available=False)

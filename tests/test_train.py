@@ -74,12 +74,21 @@ def test_checkpoint_contents_round_trip(color_dataset: Path, tmp_path: Path) -> 
     assert ck["params"]["lr"] == 0.064 and ck["params"]["seed"] == 3 and ck["epoch"] == 1
     assert ck["complete"] and ck["evaluation"]["confusion"] and ck["metrics"]["test_acc"] >= 0
     assert "param_groups" in ck["optimizer"] and len(ck["history"]) == 1
+    assert ck["compute"]["device"] == "cpu" and ck["compute"]["precision"] in ("fp32", "bf16")
     # The weights load back into a model that predicts exactly as the training's evaluation.
     predictor = Predictor(result.checkpoint, device="cpu")
     ev, preds = predictor.evaluate_folder(color_dataset)
     assert ev.confusion == ck["evaluation"]["confusion"]
     assert ev.loss == pytest.approx(ck["evaluation"]["loss"], rel=1e-5)
     assert len(preds) == 8 and all(abs(sum(p.probabilities.values()) - 1) < 1e-5 for p in preds)
+
+
+def test_fp32_and_bf16_both_train_and_are_recorded(color_dataset: Path, tmp_path: Path) -> None:
+    for precision in ("fp32", "bf16"):
+        result = fit(color_dataset, TrainConfig(**TINY, epochs=1, precision=precision),
+                     tmp_path / f"{precision}.pt")
+        assert load_checkpoint(result.checkpoint)["compute"]["precision"] == precision
+        assert result.history[0].train_loss == result.history[0].train_loss  # not NaN
 
 
 def test_same_seed_same_weights(color_dataset: Path, tmp_path: Path) -> None:

@@ -42,8 +42,10 @@ class TrainConfig:
     momentum: float = 0.0
     image_size: int = DEFAULT_IMAGE_SIZE
     seed: int = 0
-    # Engine knobs that do not change the result (on CPU) but the speed.
+    # How to compute. Device and precision change the numbers a little (fp32 vs bf16), the
+    # rest only the speed; the precision actually used is recorded in the checkpoint.
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see device.plan_device)
     workers: int | None = None  # DataLoader worker processes; None: 0 on CPU, several on CUDA
     cache_bytes: int | None = None  # decoded-image cache budget; None: a quarter of free RAM
     channels_last: bool = True
@@ -80,6 +82,8 @@ class TrainConfig:
             problems.append(f"momentum must be in [0, 1), got {self.momentum}")
         if not 16 <= self.image_size <= 1024:
             problems.append(f"image_size must be in 16..1024, got {self.image_size}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            problems.append(f"precision must be auto, fp32, bf16 or fp16, got {self.precision}")
         if self.workers is not None and not 0 <= self.workers <= 64:
             problems.append(f"workers must be in 0..64, got {self.workers}")
         if problems:

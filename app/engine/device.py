@@ -22,6 +22,10 @@ class DevicePlan:
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
 
+    @property
+    def precision(self) -> str:
+        return PRECISION_NAMES[self.amp_dtype]
+
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
         if self.amp_dtype is None:
@@ -29,6 +33,12 @@ class DevicePlan:
         else:
             with torch.autocast(self.device.type, dtype=self.amp_dtype):
                 yield
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISION_NAMES: dict[torch.dtype | None, str] = {
+    None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"
+}
 
 
 def cpu_supports_bf16() -> bool:
@@ -41,6 +51,7 @@ def cpu_supports_bf16() -> bool:
 def plan_device(
     requested: str = "auto",
     *,
+    precision: str = "auto",
     workers: int | None = None,
     channels_last: bool = True,
     cuda_available: bool | None = None,
@@ -48,7 +59,14 @@ def plan_device(
     cpu_bf16: bool | None = None,
     cpu_count: int | None = None,
 ) -> DevicePlan:
-    """Choose device, precision and loader settings. The keyword flags exist for tests."""
+    """Choose device, precision and loader settings. The keyword flags exist for tests.
+
+    ``precision="auto"`` is bf16 autocast where the hardware runs it natively (CUDA with
+    bf16, CPUs with AVX512-BF16/AMX), fp16 autocast on older GPUs, else fp32. The choice
+    changes the numbers a run produces, so it is recorded in the checkpoint.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     if requested == "auto":
@@ -60,7 +78,7 @@ def plan_device(
             raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
         if cuda_bf16 is None:
             cuda_bf16 = torch.cuda.is_bf16_supported()
-        amp = torch.bfloat16 if cuda_bf16 else torch.float16
+        amp: torch.dtype | None = torch.bfloat16 if cuda_bf16 else torch.float16
         default_workers = min(8, max(1, cpus - 1))
         pin = True
     elif device.type == "cpu":
@@ -72,6 +90,10 @@ def plan_device(
         pin = False
     else:
         raise ValueError(f"unsupported device {requested!r}: use 'auto', 'cpu' or 'cuda[:N]'")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+    if precision != "auto":
+        amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return DevicePlan(
         device=device,
         amp_dtype=amp,

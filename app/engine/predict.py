@@ -35,12 +35,18 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, checkpoint: str | Path | dict[str, Any], *, device: str = "auto") -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path | dict[str, Any],
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+    ) -> None:
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         self.classes: list[str] = list(ckpt["classes"])
         self.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
         self.params: dict[str, Any] = dict(ckpt.get("params") or {})
-        self.plan = plan_device(device, workers=0)
+        self.plan = plan_device(device, precision=precision, workers=0)
         model = resnet18(weights=None, num_classes=len(self.classes))
         model.load_state_dict(ckpt["model"])
         model.eval().to(self.plan.device)

@@ -127,10 +127,9 @@ def normalize_batch(
 ) -> torch.Tensor:
     """uint8 (N, 3, H, W) → float32 normalised, on ``device``: ToTensor + Normalize, batched."""
     device = device or batch.device
-    x = batch.to(device, non_blocking=True).float()
+    x = batch.to(device, non_blocking=True)
+    if channels_last:  # reorder the uint8 bytes, not the 4x larger floats
+        x = x.contiguous(memory_format=torch.channels_last)
     m = torch.tensor(mean, device=device).view(1, -1, 1, 1).mul(255.0)
     s = torch.tensor(std, device=device).view(1, -1, 1, 1).mul(255.0)
-    x = x.sub_(m).div_(s)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    return x.float().sub_(m).div_(s)

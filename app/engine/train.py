@@ -45,6 +45,7 @@ class StartInfo:
     train_count: int
     test_count: int
     device: str
+    precision: str
     start_epoch: int
     epochs: int
     batches_per_epoch: int
@@ -144,6 +145,7 @@ def train_one_epoch(
     epochs: int,
     batches: int,
     callback: Callback,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float, int, float]:
     """One pass over ``loader``. Returns (mean loss, accuracy, images, seconds)."""
     model.train()
@@ -163,8 +165,13 @@ def train_one_epoch(
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:  # fp16 autocast: scale the loss so small gradients survive
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         # Accumulate on the device: no per-batch host sync.
         loss_sum += loss.detach().float() * y.numel()
         correct += (logits.detach().argmax(1) == y).sum()
@@ -251,7 +258,9 @@ def fit(
     cfg = config.resolved()
     cb = callback or Callback()
     out = Path(out)
-    plan = plan_device(cfg.device, workers=cfg.workers, channels_last=cfg.channels_last)
+    plan = plan_device(
+        cfg.device, precision=cfg.precision, workers=cfg.workers, channels_last=cfg.channels_last
+    )
     if plan.is_cuda:
         torch.backends.cudnn.benchmark = True
     splits = load_image_folder(data_dir)
@@ -283,6 +292,7 @@ def fit(
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler("cuda") if plan.amp_dtype == torch.float16 else None
     start_epoch = 0
     history: list[EpochMetrics] = []
     if resume is not None:
@@ -303,13 +313,13 @@ def fit(
     cb.on_start(
         StartInfo(
             classes=classes, train_count=len(train_ds), test_count=len(test_ds),
-            device=str(plan.device), start_epoch=start_epoch, epochs=cfg.epochs,
-            batches_per_epoch=batches, config=cfg,
+            device=str(plan.device), precision=plan.precision, start_epoch=start_epoch,
+            epochs=cfg.epochs, batches_per_epoch=batches, config=cfg,
         )
     )
     log.info(
-        "training %s on %d images (%d classes), testing on %d, device %s, epochs %d..%d",
-        cfg.init, len(train_ds), len(classes), len(test_ds), plan.device,
+        "training %s on %d images (%d classes), testing on %d, %s %s, epochs %d..%d",
+        cfg.init, len(train_ds), len(classes), len(test_ds), plan.device, plan.precision,
         start_epoch + 1, cfg.epochs,
     )
 
@@ -322,7 +332,7 @@ def fit(
         )
         train_loss, train_acc, seen, train_seconds = train_one_epoch(
             model, train_loader, optimizer, plan, pre,
-            epoch=epoch, epochs=cfg.epochs, batches=batches, callback=cb,
+            epoch=epoch, epochs=cfg.epochs, batches=batches, callback=cb, scaler=scaler,
         )
         evaluation = evaluate(model, test_loader, plan, pre, classes)
         metrics = EpochMetrics(
@@ -339,7 +349,7 @@ def fit(
             metrics.images_per_s,
         )
         if epoch_checkpoint is not None:
-            payload = _payload(model, optimizer, cfg, classes, pre, epoch, history, None)
+            payload = _payload(plan, model, optimizer, cfg, classes, pre, epoch, history, None)
             save_checkpoint(payload, epoch_checkpoint)
             cb.on_checkpoint(Path(epoch_checkpoint), epoch)
         cb.on_epoch(metrics)
@@ -347,7 +357,7 @@ def fit(
     if evaluation is None:  # resumed a run that had already finished its epochs
         evaluation = evaluate(model, test_loader, plan, pre, classes)
     save_checkpoint(
-        _payload(model, optimizer, cfg, classes, pre, cfg.epochs, history, evaluation), out
+        _payload(plan, model, optimizer, cfg, classes, pre, cfg.epochs, history, evaluation), out
     )
     return TrainResult(
         checkpoint=out, classes=classes, config=cfg, history=history, evaluation=evaluation
@@ -363,6 +373,7 @@ def _fill_caches(cfg: TrainConfig, train_ds: CachedImages, test_ds: CachedImages
 
 
 def _payload(
+    plan: DevicePlan,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     cfg: TrainConfig,
@@ -377,6 +388,7 @@ def _payload(
         "classes": list(classes),
         "preprocessing": pre.to_dict(),
         "params": cfg.to_dict(),
+        "compute": {"device": str(plan.device), "precision": plan.precision},
         "epoch": epoch,
         "optimizer": optimizer.state_dict(),
         "seed": cfg.seed,
