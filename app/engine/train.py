@@ -50,6 +50,8 @@ class StartInfo:
     epochs: int
     batches_per_epoch: int
     config: TrainConfig
+    cached_bytes: int  # decoded images held in memory
+    decode_seconds: float  # the one-time decode that filled the cache
 
 
 @dataclass(frozen=True)
@@ -302,7 +304,7 @@ def fit(
 
     train_ds = train_dataset(splits.train, cfg.image_size)
     test_ds = eval_dataset(splits.test, pre)
-    _fill_caches(cfg, train_ds, test_ds)
+    cached_bytes, decode_seconds = _fill_caches(cfg, train_ds, test_ds)
     batch_size = min(cfg.batch_size, len(train_ds))
     test_loader = make_loader(
         test_ds, batch_size=cfg.batch_size, shuffle=False, workers=plan.workers,
@@ -315,6 +317,7 @@ def fit(
             classes=classes, train_count=len(train_ds), test_count=len(test_ds),
             device=str(plan.device), precision=plan.precision, start_epoch=start_epoch,
             epochs=cfg.epochs, batches_per_epoch=batches, config=cfg,
+            cached_bytes=cached_bytes, decode_seconds=decode_seconds,
         )
     )
     log.info(
@@ -364,12 +367,16 @@ def fit(
     )
 
 
-def _fill_caches(cfg: TrainConfig, train_ds: CachedImages, test_ds: CachedImages) -> None:
+def _fill_caches(
+    cfg: TrainConfig, train_ds: CachedImages, test_ds: CachedImages
+) -> tuple[int, float]:
     budget = cfg.cache_bytes if cfg.cache_bytes is not None else available_memory_bytes() // 4
     start = time.perf_counter()
     used = test_ds.fill(budget)
     used += train_ds.fill(budget - used)
-    log.info("decoded %.1f MB of images in %.1fs", used / 1e6, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    log.info("decoded %.1f MB of images in %.1fs", used / 1e6, seconds)
+    return used, seconds
 
 
 def _payload(
