@@ -37,8 +37,7 @@ def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from app.demo_data import generate_demo_dataset
 
     out = tmp_path_factory.mktemp("demo") / "demo"
-    generate_demo_dataset(out, train_per_class=40, test_per_class=20, seed=1,
-                          min_side=64, max_side=128)
+    generate_demo_dataset(out, train_per_class=40, test_per_class=20, seed=0)
     return out
 
 

@@ -42,8 +42,10 @@ class Recorder(Callback):
 
 
 def test_learns_the_demo_task_from_scratch(demo_dataset: Path, tmp_path: Path) -> None:
+    # Plain SGD as the recipe: with momentum 0.9 at this lr the BatchNorm running statistics
+    # lag the weights and test accuracy swings from epoch to epoch on so few images.
     cfg = TrainConfig(init="scratch", image_size=64, batch_size=16, epochs=8, lr=0.05,
-                      momentum=0.9)
+                      precision="fp32")
     rec = Recorder()
     result = fit(demo_dataset, cfg, tmp_path / "m.pt", callback=rec)
     losses = [m.train_loss for m in rec.epochs]
