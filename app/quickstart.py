@@ -1,8 +1,11 @@
 """``make run`` for now: demo data, a fine-tune and a prediction, start to finish on this machine.
 
 Uses ImageNet weights when they are available (torchvision cache or
-``HOTDOG_PRETRAINED_PATH``); offline without them it trains from scratch and says so.
-Settings: ``DATA_DIR`` (default ``./data``), ``EPOCHS`` (default 5), ``IMAGE_SIZE`` (default 224).
+``HOTDOG_PRETRAINED_PATH``) with d2l's settings (224 px, 5 epochs, batch 128). Offline without
+them it trains from scratch and says so, at 64 px for 8 epochs in batches of 16 with lr 0.05:
+from scratch, 10 steps of d2l's batch 128 on 200 images would stay at chance, while these
+settings learn the demo task in seconds on a CPU.
+Settings: ``DATA_DIR`` (default ``./data``), ``EPOCHS``, ``IMAGE_SIZE``.
 """
 
 from __future__ import annotations
@@ -19,21 +22,22 @@ def main() -> int:
     data_dir = Path(os.environ.get("DATA_DIR", "data"))
     demo = data_dir / "demo"
     model = data_dir / "demo-model.pt"
-    epochs = os.environ.get("EPOCHS", "5")
-    image_size = os.environ.get("IMAGE_SIZE", "224")
     if not (demo / "train").is_dir():
         print(f"== generating the synthetic hotdog / not-hotdog dataset in {demo}", flush=True)
         if code := cli.main(["demo-data", str(demo)]):
             return code
     try:
         load_imagenet_state_dict()
-        init = "imagenet"
+        init, epochs, image_size, extra = "imagenet", "5", "224", []
     except PretrainedWeightsMissing as exc:
         print(f"== {exc}\n== so this run trains from scratch instead.", flush=True)
-        init = "scratch"
-    print(f"== fine-tuning ResNet-18 ({init}) for {epochs} epochs at {image_size} px", flush=True)
+        init, epochs, image_size = "scratch", "8", "64"
+        extra = ["--batch-size", "16", "--lr", "0.05"]
+    epochs = os.environ.get("EPOCHS", epochs)
+    image_size = os.environ.get("IMAGE_SIZE", image_size)
+    print(f"== training ResNet-18 ({init}) for {epochs} epochs at {image_size} px", flush=True)
     code = cli.main(["train", str(demo), "--out", str(model), "--init", init,
-                     "--epochs", epochs, "--image-size", image_size])
+                     "--epochs", epochs, "--image-size", image_size, *extra])
     if code:
         return code
     test_photos = sorted((demo / "test").glob("*/*.jpg"))

@@ -1,0 +1,23 @@
+"""The benchmark stays runnable: a seconds-long --quick run of both sides. No timing asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_throughput_quick_runs_both_sides() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--quick", "--json"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ratio engine/bare (train images/s)" in proc.stdout
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    for side in ("bare", "engine"):
+        assert figures[side]["train_images"] > 0 and 0 <= figures[side]["test_acc"] <= 1
+    assert figures["ratio_train_images_per_s"] > 0
