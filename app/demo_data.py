@@ -792,16 +792,27 @@ def _draw_burger(rng: _Rng, size: float, light: tuple[float, float]) -> Image.Im
     return patch
 
 
+def _bowl(
+    rng: _Rng,
+    draw: ImageDraw.ImageDraw,
+    size: float,
+    colors: list[_Color],
+    spread: float,
+    light: tuple[float, float],
+) -> tuple[float, float, _Color]:
+    """A round bowl seen from above filling the patch; returns (centre, inner radius, color)."""
+    c, r = size / 2, size / 2 * 0.98
+    bowl = _color(rng, colors[int(rng.integers(len(colors)))], spread)
+    _shaded_ellipse(draw, (c - r, c - r, c + r, c + r), bowl, light, steps=4, dark=0.75)
+    return c, r * 0.84, bowl
+
+
 def _draw_salad(rng: _Rng, size: float, light: tuple[float, float]) -> Image.Image:
     patch, draw = _new_patch(size, size)
-    c, r = size / 2, size / 2 * 0.98
-    bowl = _color(
-        rng,
-        [(240, 240, 235), (70, 140, 160), (160, 110, 70), (200, 60, 50)][int(rng.integers(4))],
-        15,
+    c, ri, _ = _bowl(
+        rng, draw, size, [(240, 240, 235), (70, 140, 160), (160, 110, 70), (200, 60, 50)], 15,
+        light,
     )
-    _shaded_ellipse(draw, (c - r, c - r, c + r, c + r), bowl, light, steps=4, dark=0.75)
-    ri = r * 0.84
     draw.ellipse((c - ri, c - ri, c + ri, c + ri), fill=_color(rng, (45, 85, 30), 10))
     greens = [(70, 140, 40), (110, 170, 60), (50, 110, 45), (140, 190, 80), (100, 60, 90)]
     for _ in range(int(rng.integers(25, 45))):
@@ -997,14 +1008,10 @@ def _draw_cookie(rng: _Rng, size: float, light: tuple[float, float]) -> Image.Im
 
 def _draw_berries(rng: _Rng, size: float, light: tuple[float, float]) -> Image.Image:
     patch, draw = _new_patch(size, size)
-    c, r = size / 2, size / 2 * 0.98
-    bowl = _color(
-        rng,
-        [(240, 240, 235), (70, 140, 160), (200, 200, 210), (60, 60, 65)][int(rng.integers(4))],
-        12,
+    c, ri, bowl = _bowl(
+        rng, draw, size, [(240, 240, 235), (70, 140, 160), (200, 200, 210), (60, 60, 65)], 12,
+        light,
     )
-    _shaded_ellipse(draw, (c - r, c - r, c + r, c + r), bowl, light, steps=4, dark=0.75)
-    ri = r * 0.84
     draw.ellipse((c - ri, c - ri, c + ri, c + ri), fill=_shade(bowl, 0.6))
     berry = [(55, 60, 125), (150, 190, 80), (110, 45, 105), (40, 30, 50)][int(rng.integers(4))]
     br = size * float(rng.uniform(0.04, 0.065))
