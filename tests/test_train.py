@@ -115,6 +115,14 @@ def test_resume_equals_uninterrupted(color_dataset: Path, tmp_path: Path) -> Non
     assert r["history"][:2] == load_checkpoint(first.checkpoint)["history"]
 
 
+def test_resume_applies_the_new_learning_rate(color_dataset: Path, tmp_path: Path) -> None:
+    fit(color_dataset, TrainConfig(**TINY, epochs=1, lr=0.01), tmp_path / "m.pt")
+    resumed = fit(color_dataset, TrainConfig(**TINY, epochs=2, lr=0.02), tmp_path / "r.pt",
+                  resume_from=tmp_path / "m.pt")
+    groups = load_checkpoint(resumed.checkpoint)["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [pytest.approx(0.02), pytest.approx(0.02)]  # scratch: x1
+
+
 def test_resume_refuses_other_classes(color_dataset: Path, tmp_path: Path) -> None:
     fit(color_dataset, TrainConfig(**TINY, epochs=1), tmp_path / "m.pt")
     other = tmp_path / "other"

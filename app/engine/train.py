@@ -299,6 +299,10 @@ def fit(
     history: list[EpochMetrics] = []
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
+        # load_state_dict also restores the old lr/momentum/decay; the config given now wins.
+        for group, fresh in zip(optimizer.param_groups, make_optimizer(model, cfg).param_groups,
+                                strict=True):
+            group.update({k: fresh[k] for k in ("lr", "momentum", "weight_decay")})
         start_epoch = int(resume["epoch"])
         history = [EpochMetrics(**m) for m in resume.get("history", [])][:start_epoch]
 
