@@ -245,6 +245,32 @@ def cmd_fetch_d2l(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -------------------------------------------------------------------------- migrate
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from app.core.config import get_settings
+    from app.db.session import downgrade, upgrade
+
+    url = get_settings().db_url
+    if args.downgrade:
+        downgrade(url, args.downgrade)
+    else:
+        upgrade(url, args.revision)
+    target = args.downgrade or args.revision
+    if args.json:
+        _emit_json({"database": _redacted(url), "revision": target})
+    else:
+        print(f"database {_redacted(url)} migrated to {target}")
+    return EXIT_OK
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -318,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-per-class", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--zip", action="store_true", help="also write OUT.zip, ready to upload")
+
+    p = command("migrate", cmd_migrate, "create or upgrade the service's database schema "
+                "(DATABASE_URL, default SQLite in DATA_DIR)",
+                "examples:\n  hotdog migrate\n"
+                "  DATABASE_URL=postgresql://u@db/hotdog hotdog migrate\n"
+                "  hotdog migrate --downgrade base\n\n")
+    p.add_argument("--revision", default="head", help="upgrade to this revision")
+    p.add_argument("--downgrade", metavar="REVISION", default=None,
+                   help="downgrade to this revision instead ('base' drops every table)")
 
     p = command("fetch-d2l", cmd_fetch_d2l, "download and verify d2l's real hotdog dataset "
                 "(needs internet)", "examples:\n  hotdog fetch-d2l data/hotdog\n\n")
