@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +50,41 @@ def no_imagenet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.delenv("HOTDOG_PRETRAINED_PATH", raising=False)
     return tmp_path / "torch-home"
+
+
+# Postgres from DATABASE_URL (set by .ci/run), else the local server. Each test session works
+# in a database of its own, created and dropped here; an unreachable server fails the tests.
+POSTGRES_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from app.db.session import make_engine, normalize_url
+
+    admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"hotdog_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(normalize_url(POSTGRES_URL)).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL on each backend; the schema is dropped again after the test."""
+    from app.db.session import downgrade
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hotdog.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        yield url
+        downgrade(url, "base")

@@ -1,7 +1,6 @@
 """Migrations and models on both databases: SQLite (embedded default) and Postgres.
 
-Postgres comes from DATABASE_URL (set by .ci/run), else the local server; each run works in
-a database of its own, created and dropped here. Unreachable Postgres fails, never skips.
+The ``db_url`` fixture (conftest) gives each test both; unreachable Postgres fails.
 """
 
 from __future__ import annotations
@@ -11,45 +10,17 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, EpochMetric, Evaluation, Job, JobStatus
 from app.db.session import downgrade, make_engine, normalize_url, upgrade
 
-POSTGRES_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 TABLES = {"datasets", "jobs", "epoch_metrics", "evaluations"}
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    name = f"hotdog_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(normalize_url(POSTGRES_URL)).set(database=name)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hotdog.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-        yield url
-        downgrade(url, "base")
 
 
 def _tables(url: str) -> set[str]:

@@ -1,0 +1,224 @@
+"""The job state machine, in one place: every status change goes through these functions.
+
+``queued → running → succeeded | failed | cancelled``; a running job whose worker stopped
+heartbeating goes back to ``queued`` (and resumes from its last checkpoint) until it has
+used ``max_attempts``, then ends ``failed`` with the reason.
+
+Each change is one guarded ``UPDATE ... WHERE status = ...``, so two workers (or a Celery
+message delivered twice) can never both claim a job, and a worker that lost its lease can
+no longer write its outcome. Functions take a session and never commit: the caller (the
+request or the task) commits right after.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db.models import EpochMetric, Evaluation, Job, JobStatus
+
+DEFAULT_MAX_ATTEMPTS = 3
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class JobConflict(ValueError):
+    """The job is not in a state that allows this (e.g. cancelling a finished job)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def create_job(
+    session: Session,
+    *,
+    dataset_id: str,
+    params: dict[str, Any],
+    epochs: int,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> Job:
+    job = Job(
+        id=uuid.uuid4().hex, dataset_id=dataset_id, status=JobStatus.QUEUED, params=params,
+        epochs=epochs, epoch=0, attempt=0, max_attempts=max_attempts, cancel_requested=False,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"job {job_id} not found")
+    return job
+
+
+def _transition(
+    session: Session,
+    job_id: str,
+    *,
+    to: JobStatus,
+    where: list[Any],
+    values: dict[str, Any],
+) -> bool:
+    allowed_from = [s for s, targets in TRANSITIONS.items() if to in targets]
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(allowed_from), *where)
+        .values(status=to, **values)
+        .execution_options(synchronize_session=False)
+    )
+    changed = session.execute(stmt).rowcount == 1
+    if changed:
+        session.expire_all()
+    return changed
+
+
+def claim_job(
+    session: Session, job_id: str, *, worker: str, lease_seconds: float, now: datetime | None = None
+) -> Job | None:
+    """Take a queued job for ``worker``. ``None`` when someone else has it, it has ended,
+    or it was cancelled (then it is marked so). A job past its attempts ends ``failed``."""
+    now = now or utcnow()
+    job = get_job(session, job_id)
+    if job.status is JobStatus.QUEUED and job.cancel_requested:
+        _transition(session, job_id, to=JobStatus.CANCELLED, where=[],
+                    values={"finished_at": now})
+        return None
+    if job.status is JobStatus.QUEUED and job.attempt >= job.max_attempts:
+        _transition(session, job_id, to=JobStatus.FAILED, where=[Job.status == JobStatus.QUEUED],
+                    values={"finished_at": now, "error": job.error
+                            or f"gave up after {job.attempt} attempts"})
+        return None
+    claimed = _transition(
+        session, job_id, to=JobStatus.RUNNING,
+        where=[Job.status == JobStatus.QUEUED, Job.attempt < Job.max_attempts,
+               Job.cancel_requested.is_(False)],
+        values={"worker": worker, "attempt": Job.attempt + 1, "heartbeat_at": now,
+                "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                "started_at": now if job.started_at is None else job.started_at},
+    )
+    return get_job(session, job_id) if claimed else None
+
+
+def heartbeat(
+    session: Session, job_id: str, *, worker: str, lease_seconds: float,
+    now: datetime | None = None,
+) -> bool:
+    """Extend ``worker``'s lease. False when the job is no longer this worker's to run."""
+    now = now or utcnow()
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker == worker)
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(stmt).rowcount == 1
+
+
+def record_epoch(session: Session, job_id: str, metrics: dict[str, Any]) -> bool:
+    """Store one finished epoch. Idempotent: an epoch already recorded (a resumed run
+    replaying it) is left alone. Returns whether a row was added."""
+    epoch = int(metrics["epoch"])
+    exists = session.scalar(
+        select(EpochMetric.id).where(EpochMetric.job_id == job_id, EpochMetric.epoch == epoch)
+    )
+    if exists is not None:
+        return False
+    fields = ("train_loss", "train_acc", "test_loss", "test_acc", "images_per_s", "seconds")
+    session.add(EpochMetric(job_id=job_id, epoch=epoch, **{k: float(metrics[k]) for k in fields}))
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.epoch < epoch).values(epoch=epoch)
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+    return True
+
+
+def finish_job(
+    session: Session,
+    job_id: str,
+    *,
+    worker: str,
+    status: JobStatus,
+    error: str | None = None,
+    checkpoint_path: str | None = None,
+    evaluation: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """End a running job held by ``worker``. False if the worker had lost it meanwhile."""
+    if not status.is_terminal:
+        raise ValueError(f"{status.value} is not a final status")
+    done = _transition(
+        session, job_id, to=status,
+        where=[Job.status == JobStatus.RUNNING, Job.worker == worker],
+        values={"finished_at": now or utcnow(), "error": error,
+                "checkpoint_path": checkpoint_path, "lease_expires_at": None},
+    )
+    if done and evaluation is not None:
+        session.add(Evaluation(
+            job_id=job_id, accuracy=float(evaluation["accuracy"]), loss=float(evaluation["loss"]),
+            classes=list(evaluation["classes"]), confusion=evaluation["confusion"],
+            per_class=evaluation["per_class"],
+        ))
+        session.flush()
+    return done
+
+
+def request_cancel(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
+    """A queued job ends ``cancelled`` at once; a running one is flagged for its worker."""
+    job = get_job(session, job_id)
+    if job.status.is_terminal:
+        raise JobConflict(f"job {job_id} has already ended ({job.status.value})")
+    if job.status is JobStatus.QUEUED and _transition(
+        session, job_id, to=JobStatus.CANCELLED, where=[Job.status == JobStatus.QUEUED],
+        values={"finished_at": now or utcnow(), "cancel_requested": True},
+    ):
+        return get_job(session, job_id)
+    session.execute(
+        update(Job).where(Job.id == job_id).values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    session.expire_all()
+    return get_job(session, job_id)
+
+
+def requeue_expired(session: Session, *, now: datetime | None = None) -> list[str]:
+    """Running jobs whose lease ran out (their worker died): back to ``queued`` for another
+    attempt, or ``failed`` once out of attempts. Returns the ids to enqueue again."""
+    now = now or utcnow()
+    expired = session.scalars(
+        select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+    ).all()
+    requeued = []
+    for job in expired:
+        lost = job.lease_expires_at
+        guard = [Job.status == JobStatus.RUNNING, Job.lease_expires_at == lost]
+        reason = f"worker {job.worker} stopped responding (attempt {job.attempt})"
+        if job.cancel_requested:
+            _transition(session, job.id, to=JobStatus.CANCELLED, where=guard,
+                        values={"finished_at": now, "lease_expires_at": None})
+        elif job.attempt >= job.max_attempts:
+            _transition(session, job.id, to=JobStatus.FAILED, where=guard,
+                        values={"finished_at": now, "lease_expires_at": None,
+                                "error": f"{reason}; gave up after {job.attempt} attempts"})
+        elif _transition(session, job.id, to=JobStatus.QUEUED, where=guard,
+                         values={"worker": None, "lease_expires_at": None, "error": reason}):
+            requeued.append(job.id)
+    return requeued
