@@ -1,0 +1,106 @@
+"""The training process of one job: ``python -m worker.child SPEC.json``.
+
+The worker starts it as a plain subprocess (Celery's prefork children are daemonic and may
+not start DataLoader processes themselves; a process of its own also frees all GPU memory
+when the job ends and gives cancellation something to signal). It reports on stdout, one
+JSON object per line:
+
+``{"event": "start", ...}``, ``{"event": "epoch", "metrics": {...}}``,
+``{"event": "checkpoint", "epoch": N, "path": ...}``, then exactly one of
+``{"event": "done", "checkpoint": ..., "evaluation": {...}}``,
+``{"event": "cancelled"}`` or ``{"event": "error", "kind": ..., "message": ...}``.
+
+SIGTERM asks it to stop between batches (cancellation). Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.engine import (
+    Callback,
+    CheckpointError,
+    DatasetError,
+    EpochMetrics,
+    ImageDecodeError,
+    PretrainedWeightsMissing,
+    StartInfo,
+    TrainConfig,
+    TrainingCancelled,
+    fit,
+)
+
+EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
+USER_ERRORS = (DatasetError, ImageDecodeError, CheckpointError, PretrainedWeightsMissing,
+               ValueError)
+
+
+def emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+class Reporter(Callback):
+    def __init__(self) -> None:
+        self.stop_requested = False
+
+    def on_start(self, info: StartInfo) -> None:
+        emit("start", classes=info.classes, train_count=info.train_count,
+             test_count=info.test_count, device=info.device, precision=info.precision,
+             start_epoch=info.start_epoch, epochs=info.epochs,
+             batches_per_epoch=info.batches_per_epoch)
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        emit("epoch", metrics=metrics.to_dict())
+
+    def on_checkpoint(self, path: Path, epoch: int) -> None:
+        emit("checkpoint", epoch=epoch, path=str(path))
+
+    def should_stop(self) -> bool:
+        return self.stop_requested
+
+
+def run(spec: dict[str, Any]) -> int:
+    """``spec``: data_dir, out, epoch_checkpoint, config (TrainConfig fields), resume_from."""
+    reporter = Reporter()
+
+    def on_term(_signum: int, _frame: object) -> None:
+        reporter.stop_requested = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    resume = spec.get("resume_from")
+    try:
+        result = fit(
+            spec["data_dir"], TrainConfig.from_dict(spec["config"]), spec["out"],
+            callback=reporter, epoch_checkpoint=spec["epoch_checkpoint"],
+            resume_from=resume if resume and Path(resume).is_file() else None,
+        )
+    except TrainingCancelled:
+        emit("cancelled")
+        return EXIT_CANCELLED
+    except USER_ERRORS as exc:
+        emit("error", kind=type(exc).__name__, message=str(exc))
+        return EXIT_ERROR
+    assert result.evaluation is not None
+    emit("done", checkpoint=str(result.checkpoint), test_acc=result.test_acc,
+         evaluation=result.evaluation.to_dict())
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m worker.child SPEC.json", file=sys.stderr)
+        return 2
+    return run(json.loads(Path(args[0]).read_text()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
