@@ -1,5 +1,5 @@
 """Service settings, from environment variables. With none set, the embedded default runs:
-SQLite under ``DATA_DIR``."""
+SQLite and a file-system message broker under ``DATA_DIR``."""
 
 from __future__ import annotations
 
@@ -14,12 +14,37 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     # e.g. postgresql://user:pass@host:5432/hotdog; default: SQLite in data_dir.
     database_url: str | None = None
+    # e.g. redis://host:6379/0; default: kombu's file-system transport in data_dir (no server).
+    broker_url: str | None = None
+    training_queue: str = "training"
+    # A worker renews its job's lease every heartbeat; a lease not renewed for this long
+    # means the worker died and the job is put back for another attempt.
+    job_lease_seconds: float = 120.0
+    heartbeat_seconds: float = 10.0
+    max_attempts: int = 3
+    # Longest a job may run; the broker's visibility timeout is set above it so a long job's
+    # unacknowledged message is not redelivered while it is still running.
+    max_job_seconds: int = 24 * 3600
 
     @property
     def db_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'hotdog.db').resolve()}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    def dataset_dir(self, dataset_id: str) -> Path:
+        return (self.data_dir / "datasets" / dataset_id).resolve()
+
+    def job_dir(self, job_id: str) -> Path:
+        return (self.data_dir / "jobs" / job_id).resolve()
 
 
 def get_settings() -> Settings:

@@ -181,6 +181,28 @@ def finish_job(
     return done
 
 
+def release_job(
+    session: Session, job_id: str, *, worker: str, error: str, now: datetime | None = None
+) -> JobStatus | None:
+    """The training of ``worker``'s running job died: back to ``queued`` for another attempt
+    (it resumes from its last epoch), or ``failed`` once out of attempts. ``None`` if the
+    worker no longer held the job."""
+    job = get_job(session, job_id)
+    guard = [Job.status == JobStatus.RUNNING, Job.worker == worker]
+    if job.cancel_requested:
+        to, values = JobStatus.CANCELLED, {"finished_at": now or utcnow()}
+    elif job.attempt >= job.max_attempts:
+        to = JobStatus.FAILED
+        values = {"finished_at": now or utcnow(),
+                  "error": f"{error}; gave up after {job.attempt} attempts"}
+    else:
+        to, values = JobStatus.QUEUED, {"worker": None, "error": error}
+    if not _transition(session, job_id, to=to, where=guard,
+                       values={"lease_expires_at": None, **values}):
+        return None
+    return to
+
+
 def request_cancel(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
     """A queued job ends ``cancelled`` at once; a running one is flagged for its worker."""
     job = get_job(session, job_id)

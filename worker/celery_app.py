@@ -1,0 +1,53 @@
+"""The Celery application: Redis in production, kombu's file-system transport embedded.
+
+One task per job on the training queue (``TRAINING_QUEUE``, default ``training``); the
+database, not Celery, holds job state, so there is no result backend. ``acks_late`` +
+``task_reject_on_worker_lost``: a message is acknowledged only when its job has ended, and
+goes back to the queue if the worker dies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from app.core.config import Settings, get_settings
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    if settings.broker.startswith("filesystem://"):
+        folder = settings.broker_folder
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),  # else kombu writes ./control
+            "store_processed": False,
+        }
+    return {"visibility_timeout": settings.max_job_seconds + 3600}
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("hotdog", broker=settings.broker, include=["worker.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=settings.training_queue,
+        task_routes={"hotdog.run_job": {"queue": settings.training_queue}},
+        broker_transport_options=broker_options(settings),
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+celery_app = make_celery()

@@ -1,0 +1,136 @@
+"""The Celery task of a training job. It only claims the job, runs the training process,
+records what it reports and the outcome; :func:`run_job_now` is the same without Celery."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings, get_settings
+from app.db.models import JobStatus
+from app.db.session import make_engine
+from app.engine import TrainConfig
+from app.jobs.service import (
+    JobNotFound,
+    claim_job,
+    finish_job,
+    get_job,
+    heartbeat,
+    record_epoch,
+    release_job,
+)
+from worker.celery_app import celery_app
+from worker.runner import TrainingProcess
+
+log = logging.getLogger(__name__)
+
+
+@celery_app.task(name="hotdog.run_job")
+def run_job(job_id: str) -> str:
+    return run_job_now(job_id)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_job_now(job_id: str, *, settings: Settings | None = None) -> str:
+    """Run ``job_id`` to its end; returns its final status (or why it was not run)."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.db_url)
+    try:
+        while True:
+            status = _attempt(engine, settings, job_id, worker_name())
+            # A training process that died is retried here, resuming from its last epoch.
+            if status != JobStatus.QUEUED.value:
+                return status
+    except JobNotFound:
+        log.warning("job %s does not exist; message dropped", job_id)
+        return "unknown"
+    finally:
+        engine.dispose()
+
+
+def _attempt(engine: Engine, settings: Settings, job_id: str, name: str) -> str:
+    with Session(engine) as s:
+        job = claim_job(s, job_id, worker=name, lease_seconds=settings.job_lease_seconds)
+        s.commit()
+        if job is None:
+            status = get_job(s, job_id).status.value
+            log.info("job %s not claimed (status %s)", job_id, status)
+            return status
+        config = TrainConfig.from_dict(job.params)
+        dataset_dir = settings.dataset_dir(job.dataset_id)
+        attempt = job.attempt
+    job_dir = settings.job_dir(job_id)
+    log.info("job %s attempt %d: training on %s", job_id, attempt, dataset_dir)
+    proc = TrainingProcess(data_dir=dataset_dir, config=config, out=job_dir / "model.pt",
+                           epoch_checkpoint=job_dir / "last.pt").start()
+    watcher = _Watcher(engine, settings, job_id, name, proc)
+    watcher.start()
+    outcome: dict[str, Any] | None = None
+    try:
+        with Session(engine) as s:
+            for event in proc.events():
+                if event["event"] == "epoch":
+                    record_epoch(s, job_id, event["metrics"])
+                    s.commit()
+                elif event["event"] in ("done", "cancelled", "error"):
+                    outcome = event
+    finally:
+        watcher.stop()
+    with Session(engine) as s:
+        if outcome is None:
+            reason = f"training process exited with code {proc.returncode}"
+            released = release_job(s, job_id, worker=name, error=reason)
+            s.commit()
+            return (released or get_job(s, job_id).status).value
+        if outcome["event"] == "done":
+            status, error = JobStatus.SUCCEEDED, None
+        elif outcome["event"] == "cancelled":
+            status, error = JobStatus.CANCELLED, None
+        else:
+            status, error = JobStatus.FAILED, f"{outcome['kind']}: {outcome['message']}"
+        finish_job(s, job_id, worker=name, status=status, error=error,
+                   checkpoint_path=outcome.get("checkpoint"),
+                   evaluation=outcome.get("evaluation"))
+        s.commit()
+        return get_job(s, job_id).status.value
+
+
+class _Watcher(threading.Thread):
+    """Renews the job's lease and passes a cancel request on to the training process."""
+
+    def __init__(self, engine: Engine, settings: Settings, job_id: str, name: str,
+                 proc: TrainingProcess) -> None:
+        super().__init__(daemon=True, name=f"watch-{job_id}")
+        self.engine, self.settings, self.job_id, self.worker = engine, settings, job_id, name
+        self.proc = proc
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=30)
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.heartbeat_seconds):
+            try:
+                with Session(self.engine) as s:
+                    held = heartbeat(s, self.job_id, worker=self.worker,
+                                     lease_seconds=self.settings.job_lease_seconds)
+                    cancel = get_job(s, self.job_id).cancel_requested
+                    s.commit()
+            except Exception:  # a database blip must not kill the job; the lease has slack
+                log.exception("heartbeat of job %s failed", self.job_id)
+                continue
+            if not held:
+                log.warning("job %s: lease lost, stopping its training", self.job_id)
+                self.proc.kill()
+            elif cancel:
+                self.proc.cancel()
