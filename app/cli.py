@@ -265,6 +265,21 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from app.core.config import get_settings
+    from worker.celery_app import celery_app
+
+    settings = get_settings()
+    queue = args.queue or settings.training_queue
+    print(f"worker on queue {queue!r}, broker {_redacted(settings.broker)}, "
+          f"database {_redacted(settings.db_url)}", flush=True)
+    celery_app.worker_main([
+        "worker", "-Q", queue, "-c", str(args.concurrency), "--pool", "prefork",
+        "-l", args.loglevel, *(["-n", args.name] if args.name else []),
+    ])
+    return EXIT_OK
+
+
 def _redacted(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -353,6 +368,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default="head", help="upgrade to this revision")
     p.add_argument("--downgrade", metavar="REVISION", default=None,
                    help="downgrade to this revision instead ('base' drops every table)")
+
+    p = command("worker", cmd_worker, "run a Celery worker that trains queued jobs "
+                "(BROKER_URL, DATABASE_URL, DATA_DIR)",
+                "examples:\n  hotdog worker\n"
+                "  BROKER_URL=redis://localhost:6379/0 DATABASE_URL=postgresql://u@db/hotdog "
+                "hotdog worker\n\n")
+    p.add_argument("--queue", default=None, help="queue to consume (default: TRAINING_QUEUE)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="jobs trained at once; one per GPU is the rule")
+    p.add_argument("--name", default=None, help="Celery node name, e.g. gpu0@%%h")
+    p.add_argument("--loglevel", default="info")
 
     p = command("fetch-d2l", cmd_fetch_d2l, "download and verify d2l's real hotdog dataset "
                 "(needs internet)", "examples:\n  hotdog fetch-d2l data/hotdog\n\n")

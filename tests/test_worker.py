@@ -22,7 +22,7 @@ from app.core.config import Settings
 from app.db.models import Dataset, EpochMetric, JobStatus
 from app.db.session import make_engine, upgrade
 from app.engine import TrainConfig, load_checkpoint
-from app.jobs.service import create_job, get_job, request_cancel
+from app.jobs.service import claim_job, create_job, get_job, request_cancel
 from worker.celery_app import make_celery
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
@@ -45,14 +45,15 @@ class Service:
             s.commit()
         return dataset_id
 
-    def submit(self, dataset_id: str, **params: object) -> str:
+    def submit(self, dataset_id: str, *, enqueue: bool = True, **params: object) -> str:
         config = TrainConfig(**{**TINY, **params})  # type: ignore[arg-type]
         with Session(self.engine) as s:
             job = create_job(s, dataset_id=dataset_id, params=config.to_dict(),
                              epochs=config.epochs)
             s.commit()  # commit before enqueueing: the worker must find the row
             job_id = job.id
-        make_celery(self.settings).send_task("hotdog.run_job", args=[job_id])
+        if enqueue:
+            make_celery(self.settings).send_task("hotdog.run_job", args=[job_id])
         return job_id
 
     def wait(self, job_id: str, statuses: set[JobStatus], timeout: float = 240) -> JobStatus:
@@ -75,18 +76,18 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]
     else:
         db_url, broker = request.getfixturevalue("postgres_url"), REDIS_URL
     env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": db_url,
-           "BROKER_URL": broker, "HEARTBEAT_SECONDS": "0.3"}
+           "BROKER_URL": broker, "HEARTBEAT_SECONDS": "0.3", "JOB_LEASE_SECONDS": "3"}
     # A queue of this test's own, so leftovers in a shared Redis never reach this worker.
     queue = f"training-{uuid.uuid4().hex[:8]}"
     env["TRAINING_QUEUE"] = queue
     settings = Settings(data_dir=tmp_path / "data", database_url=db_url,
-                        broker_url=broker or None, heartbeat_seconds=0.3, training_queue=queue)
+                        broker_url=broker or None, heartbeat_seconds=0.3, job_lease_seconds=3,
+                        training_queue=queue)
     upgrade(db_url)
     log = tmp_path / "worker.log"
     with open(log, "wb") as fh:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queue,
-             "-c", "1", "--pool", "prefork", "-l", "info", "-n", f"{queue}@%h"],
+            [sys.executable, "-m", "app.cli", "worker", "--name", f"{queue}@%h"],
             env=env, stdout=fh, stderr=subprocess.STDOUT,
         )
     engine = make_engine(db_url)
@@ -136,3 +137,15 @@ def test_bad_job_fails_with_a_readable_error(service: Service, tmp_path: Path) -
     assert service.wait(job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED}) is JobStatus.FAILED
     with Session(service.engine) as s:
         assert "DatasetError" in (get_job(s, job_id).error or "")
+
+
+def test_a_job_whose_worker_died_is_requeued_and_finished(service: Service,
+                                                          color_dataset: Path) -> None:
+    job_id = service.submit(service.add_dataset(color_dataset), epochs=1, enqueue=False)
+    with Session(service.engine) as s:  # a worker took it, then vanished without a trace
+        assert claim_job(s, job_id, worker="dead-host:1", lease_seconds=1)
+        s.commit()
+    assert service.wait(job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED}) is JobStatus.SUCCEEDED
+    with Session(service.engine) as s:
+        job = get_job(s, job_id)
+        assert job.attempt == 2 and job.worker != "dead-host:1"

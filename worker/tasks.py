@@ -9,6 +9,7 @@ import socket
 import threading
 from typing import Any
 
+from celery.signals import worker_ready
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -24,6 +25,7 @@ from app.jobs.service import (
     heartbeat,
     record_epoch,
     release_job,
+    requeue_expired,
 )
 from worker.celery_app import celery_app
 from worker.runner import TrainingProcess
@@ -134,3 +136,44 @@ class _Watcher(threading.Thread):
                 self.proc.kill()
             elif cancel:
                 self.proc.cancel()
+
+
+def requeue_lost_jobs(settings: Settings | None = None) -> list[str]:
+    """Put back the jobs whose worker stopped renewing its lease, and enqueue them again."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.db_url)
+    try:
+        with Session(engine) as s:
+            ids = requeue_expired(s)
+            s.commit()
+    finally:
+        engine.dispose()
+    for job_id in ids:
+        log.warning("job %s lost its worker; queued again", job_id)
+        run_job.apply_async(args=[job_id], queue=settings.training_queue)
+    return ids
+
+
+class Reaper(threading.Thread):
+    """Runs in every worker: requeues lost jobs every half lease, so a job whose worker
+    died is picked up again within about one lease."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True, name="hotdog-reaper")
+        self.settings = settings
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        interval = max(1.0, self.settings.job_lease_seconds / 2)
+        while True:
+            try:
+                requeue_lost_jobs(self.settings)
+            except Exception:
+                log.exception("requeueing lost jobs failed; will retry")
+            if self.stopped.wait(interval):
+                return
+
+
+@worker_ready.connect
+def _start_reaper(**_kwargs: Any) -> None:
+    Reaper(get_settings()).start()
