@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.engine import TrainConfig, load_checkpoint
+from tests.common import TINY
 from worker.runner import TrainingProcess
-
-TINY = {"init": "scratch", "image_size": 32, "batch_size": 8}
 
 
 def _process(data: Path, tmp_path: Path, epochs: int) -> TrainingProcess:

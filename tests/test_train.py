@@ -20,8 +20,7 @@ from app.engine import (
 )
 from app.engine.checkpoint import save_checkpoint
 from app.engine.train import BatchProgress
-
-TINY = {"init": "scratch", "image_size": 32, "batch_size": 8}
+from tests.common import TINY
 
 
 class Recorder(Callback):

@@ -138,16 +138,11 @@ class _Watcher(threading.Thread):
                 self.proc.cancel()
 
 
-def requeue_lost_jobs(settings: Settings | None = None) -> list[str]:
+def requeue_lost_jobs(engine: Engine, settings: Settings) -> list[str]:
     """Put back the jobs whose worker stopped renewing its lease, and enqueue them again."""
-    settings = settings or get_settings()
-    engine = make_engine(settings.db_url)
-    try:
-        with Session(engine) as s:
-            ids = requeue_expired(s)
-            s.commit()
-    finally:
-        engine.dispose()
+    with Session(engine) as s:
+        ids = requeue_expired(s)
+        s.commit()
     for job_id in ids:
         log.warning("job %s lost its worker; queued again", job_id)
         run_job.apply_async(args=[job_id], queue=settings.training_queue)
@@ -165,13 +160,17 @@ class Reaper(threading.Thread):
 
     def run(self) -> None:
         interval = max(1.0, self.settings.job_lease_seconds / 2)
-        while True:
-            try:
-                requeue_lost_jobs(self.settings)
-            except Exception:
-                log.exception("requeueing lost jobs failed; will retry")
-            if self.stopped.wait(interval):
-                return
+        engine = make_engine(self.settings.db_url)  # one pool for the worker's lifetime
+        try:
+            while True:
+                try:
+                    requeue_lost_jobs(engine, self.settings)
+                except Exception:
+                    log.exception("requeueing lost jobs failed; will retry")
+                if self.stopped.wait(interval):
+                    return
+        finally:
+            engine.dispose()
 
 
 @worker_ready.connect
