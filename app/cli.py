@@ -273,8 +273,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     queue = args.queue or settings.training_queue
     print(f"worker on queue {queue!r}, broker {_redacted(settings.broker)}, "
           f"database {_redacted(settings.db_url)}", flush=True)
+    # Thread pool: the task only watches its training process (a subprocess of its own), and
+    # running it in this process lets a shutdown stop that training and hand the job back.
     celery_app.worker_main([
-        "worker", "-Q", queue, "-c", str(args.concurrency), "--pool", "prefork",
+        "worker", "-Q", queue, "-c", str(args.concurrency), "--pool", "threads",
         "-l", args.loglevel, *(["-n", args.name] if args.name else []),
     ])
     return EXIT_OK

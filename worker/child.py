@@ -5,7 +5,8 @@ not start DataLoader processes themselves; a process of its own also frees all G
 when the job ends and gives cancellation something to signal). It reports on stdout, one
 JSON object per line:
 
-``{"event": "start", ...}``, ``{"event": "epoch", "metrics": {...}}``,
+``{"event": "start", ...}``, ``{"event": "progress", "epoch": N, "fraction": f}`` (at most
+once a second, within epoch N), ``{"event": "epoch", "metrics": {...}}``,
 ``{"event": "checkpoint", "epoch": N, "path": ...}``, then exactly one of
 ``{"event": "done", "checkpoint": ..., "evaluation": {...}}``,
 ``{"event": "cancelled"}`` or ``{"event": "error", "kind": ..., "message": ...}``.
@@ -19,10 +20,12 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from app.engine import (
+    BatchProgress,
     Callback,
     CheckpointError,
     DatasetError,
@@ -45,15 +48,26 @@ def emit(event: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
+PROGRESS_INTERVAL = 1.0  # seconds between progress events
+
+
 class Reporter(Callback):
     def __init__(self) -> None:
         self.stop_requested = False
+        self.last_progress = 0.0
 
     def on_start(self, info: StartInfo) -> None:
+        self.last_progress = time.monotonic()
         emit("start", classes=info.classes, train_count=info.train_count,
              test_count=info.test_count, device=info.device, precision=info.precision,
              start_epoch=info.start_epoch, epochs=info.epochs,
              batches_per_epoch=info.batches_per_epoch)
+
+    def on_batch(self, progress: BatchProgress) -> None:
+        now = time.monotonic()
+        if now - self.last_progress >= PROGRESS_INTERVAL and progress.batch < progress.batches:
+            self.last_progress = now
+            emit("progress", epoch=progress.epoch, fraction=progress.batch / progress.batches)
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
         emit("epoch", metrics=metrics.to_dict())
@@ -73,6 +87,9 @@ def run(spec: dict[str, Any]) -> int:
         reporter.stop_requested = True
 
     signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C in a terminal reaches the whole process group: the worker decides what happens
+    # to this job (it stops it and hands it back), so the training ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     resume = spec.get("resume_from")
     try:
         result = fit(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -14,6 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from app.engine import TrainConfig
+
+
+def _die_with_parent() -> None:
+    """Linux: the training dies with the worker that started it (a killed worker must not
+    leave a run behind that holds the GPU and writes the job's files)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -43,7 +58,7 @@ class TrainingProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.child", spec_path],
             stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1,
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env}, preexec_fn=_die_with_parent,
         )
         return self
 

@@ -7,14 +7,16 @@ import logging
 import os
 import socket
 import threading
+import time
+from dataclasses import replace
 from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings
-from app.db.models import JobStatus
+from app.db.models import Job, JobStatus
 from app.db.session import make_engine
 from app.engine import TrainConfig
 from app.jobs.service import (
@@ -24,6 +26,7 @@ from app.jobs.service import (
     get_job,
     heartbeat,
     record_epoch,
+    record_progress,
     release_job,
     requeue_expired,
 )
@@ -42,6 +45,16 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# Set when this worker process is shutting down (Ctrl-C, SIGTERM, a deploy): a running job
+# is stopped, handed back to the queue and resumes from its last epoch on the next worker.
+SHUTTING_DOWN = threading.Event()
+
+
+@worker_shutting_down.connect
+def _on_shutdown(**_kwargs: Any) -> None:
+    SHUTTING_DOWN.set()
+
+
 def run_job_now(job_id: str, *, settings: Settings | None = None) -> str:
     """Run ``job_id`` to its end; returns its final status (or why it was not run)."""
     settings = settings or get_settings()
@@ -49,8 +62,11 @@ def run_job_now(job_id: str, *, settings: Settings | None = None) -> str:
     try:
         while True:
             status = _attempt(engine, settings, job_id, worker_name())
+            if status == INTERRUPTED:
+                run_job.apply_async(args=[job_id], queue=settings.training_queue)
+                return JobStatus.QUEUED.value
             # A training process that died is retried here, resuming from its last epoch.
-            if status != JobStatus.QUEUED.value:
+            if status != JobStatus.QUEUED.value or SHUTTING_DOWN.is_set():
                 return status
     except JobNotFound:
         log.warning("job %s does not exist; message dropped", job_id)
@@ -68,6 +84,8 @@ def _attempt(engine: Engine, settings: Settings, job_id: str, name: str) -> str:
             log.info("job %s not claimed (status %s)", job_id, status)
             return status
         config = TrainConfig.from_dict(job.params)
+        if config.init.startswith(JOB_INIT_PREFIX):
+            config = replace(config, init=_checkpoint_of(s, config.init[len(JOB_INIT_PREFIX):]))
         dataset_dir = settings.dataset_dir(job.dataset_id)
         attempt = job.attempt
     job_dir = settings.job_dir(job_id)
@@ -83,11 +101,21 @@ def _attempt(engine: Engine, settings: Settings, job_id: str, name: str) -> str:
                 if event["event"] == "epoch":
                     record_epoch(s, job_id, event["metrics"])
                     s.commit()
+                elif event["event"] == "progress":
+                    record_progress(s, job_id, worker=name, epoch=int(event["epoch"]),
+                                    fraction=float(event["fraction"]))
+                    s.commit()
                 elif event["event"] in ("done", "cancelled", "error"):
                     outcome = event
     finally:
         watcher.stop()
     with Session(engine) as s:
+        if outcome is None and watcher.interrupted:
+            released = release_job(s, job_id, worker=name, interrupted=True,
+                                   error="its worker shut down; it resumes on the next one")
+            s.commit()
+            log.info("job %s handed back to the queue: this worker is shutting down", job_id)
+            return INTERRUPTED if released is JobStatus.QUEUED else get_job(s, job_id).status.value
         if outcome is None:
             reason = f"training process exited with code {proc.returncode}"
             released = release_job(s, job_id, worker=name, error=reason)
@@ -106,8 +134,24 @@ def _attempt(engine: Engine, settings: Settings, job_id: str, name: str) -> str:
         return get_job(s, job_id).status.value
 
 
+JOB_INIT_PREFIX = "job:"
+
+
+def _checkpoint_of(s: Session, source_id: str) -> str:
+    """The model file a ``job:<id>`` start uses; a missing one fails the job readably."""
+    source = s.get(Job, source_id)
+    path = source.checkpoint_path if source is not None else None
+    # The engine reports a missing or unreadable file as a CheckpointError naming it.
+    return path or f"<job {source_id} has no checkpoint>"
+
+
+INTERRUPTED = "interrupted"
+SHUTDOWN_POLL_SECONDS = 0.25
+
+
 class _Watcher(threading.Thread):
-    """Renews the job's lease and passes a cancel request on to the training process."""
+    """Renews the job's lease, passes a cancel request on to the training process, and stops
+    that process when the worker shuts down."""
 
     def __init__(self, engine: Engine, settings: Settings, job_id: str, name: str,
                  proc: TrainingProcess) -> None:
@@ -115,13 +159,27 @@ class _Watcher(threading.Thread):
         self.engine, self.settings, self.job_id, self.worker = engine, settings, job_id, name
         self.proc = proc
         self.stopped = threading.Event()
+        self.interrupted = False
 
     def stop(self) -> None:
         self.stopped.set()
         self.join(timeout=30)
 
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when the watch is over (the job ended or the worker
+        is shutting down, in which case the training process is stopped)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stopped.wait(min(left, SHUTDOWN_POLL_SECONDS)):
+                return True
+            if SHUTTING_DOWN.is_set():
+                self.interrupted = True
+                self.proc.kill()  # its last epoch checkpoint is intact (atomic writes)
+                return True
+        return False
+
     def run(self) -> None:
-        while not self.stopped.wait(self.settings.heartbeat_seconds):
+        while not self._wait(self.settings.heartbeat_seconds):
             try:
                 with Session(self.engine) as s:
                     held = heartbeat(s, self.job_id, worker=self.worker,

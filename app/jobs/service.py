@@ -144,11 +144,24 @@ def record_epoch(session: Session, job_id: str, metrics: dict[str, Any]) -> bool
     fields = ("train_loss", "train_acc", "test_loss", "test_acc", "images_per_s", "seconds")
     session.add(EpochMetric(job_id=job_id, epoch=epoch, **{k: float(metrics[k]) for k in fields}))
     session.execute(
-        update(Job).where(Job.id == job_id, Job.epoch < epoch).values(epoch=epoch)
+        update(Job).where(Job.id == job_id, Job.epoch < epoch).values(epoch=epoch,
+                                                                        epoch_fraction=0.0)
         .execution_options(synchronize_session=False)
     )
     session.flush()
     return True
+
+
+def record_progress(session: Session, job_id: str, *, worker: str, epoch: int,
+                    fraction: float) -> None:
+    """How far epoch ``epoch`` (1-based) is; ignored once that epoch is recorded."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker == worker,
+               Job.epoch == epoch - 1)
+        .values(epoch_fraction=min(1.0, max(0.0, float(fraction))))
+        .execution_options(synchronize_session=False)
+    )
 
 
 def finish_job(
@@ -182,15 +195,20 @@ def finish_job(
 
 
 def release_job(
-    session: Session, job_id: str, *, worker: str, error: str, now: datetime | None = None
+    session: Session, job_id: str, *, worker: str, error: str, interrupted: bool = False,
+    now: datetime | None = None,
 ) -> JobStatus | None:
     """The training of ``worker``'s running job died: back to ``queued`` for another attempt
-    (it resumes from its last epoch), or ``failed`` once out of attempts. ``None`` if the
-    worker no longer held the job."""
+    (it resumes from its last epoch), or ``failed`` once out of attempts. ``interrupted``:
+    the worker is shutting down on purpose, so the attempt is handed back, not used up.
+    ``None`` if the worker no longer held the job."""
     job = get_job(session, job_id)
     guard = [Job.status == JobStatus.RUNNING, Job.worker == worker]
     if job.cancel_requested:
         to, values = JobStatus.CANCELLED, {"finished_at": now or utcnow()}
+    elif interrupted:
+        to, values = JobStatus.QUEUED, {"worker": None, "error": error,
+                                        "attempt": Job.attempt - 1}
     elif job.attempt >= job.max_attempts:
         to = JobStatus.FAILED
         values = {"finished_at": now or utcnow(),
