@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run demo test lint bench clean
 
 # Reinstall when the project's requirements change; torch/torchvision come from constraints.txt.
 $(STAMP): pyproject.toml constraints.txt
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: $(STAMP)
 	$(PY) -m app.quickstart
+
+demo: $(STAMP)
+	$(PY) -m app.demo
 
 test: $(STAMP)
 	$(PY) -m pytest

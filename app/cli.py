@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ EXIT_USAGE = 2  # bad arguments or parameter values
 EXIT_INPUT = 3  # unusable dataset, image or checkpoint
 EXIT_WEIGHTS = 4  # ImageNet weights not available
 EXIT_INTERRUPTED = 130
+# A service's answer, by HTTP status: bad parameters, unknown or unusable input.
+SERVICE_EXIT = {422: EXIT_USAGE, 404: EXIT_INPUT, 413: EXIT_INPUT}
 
 EXIT_CODES_HELP = """exit codes:
   0  success
@@ -267,9 +270,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from app.core.config import get_settings
-    from worker.celery_app import celery_app
+    from worker.celery_app import celery_app, ensure_broker_folders
 
     settings = get_settings()
+    ensure_broker_folders(settings)
     queue = args.queue or settings.training_queue
     print(f"worker on queue {queue!r}, broker {_redacted(settings.broker)}, "
           f"database {_redacted(settings.db_url)}", flush=True)
@@ -286,6 +290,24 @@ def _redacted(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+# ---------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.api.app import create_app
+
+    logging.getLogger().setLevel(logging.INFO)
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level,
+                proxy_headers=True, timeout_graceful_shutdown=10)
+    return EXIT_OK
+
+
+def _with_emit(func: Callable[..., int]) -> Callable[[argparse.Namespace], int]:
+    return lambda args: func(args, _emit_json)
 
 
 # --------------------------------------------------------------------------- parser
@@ -382,6 +404,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="Celery node name, e.g. gpu0@%%h")
     p.add_argument("--loglevel", default="info")
 
+    p = command("serve", cmd_serve, "run the HTTP API (DATABASE_URL, BROKER_URL, DATA_DIR; "
+                "run `hotdog migrate` first)",
+                "examples:\n  hotdog serve\n  hotdog serve --host 0.0.0.0 --port 8080\n\n")
+    p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    p.add_argument("--log-level", default="info")
+
+    from app.client import add_commands
+
+    add_commands(command, _with_emit)
+
     p = command("fetch-d2l", cmd_fetch_d2l, "download and verify d2l's real hotdog dataset "
                 "(needs internet)", "examples:\n  hotdog fetch-d2l data/hotdog\n\n")
     p.add_argument("out", metavar="OUT")
@@ -403,8 +436,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from app.client import ServiceError
+
     try:
         return int(args.func(args))
+    except ServiceError as exc:
+        return _fail(SERVICE_EXIT.get(exc.status, EXIT_FAILED), exc)
     except KeyboardInterrupt:
         print("hotdog: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,51 +1,77 @@
-"""``make run`` for now: demo data, a fine-tune and a prediction, start to finish on this machine.
+"""``make run``: the whole service on this machine, with nothing else installed.
 
-Uses ImageNet weights when they are available (torchvision cache or
-``HOTDOG_PRETRAINED_PATH``) with d2l's settings (224 px, 5 epochs, batch 128). Offline without
-them it trains from scratch and says so, at 64 px for 8 epochs in batches of 16 with lr 0.05:
-from scratch, 10 steps of d2l's batch 128 on 200 images would stay at chance, while these
-settings learn the demo task in seconds on a CPU.
-Settings: ``DATA_DIR`` (default ``./data``), ``EPOCHS``, ``IMAGE_SIZE``.
+Migrates the SQLite database in ``DATA_DIR`` (default ``./data``), starts one Celery worker on
+the file-system broker (no Redis) and the API on ``HOST:PORT`` (default 127.0.0.1:8000),
+prints the URL, and on Ctrl-C stops both: a job in training goes back to the queue and
+resumes from its last epoch the next time. With ``DATABASE_URL`` / ``BROKER_URL`` set it uses
+those instead.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
-from app import cli
-from app.engine.model import PretrainedWeightsMissing, load_imagenet_state_dict
+from app.core.config import get_settings
+from app.db.session import upgrade
+
+WORKER_STOP_SECONDS = 30
 
 
 def main() -> int:
-    data_dir = Path(os.environ.get("DATA_DIR", "data"))
-    demo = data_dir / "demo"
-    model = data_dir / "demo-model.pt"
-    if not (demo / "train").is_dir():
-        print(f"== generating the synthetic hotdog / not-hotdog dataset in {demo}", flush=True)
-        if code := cli.main(["demo-data", str(demo)]):
-            return code
+    import uvicorn
+
+    from app.api.app import create_app
+
+    settings = get_settings()
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = int(os.environ.get("PORT", "8000"))
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    log_path = settings.data_dir / "worker.log"
+    with open(log_path, "ab") as log_file:
+        # A session of its own: Ctrl-C reaches this process only, which stops the worker
+        # in order (SIGTERM: the running job is handed back, not killed mid-write).
+        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"],
+                                  stdout=log_file, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    url = f"http://{host}:{port}"
+    data = Path(settings.data_dir)
+    print(f"""
+hotdog is starting at {url}   (API docs: {url}/docs)
+  data, database and logs in {data.resolve()} (worker log: {log_path})
+try it:
+  .venv/bin/hotdog demo-data {data}/demo --zip
+  .venv/bin/hotdog upload {data}/demo.zip
+  .venv/bin/hotdog submit DATASET_ID --watch --init scratch --image-size 64 --epochs 8 \\
+      --batch-size 16 --lr 0.05
+  .venv/bin/hotdog classify {data}/demo/test/hotdog/0000.jpg
+Ctrl-C stops everything.
+""", flush=True)
     try:
-        load_imagenet_state_dict()
-        init, epochs, image_size, extra = "imagenet", "5", "224", []
-    except PretrainedWeightsMissing as exc:
-        print(f"== {exc}\n== so this run trains from scratch instead.", flush=True)
-        init, epochs, image_size = "scratch", "8", "64"
-        extra = ["--batch-size", "16", "--lr", "0.05"]
-    epochs = os.environ.get("EPOCHS", epochs)
-    image_size = os.environ.get("IMAGE_SIZE", image_size)
-    print(f"== training ResNet-18 ({init}) for {epochs} epochs at {image_size} px", flush=True)
-    code = cli.main(["train", str(demo), "--out", str(model), "--init", init,
-                     "--epochs", epochs, "--image-size", image_size, *extra])
-    if code:
-        return code
-    test_photos = sorted((demo / "test").glob("*/*.jpg"))
-    photos = [test_photos[0], test_photos[-1]]
-    print("== predicting two test photos", flush=True)
-    code = cli.main(["predict", str(model), *map(str, photos)])
-    print(f"\nnext: hotdog predict {model} YOUR_PHOTO.jpg   (hotdog --help for more)")
-    return code
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
+                    timeout_graceful_shutdown=5)
+    finally:
+        stop(worker)
+    return 0
+
+
+def stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is not None:
+        return
+    print("stopping the worker…", flush=True)
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=WORKER_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
 
 
 if __name__ == "__main__":

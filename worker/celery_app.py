@@ -15,11 +15,15 @@ from celery import Celery
 from app.core.config import Settings, get_settings
 
 
+def ensure_broker_folders(settings: Settings) -> None:
+    if settings.broker.startswith("filesystem://"):
+        for sub in ("queue", "processed", "control"):
+            (settings.broker_folder / sub).mkdir(parents=True, exist_ok=True)
+
+
 def broker_options(settings: Settings) -> dict[str, Any]:
     if settings.broker.startswith("filesystem://"):
         folder = settings.broker_folder
-        for sub in ("queue", "processed", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
@@ -30,8 +34,12 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     return {"visibility_timeout": settings.max_job_seconds + 3600}
 
 
-def make_celery(settings: Settings | None = None) -> Celery:
+def make_celery(settings: Settings | None = None, *, create_folders: bool = True) -> Celery:
+    """``create_folders``: make the file-system broker's folders (the module-level app
+    below leaves that to the worker, so importing this module writes nothing)."""
     settings = settings or get_settings()
+    if create_folders:
+        ensure_broker_folders(settings)
     app = Celery("hotdog", broker=settings.broker, include=["worker.tasks"])
     app.conf.update(
         task_acks_late=True,
@@ -50,4 +58,4 @@ def make_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
-celery_app = make_celery()
+celery_app = make_celery(create_folders=False)

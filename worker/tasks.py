@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutting_down
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -38,7 +39,11 @@ log = logging.getLogger(__name__)
 
 @celery_app.task(name="hotdog.run_job")
 def run_job(job_id: str) -> str:
-    return run_job_now(job_id)
+    status = run_job_now(job_id)
+    if status == INTERRUPTED:
+        # The message goes back to the queue (acks_late): the next worker resumes the job.
+        raise Reject(f"job {job_id}: this worker is shutting down", requeue=True)
+    return status
 
 
 def worker_name() -> str:
@@ -48,6 +53,7 @@ def worker_name() -> str:
 # Set when this worker process is shutting down (Ctrl-C, SIGTERM, a deploy): a running job
 # is stopped, handed back to the queue and resumes from its last epoch on the next worker.
 SHUTTING_DOWN = threading.Event()
+INTERRUPTED = "interrupted"
 
 
 @worker_shutting_down.connect
@@ -56,15 +62,17 @@ def _on_shutdown(**_kwargs: Any) -> None:
 
 
 def run_job_now(job_id: str, *, settings: Settings | None = None) -> str:
-    """Run ``job_id`` to its end; returns its final status (or why it was not run)."""
+    """Run ``job_id`` to its end; returns its final status (or why it was not run), or
+    ``INTERRUPTED`` when the worker is shutting down and the job was handed back."""
+    if SHUTTING_DOWN.is_set():
+        return INTERRUPTED  # a message fetched while stopping: leave the job for the next
     settings = settings or get_settings()
     engine = make_engine(settings.db_url)
     try:
         while True:
             status = _attempt(engine, settings, job_id, worker_name())
             if status == INTERRUPTED:
-                run_job.apply_async(args=[job_id], queue=settings.training_queue)
-                return JobStatus.QUEUED.value
+                return status
             # A training process that died is retried here, resuming from its last epoch.
             if status != JobStatus.QUEUED.value or SHUTTING_DOWN.is_set():
                 return status
@@ -145,7 +153,6 @@ def _checkpoint_of(s: Session, source_id: str) -> str:
     return path or f"<job {source_id} has no checkpoint>"
 
 
-INTERRUPTED = "interrupted"
 SHUTDOWN_POLL_SECONDS = 0.25
 
 

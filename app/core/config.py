@@ -26,6 +26,24 @@ class Settings(BaseSettings):
     # unacknowledged message is not redelivered while it is still running.
     max_job_seconds: int = 24 * 3600
 
+    # --- API
+    # When set, every write request (POST, DELETE) needs ``Authorization: Bearer <key>``
+    # or ``X-API-Key: <key>``.
+    api_key: str | None = None
+    max_upload_bytes: int = 2 << 30  # one dataset zip
+    max_dataset_bytes: int = 8 << 30  # its extracted size
+    max_dataset_files: int = 200_000
+    # /predict: files per request, bytes per request, and the batcher that pools the images
+    # of concurrent requests into one forward pass.
+    predict_max_files: int = 64
+    predict_max_bytes: int = 64 << 20
+    predict_max_batch: int = 32
+    predict_max_delay_ms: float = 2.0
+    predict_queue_images: int = 512  # waiting images beyond this get 429 (retry later)
+    predict_device: str = "auto"
+    predict_precision: str = "auto"
+    models_cached: int = 4  # loaded models kept in memory
+
     @property
     def db_url(self) -> str:
         if self.database_url:

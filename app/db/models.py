@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     func,
 )
@@ -43,6 +44,34 @@ def _now() -> Any:
     return func.now()
 
 
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _created() -> Any:
+    # Set in Python for microsecond order (SQLite's CURRENT_TIMESTAMP has whole seconds).
+    return mapped_column(UTCDateTime, default=_utcnow, server_default=_now())
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
 
@@ -52,7 +81,9 @@ class Dataset(Base):
     counts: Mapped[dict[str, Any]]
     warnings: Mapped[list[Any]]
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    created_at: Mapped[datetime] = _created()
+    # Deleting a dataset removes its files and hides it; the row stays for its jobs' history.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     jobs: Mapped[list[Job]] = relationship(back_populates="dataset")
 
@@ -71,18 +102,22 @@ class Job(Base):
     )
     params: Mapped[dict[str, Any]]
     epoch: Mapped[int] = mapped_column(Integer, default=0)  # epochs finished
+    # How far the epoch in progress is (0..1), updated about once a second while training.
+    epoch_fraction: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     epochs: Mapped[int] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(200))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     error: Mapped[str | None] = mapped_column(Text)
     checkpoint_path: Mapped[str | None] = mapped_column(String(1000))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created()
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The active model for /predict is the succeeded job activated last (else the newest).
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     dataset: Mapped[Dataset] = relationship(back_populates="jobs")
     metrics: Mapped[list[EpochMetric]] = relationship(
@@ -107,7 +142,7 @@ class EpochMetric(Base):
     test_acc: Mapped[float] = mapped_column(Float)
     images_per_s: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    created_at: Mapped[datetime] = _created()
 
     job: Mapped[Job] = relationship(back_populates="metrics")
 
@@ -123,6 +158,6 @@ class Evaluation(Base):
     classes: Mapped[list[Any]]
     confusion: Mapped[list[Any]]
     per_class: Mapped[list[Any]]
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    created_at: Mapped[datetime] = _created()
 
     job: Mapped[Job] = relationship(back_populates="evaluation")

@@ -1,0 +1,215 @@
+"""The FastAPI application: ``create_app(settings)``; ``hotdog serve`` runs it with uvicorn.
+
+The API validates, stores uploads, writes rows, enqueues job ids and serves predictions.
+It never trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import app as package
+from app.api import errors, routes
+from app.api.schemas import Health
+from app.api.state import State
+from app.core.config import Settings, get_settings
+from app.db.models import Job, JobStatus
+
+log = logging.getLogger(__name__)
+
+JSON_BODY_LIMIT = 1 << 20
+
+
+class SchemaNotCurrent(RuntimeError):
+    pass
+
+
+def check_schema(state: State) -> None:
+    """Refuse to start on a database that ``hotdog migrate`` has not brought up to date."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from app.db.session import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config(state.settings.db_url)).get_current_head()
+    with state.engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current != head:
+        raise SchemaNotCurrent(
+            f"the database is at revision {current or 'none'}, the code needs {head}: "
+            "run `hotdog migrate` first"
+        )
+
+
+class BodyLimit:
+    """Refuse request bodies over a per-route limit with a JSON 413 that names it: by
+    Content-Length before reading, and by counting while reading (chunked uploads)."""
+
+    def __init__(self, app: ASGIApp, limits: dict[tuple[str, str], int]) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.get((scope["method"], scope["path"].rstrip("/")), JSON_BODY_LIMIT)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        what = f"{scope['method']} {scope['path']}"
+        if declared is not None:
+            if not declared.isdigit():
+                await JSONResponse({"detail": "invalid Content-Length header"}, 400)(
+                    scope, receive, send)
+                return
+            if int(declared) > limit:
+                await JSONResponse(
+                    {"detail": f"request body of {int(declared)} bytes is over the limit "
+                               f"of {limit} bytes for {what}"}, 413)(scope, receive, send)
+                return
+        seen = 0
+
+        async def counting() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise HTTPException(
+                        413, f"request body is over the limit of {limit} bytes for {what}")
+            return message
+
+        await self.app(scope, counting, send)
+
+
+class HttpMetrics:
+    """Requests counted and timed by route template and status."""
+
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app = app
+        r = state.registry
+        self.requests = Counter("hotdog_http_requests", "HTTP requests",
+                                ["method", "route", "status"], registry=r)
+        self.seconds = Histogram("hotdog_http_request_seconds", "HTTP request duration",
+                                 ["method", "route"], registry=r,
+                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        code = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.requests.labels(scope["method"], route, str(code)).inc()
+            self.seconds.labels(scope["method"], route).observe(time.perf_counter() - start)
+
+
+class JobsCollector(Collector):
+    """``hotdog_jobs{status}``, counted in the database at scrape time."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def collect(self) -> Any:
+        gauge = GaugeMetricFamily("hotdog_jobs", "jobs by status", labels=["status"])
+        try:
+            with Session(self.state.engine) as s:
+                counts = dict(s.execute(select(Job.status, func.count()).group_by(Job.status))
+                              .tuples().all())
+        except Exception:
+            log.exception("counting jobs for /metrics failed")
+            return
+        for st in JobStatus:
+            gauge.add_metric([st.value], counts.get(st, 0))
+        yield gauge
+
+
+def create_app(settings: Settings | None = None, *, check: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+    state = State.create(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if check:
+            await run_in_threadpool(check_schema, state)
+        state.sweep_incoming()
+        log.info("hotdog API ready: database %s, broker %s, data dir %s",
+                 state.engine.url.render_as_string(hide_password=True),
+                 settings.broker.split("@")[-1], settings.data_dir.resolve())
+        try:
+            yield
+        finally:
+            state.close()
+
+    api = FastAPI(
+        title="hotdog",
+        version=package.__version__,
+        description="Fine-tune a pretrained ResNet-18 on your labelled photos, then classify "
+        "new ones. Upload an ImageFolder zip (`POST /datasets`), start a job (`POST /jobs`), "
+        "poll it (`GET /jobs/{id}`), then `POST /predict`.",
+        lifespan=lifespan,
+    )
+    api.state.hotdog = state
+    errors.install(api)
+    for router in (routes.datasets, routes.jobs, routes.models, routes.predict):
+        api.include_router(router)
+    state.registry.register(JobsCollector(state))
+
+    @api.get("/health", response_model=Health, tags=["ops"])
+    def health() -> Health:
+        """Liveness: the process answers."""
+        return Health(status="ok")
+
+    @api.get("/ready", response_model=Health, tags=["ops"],
+             responses={503: {"model": Health, "description": "a dependency is unreachable"}})
+    def ready() -> Any:
+        """Readiness: the database and the broker are reachable (503 otherwise)."""
+        checks = {}
+        for name, probe in (("database", state.check_database), ("broker", state.check_broker)):
+            try:
+                probe()
+                checks[name] = "ok"
+            except Exception as exc:
+                checks[name] = f"unreachable: {exc}"
+        ok = all(v == "ok" for v in checks.values())
+        body = Health(status="ok" if ok else "unavailable", checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    @api.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
+    def metrics() -> PlainTextResponse:
+        """Prometheus text format."""
+        return PlainTextResponse(generate_latest(state.registry),
+                                 media_type=CONTENT_TYPE_LATEST)
+
+    api.add_middleware(BodyLimit, limits={
+        ("POST", "/datasets"): settings.max_upload_bytes,
+        ("POST", "/predict"): settings.predict_max_bytes,
+    })
+    api.add_middleware(HttpMetrics, state=state)
+    return api

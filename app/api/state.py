@@ -1,0 +1,108 @@
+"""What the API process holds: settings, database engine, Celery producer, loaded models."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+
+from celery import Celery
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine, text
+
+from app.api.errors import Unavailable
+from app.api.serving import ModelCache, ServingMetrics
+from app.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+STALE_UPLOAD_SECONDS = 3600
+
+
+@dataclass
+class State:
+    settings: Settings
+    engine: Engine
+    celery: Celery
+    models: ModelCache
+    registry: CollectorRegistry
+
+    @classmethod
+    def create(cls, settings: Settings) -> State:
+        from app.db.session import make_engine
+        from worker.celery_app import make_celery
+
+        registry = CollectorRegistry()
+        models = ModelCache(
+            size=settings.models_cached, device=settings.predict_device,
+            precision=settings.predict_precision, max_batch=settings.predict_max_batch,
+            max_delay=settings.predict_max_delay_ms / 1000, max_queue=settings.predict_queue_images,
+            metrics=ServingMetrics(registry),
+        )
+        return cls(settings, make_engine(settings.db_url), make_celery(settings), models,
+                   registry)
+
+    def close(self) -> None:
+        self.models.close()
+        self.engine.dispose()
+
+    def enqueue(self, job_id: str) -> None:
+        try:
+            self.celery.send_task(
+                "hotdog.run_job", args=[job_id], queue=self.settings.training_queue,
+                retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
+                                          "interval_step": 0.5},
+            )
+        except Exception as exc:
+            raise Unavailable(f"the message broker cannot be reached ({exc})") from exc
+
+    def check_database(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def check_broker(self) -> None:
+        if self.settings.broker.startswith("filesystem://"):
+            folder = self.settings.broker_folder / "queue"
+            if not folder.is_dir():
+                raise OSError(f"broker folder {folder} is missing")
+            return
+        with self.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=3)
+
+    def sweep_incoming(self) -> None:
+        """Remove what uploads interrupted by a crash left in the datasets folder."""
+        root = self.settings.data_dir / "datasets"
+        if not root.is_dir():
+            return
+        for p in root.glob(".incoming-*"):
+            if time.time() - p.stat().st_mtime > STALE_UPLOAD_SECONDS:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def get_state(request: Request) -> State:
+    return request.app.state.hotdog  # type: ignore[no-any-return]
+
+
+_bearer = HTTPBearer(auto_error=False, description="the API key, when one is configured")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def require_api_key(
+    request: Request,
+    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
+    header: str | None = Depends(_header),
+) -> None:
+    """Write endpoints need the key when ``API_KEY`` is set (constant-time comparison)."""
+    key = get_state(request).settings.api_key
+    if not key:
+        return
+    given = header or (bearer.credentials if bearer is not None else None)
+    if not given or not hmac.compare_digest(given.encode(), key.encode()):
+        raise HTTPException(
+            401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
