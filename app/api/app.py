@@ -141,7 +141,7 @@ class JobsCollector(Collector):
         try:
             with Session(self.state.engine) as s:
                 counts = dict(s.execute(select(Job.status, func.count()).group_by(Job.status))
-                              .tuples().all())
+                              .all())
         except Exception:
             log.exception("counting jobs for /metrics failed")
             return

@@ -1,0 +1,350 @@
+"""The API in process (real SQLite database, real file-system broker; no worker needed):
+uploads and their validation, parameters, errors, the API key, models and /predict.
+The full path with a real worker is in test_service.py."""
+
+from __future__ import annotations
+
+import io
+import stat
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from app.api.app import create_app
+from app.core.config import Settings
+from app.db.models import JobStatus
+from app.db.session import make_engine, upgrade
+from app.engine import TrainConfig, fit
+from app.jobs.service import claim_job, finish_job
+from tests.common import TINY
+
+
+def zip_tree(root: Path, prefix: str = "") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                zf.write(p, prefix + str(p.relative_to(root)))
+    return buf.getvalue()
+
+
+def make_zip(entries: dict[str, bytes], *, symlink: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+def jpeg(color: tuple[int, int, int] = (200, 80, 40), size: int = 48) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = Settings(data_dir=tmp_path / "data", predict_max_files=4, predict_max_bytes=2 << 20,
+                 max_upload_bytes=8 << 20)
+    upgrade(s.db_url)
+    return s
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def upload(client: TestClient, data: bytes, name: str = "set.zip") -> object:
+    return client.post("/datasets", files={"file": (name, data, "application/zip")})
+
+
+def stored(settings: Settings) -> list[str]:
+    root = settings.data_dir / "datasets"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+def test_upload_validates_and_stores(client: TestClient, settings: Settings,
+                                     color_dataset: Path) -> None:
+    # d2l's zip keeps its tree inside one folder; that works as well as a top-level tree.
+    r = upload(client, zip_tree(color_dataset, "hotdog/"))
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["classes"] == ["hotdog", "not-hotdog"]
+    assert ds["counts"] == {"train": {"hotdog": 8, "not-hotdog": 8},
+                           "test": {"hotdog": 4, "not-hotdog": 4}}
+    assert any("few training images" in w for w in ds["warnings"])
+    assert stored(settings) == [ds["id"]]
+    assert (settings.dataset_dir(ds["id"]) / "train" / "hotdog" / "000.jpg").is_file()
+    assert client.get(f"/datasets/{ds['id']}").json() == ds
+    assert [d["id"] for d in client.get("/datasets").json()] == [ds["id"]]
+    r = client.post("/datasets", files={"file": ("x.zip", zip_tree(color_dataset))},
+                    data={"name": "colours"})
+    assert r.json()["name"] == "colours" and r.json()["warnings"] == ds["warnings"]
+
+
+BAD_UPLOADS = {
+    "not a zip": (b"this is text", "not a readable zip"),
+    "no test split": (make_zip({"train/a/1.jpg": jpeg(), "train/b/1.jpg": jpeg()}),
+                      "missing the 'test/' folder"),
+    "one class": (make_zip({"train/a/1.jpg": jpeg(), "test/a/1.jpg": jpeg()}),
+                  "at least 2 class folders"),
+    "classes differ": (make_zip({"train/a/1.jpg": jpeg(), "train/b/1.jpg": jpeg(),
+                                 "test/a/1.jpg": jpeg(), "test/c/1.jpg": jpeg()}),
+                       "same classes"),
+    "wrong layout": (make_zip({"photos/a/1.jpg": jpeg()}), "train/<class>/ and test/<class>/"),
+    "corrupt image": (make_zip({"train/a/1.jpg": jpeg(), "train/b/1.jpg": jpeg()[:60],
+                                "test/a/1.jpg": jpeg(), "test/b/1.jpg": jpeg()}),
+                      "train/b/1.jpg"),
+    "path escape": (make_zip({"../evil.jpg": jpeg()}), "points outside the dataset"),
+    "symlink": (make_zip({"train/a/1.jpg": jpeg()}, symlink="train/b/link.jpg"),
+                "symbolic link"),
+    "compression bomb": (make_zip({"train/a/bomb.jpg": b"\0" * (64 << 20)}),
+                         "compression bomb"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_UPLOADS)
+def test_bad_uploads_are_422_and_leave_nothing(client: TestClient, settings: Settings,
+                                               case: str) -> None:
+    data, expected = BAD_UPLOADS[case]
+    r = upload(client, data)
+    assert r.status_code == 422, r.text
+    assert expected in r.json()["detail"]
+    assert stored(settings) == []
+    assert client.get("/datasets").json() == []
+
+
+def test_limits_name_themselves(client: TestClient) -> None:
+    r = upload(client, b"\0" * (9 << 20))
+    assert r.status_code == 413 and "limit of 8388608 bytes" in r.json()["detail"]
+    files = [("file", (f"{i}.jpg", jpeg(), "image/jpeg")) for i in range(5)]
+    r = client.post("/predict", files=files)
+    assert r.status_code == 422 and "limit is 4" in r.json()["detail"]
+    r = client.post("/jobs", content=b"{" + b" " * (2 << 20) + b"}",
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_job_parameters_are_checked(client: TestClient, color_dataset: Path) -> None:
+    ds = upload(client, zip_tree(color_dataset)).json()["id"]
+    for body, field in [
+        ({"epochs": 0}, "epochs"), ({"lr": -1}, "lr"), ({"batch_size": 10**6}, "batch_size"),
+        ({"image_size": 8}, "image_size"), ({"init": "resnet50"}, "init"),
+        ({"momentum": 1.0}, "momentum"), ({"epochs": "many"}, "epochs"),
+        ({"learning_rate": 0.1}, "learning_rate"),
+    ]:
+        r = client.post("/jobs", json={"dataset_id": ds, **body})
+        assert r.status_code == 422, (body, r.text)
+        assert field in [str(p) for e in r.json()["detail"] for p in e["loc"]], r.text
+    r = client.post("/jobs", json={"dataset_id": "0" * 32})
+    assert r.status_code == 404 and "not found" in r.json()["detail"]
+    r = client.post("/jobs", json={"dataset_id": ds, "init": "job:" + "0" * 32})
+    assert r.status_code == 422 and "not found" in r.json()["detail"]
+    r = client.post("/jobs", json={"dataset_id": ds, "init": "scratch", "epochs": 2})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["progress"] == {
+        "epoch": 0, "epochs": 2, "fraction": 0.0, "eta_seconds": None}
+    # The defaults by init are filled in and shown.
+    assert job["params"]["lr"] == 0.064 and job["params"]["head_lr_mult"] == 1.0
+    pretrained = client.post("/jobs", json={"dataset_id": ds}).json()["params"]
+    assert pretrained["lr"] == 0.0064 and pretrained["head_lr_mult"] == 10.0
+
+
+def test_unknown_ids_are_404(client: TestClient) -> None:
+    for method, path in [("GET", "/jobs/nope"), ("GET", "/jobs/nope/metrics"),
+                         ("GET", "/jobs/nope/evaluation"), ("POST", "/jobs/nope/cancel"),
+                         ("GET", "/jobs/nope/checkpoint"), ("GET", "/datasets/nope"),
+                         ("DELETE", "/datasets/nope"), ("POST", "/models/nope/activate"),
+                         ("GET", "/no/such/route")]:
+        r = client.request(method, path)
+        assert r.status_code == 404, (method, path, r.text)
+        assert r.json()["detail"]
+    r = client.post("/predict", files={"file": ("a.jpg", jpeg())}, data={"model": "nope"})
+    assert r.status_code == 404
+
+
+def test_api_key_guards_writes(settings: Settings, color_dataset: Path) -> None:
+    keyed = settings.model_copy(update={"api_key": "s3cret"})
+    with TestClient(create_app(keyed)) as c:
+        data = zip_tree(color_dataset)
+        assert upload(c, data).status_code == 401
+        r = c.post("/datasets", files={"file": ("x.zip", data)},
+                   headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401 and "API key" in r.json()["detail"]
+        r = c.post("/datasets", files={"file": ("x.zip", data)},
+                   headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 201
+        assert c.post("/jobs", json={"dataset_id": r.json()["id"]},
+                      headers={"X-API-Key": "s3cret"}).status_code == 202
+        assert c.get("/datasets").status_code == 200  # reads stay open
+
+
+def _finished_job(settings: Settings, dataset_id: str, tmp_path: Path, data: Path,
+                  seed: int = 0) -> str:
+    """A job run to success by the engine directly, recorded as a worker would."""
+    engine = make_engine(settings.db_url)
+    cfg = TrainConfig(**TINY, epochs=1, seed=seed)
+    out = tmp_path / f"model-{seed}.pt"
+    result = fit(data, cfg, out)
+    from app.jobs.service import create_job
+
+    with Session(engine) as s:
+        job = create_job(s, dataset_id=dataset_id, params=cfg.to_dict(), epochs=1)
+        s.commit()
+        claim_job(s, job.id, worker="w", lease_seconds=60)
+        assert result.evaluation is not None
+        finish_job(s, job.id, worker="w", status=JobStatus.SUCCEEDED, checkpoint_path=str(out),
+                   evaluation=result.evaluation.to_dict())
+        s.commit()
+        job_id = job.id
+    engine.dispose()
+    return job_id
+
+
+def test_models_activation_and_predict(client: TestClient, settings: Settings,
+                                       color_dataset: Path, tmp_path: Path) -> None:
+    ds = upload(client, zip_tree(color_dataset)).json()["id"]
+    assert client.post("/predict", files={"file": ("a.jpg", jpeg())}).status_code == 409
+    first = _finished_job(settings, ds, tmp_path, color_dataset, seed=0)
+    second = _finished_job(settings, ds, tmp_path, color_dataset, seed=1)
+    models = client.get("/models").json()
+    assert [m["id"] for m in models] == [second, first]  # the newest is active by default
+    assert models[0]["active"] and not models[1]["active"]
+    assert models[0]["classes"] == ["hotdog", "not-hotdog"] and models[0]["image_size"] == 32
+
+    photo = color_dataset / "test" / "hotdog" / "000.jpg"
+    files = [("file", ("lunch.jpg", photo.read_bytes(), "image/jpeg")),
+             ("file", ("green.png", _png((50, 150, 70)), "image/png"))]
+    r = client.post("/predict", files=files)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["model"] == second
+    assert [p["filename"] for p in out["predictions"]] == ["lunch.jpg", "green.png"]
+    for p in out["predictions"]:
+        assert p["label"] in ("hotdog", "not-hotdog")
+        assert abs(sum(p["probabilities"].values()) - 1) < 1e-5
+        assert p["label"] == max(p["probabilities"], key=p["probabilities"].get)
+
+    # /predict answers what the engine's Predictor answers for the same checkpoint.
+    from app.engine import Predictor
+
+    engine_probs = Predictor(tmp_path / "model-1.pt").predict([photo])[0].probabilities
+    assert out["predictions"][0]["probabilities"] == pytest.approx(engine_probs, abs=1e-5)
+
+    assert client.post(f"/models/{first}/activate").json()["active"]
+    assert client.post("/predict", files=files[:1]).json()["model"] == first
+    assert client.get("/models").json()[0]["id"] == first
+    assert client.post("/predict", files=files[:1], data={"model": second}).json()[
+        "model"] == second
+
+    r = client.post("/predict", files={"file": ("notes.txt", b"hello")})
+    assert r.status_code == 422 and "notes.txt" in r.json()["detail"]
+    metrics = client.get("/metrics").text
+    assert "hotdog_predict_images_total 4.0" in metrics
+    assert 'hotdog_jobs{status="succeeded"} 2.0' in metrics
+    assert 'route="/predict"' in metrics
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 60), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_delete_dataset_refused_while_a_job_uses_it(client: TestClient, settings: Settings,
+                                                   color_dataset: Path) -> None:
+    ds = upload(client, zip_tree(color_dataset)).json()["id"]
+    job = client.post("/jobs", json={"dataset_id": ds, **TINY}).json()["id"]
+    r = client.delete(f"/datasets/{ds}")
+    assert r.status_code == 409 and job in r.json()["detail"]
+    assert client.post(f"/jobs/{job}/cancel").json()["status"] == "cancelled"
+    assert client.post(f"/jobs/{job}/cancel").status_code == 409  # already ended
+    assert client.delete(f"/datasets/{ds}").status_code == 204
+    assert client.get(f"/datasets/{ds}").status_code == 404
+    assert stored(settings) == []
+    # The job keeps its history; a new job on the deleted dataset is refused.
+    assert client.get(f"/jobs/{job}").json()["dataset_id"] == ds
+    assert client.post("/jobs", json={"dataset_id": ds}).status_code == 404
+
+
+def test_checkpoint_and_evaluation_wait_for_success(client: TestClient,
+                                                    color_dataset: Path) -> None:
+    ds = upload(client, zip_tree(color_dataset)).json()["id"]
+    job = client.post("/jobs", json={"dataset_id": ds, **TINY}).json()["id"]
+    for path in ("checkpoint", "evaluation"):
+        r = client.get(f"/jobs/{job}/{path}")
+        assert r.status_code == 409 and "queued" in r.json()["detail"]
+    assert client.get(f"/jobs/{job}/metrics").json() == []
+
+
+def test_health_ready_docs(client: TestClient) -> None:
+    assert client.get("/health").json()["status"] == "ok"
+    ready = client.get("/ready").json()
+    assert ready == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+    paths = client.get("/openapi.json").json()["paths"]
+    for p in ("/datasets", "/jobs", "/jobs/{job_id}", "/predict", "/models", "/metrics"):
+        assert p in paths
+    assert client.get("/docs").status_code == 200
+
+
+def test_ready_is_503_when_the_broker_is_down(settings: Settings) -> None:
+    down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(down)) as c:
+        r = c.get("/ready")
+        assert r.status_code == 503
+        assert r.json()["checks"]["database"] == "ok"
+        assert r.json()["checks"]["broker"].startswith("unreachable")
+
+
+def test_a_job_that_cannot_be_queued_is_failed_not_lost(settings: Settings,
+                                                        color_dataset: Path) -> None:
+    down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(down)) as c:
+        ds = upload(c, zip_tree(color_dataset)).json()["id"]
+        r = c.post("/jobs", json={"dataset_id": ds})
+        assert r.status_code == 503 and "broker" in r.json()["detail"]
+        (job,) = c.get("/jobs").json()
+        assert job["status"] == "failed" and "broker" in job["error"]
+
+
+def test_refuses_to_start_on_an_unmigrated_database(tmp_path: Path) -> None:
+    from app.api.app import SchemaNotCurrent
+
+    fresh = Settings(data_dir=tmp_path / "fresh")
+    with pytest.raises(SchemaNotCurrent, match="hotdog migrate"), \
+            TestClient(create_app(fresh)):
+        pass
+
+
+def test_progress_and_eta_while_running(client: TestClient, settings: Settings,
+                                        color_dataset: Path) -> None:
+    from app.jobs.service import record_epoch, record_progress
+
+    ds = upload(client, zip_tree(color_dataset)).json()["id"]
+    job_id = client.post("/jobs", json={"dataset_id": ds, **TINY, "epochs": 4}).json()["id"]
+    engine = make_engine(settings.db_url)
+    with Session(engine) as s:
+        claim_job(s, job_id, worker="w", lease_seconds=60)
+        record_epoch(s, job_id, {"epoch": 1, "train_loss": 1.0, "train_acc": 0.5,
+                                 "test_loss": 1.0, "test_acc": 0.75, "images_per_s": 10.0,
+                                 "seconds": 10.0})
+        record_progress(s, job_id, worker="w", epoch=2, fraction=0.5)
+        s.commit()
+    engine.dispose()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "running"
+    assert job["progress"]["fraction"] == pytest.approx(1.5 / 4)
+    assert job["progress"]["eta_seconds"] == pytest.approx(25.0)  # 2.5 epochs of 10 s
+    assert job["latest_metrics"]["test_acc"] == 0.75 == job["best_metrics"]["test_acc"]

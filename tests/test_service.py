@@ -1,0 +1,217 @@
+"""The service end to end over HTTP: a real ``hotdog serve`` and a real ``hotdog worker``
+process, on Postgres + Redis and on the embedded default (SQLite + file-system broker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.client import Client, ServiceError
+from app.db.session import downgrade, upgrade
+from tests.common import TINY
+
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    url: str
+    env: dict[str, str]
+    tmp: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
+                         for p in sorted(self.tmp.glob("*.log")))
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"{name} did not stop on signal {sig}\n{self.logs()}") from None
+
+    def client(self) -> Client:
+        return Client(self.url, timeout=60)
+
+    def wait(self, job_id: str, statuses: set[str], timeout: float = 300,
+             until: Callable[[dict], bool] = lambda job: True) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while time.monotonic() < deadline:
+                job = c.job(job_id)
+                if job["status"] in statuses and until(job):
+                    return job
+                for name, proc in self.procs.items():
+                    assert proc.poll() is None, f"{name} exited\n{self.logs()}"
+                time.sleep(0.3)
+        raise AssertionError(f"job {job_id} is {job['status']}\n{self.logs()}")
+
+
+@pytest.fixture(scope="module", params=["postgres+redis", "embedded"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp(request.param.replace("+", "-"))
+    if request.param == "embedded":
+        db_url, broker = f"sqlite:///{tmp / 'data' / 'hotdog.db'}", ""
+    else:
+        db_url, broker = request.getfixturevalue("postgres_url"), REDIS_URL
+    port = free_port()
+    env = {**os.environ, "DATA_DIR": str(tmp / "data"), "DATABASE_URL": db_url,
+           "BROKER_URL": broker, "HEARTBEAT_SECONDS": "0.3", "JOB_LEASE_SECONDS": "5",
+           # a queue of this run's own: leftovers in a shared Redis never reach this worker
+           "TRAINING_QUEUE": f"training-{uuid.uuid4().hex[:8]}", "PREDICT_DEVICE": "cpu"}
+    upgrade(db_url)
+    stack = Stack(f"http://127.0.0.1:{port}", env, tmp)
+    stack.start("api", "serve", "--port", str(port))
+    stack.start("worker", "worker")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(stack.url + "/ready", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and stack.procs["api"].poll() is None, stack.logs()
+        time.sleep(0.2)
+    try:
+        yield stack
+    finally:
+        for name in list(stack.procs):
+            stack.stop(name)
+        if request.param != "embedded":
+            downgrade(db_url, "base")
+
+
+def hotdog_json(*args: str, env: dict[str, str] | None = None) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "app.cli", *args, "--json"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_upload_train_predict_evaluate(stack: Stack, color_dataset: Path, tmp_path: Path
+                                       ) -> None:
+    with stack.client() as c:
+        ds = c.upload(color_dataset, name="colors")
+        assert ds["classes"] == ["hotdog", "not-hotdog"]
+        job = c.submit(ds["id"], **TINY, epochs=3)
+        assert job["status"] == "queued"
+        job = stack.wait(job["id"], {"succeeded", "failed", "cancelled"})
+        assert job["status"] == "succeeded", job["error"]
+        assert job["progress"] == {"epoch": 3, "epochs": 3, "fraction": 1.0, "eta_seconds": 0.0}
+        assert job["attempt"] == 1 and job["error"] is None and job["finished_at"]
+        metrics = c.metrics(job["id"])
+        assert [m["epoch"] for m in metrics] == [1, 2, 3]
+        assert job["latest_metrics"] == metrics[-1]
+
+        photo = color_dataset / "test" / "not-hotdog" / "001.jpg"
+        out = c.predict([photo])
+        assert out["model"] == job["id"]
+        (p,) = out["predictions"]
+        assert p["filename"] == "001.jpg" and p["label"] in ds["classes"]
+        assert set(p["probabilities"]) == set(ds["classes"])
+        assert abs(sum(p["probabilities"].values()) - 1) < 1e-5
+
+        evaluation = c.evaluation(job["id"])
+        ckpt = c.download_checkpoint(job["id"], tmp_path / "model.pt")
+    local = hotdog_json("evaluate", str(ckpt), str(color_dataset))
+    assert evaluation["confusion"] == local["confusion"]
+    assert evaluation["accuracy"] == pytest.approx(local["accuracy"])
+    assert evaluation["accuracy"] == pytest.approx(metrics[-1]["test_acc"])
+    assert [r["f1"] for r in evaluation["per_class"]] == pytest.approx(
+        [r["f1"] for r in local["per_class"]])
+
+
+def test_cancel_a_running_job(stack: Stack, color_dataset: Path) -> None:
+    with stack.client() as c:
+        ds = c.upload(color_dataset)["id"]
+        job = c.submit(ds, **TINY, epochs=500)
+        stack.wait(job["id"], {"running"}, until=lambda j: j["progress"]["epoch"] >= 1)
+        assert c.cancel(job["id"])["cancel_requested"]
+        job = stack.wait(job["id"], {"cancelled", "succeeded", "failed"}, timeout=120)
+        assert job["status"] == "cancelled" and job["progress"]["epoch"] < 500
+        with pytest.raises(ServiceError) as err:
+            c.cancel(job["id"])
+        assert err.value.status == 409
+
+
+def test_errors_through_http(stack: Stack) -> None:
+    with stack.client() as c:
+        for call in (lambda: c.job("0" * 32), lambda: c.evaluation("nope"),
+                     lambda: c.predict([__file__], model="nope")):
+            with pytest.raises(ServiceError) as err:
+                call()
+            assert err.value.status == 404
+        with pytest.raises(ServiceError) as err:
+            c.submit("0" * 32, epochs=-1)
+        assert err.value.status == 422 and "epochs" in str(err.value)
+
+
+def test_the_command_line_client(stack: Stack, color_dataset: Path) -> None:
+    env = {"HOTDOG_URL": stack.url}
+    ds = hotdog_json("upload", str(color_dataset), env=env)
+    job = hotdog_json("submit", ds["id"], "--init", "scratch", "--image-size", "32",
+                      "--batch-size", "8", "--epochs", "1", "--watch", "--interval", "0.2",
+                      env=env)
+    assert job["status"] == "succeeded"
+    photo = color_dataset / "test" / "hotdog" / "000.jpg"
+    out = hotdog_json("classify", str(photo), "--model", job["id"], env=env)
+    assert out["model"] == job["id"] and out["predictions"][0]["filename"] == "000.jpg"
+    listed = hotdog_json("jobs", "--status", "succeeded", env=env)["jobs"]
+    assert job["id"] in [j["id"] for j in listed]
+    # A service that is not there is a clear error, not a traceback.
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "jobs", "--url",
+                           f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "cannot reach the hotdog service" in proc.stderr
+
+
+def test_a_stopped_worker_hands_its_job_to_the_next(stack: Stack, color_dataset: Path) -> None:
+    with stack.client() as c:
+        ds = c.upload(color_dataset)["id"]
+        job_id = c.submit(ds, **TINY, epochs=400)["id"]
+        running = stack.wait(job_id, {"running"}, until=lambda j: j["progress"]["epoch"] >= 2)
+        assert stack.stop("worker") == 0  # SIGTERM: warm shutdown
+        job = c.job(job_id)
+        assert job["status"] == "queued" and job["attempt"] == 0, job
+        assert job["progress"]["epoch"] >= running["progress"]["epoch"]
+        stopped_at = job["progress"]["epoch"]
+        stack.start("worker", "worker")
+        job = stack.wait(job_id, {"running"}, timeout=120,
+                         until=lambda j: j["progress"]["epoch"] > stopped_at)
+        assert job["attempt"] == 1  # the shutdown did not spend an attempt
+        c.cancel(job_id)
+        job = stack.wait(job_id, {"cancelled", "succeeded", "failed"}, timeout=120)
+        assert job["status"] == "cancelled"
+        # It resumed: every epoch recorded once, none lost, none twice.
+        epochs = [m["epoch"] for m in c.metrics(job_id)]
+        assert epochs == list(range(1, len(epochs) + 1))
