@@ -1,0 +1,116 @@
+"""The batcher of /predict: concurrent requests share forward passes, within bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from app.api.serving import Batcher, Overloaded
+
+
+class Recorder:
+    """A forward pass that records its batch sizes; the first one waits for ``release``
+    so that the requests sent meanwhile have to queue up."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.sizes: list[int] = []
+        self.release = threading.Event()
+        self.fail_on = fail_on
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.sizes:
+            self.release.wait(10)
+        self.sizes.append(len(x))
+        if self.fail_on is not None and len(self.sizes) == self.fail_on:
+            raise RuntimeError("device lost")
+        return x.float().sum(dim=(1, 2, 3), keepdim=False).unsqueeze(1) * 2
+
+
+def image(v: int) -> torch.Tensor:
+    return torch.full((3, 2, 2), v, dtype=torch.uint8)
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_queued_requests_share_batches_and_get_their_own_rows() -> None:
+    rec = Recorder()
+    pool = ThreadPoolExecutor(1)
+    batcher = Batcher(rec, pool, max_batch=4, max_delay=0.001, max_queue=100)
+
+    async def main() -> list[list[torch.Tensor]]:
+        first = asyncio.create_task(batcher.submit([image(1)]))
+        await asyncio.sleep(0.05)  # the first batch is now computing
+        rest = [asyncio.create_task(batcher.submit([image(v), image(v)])) for v in range(2, 7)]
+        await asyncio.sleep(0.05)
+        rec.release.set()
+        return [await first, *[await t for t in rest]]
+
+    results = run(main())
+    assert rec.sizes[0] == 1 and sum(rec.sizes) == 11
+    assert max(rec.sizes[1:]) == 4 and len(rec.sizes) == 4  # 10 queued images: 4 + 4 + 2
+    for v, rows in zip(range(1, 7), results, strict=True):
+        assert [float(r) for r in rows] == [v * 12 * 2] * len(rows)
+    pool.shutdown()
+
+
+def test_a_full_queue_refuses_at_once() -> None:
+    rec = Recorder()
+    pool = ThreadPoolExecutor(1)
+    batcher = Batcher(rec, pool, max_batch=2, max_delay=0, max_queue=3)
+
+    async def main() -> None:
+        first = asyncio.create_task(batcher.submit([image(1)]))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(batcher.submit([image(2), image(3), image(4)]))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="retry"):
+            await batcher.submit([image(5)])
+        rec.release.set()
+        await first
+        assert len(await waiting) == 3
+
+    run(main())
+    pool.shutdown()
+
+
+def test_a_failed_batch_fails_its_requests_only() -> None:
+    rec = Recorder(fail_on=1)
+    rec.release.set()
+    pool = ThreadPoolExecutor(1)
+    batcher = Batcher(rec, pool, max_batch=8, max_delay=0, max_queue=100)
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="device lost"):
+            await batcher.submit([image(1)])
+        rows = await batcher.submit([image(2)])  # the batcher goes on
+        assert float(rows[0]) == 2 * 12 * 2
+
+    run(main())
+    pool.shutdown()
+
+
+def test_requests_that_went_away_are_not_computed() -> None:
+    rec = Recorder()
+    pool = ThreadPoolExecutor(1)
+    batcher = Batcher(rec, pool, max_batch=8, max_delay=0, max_queue=100)
+
+    async def main() -> None:
+        first = asyncio.create_task(batcher.submit([image(1)]))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(batcher.submit([image(2), image(2)]))
+        kept = asyncio.create_task(batcher.submit([image(3)]))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # the client disconnected
+        rec.release.set()
+        await first
+        assert float((await kept)[0]) == 3 * 12 * 2
+
+    run(main())
+    assert rec.sizes == [1, 1]
+    pool.shutdown()
