@@ -114,3 +114,34 @@ def test_requests_that_went_away_are_not_computed() -> None:
     run(main())
     assert rec.sizes == [1, 1]
     pool.shutdown()
+
+
+def test_forward_threads_give_a_lone_pass_every_thread() -> None:
+    from app.api.serving import ForwardThreads
+
+    original = torch.get_num_threads()
+    lanes = ForwardThreads(lanes=2, threads=4)
+    seen: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    def first(x: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        started.set()
+        release.wait(10)
+        return x
+
+    def second(x: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return x
+
+    a = lanes.executor.submit(lanes.run, first, torch.zeros(1))
+    started.wait(10)
+    b = lanes.executor.submit(lanes.run, second, torch.zeros(1))
+    b.result(10)
+    release.set()
+    a.result(10)
+    c = lanes.executor.submit(lanes.run, second, torch.zeros(1))
+    c.result(10)
+    lanes.shutdown()
+    torch.set_num_threads(original)  # the setting also seeds threads created later
+    assert seen == [4, 2, 4]  # alone: all 4; overlapping: 4 // 2 lanes; alone again: 4

@@ -331,7 +331,7 @@ def list_models(state: StateDep) -> list[ModelOut]:
 def activate_model(state: StateDep, job_id: str) -> ModelOut:
     """Make this job's model the default of ``/predict``."""
     with _session(state) as s:
-        job, _ = _checkpoint_of(s, job_id)
+        _checkpoint_of(s, job_id)
         # Strictly later than any earlier activation, even within one clock tick.
         latest = s.scalar(select(func.max(Job.activated_at)))
         now = utcnow()
@@ -340,8 +340,9 @@ def activate_model(state: StateDep, job_id: str) -> ModelOut:
         s.execute(update(Job).where(Job.id == job_id).values(activated_at=now)
                   .execution_options(synchronize_session=False))
         s.commit()
-        s.refresh(job)
-        return _model_out(job, True)
+    state.models.forget_lookups()  # this process sees the change at once
+    with _session(state) as s:
+        return _model_out(get_job(s, job_id), True)
 
 
 _TICK = datetime.resolution * 1000  # 1 ms
@@ -351,7 +352,8 @@ _TICK = datetime.resolution * 1000  # 1 ms
 predict = APIRouter(tags=["predict"])
 
 
-def _resolve_model(state: State, model: str | None) -> LoadedModel:
+def _lookup_model(state: State, model: str | None) -> tuple[str, Path]:
+    """The job id and checkpoint a request's ``model`` (or the default) names."""
     with _session(state) as s:
         if model:
             job, path = _checkpoint_of(s, model)
@@ -360,15 +362,19 @@ def _resolve_model(state: State, model: str | None) -> LoadedModel:
             if job is None:
                 raise Conflict("no trained model yet: train one with POST /jobs first")
             job, path = _checkpoint_of(s, job.id)
-    return state.models.get(job.id, path)
+        return job.id, path
 
 
-def _decode(loaded: LoadedModel, files: list[UploadFile]) -> list[torch.Tensor]:
-    out = []
+def _prepare(state: State, model: str | None, files: list[UploadFile]
+             ) -> tuple[LoadedModel, list[torch.Tensor]]:
+    """Find and load the model, then decode and crop every file for it (one thread hop)."""
+    job_id, path = state.models.lookup(model, lambda: _lookup_model(state, model))
+    loaded = state.models.get(job_id, path)
+    images = []
     for i, f in enumerate(files):
         f.file.seek(0)
-        out.append(loaded.predictor.load(f.file, name=f.filename or f"file {i + 1}"))
-    return out
+        images.append(loaded.predictor.load(f.file, name=f.filename or f"file {i + 1}"))
+    return loaded, images
 
 
 @predict.post("/predict", response_model=PredictOut)
@@ -382,8 +388,7 @@ async def predict_images(
     limit = state.settings.predict_max_files
     if len(file) > limit:
         raise Unprocessable(f"{len(file)} files in one request; the limit is {limit}")
-    loaded = await run_in_threadpool(_resolve_model, state, model)
-    images = await run_in_threadpool(_decode, loaded, file)
+    loaded, images = await run_in_threadpool(_prepare, state, model, file)
     rows = await loaded.batcher.submit(images)
     names = [f.filename or f"file {i + 1}" for i, f in enumerate(file)]
     predictions = loaded.predictor.report(torch.stack(rows), names)

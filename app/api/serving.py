@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,6 +28,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from app.engine.predict import Predictor
 
 log = logging.getLogger(__name__)
+
+LOOKUP_SECONDS = 1.0
 
 
 class Overloaded(RuntimeError):
@@ -36,22 +40,31 @@ class Batcher:
     def __init__(
         self,
         forward: Callable[[torch.Tensor], torch.Tensor],
-        executor: ThreadPoolExecutor,
+        executor: ThreadPoolExecutor | ForwardThreads,
         *,
         max_batch: int,
         max_delay: float,
         max_queue: int,
-        on_batch: Callable[[int], None] | None = None,
+        lanes: int = 1,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.forward = forward
-        self.executor = executor
+        if isinstance(executor, ForwardThreads):
+            self.executor: ThreadPoolExecutor = executor.executor
+            self.run_forward: Callable[[torch.Tensor], torch.Tensor] = partial(
+                executor.run, forward)
+        else:
+            self.executor, self.run_forward = executor, forward
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.max_queue = max_queue
+        self.lanes = lanes  # batches computed at the same time (one per forward thread)
         self.on_batch = on_batch
         self.pending: deque[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] = deque()
         self.task: asyncio.Task[None] | None = None
         self.wakeup: asyncio.Event | None = None
+        self.free: asyncio.Semaphore | None = None
+        self.last_batch = 1
 
     async def submit(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each image's output row, computed in whichever batches they land in."""
@@ -64,24 +77,27 @@ class Batcher:
         self.pending.extend(zip(images, futures, strict=True))
         if self.task is None or self.task.done():
             self.wakeup = asyncio.Event()
+            self.free = asyncio.Semaphore(self.lanes)
             self.task = loop.create_task(self._run())
         assert self.wakeup is not None
         self.wakeup.set()
         return list(await asyncio.gather(*futures))
 
     async def _run(self) -> None:
-        assert self.wakeup is not None
-        loop = asyncio.get_running_loop()
+        assert self.wakeup is not None and self.free is not None
         while True:
             if not self.pending:
                 self.wakeup.clear()
                 try:
                     await asyncio.wait_for(self.wakeup.wait(), timeout=60)
                 except TimeoutError:
-                    if not self.pending:  # idle: end; the next submit starts a new task
-                        return
+                    if not self.pending and not self.free.locked():
+                        return  # idle: end; the next submit starts a new task
                 continue
-            if len(self.pending) < self.max_batch and self.max_delay > 0:
+            await self.free.acquire()  # a forward thread is free
+            # Under concurrent traffic (the last batch was shared) wait a moment for more
+            # images; a lone request never waits.
+            if self.last_batch > 1 and len(self.pending) < self.max_batch and self.max_delay:
                 await asyncio.sleep(self.max_delay)
             batch = []
             while self.pending and len(batch) < self.max_batch:
@@ -89,21 +105,75 @@ class Batcher:
                 if not fut.done():  # skip the images of requests that went away
                     batch.append((image, fut))
             if not batch:
+                self.free.release()
                 continue
-            try:
-                x = torch.stack([image for image, _ in batch])
-                out = await loop.run_in_executor(self.executor, self.forward, x)
-            except Exception as exc:  # one bad batch fails its requests, not the batcher
-                log.exception("forward pass of %d images failed", len(batch))
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
-            for (_, fut), row in zip(batch, out, strict=True):
+            self.last_batch = len(batch)
+            asyncio.get_running_loop().create_task(self._compute(batch))
+
+    def _stack_forward(self, images: list[torch.Tensor]) -> torch.Tensor:
+        # Stacked on the forward thread: no torch work, and no OpenMP team, on the event loop.
+        if all(i.dim() == 3 and i.stride(0) == 1 for i in images):  # (3,S,S) views of HWC
+            x = torch.stack([i.permute(1, 2, 0) for i in images]).permute(0, 3, 1, 2)
+        else:
+            x = torch.stack(images)
+        return self.run_forward(x)
+
+    async def _compute(self, batch: list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]]
+                       ) -> None:
+        assert self.free is not None
+        loop = asyncio.get_running_loop()
+        try:
+            started = time.perf_counter()
+            out = await loop.run_in_executor(self.executor, self._stack_forward,
+                                             [image for image, _ in batch])
+            seconds = time.perf_counter() - started
+        except Exception as exc:  # one bad batch fails its requests, not the batcher
+            log.exception("forward pass of %d images failed", len(batch))
+            for _, fut in batch:
                 if not fut.done():
-                    fut.set_result(row)
+                    fut.set_exception(exc)
+            return
+        finally:
+            self.free.release()
+        if self.on_batch is not None:
+            self.on_batch(len(batch), seconds)
+        for (_, fut), row in zip(batch, out, strict=True):
+            if not fut.done():
+                fut.set_result(row)
+
+
+class ForwardThreads:
+    """The threads that run forward passes: ``lanes`` of them, so that on a CPU several
+    batches compute at once. A pass that runs alone gets every intra-op thread (lowest
+    latency); passes that overlap get ``threads // lanes`` each, so no OpenMP team waits at
+    a barrier for a core that another lane holds. (Intra-op thread counts are per thread
+    in PyTorch's OpenMP backend.)"""
+
+    def __init__(self, lanes: int, threads: int) -> None:
+        self.lanes = max(1, lanes)
+        self.threads = max(1, threads)
+        self.shared = max(1, self.threads // self.lanes)
+        self.executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="forward")
+        self.lock = threading.Lock()
+        self.busy = 0
+        self.local = threading.local()
+
+    def run(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        with self.lock:
+            self.busy += 1
+            alone = self.busy == 1
+        try:
+            want = self.threads if alone else self.shared
+            if getattr(self.local, "threads", None) != want:
+                torch.set_num_threads(want)
+                self.local.threads = want
+            return fn(x)
+        finally:
+            with self.lock:
+                self.busy -= 1
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
@@ -120,8 +190,15 @@ class ServingMetrics:
             "hotdog_predict_batch_size", "images per forward pass", registry=registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         )
+        self.forward_seconds = Counter(
+            "hotdog_predict_forward_seconds", "time spent in forward passes", registry=registry)
         self.loads = Counter("hotdog_model_loads", "checkpoints loaded for serving",
                              registry=registry)
+
+
+    def batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.forward_seconds.inc(seconds)
 
 
 class ModelCache:
@@ -138,16 +215,40 @@ class ModelCache:
         max_delay: float,
         max_queue: int,
         metrics: ServingMetrics,
+        lanes: int = 1,
+        threads: int | None = None,
     ) -> None:
         self.size = size
+        self.forward_threads = ForwardThreads(lanes, threads or torch.get_num_threads())
+        self.lanes = self.forward_threads.lanes
         self.device, self.precision = device, precision
         self.max_batch, self.max_delay, self.max_queue = max_batch, max_delay, max_queue
         self.metrics = metrics
-        # One thread runs every forward pass: models on one device take turns, not threads.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self.models: OrderedDict[str, LoadedModel] = OrderedDict()
         self.lock = threading.Lock()
         self.loading: dict[str, threading.Lock] = {}
+        self.lookups: dict[str | None, tuple[float, tuple[str, Path]]] = {}
+
+    def lookup(self, model: str | None, find: Callable[[], tuple[str, Path]]
+               ) -> tuple[str, Path]:
+        """``find()`` (a database lookup) for ``model``, remembered for ``LOOKUP_SECONDS``:
+        under load the active model is looked up about once a second, not per request.
+        Another process's activation is seen within that time."""
+        now = time.monotonic()
+        with self.lock:
+            hit = self.lookups.get(model)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        found = find()
+        with self.lock:
+            self.lookups[model] = (now + LOOKUP_SECONDS, found)
+            if len(self.lookups) > 1024:
+                self.lookups = {k: v for k, v in self.lookups.items() if v[0] > now}
+        return found
+
+    def forget_lookups(self) -> None:
+        with self.lock:
+            self.lookups.clear()
 
     def get(self, job_id: str, checkpoint: Path) -> LoadedModel:
         with self.lock:
@@ -162,9 +263,9 @@ class ModelCache:
             predictor = Predictor(checkpoint, device=self.device, precision=self.precision)
             self.metrics.loads.inc()
             batcher = Batcher(
-                predictor.probabilities, self.executor, max_batch=self.max_batch,
-                max_delay=self.max_delay, max_queue=self.max_queue,
-                on_batch=self.metrics.batch_size.observe,
+                predictor.probabilities, self.forward_threads, max_batch=self.max_batch,
+                max_delay=self.max_delay, max_queue=self.max_queue, lanes=self.lanes,
+                on_batch=self.metrics.batch,
             )
             model = LoadedModel(job_id, predictor, batcher)
             with self.lock:
@@ -178,4 +279,4 @@ class ModelCache:
             return model
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.forward_threads.shutdown()

@@ -41,7 +41,8 @@ class State:
             size=settings.models_cached, device=settings.predict_device,
             precision=settings.predict_precision, max_batch=settings.predict_max_batch,
             max_delay=settings.predict_max_delay_ms / 1000, max_queue=settings.predict_queue_images,
-            metrics=ServingMetrics(registry),
+            metrics=ServingMetrics(registry), lanes=_lanes(settings),
+            threads=settings.predict_threads,
         )
         return cls(settings, make_engine(settings.db_url), make_celery(settings), models,
                    registry)
@@ -81,6 +82,16 @@ class State:
         for p in root.glob(".incoming-*"):
             if time.time() - p.stat().st_mtime > STALE_UPLOAD_SECONDS:
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def _lanes(settings: Settings) -> int:
+    if settings.predict_lanes:
+        return settings.predict_lanes
+    import torch
+
+    on_gpu = settings.predict_device.startswith("cuda") or (
+        settings.predict_device == "auto" and torch.cuda.is_available())
+    return 1 if on_gpu or torch.get_num_threads() < 2 else 2
 
 
 def get_state(request: Request) -> State:

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     predict_max_batch: int = 32
     predict_max_delay_ms: float = 2.0
     predict_queue_images: int = 512  # waiting images beyond this get 429 (retry later)
+    # Forward passes computed at once (None: 2 on a CPU with 2+ cores, 1 on a GPU) and the
+    # torch threads they share (None: torch's default, one per core).
+    predict_lanes: int | None = None
+    predict_threads: int | None = None
     predict_device: str = "auto"
     predict_precision: str = "auto"
     models_cached: int = 4  # loaded models kept in memory

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
@@ -114,7 +115,12 @@ def load_eval_image(
     The single path for evaluation during training, ``hotdog evaluate`` and prediction.
     """
     img = open_rgb(source, name=name, min_short_side=pre.resize_size)
-    return eval_geometry(pre)(pil_to_uint8(img)).contiguous()
+    # Resized and cropped as a PIL image, exactly like the classic torchvision recipe, and
+    # without torch's intra-op threads: /predict decodes on many threads at once, next to the
+    # forward pass, where every extra OpenMP team would compete for the same cores.
+    # The result is a (3, S, S) view of the (S, S, 3) pixels: batches stacked from such views
+    # come out channels_last without another copy (see normalize_batch).
+    return torch.from_numpy(np.array(eval_geometry(pre)(img))).permute(2, 0, 1)
 
 
 def normalize_batch(

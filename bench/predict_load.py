@@ -1,0 +1,326 @@
+"""/predict under load, against the model's own speed measured in the same run.
+
+What it does
+------------
+1. Makes a model to serve: a ResNet-18 trained for one epoch at ``--image-size`` (224) on a
+   few generated photos (the weights do not matter for speed), recorded as a succeeded job
+   in a fresh SQLite database under a temporary ``DATA_DIR``.
+2. Baselines, in this process, with the same ``Predictor`` the service uses (same device,
+   precision and threads), on the same photos (generated JPEGs of 160-512 px):
+   * **batched forward**: images/s of ``Predictor.probabilities`` on batches of
+     ``--batch`` already decoded images - the model's ceiling;
+   * **bare latency**: one photo decoded, cropped and classified, p50 over many runs - what a
+     request costs without HTTP, queueing or batching.
+3. Starts ``hotdog serve`` (a separate process, one uvicorn worker) and sends ``POST
+   /predict`` with one photo per request: ``--requests`` sequential requests (concurrency 1),
+   then ``--concurrency`` clients at once for ``--seconds``. Requests are pre-encoded
+   multipart bodies on plain ``http.client`` connections (keep-alive), so the client costs
+   little CPU next to the server.
+
+How to read it
+--------------
+``batch`` is the mean images per forward pass and ``fwd busy`` the share of the wall time
+the service spent in forward passes (from its ``/metrics``).
+``c16 img/s / batched img/s`` is how close the service under load comes to the bare model
+(target >= 0.8): the batcher pools concurrent requests into one forward pass, so the
+remaining gap is HTTP, multipart parsing and decoding. ``c1 p50 / bare p50`` is what one
+lone request pays for being a request (target <= 1.3). Errors must be zero. The client
+and server share the machine's cores: on 2 cores the client's own work lowers the c16
+figure a little. Absolute numbers vary between machines and runs; the ratios are the result.
+
+Usage::
+
+    .venv/bin/python bench/predict_load.py              # ~1-2 min on 2 cores
+    .venv/bin/python bench/predict_load.py --quick      # seconds: a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_model(data_dir: Path, image_size: int) -> tuple[str, Path, list[Path]]:
+    from sqlalchemy.orm import Session
+
+    from app.core.config import Settings
+    from app.db.models import Dataset, JobStatus
+    from app.db.session import make_engine, upgrade
+    from app.demo_data import generate_demo_dataset
+    from app.engine import TrainConfig, fit
+    from app.jobs.service import claim_job, create_job, finish_job
+
+    photos_dir = data_dir / "photos"
+    generate_demo_dataset(photos_dir, train_per_class=4, test_per_class=16, seed=1)
+    cfg = TrainConfig(init="scratch", epochs=1, batch_size=8, image_size=image_size)
+    ckpt = data_dir / "model.pt"
+    result = fit(photos_dir, cfg, ckpt)
+    settings = Settings(data_dir=data_dir)
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    with Session(engine) as s:
+        ds = Dataset(id=uuid.uuid4().hex, name="bench", classes=result.classes, counts={},
+                     warnings=[], size_bytes=0)
+        s.add(ds)
+        s.flush()
+        job = create_job(s, dataset_id=ds.id, params=cfg.to_dict(), epochs=1)
+        s.commit()
+        claim_job(s, job.id, worker="bench", lease_seconds=60)
+        assert result.evaluation is not None
+        finish_job(s, job.id, worker="bench", status=JobStatus.SUCCEEDED,
+                   checkpoint_path=str(ckpt), evaluation=result.evaluation.to_dict())
+        s.commit()
+        job_id = job.id
+    engine.dispose()
+    return job_id, ckpt, sorted((photos_dir / "test").glob("*/*.jpg"))
+
+
+def make_predictor(ckpt: Path, device: str) -> Any:
+    from app.engine import Predictor
+
+    return Predictor(ckpt, device=device)
+
+
+def baselines(predictor: Any, photos: list[Path], batch: int, seconds: float
+              ) -> dict[str, Any]:
+    import torch
+
+    images = [predictor.load(p) for p in photos]
+    x = torch.stack([images[i % len(images)] for i in range(batch)])
+    for _ in range(2):
+        predictor.probabilities(x)  # warm-up
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        predictor.probabilities(x)
+        n += batch
+    batched = n / (time.perf_counter() - start)
+    blobs = [p.read_bytes() for p in photos]
+    for b in blobs[:3]:
+        predictor.predict([b], names=["warm"])
+    lat = []
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < seconds or len(lat) < 10:
+        t = time.perf_counter()
+        predictor.predict([blobs[i % len(blobs)]], names=["x"])
+        lat.append(time.perf_counter() - t)
+        i += 1
+    return {"batched_img_s": batched, "bare_p50_ms": 1000 * statistics.median(lat),
+            "precision": predictor.plan.precision, "device": str(predictor.plan.device)}
+
+
+def multipart(photo: Path) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"{photo.name}\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+    body += photo.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The service's own counters: time in forward passes, images and batches."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(("hotdog_predict_forward_seconds_total",
+                            "hotdog_predict_batch_size_sum", "hotdog_predict_batch_size_count")):
+            name, value = line.split()
+            out[name] = float(value)
+    return out
+
+
+class Load:
+    def __init__(self, port: int, bodies: list[tuple[bytes, str]]) -> None:
+        self.port = port
+        self.bodies = bodies
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+
+    def client(self, stop_at: float | None, count: int | None, offset: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        i = offset
+        done = 0
+        while (stop_at is None or time.perf_counter() < stop_at) and (
+                count is None or done < count):
+            body, ctype = self.bodies[i % len(self.bodies)]
+            i += 1
+            t = time.perf_counter()
+            try:
+                conn.request("POST", "/predict", body=body, headers={"Content-Type": ctype})
+                r = conn.getresponse()
+                payload = r.read()
+                ok = r.status == 200
+                detail = f"{r.status} {payload[:200]!r}"
+            except (OSError, http.client.HTTPException) as exc:
+                ok, detail = False, repr(exc)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            elapsed = time.perf_counter() - t
+            with self.lock:
+                if ok:
+                    self.latencies.append(elapsed)
+                else:
+                    self.errors.append(detail)
+            done += 1
+        conn.close()
+
+    def run(self, concurrency: int, *, seconds: float | None = None,
+            requests: int | None = None) -> dict[str, Any]:
+        self.latencies, self.errors = [], []
+        stop_at = time.perf_counter() + seconds if seconds else None
+        threads = [threading.Thread(target=self.client, args=(stop_at, requests, k * 7))
+                   for k in range(concurrency)]
+        before = scrape(self.port)
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+        after = scrape(self.port)
+        delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+        batches = delta.get("hotdog_predict_batch_size_count", 0.0)
+        ok = len(self.latencies)
+        return {"concurrency": concurrency, "requests": ok + len(self.errors),
+                "req_s": ok / wall, "img_s": ok / wall,
+                "p50_ms": 1000 * percentile(self.latencies, 50),
+                "p99_ms": 1000 * percentile(self.latencies, 99), "errors": len(self.errors),
+                "mean_batch": delta.get("hotdog_predict_batch_size_sum", 0.0) / max(1, batches),
+                "forward_busy": delta.get("hotdog_predict_forward_seconds_total", 0.0) / wall,
+                "first_error": self.errors[0] if self.errors else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=32, help="batch of the batched-forward baseline")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="baseline and load measured alternately this many times")
+    ap.add_argument("--seconds", type=float, default=8.0, help="concurrent load per round")
+    ap.add_argument("--requests", type=int, default=40, help="sequential requests per round")
+    ap.add_argument("--baseline-seconds", type=float, default=4.0, help="each baseline per round")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--quick", action="store_true", help="tiny run: 64 px, one short round")
+    ap.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.image_size, args.rounds, args.seconds, args.requests = 64, 1, 2.0, 10
+        args.baseline_seconds = 1.0
+
+    rounds: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="hotdog-predict-bench-") as tmp:
+        data_dir = Path(tmp)
+        _job_id, ckpt, photos = make_model(data_dir, args.image_size)
+        port = free_port()
+        env = {**os.environ, "DATA_DIR": str(data_dir), "PREDICT_DEVICE": args.device,
+               "DATABASE_URL": "", "BROKER_URL": ""}
+        log = open(data_dir / "api.log", "wb")  # noqa: SIM115
+        server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port),
+                                   "--log-level", "warning"], env=env, cwd=ROOT,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(server, port, data_dir / "api.log")
+            load = Load(port, [multipart(p) for p in photos])
+            load.run(2, requests=4)  # warm-up: loads the model, fills the thread pools
+            predictor = make_predictor(ckpt, args.device)
+            for i in range(args.rounds):
+                base = baselines(predictor, photos, args.batch, args.baseline_seconds)
+                c1 = load.run(1, requests=args.requests)
+                cn = load.run(args.concurrency, seconds=args.seconds)
+                r = {"baseline": base, "c1": c1, "cn": cn,
+                     "throughput_ratio": cn["img_s"] / base["batched_img_s"],
+                     "latency_ratio": c1["p50_ms"] / base["bare_p50_ms"]}
+                rounds.append(r)
+                print(f"round {i + 1}: batched {base['batched_img_s']:.1f} img/s, bare p50 "
+                      f"{base['bare_p50_ms']:.1f} ms | c1 p50 {c1['p50_ms']:.1f} ms | "
+                      f"c{args.concurrency} {cn['img_s']:.1f} img/s | ratios "
+                      f"{r['throughput_ratio']:.2f} / {r['latency_ratio']:.2f}", flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+            log.close()
+
+    plan = rounds[0]["baseline"]
+    print(f"\nmodel: ResNet-18 at {args.image_size} px on {plan['device']} ({plan['precision']})"
+          f", {len(photos)} photos of 160-512 px, {args.rounds} round(s)")
+    print(f"{'':>14} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+          f"{'batch':>5} {'fwd busy':>8}")
+    for name, key in (("concurrency 1", "c1"), (f"concurrency {args.concurrency}", "cn")):
+        rs = [r[key] for r in rounds]
+        print(f"{name:>14} {sum(r['requests'] for r in rs):>8} "
+              f"{statistics.median(r['req_s'] for r in rs):>7.1f} "
+              f"{statistics.median(r['p50_ms'] for r in rs):>7.1f} "
+              f"{statistics.median(r['p99_ms'] for r in rs):>7.1f} "
+              f"{sum(r['errors'] for r in rs):>6} "
+              f"{statistics.median(r['mean_batch'] for r in rs):>5.1f} "
+              f"{statistics.median(r['forward_busy'] for r in rs):>8.0%}")
+    throughput = statistics.median(r["throughput_ratio"] for r in rounds)
+    latency = statistics.median(r["latency_ratio"] for r in rounds)
+    errors = sum(r[k]["errors"] for r in rounds for k in ("c1", "cn"))
+    print(f"median c{args.concurrency} img/s / batched-forward img/s = {throughput:.2f} "
+          "(target >= 0.8)")
+    print(f"median c1 p50 / bare p50 = {latency:.2f} (target <= 1.3)")
+    print(f"errors: {errors}")
+    for r in rounds:
+        for k in ("c1", "cn"):
+            if r[k]["first_error"]:
+                print(f"first error: {r[k]['first_error']}")
+                break
+    if args.json:
+        print(json.dumps({"rounds": rounds, "throughput_ratio": throughput,
+                          "latency_ratio": latency, "errors": errors}))
+    return 0 if errors == 0 else 1
+
+
+def wait_ready(server: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/ready")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise SystemExit("the service did not start:\n" + log.read_text()[-2000:])
+        time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
