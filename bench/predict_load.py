@@ -6,16 +6,19 @@ What it does
    few generated photos (the weights do not matter for speed), recorded as a succeeded job
    in a fresh SQLite database under a temporary ``DATA_DIR``.
 2. Baselines, in this process, with the same ``Predictor`` the service uses (same device,
-   precision and threads), on the same photos (generated JPEGs of 160-512 px):
+   precision and threads), on the same photos (generated JPEGs of 160-512 px), measured
+   again before every round of load (``--rounds``, default 5): this machine's speed drifts
+   by tens of percent within a minute, so each round's load is divided by the baseline
+   measured just before it, and the medians of those ratios are the result:
    * **batched forward**: images/s of ``Predictor.probabilities`` on batches of
      ``--batch`` already decoded images - the model's ceiling;
    * **bare latency**: one photo decoded, cropped and classified, p50 over many runs - what a
      request costs without HTTP, queueing or batching.
-3. Starts ``hotdog serve`` (a separate process, one uvicorn worker) and sends ``POST
-   /predict`` with one photo per request: ``--requests`` sequential requests (concurrency 1),
-   then ``--concurrency`` clients at once for ``--seconds``. Requests are pre-encoded
-   multipart bodies on plain ``http.client`` connections (keep-alive), so the client costs
-   little CPU next to the server.
+3. Starts ``hotdog serve`` (a separate process, one uvicorn worker, default settings) and
+   sends ``POST /predict`` with one photo per request: ``--requests`` sequential requests
+   (concurrency 1), then ``--concurrency`` clients at once for ``--seconds``. Requests are
+   pre-encoded multipart bodies on plain ``http.client`` connections (keep-alive), so the
+   client costs little CPU next to the server.
 
 How to read it
 --------------
@@ -30,7 +33,7 @@ figure a little. Absolute numbers vary between machines and runs; the ratios are
 
 Usage::
 
-    .venv/bin/python bench/predict_load.py              # ~1-2 min on 2 cores
+    .venv/bin/python bench/predict_load.py              # about 1.5 min on 2 cores
     .venv/bin/python bench/predict_load.py --quick      # seconds: a smoke test
 """
 
@@ -229,11 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=32, help="batch of the batched-forward baseline")
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=int, default=5,
                     help="baseline and load measured alternately this many times")
-    ap.add_argument("--seconds", type=float, default=8.0, help="concurrent load per round")
-    ap.add_argument("--requests", type=int, default=40, help="sequential requests per round")
-    ap.add_argument("--baseline-seconds", type=float, default=4.0, help="each baseline per round")
+    ap.add_argument("--seconds", type=float, default=5.0, help="concurrent load per round")
+    ap.add_argument("--requests", type=int, default=30, help="sequential requests per round")
+    ap.add_argument("--baseline-seconds", type=float, default=2.5,
+                    help="each baseline per round")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="tiny run: 64 px, one short round")
     ap.add_argument("--json", action="store_true", help="print one JSON object at the end")
