@@ -257,6 +257,19 @@ def test_models_activation_and_predict(client: TestClient, settings: Settings,
     assert 'route="/predict"' in metrics
 
 
+def test_predict_sheds_load_with_503_and_retry_after(settings: Settings, color_dataset: Path,
+                                                     tmp_path: Path) -> None:
+    full = settings.model_copy(update={"predict_queue_images": 1})
+    with TestClient(create_app(full)) as c:
+        ds = upload(c, zip_tree(color_dataset)).json()["id"]
+        _finished_job(full, ds, tmp_path, color_dataset)
+        files = [("file", (f"{i}.jpg", jpeg(), "image/jpeg")) for i in range(2)]
+        r = c.post("/predict", files=files)  # 2 images never fit a queue of 1
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "retry" in r.json()["detail"]
+        assert c.post("/predict", files=files[:1]).status_code == 200
+
+
 def _png(color: tuple[int, int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (40, 60), color).save(buf, "PNG")

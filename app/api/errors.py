@@ -41,7 +41,7 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (DatasetError, 422),
     (ImageDecodeError, 422),
     (CheckpointError, 409),  # a stored checkpoint that cannot serve: the job's state
-    (Overloaded, 429),
+    (Overloaded, 503),  # shed load; Retry-After tells clients when to try again
     (Unavailable, 503),
 ]
 
@@ -54,7 +54,7 @@ def install(app: FastAPI) -> None:
 
 def _handler(status: int):  # type: ignore[no-untyped-def]
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
-        headers = {"Retry-After": "1"} if status in (429, 503) else None
+        headers = {"Retry-After": "1"} if status == 503 else None
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     return handle

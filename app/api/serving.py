@@ -6,7 +6,7 @@ forward pass runs on one thread per process (the device's), fed by a :class:`Bat
 per model: the first image waiting starts a batch, which waits up to ``max_delay`` for
 more (never beyond ``max_batch``); while a batch is computing, new images queue up and form
 the next one. The queue is bounded: past ``max_queue`` waiting images a request is refused
-at once (429) rather than left to time out.
+at once (503 with Retry-After) rather than left to time out.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ LOOKUP_SECONDS = 1.0
 
 
 class Overloaded(RuntimeError):
-    """More images are waiting than the queue holds."""
+    """More images are waiting than the queue holds (503 with Retry-After)."""
 
 
 class Batcher:
