@@ -87,7 +87,8 @@ def make_model(data_dir: Path, image_size: int) -> tuple[str, Path, list[Path]]:
     cfg = TrainConfig(init="scratch", epochs=1, batch_size=8, image_size=image_size)
     ckpt = data_dir / "model.pt"
     result = fit(photos_dir, cfg, ckpt)
-    settings = Settings(data_dir=data_dir)
+    # The embedded default, as the server started below uses, whatever DATABASE_URL says.
+    settings = Settings(data_dir=data_dir, database_url=None, broker_url=None)
     upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
     with Session(engine) as s:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +58,13 @@ def no_imagenet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # Postgres from DATABASE_URL (set by .ci/run), else the local server. Each test session works
 # in a database of its own, created and dropped here; an unreachable server fails the tests.
 POSTGRES_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+# Then the service settings are taken out of the environment, so that a test which forgets
+# to say where its data goes fails the same way everywhere instead of writing into .ci/run's
+# database (or this checkout's ./data): tests pass their URLs and folders explicitly.
+for _name in ("DATABASE_URL", "BROKER_URL", "API_KEY", "TRAINING_QUEUE"):
+    os.environ.pop(_name, None)
+os.environ["DATA_DIR"] = tempfile.mkdtemp(prefix="hotdog-tests-data-")
+atexit.register(shutil.rmtree, os.environ["DATA_DIR"], True)
 
 
 @pytest.fixture(scope="session")

@@ -51,9 +51,16 @@ def jpeg(color: tuple[int, int, int] = (200, 80, 40), size: int = 48) -> bytes:
     return buf.getvalue()
 
 
+def embedded(data_dir: Path, **overrides: object) -> Settings:
+    """The embedded default in ``data_dir``, whatever DATABASE_URL/BROKER_URL say (.ci/run
+    exports DATABASE_URL for the Postgres tests)."""
+    return Settings(data_dir=data_dir, database_url=None, broker_url=None,
+                    api_key=None, **overrides)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = Settings(data_dir=tmp_path / "data", predict_max_files=4, predict_max_bytes=2 << 20,
+    s = embedded(tmp_path / "data", predict_max_files=4, predict_max_bytes=2 << 20,
                  max_upload_bytes=8 << 20)
     upgrade(s.db_url)
     return s
@@ -335,7 +342,7 @@ def test_a_job_that_cannot_be_queued_is_failed_not_lost(settings: Settings,
 def test_refuses_to_start_on_an_unmigrated_database(tmp_path: Path) -> None:
     from app.api.app import SchemaNotCurrent
 
-    fresh = Settings(data_dir=tmp_path / "fresh")
+    fresh = embedded(tmp_path / "fresh")
     with pytest.raises(SchemaNotCurrent, match="hotdog migrate"), \
             TestClient(create_app(fresh)):
         pass

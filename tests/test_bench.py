@@ -21,3 +21,16 @@ def test_train_throughput_quick_runs_both_sides() -> None:
     for side in ("bare", "engine"):
         assert figures[side]["train_images"] > 0 and 0 <= figures[side]["test_acc"] <= 1
     assert figures["ratio_train_images_per_s"] > 0
+
+
+def test_predict_load_quick_runs_the_service_and_its_baselines() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "predict_load.py"), "--quick", "--json"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["errors"] == 0
+    (r,) = figures["rounds"]
+    assert r["baseline"]["batched_img_s"] > 0 and r["baseline"]["bare_p50_ms"] > 0
+    assert r["c1"]["requests"] == 10 and r["cn"]["requests"] > 0 and r["cn"]["mean_batch"] >= 1
