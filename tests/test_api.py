@@ -169,6 +169,19 @@ def test_job_parameters_are_checked(client: TestClient, color_dataset: Path) -> 
     assert pretrained["lr"] == 0.0064 and pretrained["head_lr_mult"] == 10.0
 
 
+def test_active_jobs_are_capped_with_429(settings: Settings, color_dataset: Path) -> None:
+    capped = settings.model_copy(update={"max_active_jobs": 2})
+    with TestClient(create_app(capped)) as c:
+        ds = upload(c, zip_tree(color_dataset)).json()["id"]
+        first = c.post("/jobs", json={"dataset_id": ds, **TINY}).json()["id"]
+        assert c.post("/jobs", json={"dataset_id": ds, **TINY}).status_code == 202
+        r = c.post("/jobs", json={"dataset_id": ds, **TINY})
+        assert r.status_code == 429 and r.headers["retry-after"] == "30"
+        assert "MAX_ACTIVE_JOBS" in r.json()["detail"]
+        c.post(f"/jobs/{first}/cancel")  # an ended job frees its slot
+        assert c.post("/jobs", json={"dataset_id": ds, **TINY}).status_code == 202
+
+
 def test_unknown_ids_are_404(client: TestClient) -> None:
     for method, path in [("GET", "/jobs/nope"), ("GET", "/jobs/nope/metrics"),
                          ("GET", "/jobs/nope/evaluation"), ("POST", "/jobs/nope/cancel"),

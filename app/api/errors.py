@@ -28,6 +28,10 @@ class Unprocessable(ValueError):
     pass
 
 
+class TooManyJobs(RuntimeError):
+    """The cap on queued + running jobs is reached: 429, retry later."""
+
+
 class Unavailable(RuntimeError):
     """A dependency (database, broker) cannot be reached: 503, the request may be retried."""
 
@@ -41,9 +45,15 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (DatasetError, 422),
     (ImageDecodeError, 422),
     (CheckpointError, 409),  # a stored checkpoint that cannot serve: the job's state
+    (TooManyJobs, 429),
     (Overloaded, 503),  # shed load; Retry-After tells clients when to try again
     (Unavailable, 503),
 ]
+
+
+# Seconds a client should wait: a full predict queue drains in about a second; a job slot
+# frees when a job ends, which takes minutes.
+RETRY_AFTER = {429: "30", 503: "1"}
 
 
 def install(app: FastAPI) -> None:
@@ -54,7 +64,7 @@ def install(app: FastAPI) -> None:
 
 def _handler(status: int):  # type: ignore[no-untyped-def]
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
-        headers = {"Retry-After": "1"} if status == 503 else None
+        headers = {"Retry-After": RETRY_AFTER[status]} if status in RETRY_AFTER else None
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     return handle

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.api.errors import Conflict, NotFound, Unprocessable
+from app.api.errors import Conflict, NotFound, TooManyJobs, Unprocessable
 from app.api.schemas import (
     DatasetOut,
     EpochOut,
@@ -189,6 +189,11 @@ def submit_job(state: StateDep, body: JobCreate) -> JobOut:
         raise Unprocessable(str(exc)) from exc
     with _session(state) as s:
         _live_dataset(s, body.dataset_id)
+        active = s.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE)))
+        cap = state.settings.max_active_jobs
+        if active is not None and active >= cap:
+            raise TooManyJobs(f"{active} jobs are queued or running, the limit "
+                              f"(MAX_ACTIVE_JOBS) is {cap}; retry when one has ended")
         if body.init.startswith("job:"):
             source = s.get(Job, body.init[4:])
             if source is None:

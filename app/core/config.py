@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # When set, every write request (POST, DELETE) needs ``Authorization: Bearer <key>``
     # or ``X-API-Key: <key>``.
     api_key: str | None = None
+    # Queued + running jobs at most; more get 429 (a burst of submissions cannot pile up
+    # unbounded work).
+    max_active_jobs: int = 100
     max_upload_bytes: int = 2 << 30  # one dataset zip
     max_dataset_bytes: int = 8 << 30  # its extracted size
     max_dataset_files: int = 200_000
