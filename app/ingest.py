@@ -51,9 +51,13 @@ def _is_hidden(parts: tuple[str, ...]) -> bool:
 
 def _member_path(info: zipfile.ZipInfo) -> PurePosixPath | None:
     """The member's safe relative path; ``None`` for entries to skip. Raises on unsafe ones."""
-    name = info.filename.replace("\\", "/")
+    name = info.filename
     if name.startswith(IGNORED_PREFIXES):
         return None
+    if "\\" in name:  # a Windows path: on another system it may name a different file
+        raise DatasetError(f"zip entry {name!r} has a backslash in its path; use '/'")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise DatasetError(f"zip entry {name!r} has control characters in its name")
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
         raise DatasetError(f"zip entry {info.filename!r} points outside the dataset")
@@ -189,16 +193,27 @@ def _warnings(
     return warnings
 
 
+def _renamed(splits: ImageFolderSplits, out: Path) -> Path:
+    """The images under names of our own: ``<split>/<class>/<n>.<ext>``. Only class folder
+    names (the labels) come from the upload; files that are not images are left out."""
+    for split, samples in (("train", splits.train), ("test", splits.test)):
+        for cls in splits.classes:
+            (out / split / cls).mkdir(parents=True)
+        for i, (path, label) in enumerate(samples):
+            os.rename(path, out / split / splits.classes[label] / f"{i:06d}{path.suffix.lower()}")
+    return out
+
+
 def ingest_zip(
     source: str | Path | BinaryIO, dest: Path, limits: Limits, *, workdir: Path
 ) -> IngestResult:
     """Extract and validate into ``workdir`` (a fresh temp folder on ``dest``'s file
-    system), then rename the dataset root to ``dest``. ``workdir`` is always removed."""
+    system), then move the images, renamed, to ``dest``. ``workdir`` is always removed."""
     try:
         size = extract_zip(source, workdir, limits)
         root = find_root(workdir)
         splits, warnings = validate(root)
-        os.replace(root, dest)
+        os.replace(_renamed(splits, workdir / ".dataset"), dest)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return IngestResult(classes=splits.classes, counts=splits.counts(), warnings=warnings,

@@ -92,7 +92,10 @@ def test_upload_validates_and_stores(client: TestClient, settings: Settings,
                            "test": {"hotdog": 4, "not-hotdog": 4}}
     assert any("few training images" in w for w in ds["warnings"])
     assert stored(settings) == [ds["id"]]
-    assert (settings.dataset_dir(ds["id"]) / "train" / "hotdog" / "000.jpg").is_file()
+    # Stored under names of our own; only the class folders (the labels) come from the zip.
+    stored_files = sorted(p.relative_to(settings.dataset_dir(ds["id"])).as_posix()
+                          for p in settings.dataset_dir(ds["id"]).rglob("*") if p.is_file())
+    assert len(stored_files) == 24 and stored_files[0] == "test/hotdog/000000.jpg"
     assert client.get(f"/datasets/{ds['id']}").json() == ds
     assert [d["id"] for d in client.get("/datasets").json()] == [ds["id"]]
     r = client.post("/datasets", files={"file": ("x.zip", zip_tree(color_dataset))},
@@ -114,6 +117,10 @@ BAD_UPLOADS = {
                                 "test/a/1.jpg": jpeg(), "test/b/1.jpg": jpeg()}),
                       "train/b/1.jpg"),
     "path escape": (make_zip({"../evil.jpg": jpeg()}), "points outside the dataset"),
+    "absolute path": (make_zip({"/etc/evil.jpg": jpeg()}), "points outside the dataset"),
+    "drive letter": (make_zip({"C:/evil.jpg": jpeg()}), "points outside the dataset"),
+    "backslash": (make_zip({"train\\a\\1.jpg": jpeg()}), "backslash"),
+    "control character": (make_zip({"train/a\x07/1.jpg": jpeg()}), "control characters"),
     "symlink": (make_zip({"train/a/1.jpg": jpeg()}, symlink="train/b/link.jpg"),
                 "symbolic link"),
     "compression bomb": (make_zip({"train/a/bomb.jpg": b"\0" * (64 << 20)}),
