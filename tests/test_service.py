@@ -215,3 +215,51 @@ def test_a_stopped_worker_hands_its_job_to_the_next(stack: Stack, color_dataset:
         # It resumed: every epoch recorded once, none lost, none twice.
         epochs = [m["epoch"] for m in c.metrics(job_id)]
         assert epochs == list(range(1, len(epochs) + 1))
+
+
+def _training_pids(stack: Stack, job_id: str) -> list[int]:
+    """The training processes (``python -m worker.child``) of one job of this stack."""
+    job_dir = str(Path(stack.env["DATA_DIR"]).resolve() / "jobs" / job_id)
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker.child" in cmd and any(job_dir.encode() in part for part in cmd):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_killed_training_process_resumes_and_finishes(stack: Stack,
+                                                        color_dataset: Path) -> None:
+    with stack.client() as c:
+        ds = c.upload(color_dataset)["id"]
+        job_id = c.submit(ds, **TINY, epochs=30)["id"]
+        stack.wait(job_id, {"running"}, until=lambda j: j["progress"]["epoch"] >= 2)
+        (pid,) = _training_pids(stack, job_id)
+        os.kill(pid, signal.SIGKILL)  # mid-epoch, as an OOM killer would
+        job = stack.wait(job_id, {"succeeded", "failed", "cancelled"})
+        assert job["status"] == "succeeded" and job["attempt"] == 2, job
+        # Resumed from its last epoch: every epoch once, no gap, no duplicate.
+        assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, 31))
+
+
+def test_a_job_that_always_crashes_fails_after_the_attempt_cap(stack: Stack,
+                                                               color_dataset: Path) -> None:
+    with stack.client() as c:
+        ds = c.upload(color_dataset)["id"]
+        job_id = c.submit(ds, **TINY, epochs=1000)["id"]
+        deadline = time.monotonic() + 120
+        killed: set[int] = set()
+        while (job := c.job(job_id))["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, stack.logs()
+            for pid in set(_training_pids(stack, job_id)) - killed:
+                os.kill(pid, signal.SIGKILL)  # every attempt dies
+                killed.add(pid)
+            time.sleep(0.05)
+        assert job["status"] == "failed" and job["attempt"] == 3, job
+        assert "exited with code -9" in job["error"] and "gave up after 3 attempts" in job["error"]
+        assert len(killed) == 3
