@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -263,3 +264,72 @@ def test_a_job_that_always_crashes_fails_after_the_attempt_cap(stack: Stack,
         assert job["status"] == "failed" and job["attempt"] == 3, job
         assert "exited with code -9" in job["error"] and "gave up after 3 attempts" in job["error"]
         assert len(killed) == 3
+
+
+def test_two_workers_train_two_jobs_at_once_while_the_api_is_read(
+        stack: Stack, color_dataset: Path) -> None:
+    stack.start("worker2", "worker", "--name", f"second-{uuid.uuid4().hex[:6]}@%h")
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def reader() -> None:  # API reads while both workers write progress and metrics
+        with httpx.Client(base_url=stack.url, timeout=30) as h:
+            while not stop.is_set():
+                statuses.append(h.get("/jobs").status_code)
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    try:
+        with stack.client() as c:
+            ds = c.upload(color_dataset)["id"]
+            jobs = [c.submit(ds, **TINY, epochs=12)["id"] for _ in range(2)]
+            for t in readers:
+                t.start()
+            seen: dict[str, str] = {}
+            deadline = time.monotonic() + 120
+            while len(set(seen.values())) < 2:  # both running at the same moment
+                assert time.monotonic() < deadline, stack.logs()
+                now = [c.job(j) for j in jobs]
+                if all(j["status"] == "running" for j in now):
+                    seen = {j["id"]: j["worker"] for j in now}
+                time.sleep(0.1)
+            for job_id in jobs:
+                job = stack.wait(job_id, {"succeeded", "failed", "cancelled"})
+                assert job["status"] == "succeeded", job
+                assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, 13))
+    finally:
+        stop.set()
+        for t in readers:
+            if t.is_alive():
+                t.join()
+        stack.stop("worker2")
+    assert statuses and set(statuses) == {200}
+    assert "database is locked" not in stack.logs()
+
+
+def test_64_concurrent_predict_clients_get_only_200_or_503(stack: Stack,
+                                                           color_dataset: Path) -> None:
+    with stack.client() as c:
+        ds = c.upload(color_dataset)["id"]
+        job = stack.wait(c.submit(ds, **TINY, epochs=1)["id"], {"succeeded", "failed"})
+        assert job["status"] == "succeeded"
+    photo = (color_dataset / "test" / "hotdog" / "000.jpg").read_bytes()
+    answers: list[int | str] = []
+
+    def client() -> None:
+        with httpx.Client(base_url=stack.url, timeout=120) as h:
+            for _ in range(3):
+                try:
+                    r = h.post("/predict", files={"file": ("p.jpg", photo)},
+                               data={"model": job["id"]})
+                    answers.append(r.status_code)
+                except httpx.TransportError as exc:  # a dropped connection
+                    answers.append(repr(exc))
+
+    threads = [threading.Thread(target=client) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(answers) == 192
+    assert set(answers) <= {200, 503}, [a for a in answers if a not in (200, 503)][:5]
+    assert answers.count(200) > 0

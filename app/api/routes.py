@@ -160,7 +160,8 @@ def _job_out(job: Job, metrics: list[EpochMetric]) -> JobOut:
         progress=Progress(epoch=job.epoch, epochs=job.epochs, fraction=fraction,
                           eta_seconds=eta),
         latest_metrics=latest, best_metrics=best, attempt=job.attempt,
-        max_attempts=job.max_attempts, cancel_requested=job.cancel_requested, error=job.error,
+        max_attempts=job.max_attempts, worker=job.worker,
+        cancel_requested=job.cancel_requested, error=job.error,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         heartbeat_at=job.heartbeat_at,
     )

@@ -89,6 +89,7 @@ class JobOut(BaseModel):
     best_metrics: EpochOut | None = Field(description="the epoch with the best test accuracy")
     attempt: int
     max_attempts: int
+    worker: str | None = Field(description="the worker running it (host:pid), while running")
     cancel_requested: bool
     error: str | None
     created_at: datetime
