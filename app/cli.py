@@ -301,9 +301,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.api.app import create_app
 
     logging.getLogger().setLevel(logging.INFO)
+    warn_if_exposed(args.host)
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level,
                 proxy_headers=True, timeout_graceful_shutdown=10)
     return EXIT_OK
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def warn_if_exposed(host: str) -> None:
+    """Serving beyond this machine without API_KEY lets anyone upload, train and delete."""
+    from app.core.config import get_settings
+
+    if host not in LOOPBACK and not get_settings().api_key:
+        log.warning("!" * 78)
+        log.warning("serving on %s WITHOUT an API key: anyone who can reach this port can "
+                    "upload data, start jobs and delete datasets. Set API_KEY.", host)
+        log.warning("!" * 78)
 
 
 def _with_emit(func: Callable[..., int]) -> Callable[[argparse.Namespace], int]:

@@ -54,6 +54,9 @@ try it:
   .venv/bin/hotdog classify {data}/demo/test/hotdog/0000.jpg
 Ctrl-C stops everything.
 """, flush=True)
+    from app.cli import warn_if_exposed
+
+    warn_if_exposed(host)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
                     timeout_graceful_shutdown=5)

@@ -5,6 +5,7 @@ The full path with a real worker is in test_service.py."""
 from __future__ import annotations
 
 import io
+import re
 import stat
 import zipfile
 from collections.abc import Iterator
@@ -202,20 +203,37 @@ def test_unknown_ids_are_404(client: TestClient) -> None:
     assert r.status_code == 404
 
 
-def test_api_key_guards_writes(settings: Settings, color_dataset: Path) -> None:
+def test_api_key_guards_every_route_but_health_and_ready(settings: Settings,
+                                                        color_dataset: Path) -> None:
     keyed = settings.model_copy(update={"api_key": "s3cret"})
-    with TestClient(create_app(keyed)) as c:
+    app = create_app(keyed)
+    with TestClient(app) as c:
+        # Every route the app has (its OpenAPI paths, and the routes outside the schema),
+        # so that a route added later cannot be left open.
+        routes = {(m.upper(), p) for p, ops in app.openapi()["paths"].items() for m in ops}
+        routes |= {(m, r.path) for r in app.routes if hasattr(r, "path")
+                   for m in getattr(r, "methods", None) or () if m != "HEAD"}
+        calls = sorted((m, re.sub(r"{[^}]+}", "x", p)) for m, p in routes)
+        assert len(calls) >= 20
+        for method, path in [*calls, ("GET", "/no/such/route")]:
+            r = c.request(method, path)
+            if path in ("/health", "/ready"):
+                assert r.status_code == 200, path
+            else:
+                assert r.status_code == 401, (method, path, r.status_code)
+                assert "API key" in r.json()["detail"]
+                assert r.headers["www-authenticate"] == "Bearer"
         data = zip_tree(color_dataset)
-        assert upload(c, data).status_code == 401
         r = c.post("/datasets", files={"file": ("x.zip", data)},
                    headers={"Authorization": "Bearer wrong"})
-        assert r.status_code == 401 and "API key" in r.json()["detail"]
+        assert r.status_code == 401
         r = c.post("/datasets", files={"file": ("x.zip", data)},
                    headers={"Authorization": "Bearer s3cret"})
         assert r.status_code == 201
         assert c.post("/jobs", json={"dataset_id": r.json()["id"]},
                       headers={"X-API-Key": "s3cret"}).status_code == 202
-        assert c.get("/datasets").status_code == 200  # reads stay open
+        assert c.get("/jobs", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.get("/openapi.json", headers={"X-API-Key": "s3cret"}).status_code == 200
 
 
 def _finished_job(settings: Settings, dataset_id: str, tmp_path: Path, data: Path,
@@ -388,3 +406,19 @@ def test_progress_and_eta_while_running(client: TestClient, settings: Settings,
     assert job["progress"]["fraction"] == pytest.approx(1.5 / 4)
     assert job["progress"]["eta_seconds"] == pytest.approx(25.0)  # 2.5 epochs of 10 s
     assert job["latest_metrics"]["test_acc"] == 0.75 == job["best_metrics"]["test_acc"]
+
+
+def test_serving_beyond_loopback_without_a_key_warns(caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.cli import warn_if_exposed
+
+    monkeypatch.delenv("API_KEY", raising=False)
+    with caplog.at_level("WARNING", logger="hotdog"):
+        warn_if_exposed("127.0.0.1")
+        assert not caplog.records
+        warn_if_exposed("0.0.0.0")
+    assert any("WITHOUT an API key" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setenv("API_KEY", "k")
+    warn_if_exposed("0.0.0.0")
+    assert not caplog.records

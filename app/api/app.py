@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import app as package
 from app.api import errors, routes
 from app.api.schemas import Health
-from app.api.state import State
+from app.api.state import MISSING_KEY, State, key_matches
 from app.core.config import Settings, get_settings
 from app.db.models import Job, JobStatus
 
@@ -95,6 +95,32 @@ class BodyLimit:
             return message
 
         await self.app(scope, counting, send)
+
+
+PUBLIC_PATHS = frozenset({"/health", "/ready"})
+
+
+class ApiKeyGate:
+    """With ``API_KEY`` set, every path but /health and /ready answers 401 without the key:
+    the API, the docs, /metrics and unknown paths alike (so routes cannot be enumerated)."""
+
+    def __init__(self, app: ASGIApp, key: str | None) -> None:
+        self.app = app
+        self.key = key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.key or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers") or []}
+        auth = headers.get("authorization", "")
+        bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        if key_matches(self.key, bearer, headers.get("x-api-key")):
+            await self.app(scope, receive, send)
+            return
+        await JSONResponse({"detail": MISSING_KEY}, 401,
+                           headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
 
 
 class HttpMetrics:
@@ -211,5 +237,6 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
         ("POST", "/datasets"): settings.max_upload_bytes,
         ("POST", "/predict"): settings.predict_max_bytes,
     })
+    api.add_middleware(ApiKeyGate, key=settings.api_key)
     api.add_middleware(HttpMetrics, state=state)
     return api

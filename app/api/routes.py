@@ -37,7 +37,7 @@ from app.ingest import Limits, ingest_zip
 from app.jobs.service import create_job, get_job, request_cancel, utcnow
 
 StateDep = Annotated[State, Depends(get_state)]
-write = [Depends(require_api_key)]
+guarded = [Depends(require_api_key)]
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
@@ -46,7 +46,7 @@ def _session(state: State) -> Session:
 
 
 # ---------------------------------------------------------------------------- datasets
-datasets = APIRouter(prefix="/datasets", tags=["datasets"])
+datasets = APIRouter(prefix="/datasets", tags=["datasets"], dependencies=guarded)
 
 
 def _dataset_out(ds: Dataset) -> DatasetOut:
@@ -61,7 +61,7 @@ def _live_dataset(s: Session, dataset_id: str) -> Dataset:
     return ds
 
 
-@datasets.post("", status_code=status.HTTP_201_CREATED, dependencies=write,
+@datasets.post("", status_code=status.HTTP_201_CREATED,
                response_model=DatasetOut)
 def upload_dataset(
     state: StateDep,
@@ -110,7 +110,7 @@ def show_dataset(state: StateDep, dataset_id: str) -> DatasetOut:
         return _dataset_out(_live_dataset(s, dataset_id))
 
 
-@datasets.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=write)
+@datasets.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_dataset(state: StateDep, dataset_id: str) -> None:
     """Delete a dataset's files. Refused (409) while a queued or running job uses it; the
     jobs that used it keep their history, models and checkpoints."""
@@ -136,7 +136,7 @@ def delete_dataset(state: StateDep, dataset_id: str) -> None:
 
 
 # ---------------------------------------------------------------------------- jobs
-jobs = APIRouter(prefix="/jobs", tags=["jobs"])
+jobs = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=guarded)
 
 
 def _job_out(job: Job, metrics: list[EpochMetric]) -> JobOut:
@@ -181,7 +181,7 @@ def _show(s: Session, job_id: str) -> JobOut:
     return _job_out(job, _metrics_by_job(s, [job_id])[job_id])
 
 
-@jobs.post("", status_code=status.HTTP_202_ACCEPTED, dependencies=write, response_model=JobOut)
+@jobs.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
 def submit_job(state: StateDep, body: JobCreate) -> JobOut:
     """Queue a fine-tune job; a worker picks it up. Poll ``GET /jobs/{id}`` for progress."""
     try:
@@ -270,7 +270,7 @@ def job_evaluation(state: StateDep, job_id: str) -> EvaluationOut:
                              per_class=ev.per_class, macro_f1=sum(f1s) / max(1, len(f1s)))
 
 
-@jobs.post("/{job_id}/cancel", dependencies=write, response_model=JobOut)
+@jobs.post("/{job_id}/cancel", response_model=JobOut)
 def cancel_job(state: StateDep, job_id: str) -> JobOut:
     """A queued job ends ``cancelled`` at once; a running one stops at its next batch
     (``cancel_requested`` is true until then). 409 for a job that has ended."""
@@ -301,7 +301,7 @@ def job_checkpoint(state: StateDep, job_id: str) -> FileResponse:
 
 
 # ---------------------------------------------------------------------------- models
-models = APIRouter(prefix="/models", tags=["models"])
+models = APIRouter(prefix="/models", tags=["models"], dependencies=guarded)
 
 
 # Usable models, the active one first: the model activated last, else the newest.
@@ -333,7 +333,7 @@ def list_models(state: StateDep) -> list[ModelOut]:
         return [_model_out(j, i == 0) for i, j in enumerate(rows)]
 
 
-@models.post("/{job_id}/activate", dependencies=write, response_model=ModelOut)
+@models.post("/{job_id}/activate", response_model=ModelOut)
 def activate_model(state: StateDep, job_id: str) -> ModelOut:
     """Make this job's model the default of ``/predict``."""
     with _session(state) as s:
@@ -355,7 +355,7 @@ _TICK = datetime.resolution * 1000  # 1 ms
 
 
 # ---------------------------------------------------------------------------- predict
-predict = APIRouter(tags=["predict"])
+predict = APIRouter(tags=["predict"], dependencies=guarded)
 
 
 def _lookup_model(state: State, model: str | None) -> tuple[str, Path]:

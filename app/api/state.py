@@ -102,18 +102,24 @@ _bearer = HTTPBearer(auto_error=False, description="the API key, when one is con
 _header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
+MISSING_KEY = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+
+
+def key_matches(key: str, bearer: str | None, header: str | None) -> bool:
+    """Whether a request's key (``X-API-Key``, else the bearer token) is ``key``, compared
+    in constant time."""
+    given = header or bearer
+    return bool(given) and hmac.compare_digest(given.encode(), key.encode())  # type: ignore[union-attr]
+
+
 def require_api_key(
     request: Request,
     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
     header: str | None = Depends(_header),
 ) -> None:
-    """Write endpoints need the key when ``API_KEY`` is set (constant-time comparison)."""
+    """With ``API_KEY`` set, every endpoint but /health and /ready needs it. The ApiKeyGate
+    middleware enforces that for every path (docs and unknown routes included); this
+    dependency declares it in the OpenAPI schema and checks again."""
     key = get_state(request).settings.api_key
-    if not key:
-        return
-    given = header or (bearer.credentials if bearer is not None else None)
-    if not given or not hmac.compare_digest(given.encode(), key.encode()):
-        raise HTTPException(
-            401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if key and not key_matches(key, bearer.credentials if bearer else None, header):
+        raise HTTPException(401, MISSING_KEY, headers={"WWW-Authenticate": "Bearer"})
