@@ -7,12 +7,13 @@ It never trains.
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
@@ -25,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import app as package
 from app.api import errors, routes
-from app.api.schemas import Health
+from app.api.schemas import ERRORS, Health
 from app.api.state import MISSING_KEY, State, key_matches
 from app.core.config import Settings, get_settings
 from app.db.models import Job, JobStatus
@@ -176,6 +177,21 @@ class JobsCollector(Collector):
         yield gauge
 
 
+def _allowed_methods(api: FastAPI) -> Callable[[str], list[str]]:
+    """path → every method the API serves on it (from its OpenAPI paths, built on first use)."""
+    table: list[tuple[re.Pattern[str], list[str]]] = []
+
+    def allowed(path: str) -> list[str]:
+        if not table:
+            for template, ops in api.openapi()["paths"].items():
+                regex = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
+                pattern = re.compile(f"^{regex}$")
+                table.append((pattern, sorted(m.upper() for m in ops)))
+        return sorted({m for pattern, methods in table if pattern.match(path) for m in methods})
+
+    return allowed
+
+
 def create_app(settings: Settings | None = None, *, check: bool = True) -> FastAPI:
     settings = settings or get_settings()
     state = State.create(settings)
@@ -227,11 +243,22 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
         body = Health(status="ok" if ok else "unavailable", checks=checks)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
-    @api.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
+    @api.get("/metrics", response_class=PlainTextResponse, tags=["ops"],
+             responses={401: ERRORS[401]})
     def metrics() -> PlainTextResponse:
         """Prometheus text format."""
         return PlainTextResponse(generate_latest(state.registry),
                                  media_type=CONTENT_TYPE_LATEST)
+
+    allowed = _allowed_methods(api)
+
+    @api.exception_handler(405)
+    async def method_not_allowed(request: Request, _exc: Exception) -> JSONResponse:
+        # Starlette's Allow names one route's methods; a path may have several routes.
+        methods = allowed(request.url.path)
+        return JSONResponse({"detail": f"{request.method} is not allowed on "
+                                       f"{request.url.path}; use {', '.join(methods)}"},
+                            405, headers={"Allow": ", ".join(methods)})
 
     api.add_middleware(BodyLimit, limits={
         ("POST", "/datasets"): settings.max_upload_bytes,

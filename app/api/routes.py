@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import Conflict, NotFound, TooManyJobs, Unprocessable
 from app.api.schemas import (
+    ERRORS,
     DatasetOut,
     EpochOut,
     EvaluationOut,
@@ -39,6 +40,7 @@ from app.jobs.service import create_job, get_job, request_cancel, utcnow
 StateDep = Annotated[State, Depends(get_state)]
 guarded = [Depends(require_api_key)]
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+MAX_OFFSET = 10**9  # beyond any real list; larger values overflow the databases' integers
 
 
 def _session(state: State) -> Session:
@@ -46,7 +48,7 @@ def _session(state: State) -> Session:
 
 
 # ---------------------------------------------------------------------------- datasets
-datasets = APIRouter(prefix="/datasets", tags=["datasets"], dependencies=guarded)
+datasets = APIRouter(prefix="/datasets", tags=["datasets"], dependencies=guarded, responses=ERRORS)
 
 
 def _dataset_out(ds: Dataset) -> DatasetOut:
@@ -95,7 +97,7 @@ def upload_dataset(
 @datasets.get("", response_model=list[DatasetOut])
 def list_datasets(
     state: StateDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[DatasetOut]:
     with _session(state) as s:
         rows = s.scalars(select(Dataset).where(Dataset.deleted_at.is_(None))
@@ -136,7 +138,7 @@ def delete_dataset(state: StateDep, dataset_id: str) -> None:
 
 
 # ---------------------------------------------------------------------------- jobs
-jobs = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=guarded)
+jobs = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=guarded, responses=ERRORS)
 
 
 def _job_out(job: Job, metrics: list[EpochMetric]) -> JobOut:
@@ -227,7 +229,7 @@ def list_jobs(
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     dataset_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[JobOut]:
     with _session(state) as s:
         q = select(Job)
@@ -301,7 +303,7 @@ def job_checkpoint(state: StateDep, job_id: str) -> FileResponse:
 
 
 # ---------------------------------------------------------------------------- models
-models = APIRouter(prefix="/models", tags=["models"], dependencies=guarded)
+models = APIRouter(prefix="/models", tags=["models"], dependencies=guarded, responses=ERRORS)
 
 
 # Usable models, the active one first: the model activated last, else the newest.
@@ -355,7 +357,7 @@ _TICK = datetime.resolution * 1000  # 1 ms
 
 
 # ---------------------------------------------------------------------------- predict
-predict = APIRouter(tags=["predict"], dependencies=guarded)
+predict = APIRouter(tags=["predict"], dependencies=guarded, responses=ERRORS)
 
 
 def _lookup_model(state: State, model: str | None) -> tuple[str, Path]:

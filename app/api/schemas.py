@@ -34,6 +34,7 @@ class JobCreate(BaseModel):
     dataset_id: str = Field(min_length=1, max_length=64)
     init: str = Field(
         "imagenet",
+        json_schema_extra={"pattern": INIT_PATTERN.pattern},
         description="'imagenet' (pretrained backbone), 'scratch', or 'job:<id>' to start "
         "from an earlier succeeded job's model",
     )
@@ -135,6 +136,26 @@ class PredictionOut(BaseModel):
 class PredictOut(BaseModel):
     model: str
     predictions: list[PredictionOut]
+
+
+class ErrorOut(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="what is wrong: a sentence, or FastAPI's list of invalid fields")
+
+
+_ERROR_TEXT = {
+    400: "the body is malformed (not JSON, broken multipart)",
+    401: "the API key is missing or wrong (when API_KEY is set)",
+    404: "no such dataset, job or model",
+    409: "not possible in the resource's state (e.g. a job that has not succeeded)",
+    413: "the request body is over its limit",
+    422: "invalid parameters or unusable content (the detail names them)",
+    429: "too many jobs queued or running; retry after Retry-After seconds",
+    503: "overloaded or a dependency is unreachable; retry after Retry-After seconds",
+}
+# Every route documents the errors the API can answer (the same JSON shape for all).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text} for code, text in _ERROR_TEXT.items()}
 
 
 class Health(BaseModel):

@@ -106,10 +106,11 @@ MISSING_KEY = "missing or wrong API key: send 'Authorization: Bearer <key>' or '
 
 
 def key_matches(key: str, bearer: str | None, header: str | None) -> bool:
-    """Whether a request's key (``X-API-Key``, else the bearer token) is ``key``, compared
-    in constant time."""
-    given = header or bearer
-    return bool(given) and hmac.compare_digest(given.encode(), key.encode())  # type: ignore[union-attr]
+    """Whether a request carries ``key`` (as ``X-API-Key`` or a bearer token), compared in
+    constant time. Every credential it presents must be right: a wrong one is refused even
+    next to a right one."""
+    given = [g for g in (header, bearer) if g is not None]
+    return bool(given) and all(hmac.compare_digest(g.encode(), key.encode()) for g in given)
 
 
 def require_api_key(
