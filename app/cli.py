@@ -298,10 +298,12 @@ def _redacted(url: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.api.app import create_app
+    from app.api.app import create_app, keep_temp_files_in
+    from app.core.config import get_settings
 
     logging.getLogger().setLevel(logging.INFO)
     warn_if_exposed(args.host)
+    keep_temp_files_in(get_settings().data_dir)
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level,
                 proxy_headers=True, timeout_graceful_shutdown=10)
     return EXIT_OK

@@ -54,9 +54,11 @@ try it:
   .venv/bin/hotdog classify {data}/demo/test/hotdog/0000.jpg
 Ctrl-C stops everything.
 """, flush=True)
+    from app.api.app import keep_temp_files_in
     from app.cli import warn_if_exposed
 
     warn_if_exposed(host)
+    keep_temp_files_in(settings.data_dir)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
                     timeout_graceful_shutdown=5)

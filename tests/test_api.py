@@ -5,6 +5,7 @@ The full path with a real worker is in test_service.py."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import stat
 import zipfile
@@ -422,3 +423,19 @@ def test_serving_beyond_loopback_without_a_key_warns(caplog: pytest.LogCaptureFi
     monkeypatch.setenv("API_KEY", "k")
     warn_if_exposed("0.0.0.0")
     assert not caplog.records
+
+
+def test_a_server_spools_uploads_in_the_data_dir(tmp_path: Path) -> None:
+    import tempfile
+
+    from app.api.app import keep_temp_files_in
+
+    before = tempfile.tempdir
+    try:
+        tmp = keep_temp_files_in(tmp_path / "data")
+        with tempfile.SpooledTemporaryFile(max_size=1) as f:  # what Starlette spools to
+            f.write(b"more than one byte")  # rolled over to a real (unnamed) file
+            where = os.readlink(f"/proc/self/fd/{f.fileno()}")
+            assert where.startswith(str(tmp)) and tmp == (tmp_path / "data" / "tmp").resolve()
+    finally:
+        tempfile.tempdir = before

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -175,6 +177,16 @@ class JobsCollector(Collector):
         for st in JobStatus:
             gauge.add_metric([st.value], counts.get(st, 0))
         yield gauge
+
+
+def keep_temp_files_in(data_dir: Path) -> Path:
+    """Uploads are spooled to temporary files before a handler sees them: keep those in
+    ``DATA_DIR/tmp`` (the data volume), not the system's /tmp. For a server process only:
+    it changes where every temporary file of the process goes."""
+    tmp = (data_dir / "tmp").resolve()
+    tmp.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(tmp)
+    return tmp
 
 
 def _allowed_methods(api: FastAPI) -> Callable[[str], list[str]]:

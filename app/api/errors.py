@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app.api.serving import Overloaded
 from app.engine.checkpoint import CheckpointError
@@ -51,6 +52,7 @@ STATUS: list[tuple[type[BaseException], int]] = [
 ]
 
 
+
 # Seconds a client should wait: a full predict queue drains in about a second; a job slot
 # frees when a job ends, which takes minutes.
 RETRY_AFTER = {429: "30", 503: "1"}
@@ -59,6 +61,7 @@ RETRY_AFTER = {429: "30", 503: "1"}
 def install(app: FastAPI) -> None:
     for exc_type, status in STATUS:
         app.add_exception_handler(exc_type, _handler(status))
+    app.add_exception_handler(DBAPIError, _database_handler)
     app.add_exception_handler(Exception, _internal_error)
 
 
@@ -68,6 +71,18 @@ def _handler(status: int):  # type: ignore[no-untyped-def]
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     return handle
+
+
+async def _database_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A lost or refused database connection is 503 (retry shortly); any other database
+    error is a bug and stays a 500."""
+    assert isinstance(exc, DBAPIError)
+    if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+        log.warning("database unreachable on %s %s: %s", request.method, request.url.path,
+                    exc.orig)
+        return JSONResponse({"detail": "the database cannot be reached; retry shortly"},
+                            status_code=503, headers={"Retry-After": RETRY_AFTER[503]})
+    return await _internal_error(request, exc)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
