@@ -152,6 +152,31 @@ def test_limits_name_themselves(client: TestClient) -> None:
     assert r.status_code == 413
 
 
+def test_a_chunked_body_is_cut_off_while_it_streams(client: TestClient, settings: Settings
+                                                    ) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: only counting can stop it
+        for _ in range(64):
+            yield b"\0" * (1 << 20)
+
+    r = client.post("/datasets", content=chunks(),
+                    headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "limit of 8388608 bytes" in r.json()["detail"]
+    assert stored(settings) == []
+
+
+def test_a_zip_whose_headers_lie_about_sizes_is_refused(client: TestClient,
+                                                        settings: Settings) -> None:
+    data = bytearray(make_zip({"train/a/1.jpg": b"\0" * (4 << 20), "train/b/1.jpg": jpeg(),
+                               "test/a/1.jpg": jpeg(), "test/b/1.jpg": jpeg()}))
+    # Declare 1 KB instead of 4 MB, in the local header and in the central directory.
+    real = (4 << 20).to_bytes(4, "little")
+    assert data.count(real) == 2
+    data = data.replace(real, (1024).to_bytes(4, "little"))
+    r = upload(client, bytes(data))
+    assert r.status_code == 422 and "train/a/1.jpg" in r.json()["detail"]
+    assert stored(settings) == []
+
+
 def test_job_parameters_are_checked(client: TestClient, color_dataset: Path) -> None:
     ds = upload(client, zip_tree(color_dataset)).json()["id"]
     for body, field in [

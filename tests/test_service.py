@@ -333,3 +333,18 @@ def test_64_concurrent_predict_clients_get_only_200_or_503(stack: Stack,
     assert len(answers) == 192
     assert set(answers) <= {200, 503}, [a for a in answers if a not in (200, 503)][:5]
     assert answers.count(200) > 0
+
+
+def test_a_killed_worker_loses_nothing(stack: Stack, color_dataset: Path) -> None:
+    with stack.client() as c:
+        ds = c.upload(color_dataset)["id"]
+        job_id = c.submit(ds, **TINY, epochs=30)["id"]
+        stack.wait(job_id, {"running"}, until=lambda j: j["progress"]["epoch"] >= 2)
+        stack.stop("worker", signal.SIGKILL)  # the whole worker, with no chance to clean up
+        time.sleep(0.5)
+        assert not _training_pids(stack, job_id)  # its training died with it
+        assert c.job(job_id)["status"] == "running"  # until its lease runs out
+        stack.start("worker", "worker")
+        job = stack.wait(job_id, {"succeeded", "failed", "cancelled"}, timeout=300)
+        assert job["status"] == "succeeded" and job["attempt"] == 2, job
+        assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, 31))
