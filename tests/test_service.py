@@ -346,5 +346,7 @@ def test_a_killed_worker_loses_nothing(stack: Stack, color_dataset: Path) -> Non
         assert c.job(job_id)["status"] == "running"  # until its lease runs out
         stack.start("worker", "worker")
         job = stack.wait(job_id, {"succeeded", "failed", "cancelled"}, timeout=300)
-        assert job["status"] == "succeeded" and job["attempt"] == 2, job
+        # Attempt 2 normally; one more if a heartbeat of the new worker came late on this
+        # busy 2-core machine and the reaper took the job for lost (it is then resumed too).
+        assert job["status"] == "succeeded" and job["attempt"] >= 2, (job, stack.logs())
         assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, 31))
