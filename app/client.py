@@ -8,11 +8,10 @@ use it (upload, submit, watch, jobs, cancel, classify).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
+import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +79,7 @@ class Client:
     def upload(self, source: str | Path, *, name: str | None = None) -> dict[str, Any]:
         """Upload a dataset zip, or a folder (zipped on the fly)."""
         source = Path(source)
-        data = _zip_folder(source) if source.is_dir() else source.read_bytes()
+        data = _zipped(source) if source.is_dir() else source.read_bytes()
         form = {"name": name} if name else {}
         return self.json("POST", "/datasets", data=form,
                          files={"file": (source.name + (".zip" if source.is_dir() else ""),
@@ -147,13 +146,12 @@ class Client:
             time.sleep(interval)
 
 
-def _zip_folder(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:  # JPEGs do not compress
-        for p in sorted(folder.rglob("*")):
-            if p.is_file() and not any(part.startswith(".") for part in p.parts[-3:]):
-                zf.write(p, str(p.relative_to(folder)))
-    return buf.getvalue()
+def _zipped(folder: Path) -> bytes:
+    """A dataset folder as zip bytes, made by the same code as ``hotdog demo-data --zip``."""
+    from app.demo_data import zip_dataset
+
+    with tempfile.TemporaryDirectory(prefix="hotdog-upload-") as tmp:
+        return zip_dataset(folder, Path(tmp) / "dataset.zip").read_bytes()
 
 
 # ------------------------------------------------------------------------ commands

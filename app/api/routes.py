@@ -32,13 +32,13 @@ from app.api.schemas import (
     Progress,
 )
 from app.api.serving import LoadedModel
-from app.api.state import State, get_state, require_api_key
+from app.api.state import State, api_key_scheme, get_state
 from app.db.models import Dataset, EpochMetric, Job, JobStatus
 from app.ingest import Limits, ingest_zip
 from app.jobs.service import create_job, get_job, request_cancel, utcnow
 
 StateDep = Annotated[State, Depends(get_state)]
-guarded = [Depends(require_api_key)]
+guarded = [Depends(api_key_scheme)]
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 MAX_OFFSET = 10**9  # beyond any real list; larger values overflow the databases' integers
 
@@ -282,14 +282,14 @@ def cancel_job(state: StateDep, job_id: str) -> JobOut:
         return _show(s, job_id)
 
 
-def _checkpoint_of(s: Session, job_id: str) -> tuple[Job, Path]:
-    job = get_job(s, job_id)
+def _model_file(job: Job) -> Path:
+    """The final checkpoint of ``job``; 409 unless it succeeded and the file is there."""
     if job.status is not JobStatus.SUCCEEDED or not job.checkpoint_path:
-        raise Conflict(f"job {job_id} is {job.status.value}; only a succeeded job has a model")
+        raise Conflict(f"job {job.id} is {job.status.value}; only a succeeded job has a model")
     path = Path(job.checkpoint_path)
     if not path.is_file():
-        raise Conflict(f"the checkpoint of job {job_id} is gone from the storage dir ({path})")
-    return job, path
+        raise Conflict(f"the checkpoint of job {job.id} is gone from the storage dir ({path})")
+    return path
 
 
 @jobs.get("/{job_id}/checkpoint", response_class=FileResponse,
@@ -297,7 +297,7 @@ def _checkpoint_of(s: Session, job_id: str) -> tuple[Job, Path]:
 def job_checkpoint(state: StateDep, job_id: str) -> FileResponse:
     """The final checkpoint (``torch.load(..., weights_only=True)``; ``hotdog predict``)."""
     with _session(state) as s:
-        _, path = _checkpoint_of(s, job_id)
+        path = _model_file(get_job(s, job_id))
     return FileResponse(path, media_type="application/octet-stream",
                         filename=f"hotdog-{job_id}.pt")
 
@@ -339,7 +339,7 @@ def list_models(state: StateDep) -> list[ModelOut]:
 def activate_model(state: StateDep, job_id: str) -> ModelOut:
     """Make this job's model the default of ``/predict``."""
     with _session(state) as s:
-        _checkpoint_of(s, job_id)
+        _model_file(get_job(s, job_id))
         # Strictly later than any earlier activation, even within one clock tick.
         latest = s.scalar(select(func.max(Job.activated_at)))
         now = utcnow()
@@ -363,14 +363,10 @@ predict = APIRouter(tags=["predict"], dependencies=guarded, responses=ERRORS)
 def _lookup_model(state: State, model: str | None) -> tuple[str, Path]:
     """The job id and checkpoint a request's ``model`` (or the default) names."""
     with _session(state) as s:
-        if model:
-            job, path = _checkpoint_of(s, model)
-        else:
-            job = active_model(s)
-            if job is None:
-                raise Conflict("no trained model yet: train one with POST /jobs first")
-            job, path = _checkpoint_of(s, job.id)
-        return job.id, path
+        job = get_job(s, model) if model else active_model(s)
+        if job is None:
+            raise Conflict("no trained model yet: train one with POST /jobs first")
+        return job.id, _model_file(job)
 
 
 def _prepare(state: State, model: str | None, files: list[UploadFile]

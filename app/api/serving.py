@@ -40,7 +40,7 @@ class Batcher:
     def __init__(
         self,
         forward: Callable[[torch.Tensor], torch.Tensor],
-        executor: ThreadPoolExecutor | ForwardThreads,
+        executor: ThreadPoolExecutor,
         *,
         max_batch: int,
         max_delay: float,
@@ -49,12 +49,7 @@ class Batcher:
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.forward = forward
-        if isinstance(executor, ForwardThreads):
-            self.executor: ThreadPoolExecutor = executor.executor
-            self.run_forward: Callable[[torch.Tensor], torch.Tensor] = partial(
-                executor.run, forward)
-        else:
-            self.executor, self.run_forward = executor, forward
+        self.executor = executor
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.max_queue = max_queue
@@ -116,7 +111,7 @@ class Batcher:
             x = torch.stack([i.permute(1, 2, 0) for i in images]).permute(0, 3, 1, 2)
         else:
             x = torch.stack(images)
-        return self.run_forward(x)
+        return self.forward(x)
 
     async def _compute(self, batch: list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]]
                        ) -> None:
@@ -263,7 +258,8 @@ class ModelCache:
             predictor = Predictor(checkpoint, device=self.device, precision=self.precision)
             self.metrics.loads.inc()
             batcher = Batcher(
-                predictor.probabilities, self.forward_threads, max_batch=self.max_batch,
+                partial(self.forward_threads.run, predictor.probabilities),
+                self.forward_threads.executor, max_batch=self.max_batch,
                 max_delay=self.max_delay, max_queue=self.max_queue, lanes=self.lanes,
                 on_batch=self.metrics.batch,
             )
