@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from app.engine.presets import (
     Preprocessing,
     eval_resize_size,
     eval_transform,
+    load_eval_image,
     normalize_batch,
     train_decode_size,
     train_transform,
@@ -69,6 +72,23 @@ def test_eval_transform_matches_classic_torchvision_recipe() -> None:
     assert ours.shape == classic.shape == (3, 224, 224)
     # Tensor vs PIL antialiased resampling differ by rounding only.
     assert (ours - classic).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize(("w", "h", "size"), [(640, 427, 224), (300, 500, 224), (224, 224, 224),
+                                             (97, 41, 32), (1000, 1000, 64)])
+def test_load_eval_image_is_resize_then_center_crop(w: int, h: int, size: int) -> None:
+    """The fused resize + crop equals torchvision's Resize + CenterCrop within rounding."""
+    rng = np.random.default_rng(w * h)
+    arr = (rng.random((h // 4 + 1, w // 4 + 1, 3)) * 255).astype(np.uint8)
+    img = Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    pre = Preprocessing.for_size(size)
+    ours = load_eval_image(buf.getvalue(), pre)
+    classic = torch.from_numpy(np.array(T.CenterCrop(size)(T.Resize(pre.resize_size)(img))))
+    assert ours.shape == (3, size, size)
+    diff = (ours.permute(1, 2, 0).int() - classic.int()).abs()
+    assert diff.max() <= 1  # PIL rounds between its two passes: some pixels differ by 1
 
 
 def test_normalize_batch_equals_to_tensor_then_normalize() -> None:

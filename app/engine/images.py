@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -42,12 +43,15 @@ def open_rgb(
     *,
     name: str | None = None,
     min_short_side: int | None = None,
+    then: Callable[[Image.Image], Image.Image] | None = None,
 ) -> Image.Image:
     """Decode ``source`` into an 8-bit RGB image, EXIF orientation applied.
 
     ``min_short_side`` lets a JPEG be decoded at a reduced DCT scale (1/2, 1/4, 1/8)
     as long as both sides stay at least that large: callers pass the smallest size
     their transform needs, so nothing the model sees is lost.
+    ``then`` (a resize, say) is applied to the decoded picture before it is returned; it
+    saves the copy that handing out the decoded picture itself costs.
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "<upload>")
     if isinstance(source, bytes):
@@ -60,8 +64,12 @@ def open_rgb(
                 if min_short_side and img.format in ("JPEG", "MPO"):
                     img.draft(img.mode, (min_short_side, min_short_side))
                 img.load()
-                oriented = ImageOps.exif_transpose(img)
-                return to_rgb(oriented)
+                ImageOps.exif_transpose(img, in_place=True)
+                rgb = to_rgb(img)
+                if then is not None:
+                    return then(rgb)
+                # The file's image is released when the file closes: hand out a copy.
+                return rgb.copy() if rgb is img else rgb
     except FileNotFoundError as exc:
         raise ImageDecodeError(f"{label}: file not found") from exc
     except UnidentifiedImageError as exc:

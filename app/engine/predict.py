@@ -2,6 +2,10 @@
 
 Preprocessing is rebuilt from the checkpoint and goes through the same functions as the
 evaluation during training, so ``hotdog predict``, ``hotdog evaluate`` and the service agree.
+
+Two runtimes compute the same function: ``torch`` (eager PyTorch, bf16 autocast where the
+hardware has it) and ``onnx`` (the job's verified ONNX export in ONNX Runtime, fp32; see
+:mod:`app.engine.export`). In fp32 they agree within ``PARITY_TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -17,11 +21,31 @@ from torchvision.models import resnet18
 from app.engine.checkpoint import load_checkpoint
 from app.engine.data import eval_dataset, load_image_folder, make_loader
 from app.engine.device import plan_device
+from app.engine.export import OnnxModel, export_onnx_bytes, onnxruntime_available
 from app.engine.metrics import Evaluation
 from app.engine.presets import Preprocessing, load_eval_image, normalize_batch
 from app.engine.train import evaluation_from_logits, run_inference
 
 ImageSource = str | Path | bytes | BinaryIO
+RUNTIMES = ("torch", "onnx")
+
+
+def choose_runtime(requested: str, *, onnx_file: Path | None, device: str = "auto",
+                   precision: str = "auto") -> str:
+    """The runtime to serve a model with. ``auto``: ONNX Runtime when the model has an export
+    and the alternative would be eager fp32 on a CPU (ONNX Runtime is faster there); eager
+    PyTorch on a GPU or with bf16 autocast on a CPU that has native bf16 (faster still).
+    An ``onnx`` request for a model without an export falls back to PyTorch."""
+    if requested not in (*RUNTIMES, "auto"):
+        raise ValueError(f"runtime must be auto, torch or onnx, not {requested!r}")
+    if requested == "torch" or onnx_file is None or not onnx_file.is_file():
+        return "torch"
+    if not onnxruntime_available():
+        return "torch"
+    if requested == "onnx":
+        return "onnx"
+    plan = plan_device(device, precision=precision, workers=0)
+    return "onnx" if not plan.is_cuda and plan.amp_dtype is None else "torch"
 
 
 @dataclass(frozen=True)
@@ -41,11 +65,33 @@ class Predictor:
         *,
         device: str = "auto",
         precision: str = "auto",
+        runtime: str = "torch",
+        onnx_file: str | Path | None = None,
+        threads: int | None = None,
     ) -> None:
+        """``runtime="onnx"`` runs ``onnx_file`` (default: the ``.onnx`` file beside the
+        checkpoint, else an export made in memory now) in ONNX Runtime, in fp32."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         self.classes: list[str] = list(ckpt["classes"])
         self.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
         self.params: dict[str, Any] = dict(ckpt.get("params") or {})
+        self.runtime = runtime
+        self.model: torch.nn.Module | None = None
+        self.onnx: OnnxModel | None = None
+        if runtime == "onnx":
+            self.plan = plan_device(device, precision="fp32", workers=0)
+            if onnx_file is None and not isinstance(checkpoint, dict):
+                beside = Path(checkpoint).with_suffix(".onnx")
+                onnx_file = beside if beside.is_file() else None
+            source = onnx_file if onnx_file is not None else export_onnx_bytes(ckpt)
+            self.onnx = OnnxModel(source, device=self.plan.device, threads=threads)
+            if self.onnx.contract.get("classes") != self.classes:
+                raise ValueError(f"{onnx_file}: the ONNX model's classes "
+                                 f"{self.onnx.contract.get('classes')} differ from the "
+                                 f"checkpoint's {self.classes}")
+            return
         self.plan = plan_device(device, precision=precision, workers=0)
         model = resnet18(weights=None, num_classes=len(self.classes))
         model.load_state_dict(ckpt["model"])
@@ -54,21 +100,43 @@ class Predictor:
             model.to(memory_format=torch.channels_last)
         self.model = model
 
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.onnx is not None else self.plan.precision
+
     def load(self, source: ImageSource, *, name: str | None = None) -> torch.Tensor:
         """Decode and crop one image: uint8 (3, S, S). Raises ImageDecodeError naming it."""
         return load_eval_image(source, self.preprocessing, name=name)
 
     @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, S, S) → class probabilities (N, C), float32 on the CPU."""
+    def probabilities(self, batch: torch.Tensor, *, threads: int | None = None) -> torch.Tensor:
+        """uint8 (N, 3, S, S) → class probabilities (N, C), float32 on the CPU.
+
+        ``threads``: intra-op threads for this call (set per calling thread)."""
+        if self.onnx is not None:
+            (probs,) = self.onnx.run(batch.permute(0, 2, 3, 1), threads=threads)
+            return torch.from_numpy(probs)
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return torch.softmax(self._torch_logits(batch), dim=1).cpu()
+
+    @torch.inference_mode()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, S, S) → logits (N, C), float32 on the CPU."""
+        if self.onnx is not None:
+            (logits,) = self.onnx.run(batch.permute(0, 2, 3, 1), outputs=("logits",))
+            return torch.from_numpy(logits)
+        return self._torch_logits(batch).cpu()
+
+    def _torch_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        assert self.model is not None
         pre = self.preprocessing
         x = normalize_batch(
             batch, pre.mean, pre.std, device=self.plan.device,
             channels_last=self.plan.channels_last,
         )
         with self.plan.autocast():
-            logits = self.model(x)
-        return torch.softmax(logits.float(), dim=1).cpu()
+            return self.model(x).float()
 
     def report(self, probs: torch.Tensor, filenames: Sequence[str]) -> list[Prediction]:
         out = []
@@ -99,7 +167,12 @@ class Predictor:
             eval_dataset(samples, self.preprocessing), batch_size=batch_size, shuffle=False,
             workers=0,
         )
-        logits, targets = run_inference(self.model, loader, self.plan, self.preprocessing)
+        if self.model is not None:
+            logits, targets = run_inference(self.model, loader, self.plan, self.preprocessing)
+        else:
+            outs = [(self.logits(images), torch.as_tensor(t)) for images, t in loader]
+            logits = torch.cat([o[0] for o in outs]) if outs else torch.empty(0, 0)
+            targets = torch.cat([o[1] for o in outs]) if outs else torch.empty(0, dtype=torch.long)
         evaluation = evaluation_from_logits(self.classes, logits, targets)
         names = [str(p.relative_to(splits.root)) for p, _ in samples]
         return evaluation, self.report(torch.softmax(logits, dim=1), names)

@@ -1,0 +1,359 @@
+"""Exporting a trained model for other runtimes, and running the ONNX export.
+
+An export is the whole prediction after decoding: its input is a batch of decoded, resized
+and centre-cropped RGB pixels, uint8 ``(N, S, S, 3)`` (exactly what :func:`load_eval_image`
+produces, in its memory order), and the graph itself scales, normalises, runs ResNet-18 and
+applies the softmax. Outputs: ``logits`` and ``probabilities``, both ``(N, classes)``.
+What a caller must do before (the resize and crop) and the class names are recorded in the
+file itself (:func:`contract`): ONNX metadata properties, or TorchScript extra files.
+
+Formats:
+- ``onnx``: for ONNX Runtime (what ``/predict`` uses when it can), or any ONNX consumer.
+  Exported with the batch axis dynamic. A job's export is verified before it is kept
+  (:func:`export_verified`): its probabilities on the job's own test images must equal the
+  PyTorch model's within :data:`PARITY_TOLERANCE`.
+- ``torchscript``: for libtorch / TorchServe-style deployments (``torch.jit.load``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from app.engine.checkpoint import load_checkpoint
+from app.engine.data import load_image_folder
+from app.engine.presets import Preprocessing, load_eval_image
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+CONTRACT_FORMAT = "hotdog.export"
+CONTRACT_VERSION = 1
+ONNX_OPSET = 17
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("logits", "probabilities")
+# The exported graph must agree with PyTorch fp32 to this (max absolute difference of any
+# class probability on any verification image). Seen here: about 1e-6.
+PARITY_TOLERANCE = 1e-4
+# Verification decodes at most this many test images (a d2l-sized test set has 800).
+VERIFY_MAX_IMAGES = 512
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or the export does not match PyTorch."""
+
+
+class ServingModule(nn.Module):
+    """uint8 ``(N, S, S, 3)`` RGB crops → ``(logits, probabilities)``: ToTensor's scaling,
+    Normalize, the network and the softmax in one graph."""
+
+    def __init__(self, model: nn.Module, pre: Preprocessing) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.permute(0, 3, 1, 2).float().sub(self.mean).div(self.std)
+        logits = self.model(x)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def serving_module(ckpt: dict[str, Any]) -> ServingModule:
+    """The checkpoint's model in fp32 on the CPU, wrapped with its preprocessing."""
+    model = resnet18(weights=None, num_classes=len(ckpt["classes"]))
+    model.load_state_dict(ckpt["model"])
+    return ServingModule(model, Preprocessing.from_dict(ckpt["preprocessing"])).eval()
+
+
+def contract(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a consumer of the export needs to know, stored inside the exported file."""
+    pre = Preprocessing.from_dict(ckpt["preprocessing"])
+    return {
+        "format": CONTRACT_FORMAT,
+        "version": CONTRACT_VERSION,
+        "arch": ckpt.get("arch", "resnet18"),
+        "classes": list(ckpt["classes"]),
+        "input": {
+            "name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "color": "RGB",
+            "shape": ["batch", pre.image_size, pre.image_size, 3],
+            "preprocessing": (
+                f"decode, resize the shorter side to {pre.resize_size} (bilinear, "
+                f"antialiased), centre-crop {pre.image_size}x{pre.image_size}; the model "
+                "scales to [0, 1] and normalises with mean and std itself"
+            ),
+        },
+        "outputs": list(OUTPUT_NAMES),
+        "preprocessing": pre.to_dict(),
+        "epoch": int(ckpt.get("epoch", 0)),
+    }
+
+
+def _example(pre: Preprocessing, batch: int = 2) -> torch.Tensor:
+    return torch.zeros(batch, pre.image_size, pre.image_size, 3, dtype=torch.uint8)
+
+
+@contextlib.contextmanager
+def _atomic_path(out: Path) -> Iterator[Path]:
+    """A temp name beside ``out``, renamed over it when the block succeeds."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def export_onnx(ckpt: dict[str, Any], out: str | Path) -> Path:
+    """Write the ONNX export of ``ckpt`` to ``out`` (atomically), contract in its metadata."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ExportError(
+            "ONNX export needs the onnx package: pip install 'hotdog[onnx]'"
+        ) from exc
+    out = Path(out)
+    module = serving_module(ckpt)
+    pre = Preprocessing.from_dict(ckpt["preprocessing"])
+    with _atomic_path(out) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation notices
+            # The TorchScript-based exporter: a self-contained file in half a second, where
+            # the dynamo exporter takes ten times as long and writes weights beside it.
+            torch.onnx.export(
+                module, (_example(pre),), str(tmp), input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES), opset_version=ONNX_OPSET, dynamo=False,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+            )
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+        del proto.metadata_props[:]
+        for key, value in contract(ckpt).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = f"hotdog.{key}", json.dumps(value)
+        proto.doc_string = "hotdog ResNet-18 classifier: " + ", ".join(ckpt["classes"])
+        onnx.save(proto, str(tmp))
+    return out
+
+
+def export_onnx_bytes(ckpt: dict[str, Any]) -> bytes:
+    """The ONNX export of ``ckpt`` as bytes (for a checkpoint that has no export file)."""
+    with tempfile.TemporaryDirectory(prefix="hotdog-export-") as tmp:
+        return export_onnx(ckpt, Path(tmp) / "model.onnx").read_bytes()
+
+
+def export_torchscript(ckpt: dict[str, Any], out: str | Path) -> Path:
+    """Write a traced TorchScript module (``torch.jit.load``); contract in ``hotdog.json``."""
+    out = Path(out)
+    module = serving_module(ckpt)
+    pre = Preprocessing.from_dict(ckpt["preprocessing"])
+    with _atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+        traced = torch.jit.trace(module, (_example(pre),), check_trace=False)
+        torch.jit.save(traced, str(tmp),
+                       _extra_files={"hotdog.json": json.dumps(contract(ckpt))})
+    return out
+
+
+def export_model(checkpoint: str | Path | dict[str, Any], fmt: str, out: str | Path) -> Path:
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    if fmt == "onnx":
+        return export_onnx(ckpt, out)
+    if fmt == "torchscript":
+        return export_torchscript(ckpt, out)
+    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+
+
+# ------------------------------------------------------------------------- ONNX Runtime
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OnnxModel:
+    """An ONNX export run by ONNX Runtime. One session per intra-op thread count, so a batch
+    that computes alone can use every core while overlapping batches get a share each
+    (see ``app.api.serving.ForwardThreads``); sessions are safe to run from many threads."""
+
+    def __init__(self, source: str | Path | bytes, *, device: torch.device | None = None,
+                 threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ExportError(
+                "the ONNX runtime needs onnxruntime: pip install 'hotdog[onnx]'"
+            ) from exc
+        self.ort = ort
+        self.source = str(source) if isinstance(source, Path) else source
+        available = ort.get_available_providers()
+        self.providers = ["CPUExecutionProvider"]
+        if device is not None and device.type == "cuda":
+            if "CUDAExecutionProvider" in available:
+                self.providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}),
+                                  "CPUExecutionProvider"]
+            else:
+                log.warning("onnxruntime has no CUDA provider here (install onnxruntime-gpu): "
+                            "the ONNX model runs on the CPU")
+        self.threads = threads or torch.get_num_threads()
+        self.sessions: dict[int, Any] = {}
+        session = self.session(self.threads)
+        meta = session.get_modelmeta().custom_metadata_map
+        try:
+            self.contract = {k.removeprefix("hotdog."): json.loads(v)
+                             for k, v in meta.items() if k.startswith("hotdog.")}
+        except ValueError as exc:
+            raise ExportError(f"unreadable hotdog metadata in the ONNX model: {exc}") from exc
+        if self.contract.get("format") != CONTRACT_FORMAT:
+            raise ExportError("not a hotdog ONNX export (no hotdog.format metadata)")
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.providers[0] != "CPUExecutionProvider"
+
+    def session(self, threads: int) -> Any:
+        if threads not in self.sessions:
+            ort = self.ort
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = max(1, threads)
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            # Idle pool threads sleep instead of spinning: the cores they would burn are the
+            # ones decoding the next requests' images.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.sessions[threads] = ort.InferenceSession(
+                self.source, options, providers=self.providers)
+        return self.sessions[threads]
+
+    def run(self, images: torch.Tensor | np.ndarray, *, threads: int | None = None,
+            outputs: tuple[str, ...] = ("probabilities",)) -> list[np.ndarray]:
+        """uint8 (N, S, S, 3) → the named outputs as float32 arrays."""
+        x = images.contiguous().numpy() if isinstance(images, torch.Tensor) else images
+        session = self.session(threads or self.threads)
+        return session.run(list(outputs), {INPUT_NAME: np.ascontiguousarray(x)})
+
+
+# ------------------------------------------------------------------- a job's export
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """What the worker records about a job's export (``jobs.exports[format]``)."""
+
+    file: str | None = None
+    max_abs_diff: float | None = None
+    images: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def batches_of(images: Iterable[torch.Tensor], size: int = 32) -> Iterator[torch.Tensor]:
+    """uint8 (3, S, S) crops (views of HWC pixels) → uint8 (N, S, S, 3) batches."""
+    chunk: list[torch.Tensor] = []
+    for image in images:
+        chunk.append(image.permute(1, 2, 0))
+        if len(chunk) == size:
+            yield torch.stack(chunk)
+            chunk = []
+    if chunk:
+        yield torch.stack(chunk)
+
+
+def random_images(pre: Preprocessing, count: int = 16, seed: int = 0) -> Iterator[torch.Tensor]:
+    """Noise crops, for verifying an export when no dataset is at hand."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(count):
+        hwc = torch.randint(0, 256, (pre.image_size, pre.image_size, 3), dtype=torch.uint8,
+                            generator=g)
+        yield hwc.permute(2, 0, 1)
+
+
+def _runner(fmt: str, path: Path) -> Any:
+    """uint8 NHWC batch → probabilities (numpy), computed by the exported file's runtime."""
+    if fmt == "onnx":
+        onnx_model = OnnxModel(path, threads=torch.get_num_threads())
+        return lambda batch: onnx_model.run(batch)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.load(str(path), map_location="cpu")
+    return lambda batch: traced(batch)[1].numpy()
+
+
+def max_difference(ckpt: dict[str, Any], fmt: str, path: Path,
+                   batches: Iterable[torch.Tensor]) -> tuple[float, int]:
+    """Largest |p_export - p_torch| over every class of every image, and the image count."""
+    module = serving_module(ckpt)
+    run = _runner(fmt, path)
+    worst, count = 0.0, 0
+    with torch.inference_mode():
+        for batch in batches:
+            expected = module(batch)[1].numpy()
+            worst = max(worst, float(np.abs(run(batch) - expected).max()))
+            count += len(batch)
+    return worst, count
+
+
+def export_verified(checkpoint: str | Path, images: Iterable[torch.Tensor],
+                    out: str | Path, fmt: str = "onnx") -> ExportRecord:
+    """Export ``checkpoint`` to ``out`` and check it against PyTorch fp32 on ``images``
+    (uint8 crops). A failed or mismatching export is deleted; the record says why."""
+    started = time.perf_counter()
+    out = Path(out)
+    try:
+        ckpt = load_checkpoint(checkpoint)
+        export_model(ckpt, fmt, out)
+        worst, count = max_difference(ckpt, fmt, out, batches_of(images))
+        if count == 0:
+            raise ExportError("no test images to verify the export on")
+        if not worst <= PARITY_TOLERANCE:
+            raise ExportError(
+                f"the exported model's probabilities differ from PyTorch's by {worst:.2e} on "
+                f"{count} images (tolerance {PARITY_TOLERANCE:.0e}); export discarded"
+            )
+    except Exception as exc:  # any failure discards the export; prediction uses PyTorch
+        out.unlink(missing_ok=True)
+        message = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
+        log.warning("%s export of %s discarded: %s", fmt, checkpoint, message)
+        return ExportRecord(error=message, seconds=round(time.perf_counter() - started, 3))
+    return ExportRecord(file=out.name, max_abs_diff=worst, images=count,
+                        seconds=round(time.perf_counter() - started, 3))
+
+
+def dataset_images(checkpoint: str | Path, data_dir: str | Path, split: str = "test",
+                   limit: int = VERIFY_MAX_IMAGES) -> Iterator[torch.Tensor]:
+    """Up to ``limit`` images of a dataset split, decoded exactly as ``/predict`` decodes."""
+    pre = Preprocessing.from_dict(load_checkpoint(checkpoint)["preprocessing"])
+    splits = load_image_folder(data_dir)
+    for path, _ in (splits.test if split == "test" else splits.train)[:limit]:
+        yield load_eval_image(path, pre)
+
+
+def export_for_job(checkpoint: str | Path, data_dir: str | Path, out: str | Path) -> ExportRecord:
+    """A finished job's ONNX export, verified on (up to :data:`VERIFY_MAX_IMAGES` of) the
+    test images of its dataset."""
+    return export_verified(checkpoint, dataset_images(checkpoint, data_dir), out)
