@@ -1,0 +1,521 @@
+"""The web page in a real headless Chromium against a real running service.
+
+The service is ``hotdog serve`` + ``hotdog worker`` on the embedded default (SQLite and the
+file-system broker), as in tests/test_service.py; the browser is Debian's ``chromium`` driven
+by its ``chromedriver`` through Selenium. Without them these tests skip (saying how to install
+them), except where ``HOTDOG_REQUIRE_BROWSER=1`` (``.ci/run`` sets it): there they fail.
+
+On a failure the page's screenshot, its HTML and the browser console are saved under
+``test-artifacts/`` (or ``$HOTDOG_TEST_ARTIFACTS``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.db.session import upgrade
+from tests.test_service import Stack, free_port
+
+try:
+    from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.chrome.service import Service as ChromeService
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+except ImportError:  # reported by the `browser` fixture (skip, or fail in CI)
+    webdriver = None  # type: ignore[assignment]
+
+CHROMIUM = os.environ.get("HOTDOG_CHROMIUM") or "/usr/bin/chromium"
+CHROMEDRIVER = os.environ.get("HOTDOG_CHROMEDRIVER") or "/usr/bin/chromedriver"
+INSTALL = "apt-get install -y chromium chromium-driver"
+ARTIFACTS = Path(os.environ.get("HOTDOG_TEST_ARTIFACTS")
+                 or Path(__file__).resolve().parent.parent / "test-artifacts")
+KEY = "page-test-key"
+TIMEOUT = 60
+
+
+def browser_missing() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        return f"{' and '.join(missing)} not found; install them with `{INSTALL}`"
+    if webdriver is None:
+        return "selenium is not installed; run `pip install -e '.[dev]'`"
+    return None
+
+
+# --------------------------------------------------------------------------- the service
+
+def start_stack(tmp: Path, *, worker: bool, api_key: str | None = None) -> Stack:
+    db_url = f"sqlite:///{tmp / 'data' / 'hotdog.db'}"
+    env = {**os.environ, "DATA_DIR": str(tmp / "data"), "DATABASE_URL": db_url,
+           "BROKER_URL": "", "HEARTBEAT_SECONDS": "0.3", "JOB_LEASE_SECONDS": "5",
+           "PREDICT_DEVICE": "cpu"}
+    if api_key:
+        env["API_KEY"] = api_key
+    upgrade(db_url)
+    port = free_port()
+    stack = Stack(f"http://127.0.0.1:{port}", env, tmp)
+    stack.start("api", "serve", "--port", str(port))
+    if worker:
+        stack.start("worker", "worker")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(stack.url + "/ready", timeout=2).status_code == 200:
+                return stack
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or stack.procs["api"].poll() is not None:
+            stop_stack(stack)
+            raise AssertionError(f"the service did not start\n{stack.logs()}")
+        time.sleep(0.2)
+
+
+def stop_stack(stack: Stack) -> None:
+    for name in list(stack.procs):
+        stack.stop(name)
+
+
+@pytest.fixture(scope="session")
+def browser_ready() -> None:
+    """Skips (or, with HOTDOG_REQUIRE_BROWSER=1, fails) before any service is started."""
+    why = browser_missing()
+    if why:
+        if os.environ.get("HOTDOG_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"the browser tests must run here (HOTDOG_REQUIRE_BROWSER=1): {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def service(browser_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = start_stack(tmp_path_factory.mktemp("browser"), worker=True)
+    try:
+        yield stack
+    finally:
+        stop_stack(stack)
+
+
+@pytest.fixture(scope="module")
+def keyed_service(browser_ready: None, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[Stack]:
+    """With API_KEY set; no worker (jobs stay queued, which is all the key test needs)."""
+    stack = start_stack(tmp_path_factory.mktemp("browser-keyed"), worker=False, api_key=KEY)
+    try:
+        yield stack
+    finally:
+        stop_stack(stack)
+
+
+def zip_folder(root: Path, out: Path) -> Path:
+    with zipfile.ZipFile(out, "w") as zf:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                zf.write(p, str(p.relative_to(root)))
+    return out
+
+
+def wait_job(stack: Stack, job_id: str, statuses: set[str], timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = httpx.get(f"{stack.url}/jobs/{job_id}", timeout=30).json()
+        if job["status"] in statuses:
+            return job
+        for name, proc in stack.procs.items():
+            assert proc.poll() is None, f"{name} exited\n{stack.logs()}"
+        assert time.monotonic() < deadline, f"job {job_id} is {job['status']}\n{stack.logs()}"
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def trained(service: Stack, color_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+            ) -> dict[str, Any]:
+    """A tiny model trained through the API, for /predict."""
+    data = zip_folder(color_dataset, tmp_path_factory.mktemp("zip") / "colors.zip")
+    with data.open("rb") as f:
+        r = httpx.post(f"{service.url}/datasets", files={"file": ("colors.zip", f)},
+                       data={"name": "colors"}, timeout=120)
+    assert r.status_code == 201, r.text
+    dataset = r.json()
+    r = httpx.post(f"{service.url}/jobs", timeout=30, json={
+        "dataset_id": dataset["id"], "init": "scratch", "image_size": 32, "batch_size": 8,
+        "epochs": 3})
+    assert r.status_code == 202, r.text
+    job = wait_job(service, r.json()["id"], {"succeeded", "failed", "cancelled"})
+    assert job["status"] == "succeeded", job["error"]
+    return {"dataset": dataset, "job": job, "zip": data}
+
+
+# --------------------------------------------------------------------------- the browser
+
+@pytest.fixture
+def browser(browser_ready: None, request: pytest.FixtureRequest) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-dev-shm-usage", "--no-first-run", "--window-size=1280,1800"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # An explicit driver: Selenium Manager would try to download one (there may be no network).
+    driver = webdriver.Chrome(service=ChromeService(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(TIMEOUT)
+    failed_before = request.session.testsfailed
+    try:
+        yield driver
+    finally:
+        # This test's call report is logged by now: a failure of it counts in testsfailed.
+        if request.session.testsfailed > failed_before:
+            save_artifacts(driver, request.node.name)
+        driver.quit()
+
+
+def save_artifacts(driver: WebDriver, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    stem = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    try:
+        driver.save_screenshot(str(stem.with_suffix(".png")))
+        stem.with_suffix(".html").write_text(driver.page_source)
+        stem.with_suffix(".console.txt").write_text(
+            "\n".join(f"{e['level']} {e['message']}" for e in driver.get_log("browser")))
+    except Exception as exc:  # a crashed browser: say so, don't hide the test's own failure
+        stem.with_suffix(".txt").write_text(f"could not save the page: {exc!r}")
+    print(f"\nbrowser artefacts: {stem}.*")
+
+
+def wait_for(driver: WebDriver, what: str, condition: Callable[[WebDriver], Any],
+             timeout: float = TIMEOUT) -> Any:
+    def safe(d: WebDriver) -> Any:
+        try:
+            return condition(d)
+        except StaleElementReferenceException:  # the page redrew it: look again
+            return False
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(safe)
+    except TimeoutException:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None
+
+
+def visible_text(driver: WebDriver, element_id: str) -> str:
+    el = driver.find_element(By.ID, element_id)
+    return el.text.strip() if el.is_displayed() else ""
+
+
+def assert_no_script_errors(driver: WebDriver) -> None:
+    """Nothing but the API's refusals (which the page shows in words) in the console."""
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"
+              and "Failed to load resource: the server responded with a status of 4"
+              not in e["message"]]
+    assert not errors, errors
+
+
+def open_page(driver: WebDriver, stack: Stack) -> None:
+    driver.get(stack.url + "/")
+    assert driver.title == "hotdog"
+    # The first poll of the job list has come back (a table, or "No jobs yet.").
+    wait_for(driver, "the job list", lambda d: d.find_element(By.ID, "jobs-table").is_displayed()
+             or d.find_element(By.ID, "jobs-empty").is_displayed())
+
+
+def fill(driver: WebDriver, element_id: str, value: str) -> None:
+    el = driver.find_element(By.ID, element_id)
+    el.clear()
+    el.send_keys(value)
+
+
+def points(driver: WebDriver, chart: str, job_id: str, kind: str = "test") -> int:
+    return len(driver.find_elements(
+        By.CSS_SELECTOR, f'#{chart} g.series[data-job="{job_id}"][data-kind="{kind}"] circle'))
+
+
+def row_status(driver: WebDriver, job_id: str) -> str | None:
+    rows = driver.find_elements(By.CSS_SELECTOR, f'#jobs-body tr[data-job="{job_id}"]')
+    return rows[0].get_attribute("data-status") if rows else None
+
+
+# The job's row status and its test-accuracy and test-loss dots, read at one instant.
+WATCH = """
+const id = arguments[0];
+const row = document.querySelector(`#jobs-body tr[data-job="${id}"]`);
+const dots = (chart) => document.querySelectorAll(
+  `#${chart} g.series[data-job="${id}"][data-kind="test"] circle`).length;
+return [row ? row.dataset.status : null, dots("chart-acc"), dots("chart-loss")];
+"""
+
+
+def submit_tiny_job(driver: WebDriver, epochs: int, init: str = "scratch") -> str:
+    """Fills the job form (32 px, batch 8) for the chosen dataset; the new job's id."""
+    before = {r.get_attribute("data-job")
+              for r in driver.find_elements(By.CSS_SELECTOR, "#jobs-body tr")}
+    Select(driver.find_element(By.ID, "job-init")).select_by_value(init)
+    fill(driver, "job-epochs", str(epochs))
+    if not driver.find_element(By.CSS_SELECTOR, "#job-form details").get_attribute("open"):
+        driver.find_element(By.CSS_SELECTOR, "#job-form details summary").click()
+    fill(driver, "job-batch_size", "8")
+    fill(driver, "job-image_size", "32")
+    driver.find_element(By.ID, "job-submit").click()
+
+    def new_row(d: WebDriver) -> str | None:
+        ids = [r.get_attribute("data-job") for r in d.find_elements(By.CSS_SELECTOR,
+                                                                    "#jobs-body tr")]
+        fresh = [i for i in ids if i not in before]
+        return fresh[0] if fresh else None
+
+    return wait_for(driver, "the new job in the list", new_row)
+
+
+def upload_dataset(driver: WebDriver, path: Path, name: str = "") -> None:
+    driver.find_element(By.ID, "dataset-file").send_keys(str(path))
+    fill(driver, "dataset-name", name)
+    driver.find_element(By.ID, "dataset-submit").click()
+
+
+# --------------------------------------------------------------------------- the tests
+
+def test_a_photo_shows_its_label_and_probabilities(browser: WebDriver, service: Stack,
+                                                   trained: dict, color_dataset: Path) -> None:
+    open_page(browser, service)
+    job_id = trained["job"]["id"]
+    wait_for(browser, "the trained model in the model list", lambda d: d.find_elements(
+        By.CSS_SELECTOR, f'#model-select option[value="{job_id}"]'))
+    photo = color_dataset / "test" / "hotdog" / "000.jpg"
+    with photo.open("rb") as f:
+        r = httpx.post(f"{service.url}/predict", files={"file": (photo.name, f)}, timeout=60)
+    expected = r.json()["predictions"][0]
+
+    browser.find_element(By.ID, "photo-input").send_keys(str(photo))
+    label = wait_for(browser, "the label", lambda d: d.find_elements(
+        By.CSS_SELECTOR, "#predict-result .verdict-label"))[0]
+    assert label.text == expected["label"]
+    assert visible_text(browser, "predict-error") == ""
+    card = browser.find_element(By.CSS_SELECTOR, "#predict-result .prediction")
+    assert photo.name in card.text
+    # The photo itself is shown (decoded by the browser).
+    img = card.find_element(By.TAG_NAME, "img")
+    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
+                                  img) > 0
+    # One bar per class, the label's first, its length the probability.
+    bars = card.find_elements(By.CSS_SELECTOR, "li.bar")
+    assert bars[0].get_attribute("data-class") == expected["label"]
+    assert {b.get_attribute("data-class") for b in bars} == set(trained["dataset"]["classes"])
+    for bar in bars:
+        p = expected["probabilities"][bar.get_attribute("data-class")]
+        shown = float(bar.find_element(By.CLASS_NAME, "bar-value").text.rstrip(" %")) / 100
+        assert shown == pytest.approx(p, abs=0.0006)
+        track = bar.find_element(By.CLASS_NAME, "bar-track").size["width"]
+        fill_width = bar.find_element(By.CLASS_NAME, "bar-fill").size["width"]
+        assert fill_width == pytest.approx(p * track, abs=2)
+    assert browser.find_element(By.ID, "predict-result").get_attribute("aria-live") == "polite"
+    assert_no_script_errors(browser)
+
+
+def test_a_job_s_curves_gain_points_while_it_trains(browser: WebDriver, service: Stack,
+                                                    trained: dict, tmp_path: Path) -> None:
+    open_page(browser, service)
+    # A dataset through the page: its classes and counts are shown, and it becomes the
+    # form's choice.
+    upload_dataset(browser, trained["zip"], "colors via the page")
+    report = wait_for(browser, "the dataset report", lambda d: d.find_elements(
+        By.CSS_SELECTOR, "#dataset-result .dataset-report"))[0]
+    assert "hotdog, not-hotdog" in report.text and "colors via the page" in report.text
+    assert report.find_element(By.CSS_SELECTOR, "table.counts").text.split() == [
+        "Images", "per", "class", "class", "train", "test", "hotdog", "8", "4",
+        "not-hotdog", "8", "4"]
+    selected = Select(browser.find_element(By.ID, "job-dataset")).first_selected_option
+    assert "colors via the page" in selected.text
+
+    # A scratch job of many epochs: while it runs, its curves gain points epoch by epoch.
+    job_id = submit_tiny_job(browser, 500)
+    seen: list[tuple[str | None, int, int]] = []
+    deadline = time.monotonic() + 300
+    while len({acc for status, acc, _ in seen if status == "running" and acc > 0}) < 3:
+        state = tuple(browser.execute_script(WATCH, job_id))
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        assert state[0] in ("queued", "running"), seen
+        assert time.monotonic() < deadline, f"{seen}\n{service.logs()}"
+        time.sleep(0.1)
+    assert all(acc == loss for _, acc, loss in seen), seen  # both charts, at once
+    assert [acc for _, acc, _ in seen] == sorted(acc for _, acc, _ in seen)  # none lost
+    # Cancel it from its row: it stops, and its curves keep every finished epoch.
+    row = browser.find_element(By.CSS_SELECTOR, f'#jobs-body tr[data-job="{job_id}"]')
+    row.find_element(By.CSS_SELECTOR, "button.cancel").click()
+    wait_for(browser, "the cancelled job", lambda d: row_status(d, job_id) == "cancelled")
+    metrics = httpx.get(f"{service.url}/jobs/{job_id}/metrics", timeout=30).json()
+    assert 3 <= len(metrics) < 500
+    wait_for(browser, "the last epochs", lambda d: points(d, "chart-acc", job_id) == len(
+        metrics))
+    for chart in ("chart-acc", "chart-loss"):
+        for kind in ("train", "test"):
+            assert points(browser, chart, job_id, kind) == len(metrics)
+    # The numbers behind the chart are the API's.
+    browser.find_element(By.CSS_SELECTOR, "#metrics-details summary").click()
+    table = browser.find_element(By.CSS_SELECTOR, f'table.metrics[data-job="{job_id}"]')
+    rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert len(rows) == len(metrics)
+    cells = rows[-1].find_elements(By.TAG_NAME, "td")
+    assert cells[3].text == f"{100 * metrics[-1]['test_acc']:.1f} %"
+    assert f"epoch {len(metrics)} of 500" in row.text
+
+    # A fine-tune from the first model on the same data: both on one chart.
+    first = trained["job"]["id"]
+    tuned = submit_tiny_job(browser, 3, init=f"job:{first}")
+    wait_for(browser, "the fine-tune to finish", lambda d: row_status(d, tuned) in (
+        "succeeded", "failed", "cancelled") and points(d, "chart-acc", tuned) == 3, timeout=300)
+    assert row_status(browser, tuned) == "succeeded"
+    assert points(browser, "chart-acc", job_id) == len(metrics)
+    legend = browser.find_element(By.ID, "chart-legend").text
+    assert f"job {tuned[:8]} (job {first[:8]})" in legend and job_id[:8] in legend
+    # Untick the scratch job, then tick it again.
+    tick = row.find_element(By.CSS_SELECTOR, "input.chart-tick")
+    assert tick.is_selected()
+    tick.click()
+    wait_for(browser, "one job on the chart", lambda d: points(d, "chart-acc", job_id) == 0)
+    assert points(browser, "chart-acc", tuned) == 3
+    tick.click()
+    wait_for(browser, "both jobs on the chart",
+             lambda d: points(d, "chart-acc", job_id) == len(metrics))
+    assert points(browser, "chart-acc", tuned) == 3
+
+    # The newest model is the active one until another is activated: activate the first.
+    tuned_row = browser.find_element(By.CSS_SELECTOR, f'#jobs-body tr[data-job="{tuned}"]')
+    assert tuned_row.find_element(By.CSS_SELECTOR, ".active-model").is_displayed()
+    browser.find_element(By.CSS_SELECTOR,
+                         f'#jobs-body tr[data-job="{first}"] button.activate').click()
+    wait_for(browser, "the active-model mark", lambda d: d.find_element(
+        By.CSS_SELECTOR, f'#jobs-body tr[data-job="{first}"] .active-model').is_displayed())
+    assert not tuned_row.find_element(By.CSS_SELECTOR, ".active-model").is_displayed()
+    assert tuned_row.find_element(By.CSS_SELECTOR, "button.activate").is_displayed()
+    assert not row.find_element(By.CSS_SELECTOR, "button.activate").is_displayed()
+    assert httpx.get(f"{service.url}/models", timeout=30).json()[0]["id"] == first
+    assert "is now the active model" in visible_text(browser, "status")
+    assert_no_script_errors(browser)
+
+
+def test_bad_uploads_are_explained_in_words(browser: WebDriver, service: Stack, trained: dict,
+                                            tmp_path: Path) -> None:
+    open_page(browser, service)
+    # A zip that is not an ImageFolder tree.
+    bad = tmp_path / "holiday.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("photos/beach.txt", "not an image folder")
+    with bad.open("rb") as f:
+        detail = httpx.post(f"{service.url}/datasets", files={"file": (bad.name, f)},
+                            timeout=60).json()["detail"]
+    assert isinstance(detail, str) and detail
+    upload_dataset(browser, bad)
+    shown = wait_for(browser, "the upload's error", lambda d: visible_text(d, "dataset-error"))
+    assert detail in shown and "422" in shown
+    assert not browser.find_elements(By.CSS_SELECTOR, "#dataset-result .dataset-report")
+
+    # A file that is not an image, as a photo.
+    note = tmp_path / "lunch.txt"
+    note.write_text("a hot dog, probably")
+    with note.open("rb") as f:
+        detail = httpx.post(f"{service.url}/predict", files={"file": (note.name, f)},
+                            timeout=60).json()["detail"]
+    assert "lunch.txt" in detail
+    browser.find_element(By.ID, "photo-input").send_keys(str(note))
+    shown = wait_for(browser, "the photo's error", lambda d: visible_text(d, "predict-error"))
+    assert detail in shown
+    assert browser.find_element(By.CSS_SELECTOR, "#predict-result .verdict").text == (
+        "not classified")
+
+    # Invalid job parameters: FastAPI's list of fields, in words.
+    wait_for(browser, "a dataset to choose", lambda d: Select(
+        d.find_element(By.ID, "job-dataset")).first_selected_option.get_attribute("value"))
+    fill(browser, "job-lr", "50")
+    browser.find_element(By.ID, "job-submit").click()
+    shown = wait_for(browser, "the job form's error", lambda d: visible_text(d, "job-error"))
+    assert shown.startswith("learning rate (lr): Input should be less than or equal to 10"), shown
+    assert "[object Object]" not in shown and "{" not in shown
+    assert_no_script_errors(browser)
+
+
+def test_the_page_works_with_an_api_key(browser: WebDriver, keyed_service: Stack,
+                                        color_dataset: Path, tmp_path: Path) -> None:
+    url = keyed_service.url
+    # The page and its files load without the key; the API does not answer without it.
+    page = httpx.get(url + "/", timeout=10)
+    assert page.status_code == 200 and "default-src 'self'" in page.headers[
+        "content-security-policy"]
+    assert httpx.get(url + "/ui/app.js", timeout=10).status_code == 200
+    assert httpx.get(url + "/jobs", timeout=10).status_code == 401
+
+    browser.get(url + "/")
+    dialog = wait_for(browser, "the key prompt", lambda d: d.find_element(
+        By.ID, "key-dialog").is_displayed() and d.find_element(By.ID, "key-dialog"))
+    # A wrong key is refused, and the page says so.
+    fill(browser, "key-input", "not-the-key")
+    browser.find_element(By.ID, "key-submit").click()
+    shown = wait_for(browser, "the refusal", lambda d: visible_text(d, "key-error"))
+    assert "refused" in shown
+    fill(browser, "key-input", KEY)
+    browser.find_element(By.ID, "key-submit").click()
+    wait_for(browser, "the prompt to close", lambda d: not dialog.is_displayed())
+    wait_for(browser, "the job list", lambda d: d.find_element(By.ID, "jobs-empty").is_displayed())
+    for section in ("jobs-error", "job-error", "predict-error", "curves-error"):
+        assert visible_text(browser, section) == "", section
+    assert browser.execute_script("return sessionStorage.getItem('hotdog.apiKey')") == KEY
+
+    # Writes work with the key: a dataset, a job (queued: no worker here), its cancel.
+    upload_dataset(browser, zip_folder(color_dataset, tmp_path / "colors.zip"), "keyed")
+    report = wait_for(browser, "the dataset report", lambda d: d.find_elements(
+        By.CSS_SELECTOR, "#dataset-result .dataset-report"))[0]
+    assert "hotdog, not-hotdog" in report.text
+    job_id = submit_tiny_job(browser, 2)
+    wait_for(browser, "the queued job", lambda d: row_status(d, job_id) == "queued")
+    browser.find_element(By.CSS_SELECTOR,
+                         f'#jobs-body tr[data-job="{job_id}"] button.cancel').click()
+    wait_for(browser, "the cancelled job", lambda d: row_status(d, job_id) == "cancelled")
+    job = httpx.get(f"{url}/jobs/{job_id}", headers={"X-API-Key": KEY}, timeout=10).json()
+    assert job["status"] == "cancelled"
+
+    # The key is kept for the session: a reload does not ask again.
+    browser.refresh()
+    wait_for(browser, "the job list", lambda d: row_status(d, job_id) == "cancelled")
+    assert not browser.find_element(By.ID, "key-dialog").is_displayed()
+    assert_no_script_errors(browser)
+
+
+def test_the_page_needs_nothing_from_elsewhere() -> None:
+    """No CDN, font or script from another site: the page works offline (and its CSP,
+    ``default-src 'self'``, would block them anyway)."""
+    web = Path(__file__).resolve().parent.parent / "app" / "web"
+    for path in sorted(web.iterdir()):
+        text = path.read_text().replace("http://www.w3.org/2000/svg", "")
+        assert not re.search(r"(https?:)?//[\w.-]+\.[a-z]{2,}", text), path
+        assert "@import" not in text and "url(" not in text, path
+
+
+def test_the_page_is_packaged(tmp_path: Path) -> None:
+    """A non-editable install ships the page (setuptools package-data). Built from a copy, so
+    that the checkout gets no build/ folder."""
+    root = Path(__file__).resolve().parent.parent
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("app", "worker"):
+        shutil.copytree(root / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--no-index", "-q", "-w", str(tmp_path / "wheel"), str(src)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = (tmp_path / "wheel").glob("hotdog-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"app/web/index.html", "app/web/app.js", "app/web/style.css"} <= names
