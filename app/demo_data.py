@@ -66,15 +66,77 @@ def generate_demo_dataset(
     Raises ``FileExistsError`` if ``out`` exists and is not an empty directory. The
     tree is built in a temporary sibling directory and renamed into place at the end.
     """
-    out = Path(out)
+    if len(classes) != 2 or len(set(classes)) != 2:
+        raise ValueError(f"need two distinct class names, got {classes!r}")
+
+    def render(rng: _Rng, class_index: int) -> Image.Image:
+        return render_demo_image(
+            rng, hotdog=class_index == 0, min_side=min_side, max_side=max_side
+        )
+
+    return _generate(Path(out), classes, render, train_per_class=train_per_class,
+                     test_per_class=test_per_class, seed=seed, min_side=min_side,
+                     max_side=max_side, progress=progress)
+
+
+# The other foods by name: the classes of :func:`generate_food_dataset`.
+FOODS = ("pizza", "burger", "salad", "fruit", "donut", "egg", "cookie", "berries", "broccoli")
+
+
+def generate_food_dataset(
+    out: Path | str,
+    *,
+    foods: tuple[str, ...] = ("pizza", "salad", "fruit", "donut", "berries", "broccoli"),
+    train_per_class: int = 60,
+    test_per_class: int = 30,
+    seed: int = 0,
+    min_side: int = 160,
+    max_side: int = 512,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """A different synthetic task on the same kind of photos: which food is on the table
+    (one class per name in ``foods``, no hotdogs). ``hotdog demo`` pretrains on it when no
+    ImageNet weights are available. Same layout, guarantees and errors as
+    :func:`generate_demo_dataset`.
+    """
+    unknown = [f for f in foods if f not in FOODS]
+    if unknown or len(foods) < 2 or len(set(foods)) != len(foods):
+        raise ValueError(f"need at least two distinct foods out of {', '.join(FOODS)}; "
+                         f"got {', '.join(foods)}")
+
+    def render(rng: _Rng, class_index: int) -> Image.Image:
+        return render_food_image(
+            rng, foods[class_index], min_side=min_side, max_side=max_side
+        )
+
+    # A seed stream of its own: these images never repeat the hotdog set's.
+    return _generate(Path(out), tuple(foods), render, train_per_class=train_per_class,
+                     test_per_class=test_per_class, seed=seed, min_side=min_side,
+                     max_side=max_side, progress=progress, stream=1)
+
+
+def _generate(
+    out: Path,
+    classes: tuple[str, ...],
+    render: Callable[[_Rng, int], Image.Image],
+    *,
+    train_per_class: int,
+    test_per_class: int,
+    seed: int,
+    min_side: int,
+    max_side: int,
+    progress: Callable[[int, int], None] | None,
+    stream: int | None = None,
+) -> dict[str, Any]:
     _check_generate_args(train_per_class, test_per_class, seed, classes, min_side, max_side)
     _refuse_non_empty(out)
 
     counts = {"train": train_per_class, "test": test_per_class}
-    total = 2 * (train_per_class + test_per_class)
+    total = len(classes) * (train_per_class + test_per_class)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     logger.info("generating %d synthetic images into %s (seed %d)", total, out, seed)
+    prefix = [] if stream is None else [stream]
     try:
         done = 0
         for split_index, split in enumerate(SPLITS):
@@ -82,10 +144,8 @@ def generate_demo_dataset(
                 folder = tmp / split / name
                 folder.mkdir(parents=True)
                 for i in range(counts[split]):
-                    rng = np.random.default_rng([seed, split_index, class_index, i])
-                    image = render_demo_image(
-                        rng, hotdog=class_index == 0, min_side=min_side, max_side=max_side
-                    )
+                    rng = np.random.default_rng([*prefix, seed, split_index, class_index, i])
+                    image = render(rng, class_index)
                     quality = int(rng.integers(85, 93))
                     image.save(folder / f"{i:04d}.jpg", "JPEG", quality=quality)
                     done += 1
@@ -196,6 +256,29 @@ def render_demo_image(
     rng: _Rng, *, hotdog: bool, min_side: int = 160, max_side: int = 512
 ) -> Image.Image:
     """Draw one synthetic photo (RGB) from ``rng``: a hotdog, or other food / nothing."""
+    image, light, cx, cy, short = _scene(rng, min_side, max_side)
+    if hotdog:
+        drawer: Callable[..., Image.Image] | None = _draw_hotdog
+        size = short * float(rng.uniform(1.0, 1.35))
+    else:
+        drawer = _OTHER_FOODS[int(rng.choice(len(_OTHER_FOODS), p=_OTHER_WEIGHTS))]
+        size = short * float(rng.uniform(0.6, 0.95))
+    return _serve(rng, image, drawer, size, cx, cy, light, pair=hotdog)
+
+
+def render_food_image(
+    rng: _Rng, food: str, *, min_side: int = 160, max_side: int = 512
+) -> Image.Image:
+    """Draw one synthetic photo (RGB) of ``food`` (one of :data:`FOODS`) on a table."""
+    drawer = _FOOD_DRAWERS[food]
+    image, light, cx, cy, short = _scene(rng, min_side, max_side)
+    size = short * float(rng.uniform(0.6, 0.95))
+    return _serve(rng, image, drawer, size, cx, cy, light, pair=False)
+
+
+def _scene(rng: _Rng, min_side: int, max_side: int
+           ) -> tuple[Image.Image, float, float, float, int]:
+    """A table with clutter, and where its dish goes: (image, light, cx, cy, short side)."""
     width = int(rng.integers(min_side, max_side + 1))
     height = int(rng.integers(min_side, max_side + 1))
     image = _background(rng, width, height)
@@ -208,19 +291,19 @@ def render_demo_image(
     # Like a photographer, keep the subject near the middle, whatever the aspect ratio.
     cx = width / 2 + short * float(rng.uniform(-0.18, 0.18))
     cy = height / 2 + short * float(rng.uniform(-0.18, 0.18))
-    if hotdog:
-        drawer: Callable[..., Image.Image] | None = _draw_hotdog
-        size = short * float(rng.uniform(1.0, 1.35))
-    else:
-        drawer = _OTHER_FOODS[int(rng.choice(len(_OTHER_FOODS), p=_OTHER_WEIGHTS))]
-        size = short * float(rng.uniform(0.6, 0.95))
+    return image, light, cx, cy, short
 
+
+def _serve(rng: _Rng, image: Image.Image, drawer: Callable[..., Image.Image] | None,
+           size: float, cx: float, cy: float, light: float, *, pair: bool) -> Image.Image:
+    """Put the dish (``drawer``; None: an empty table) on the table, maybe on a plate, and
+    finish the photo. ``pair``: sometimes two of them side by side (hotdogs)."""
     if rng.random() < 0.55:
         _plate(rng, image, cx, cy, size * float(rng.uniform(0.55, 0.75)), light)
     if drawer is None:
         return _photo_finish(rng, image)
     angle = float(rng.uniform(-25, 25)) if drawer is _draw_burger else float(rng.uniform(0, 360))
-    if hotdog and rng.random() < 0.45:  # a pair of hotdogs side by side
+    if pair and rng.random() < 0.45:  # a pair of hotdogs side by side
         size *= 0.8
         gap = size * float(rng.uniform(0.18, 0.25))
         dx, dy = math.sin(math.radians(angle)) * gap, math.cos(math.radians(angle)) * gap
@@ -256,7 +339,7 @@ def _place(
 
 
 def _check_generate_args(
-    train: int, test: int, seed: int, classes: tuple[str, str], min_side: int, max_side: int
+    train: int, test: int, seed: int, classes: tuple[str, ...], min_side: int, max_side: int
 ) -> None:
     if train < 0 or test < 0:
         raise ValueError("per-class counts must be >= 0")
@@ -264,8 +347,8 @@ def _check_generate_args(
         raise ValueError("seed must be >= 0")
     if not 16 <= min_side <= max_side:
         raise ValueError(f"need 16 <= min_side <= max_side, got {min_side} and {max_side}")
-    if len(classes) != 2 or len(set(classes)) != 2:
-        raise ValueError(f"need two distinct class names, got {classes!r}")
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"need distinct class names, got {classes!r}")
     for name in classes:
         if not name or name in (".", "..") or "/" in name or "\\" in name:
             raise ValueError(f"class name {name!r} is not a valid folder name")
@@ -1069,6 +1152,12 @@ _OTHER_FOODS: tuple[Callable[..., Image.Image] | None, ...] = (
     _draw_broccoli,
     None,
 )
+_FOOD_DRAWERS: dict[str, Callable[..., Image.Image]] = {
+    "pizza": _draw_pizza, "burger": _draw_burger, "salad": _draw_salad, "fruit": _draw_fruit,
+    "donut": _draw_donut, "egg": _draw_egg, "cookie": _draw_cookie, "berries": _draw_berries,
+    "broccoli": _draw_broccoli,
+}
+assert set(_FOOD_DRAWERS) == set(FOODS)
 # Warm, bun-coloured foods are rare here so that a small net can learn "hotdog" quickly.
 _OTHER_WEIGHTS = np.array([0.02, 0.02, 0.02, 0.24, 0.16, 0.08, 0.05, 0.02, 0.14, 0.13, 0.12])
 
