@@ -24,7 +24,7 @@ COPY --chown=hotdog:hotdog app ./app
 COPY --chown=hotdog:hotdog worker ./worker
 COPY --chown=hotdog:hotdog migrations ./migrations
 # Editable: the code (and migrations/, which the package finds next to it) stays in /app.
-RUN pip install -c constraints.txt -e .
+RUN pip install -c constraints.txt -e '.[onnx]'
 
 USER hotdog
 VOLUME ["/data"]

@@ -23,7 +23,7 @@ def test_train_throughput_quick_runs_both_sides() -> None:
     assert figures["ratio_train_images_per_s"] > 0
 
 
-def test_predict_load_quick_runs_the_service_and_its_baselines() -> None:
+def test_predict_load_quick_runs_both_runtimes_and_their_baselines() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "predict_load.py"), "--quick", "--json"],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
@@ -32,5 +32,10 @@ def test_predict_load_quick_runs_the_service_and_its_baselines() -> None:
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert figures["errors"] == 0
     (r,) = figures["rounds"]
-    assert r["baseline"]["batched_img_s"] > 0 and r["baseline"]["bare_p50_ms"] > 0
-    assert r["c1"]["requests"] == 10 and r["cn"]["requests"] > 0 and r["cn"]["mean_batch"] >= 1
+    assert {b["runtime"] for b in r["baseline"].values()} == {"torch", "onnx"}
+    for b in r["baseline"].values():
+        assert b["batched_img_s"] > 0 and b["bare_p50_ms"] > 0
+    for runtime in ("torch", "onnx"):
+        assert r[runtime]["c1"]["requests"] == 10 and r[runtime]["cn"]["requests"] > 0
+        assert r[runtime]["cn"]["mean_batch"] >= 1
+    assert figures["summary"]["onnx_throughput_vs_eager_fp32"] > 0

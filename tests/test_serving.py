@@ -119,19 +119,18 @@ def test_requests_that_went_away_are_not_computed() -> None:
 def test_forward_threads_give_a_lone_pass_every_thread() -> None:
     from app.api.serving import ForwardThreads
 
-    original = torch.get_num_threads()
     lanes = ForwardThreads(lanes=2, threads=4)
     seen: list[int] = []
     started, release = threading.Event(), threading.Event()
 
-    def first(x: torch.Tensor) -> torch.Tensor:
-        seen.append(torch.get_num_threads())
+    def first(x: torch.Tensor, *, threads: int) -> torch.Tensor:
+        seen.append(threads)
         started.set()
         release.wait(10)
         return x
 
-    def second(x: torch.Tensor) -> torch.Tensor:
-        seen.append(torch.get_num_threads())
+    def second(x: torch.Tensor, *, threads: int) -> torch.Tensor:
+        seen.append(threads)
         return x
 
     a = lanes.executor.submit(lanes.run, first, torch.zeros(1))
@@ -143,5 +142,4 @@ def test_forward_threads_give_a_lone_pass_every_thread() -> None:
     c = lanes.executor.submit(lanes.run, second, torch.zeros(1))
     c.result(10)
     lanes.shutdown()
-    torch.set_num_threads(original)  # the setting also seeds threads created later
     assert seen == [4, 2, 4]  # alone: all 4; overlapping: 4 // 2 lanes; alone again: 4

@@ -93,6 +93,11 @@ class JobOut(BaseModel):
     worker: str | None = Field(description="the worker running it (host:pid), while running")
     cancel_requested: bool
     error: str | None
+    exports: dict[str, Any] = Field(
+        default_factory=dict,
+        description="exports written when the job succeeded, by format: the ONNX file's "
+        "verification (max_abs_diff against PyTorch on `images` test images), or the "
+        "`error` that made the worker discard it")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -135,6 +140,8 @@ class PredictionOut(BaseModel):
 
 class PredictOut(BaseModel):
     model: str
+    runtime: Literal["torch", "onnx"] = Field(
+        description="what computed the predictions: ONNX Runtime or eager PyTorch")
     predictions: list[PredictionOut]
 
 

@@ -42,7 +42,7 @@ class State:
             precision=settings.predict_precision, max_batch=settings.predict_max_batch,
             max_delay=settings.predict_max_delay_ms / 1000, max_queue=settings.predict_queue_images,
             metrics=ServingMetrics(registry), lanes=_lanes(settings),
-            threads=settings.predict_threads,
+            threads=settings.predict_threads, runtime=settings.predict_runtime,
         )
         return cls(settings, make_engine(settings.db_url), make_celery(settings), models,
                    registry)

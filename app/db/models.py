@@ -113,6 +113,9 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     error: Mapped[str | None] = mapped_column(Text)
     checkpoint_path: Mapped[str | None] = mapped_column(String(1000))
+    # Exports written when the job succeeded, by format: {"onnx": {"file", "max_abs_diff",
+    # "images", "seconds"}} or {"onnx": {"error"}} when it was discarded.
+    exports: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -173,6 +173,7 @@ def finish_job(
     error: str | None = None,
     checkpoint_path: str | None = None,
     evaluation: dict[str, Any] | None = None,
+    exports: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> bool:
     """End a running job held by ``worker``. False if the worker had lost it meanwhile."""
@@ -182,7 +183,8 @@ def finish_job(
         session, job_id, to=status,
         where=[Job.status == JobStatus.RUNNING, Job.worker == worker],
         values={"finished_at": now or utcnow(), "error": error,
-                "checkpoint_path": checkpoint_path, "lease_expires_at": None},
+                "checkpoint_path": checkpoint_path, "lease_expires_at": None,
+                **({"exports": exports} if exports else {})},
     )
     if done and evaluation is not None:
         session.add(Evaluation(
