@@ -10,14 +10,15 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,onnx]'
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m app.quickstart
 
+# The seed's experiment (hotdog demo --help); e.g. make demo ARGS='--epochs 12'
 demo: $(STAMP)
-	$(PY) -m app.demo
+	$(PY) -m app.cli demo $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

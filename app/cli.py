@@ -21,16 +21,21 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2  # bad arguments or parameter values
 EXIT_INPUT = 3  # unusable dataset, image or checkpoint
 EXIT_WEIGHTS = 4  # ImageNet weights not available
+EXIT_UNAVAILABLE = 5  # the service (or a download host) cannot be reached, or is busy
 EXIT_INTERRUPTED = 130
-# A service's answer, by HTTP status: bad parameters, unknown or unusable input.
-SERVICE_EXIT = {422: EXIT_USAGE, 404: EXIT_INPUT, 413: EXIT_INPUT}
+# A service's answer, by HTTP status: bad parameters or API key, unknown or unusable input,
+# try again later. A 422 is about the parameters, except for commands that set
+# ``unusable_422`` (an upload's dataset, a photo to classify): then it is about the input.
+SERVICE_EXIT = {422: EXIT_USAGE, 401: EXIT_USAGE, 404: EXIT_INPUT, 413: EXIT_INPUT,
+                429: EXIT_UNAVAILABLE, 503: EXIT_UNAVAILABLE}
 
 EXIT_CODES_HELP = """exit codes:
   0  success
-  1  the operation failed
-  2  bad arguments or parameter values
-  3  unusable input: dataset layout, image file, checkpoint
-  4  ImageNet weights are not available on this machine
+  1  the operation failed (watch, submit --watch: the job failed or was cancelled)
+  2  bad arguments or parameter values, or a missing or wrong API key
+  3  unusable input (dataset, image file, checkpoint) or an unknown id
+  4  ImageNet weights are not available (here, or to the service's worker)
+  5  the service cannot be reached or is busy (503, 429): try again later
   130  interrupted (Ctrl-C)
 """
 
@@ -116,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} "
                       f"{'test acc':>8} {'img/s':>7} {'sec':>6}", flush=True)
             total = info.batches_per_epoch * (info.epochs - info.start_epoch)
-            self.bar = _progress_bar(show and sys.stderr.isatty(), total=total, unit="batch",
+            self.bar = _progress_bar(sys.stderr.isatty(), total=total, unit="batch",
                                      leave=False)
 
         def on_batch(self, progress: BatchProgress) -> None:
@@ -176,7 +181,8 @@ def _print_evaluation(ev: Any) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from app.engine import Predictor
 
-    predictor = Predictor(args.checkpoint, device=args.device)
+    predictor = Predictor(args.checkpoint, device=args.device, precision=args.precision,
+                          runtime=args.runtime)
     ev, preds = predictor.evaluate_folder(args.data_dir, split=args.split)
     if args.json:
         obj: dict[str, Any] = {"test_acc": ev.accuracy, "split": args.split, **ev.to_dict()}
@@ -197,7 +203,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from app.engine import Predictor
 
-    predictor = Predictor(args.checkpoint, device=args.device)
+    predictor = Predictor(args.checkpoint, device=args.device, precision=args.precision,
+                          runtime=args.runtime)
     preds = predictor.predict([Path(p) for p in args.images], names=list(args.images))
     if args.json:
         _emit_json({"model": str(args.checkpoint), "predictions": [p.to_dict() for p in preds]})
@@ -205,6 +212,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for p in preds:
             probs = "  ".join(f"{c} {v:.3f}" for c, v in p.probabilities.items())
             print(f"{p.filename}: {p.label}  ({probs})")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- export
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from app.engine.checkpoint import load_checkpoint
+    from app.engine.export import SUFFIXES, dataset_images, export_verified, random_images
+    from app.engine.presets import Preprocessing
+
+    ckpt_path = Path(args.checkpoint)
+    pre = Preprocessing.from_dict(load_checkpoint(ckpt_path)["preprocessing"])
+    out = Path(args.out) if args.out else ckpt_path.with_name(
+        ckpt_path.stem + SUFFIXES[args.format])
+    if args.data:
+        images, on = dataset_images(ckpt_path, args.data, limit=args.verify_images), args.data
+    else:
+        images, on = random_images(pre, args.verify_images), "random pixels"
+    record = export_verified(ckpt_path, images, out, fmt=args.format)
+    if record.error:
+        raise ValueError(f"{args.format} export failed: {record.error}")
+    if args.json:
+        _emit_json({"format": args.format, "out": str(out), "bytes": out.stat().st_size,
+                    "verified_on": on, **record.to_dict()})
+    else:
+        print(f"wrote {out} ({args.format}, {out.stat().st_size / 1e6:.1f} MB): probabilities "
+              f"equal PyTorch's within {record.max_abs_diff:.1e} on {record.images} images "
+              f"({on})")
+        print(f"input: uint8 RGB, N x {pre.image_size} x {pre.image_size} x 3, the shorter "
+              f"side resized to {pre.resize_size} then centre-cropped; outputs: logits, "
+              "probabilities")
     return EXIT_OK
 
 
@@ -216,7 +255,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     total = 2 * (args.train_per_class + args.test_per_class)
-    with _progress_bar(not args.json and sys.stderr.isatty(), total=total, unit="img",
+    with _progress_bar(sys.stderr.isatty(), total=total, unit="img",
                        desc="generating") as bar:
         def progress(done: int, _total: int) -> None:
             bar.update(done - bar.n)
@@ -272,6 +311,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from app.core.config import get_settings
     from worker.celery_app import celery_app, ensure_broker_folders
 
+    if args.json:  # the training processes it starts log JSON too
+        os.environ["LOG_FORMAT"] = "json"
     settings = get_settings()
     ensure_broker_folders(settings)
     queue = args.queue or settings.training_queue
@@ -303,9 +344,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.getLogger().setLevel(logging.INFO)
     warn_if_exposed(args.host)
-    keep_temp_files_in(get_settings().data_dir)
+    settings = get_settings()
+    keep_temp_files_in(settings.data_dir)
+    # JSON logs: uvicorn's loggers go through ours (log_config=None) instead of its own text.
+    json_logs = args.json or settings.log_format == "json"
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level,
-                proxy_headers=True, timeout_graceful_shutdown=10)
+                proxy_headers=True, timeout_graceful_shutdown=10,
+                **({"log_config": None} if json_logs else {}))
     return EXIT_OK
 
 
@@ -330,6 +375,15 @@ def _with_emit(func: Callable[..., int]) -> Callable[[argparse.Namespace], int]:
 # --------------------------------------------------------------------------- parser
 
 
+def _runtime_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="torch: eager PyTorch; onnx: ONNX Runtime on the .onnx file beside "
+                   "CKPT (exported in memory when there is none)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="torch runtime: auto is bf16 autocast where the hardware runs it "
+                   "natively, else fp32 (onnx always computes in fp32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hotdog",
@@ -342,12 +396,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, func: Callable[[argparse.Namespace], int], help: str,
-                epilog: str = "") -> argparse.ArgumentParser:
+                epilog: str = "", *, json_logs: bool = False) -> argparse.ArgumentParser:
+        """``json_logs``: a long-running command prints logs, not a result; its --json
+        means JSON log lines."""
         p = sub.add_parser(name, help=help, description=help, epilog=epilog + EXIT_CODES_HELP,
                            formatter_class=_Formatter)
         p.add_argument("--json", action="store_true",
-                       help="print one JSON object as the last line of output")
-        p.set_defaults(func=func)
+                       help="log one JSON object per line (as LOG_FORMAT=json does)"
+                       if json_logs else "print one JSON object as the last line of output; "
+                       "progress and messages go to stderr")
+        p.set_defaults(func=func, json_logs=json_logs)
         return p
 
     p = command("train", cmd_train, "fine-tune ResNet-18 on an ImageFolder dataset",
@@ -384,12 +442,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--per-image", action="store_true", help="also list every image's prediction")
     p.add_argument("--device", default="auto")
+    _runtime_arguments(p)
 
     p = command("predict", cmd_predict, "classify photos with a checkpoint",
                 "examples:\n  hotdog predict model.pt lunch.jpg dinner.png\n\n")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("images", metavar="IMAGE", nargs="+")
     p.add_argument("--device", default="auto")
+    _runtime_arguments(p)
+
+    p = command("export", cmd_export, "export a checkpoint for other runtimes (ONNX, "
+                "TorchScript), verified against PyTorch",
+                "The export takes decoded uint8 RGB crops (N x S x S x 3) and outputs logits "
+                "and probabilities;\nits metadata records the classes and the resize and crop "
+                "to apply first.\n\nexamples:\n  hotdog export model.pt                      "
+                "# model.onnx beside it\n  hotdog export model.pt --format torchscript --out "
+                "model.ts.pt\n  hotdog export model.pt --data data/demo    # verify on its "
+                "test images\n\n")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="where to write it (default: beside CKPT, .onnx / .torchscript.pt)")
+    p.add_argument("--data", metavar="DATA_DIR", default=None,
+                   help="verify on this dataset's test images (default: random pixels)")
+    p.add_argument("--verify-images", type=int, default=64, metavar="N",
+                   help="images to compare the export with PyTorch on")
 
     p = command("demo-data", cmd_demo_data, "write a synthetic hotdog / not-hotdog ImageFolder "
                 "dataset (photo-like JPEGs)",
@@ -414,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "(BROKER_URL, DATABASE_URL, DATA_DIR)",
                 "examples:\n  hotdog worker\n"
                 "  BROKER_URL=redis://localhost:6379/0 DATABASE_URL=postgresql://u@db/hotdog "
-                "hotdog worker\n\n")
+                "hotdog worker\n\n", json_logs=True)
     p.add_argument("--queue", default=None, help="queue to consume (default: TRAINING_QUEUE)")
     p.add_argument("--concurrency", type=int, default=1,
                    help="jobs trained at once; one per GPU is the rule")
@@ -423,14 +500,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("serve", cmd_serve, "run the HTTP API (DATABASE_URL, BROKER_URL, DATA_DIR; "
                 "run `hotdog migrate` first)",
-                "examples:\n  hotdog serve\n  hotdog serve --host 0.0.0.0 --port 8080\n\n")
+                "examples:\n  hotdog serve\n  hotdog serve --host 0.0.0.0 --port 8080\n"
+                "  LOG_FORMAT=json hotdog serve   # one JSON object per log line\n\n",
+                json_logs=True)
     p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     p.add_argument("--log-level", default="info")
 
     from app.client import add_commands
+    from app.experiment import add_command as add_demo_command
 
     add_commands(command, _with_emit)
+    add_demo_command(command, _with_emit)
 
     p = command("fetch-d2l", cmd_fetch_d2l, "download and verify d2l's real hotdog dataset "
                 "(needs internet)", "examples:\n  hotdog fetch-d2l data/hotdog\n\n")
@@ -449,16 +530,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     from app.client import ServiceError
+    from app.core.logs import configure_logging
+    from app.experiment import DemoFailed
 
+    try:
+        # LOG_FORMAT, or JSON lines for `serve --json` / `worker --json`
+        configure_logging(logging.DEBUG if args.verbose else logging.WARNING,
+                          "json" if getattr(args, "json_logs", False) and args.json else None)
+    except ValueError as exc:
+        return _fail(EXIT_USAGE, exc)
     try:
         return int(args.func(args))
     except ServiceError as exc:
+        if exc.status == 422 and getattr(args, "unusable_422", False):
+            return _fail(EXIT_INPUT, exc)
         return _fail(SERVICE_EXIT.get(exc.status, EXIT_FAILED), exc)
+    except DemoFailed as exc:
+        return _fail(EXIT_FAILED, exc)
     except KeyboardInterrupt:
         print("hotdog: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -469,7 +558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_INPUT, exc)
     except (ValueError, TrainingCancelled) as exc:
         return _fail(EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED, exc)
-    except (ConnectionError, OSError) as exc:
+    except ConnectionError as exc:
+        return _fail(EXIT_UNAVAILABLE, exc)
+    except OSError as exc:
         return _fail(EXIT_FAILED, exc)
 
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -76,14 +76,24 @@ class Client:
         return self.request(method, path, **kwargs).json()
 
     # -- the API, one method per endpoint
-    def upload(self, source: str | Path, *, name: str | None = None) -> dict[str, Any]:
-        """Upload a dataset zip, or a folder (zipped on the fly)."""
+    def upload(self, source: str | Path, *, name: str | None = None,
+               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Upload a dataset zip, or a folder (zipped on the fly). The file is streamed, not
+        read into memory; ``progress(bytes_sent, total)`` is called as it goes."""
         source = Path(source)
-        data = _zipped(source) if source.is_dir() else source.read_bytes()
-        form = {"name": name} if name else {}
-        return self.json("POST", "/datasets", data=form,
-                         files={"file": (source.name + (".zip" if source.is_dir() else ""),
-                                         data, "application/zip")})
+        with tempfile.TemporaryDirectory(prefix="hotdog-upload-") as tmp:
+            if source.is_dir():
+                from app.demo_data import zip_dataset
+
+                archive, filename = zip_dataset(source, Path(tmp) / "dataset.zip"), \
+                    source.name + ".zip"
+            else:
+                archive, filename = source, source.name
+            form = {"name": name} if name else {}
+            with open(archive, "rb") as fh:
+                body = _ReadProgress(fh, progress) if progress is not None else fh
+                return self.json("POST", "/datasets", data=form,  # type: ignore[no-any-return]
+                                 files={"file": (filename, body, "application/zip")})
 
     def datasets(self) -> list[dict[str, Any]]:
         return self.json("GET", "/datasets")  # type: ignore[no-any-return]
@@ -109,9 +119,17 @@ class Client:
         return self.json("POST", f"/jobs/{job_id}/cancel")  # type: ignore[no-any-return]
 
     def download_checkpoint(self, job_id: str, out: str | Path) -> Path:
+        return self._download(f"/jobs/{job_id}/checkpoint", out)
+
+    def download_export(self, job_id: str, out: str | Path, fmt: str = "onnx") -> Path:
+        """The job's model as ONNX (verified by the worker) or TorchScript."""
+        return self._download(f"/jobs/{job_id}/export", out, params={"format": fmt})
+
+    def _download(self, path: str, out: str | Path, params: dict[str, str] | None = None
+                  ) -> Path:
         out = Path(out)
         tmp = out.with_name(out.name + ".part")
-        with self.http.stream("GET", f"/jobs/{job_id}/checkpoint") as r:
+        with self.http.stream("GET", path, params=params) as r:
             if r.status_code >= 400:
                 r.read()
                 raise ServiceError(r.status_code, r.json().get("detail", r.text))
@@ -146,12 +164,29 @@ class Client:
             time.sleep(interval)
 
 
-def _zipped(folder: Path) -> bytes:
-    """A dataset folder as zip bytes, made by the same code as ``hotdog demo-data --zip``."""
-    from app.demo_data import zip_dataset
+class _ReadProgress:
+    """A binary file that reports how far it has been read: httpx streams a multipart file
+    by reading it in chunks, so this is an upload's progress. Length and position come from
+    the file itself (httpx sends a Content-Length)."""
 
-    with tempfile.TemporaryDirectory(prefix="hotdog-upload-") as tmp:
-        return zip_dataset(folder, Path(tmp) / "dataset.zip").read_bytes()
+    def __init__(self, fh: BinaryIO, progress: Callable[[int, int], None]) -> None:
+        self.fh = fh
+        self.progress = progress
+        self.total = os.fstat(fh.fileno()).st_size
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        self.progress(self.fh.tell(), self.total)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.fh.tell()
+
+    def fileno(self) -> int:
+        return self.fh.fileno()
 
 
 # ------------------------------------------------------------------------ commands
@@ -167,9 +202,25 @@ def _print_dataset(ds: dict[str, Any]) -> None:
         print(f"  warning: {w}")
 
 
+def progress_bar(**kwargs: Any) -> Any:
+    """A tqdm bar on stderr, shown when stderr is a terminal (``--json`` or not: stdout
+    stays clean for the JSON)."""
+    from tqdm import tqdm
+
+    return tqdm(disable=not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True,
+                leave=False, **kwargs)
+
+
 def cmd_upload(args: argparse.Namespace, emit: Callable[[Any], None]) -> int:
-    with _client(args) as c:
-        ds = c.upload(args.source, name=args.name)
+    with _client(args) as c, progress_bar(unit="B", unit_scale=True, unit_divisor=1024,
+                                          desc="uploading") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+            if done >= total:  # the service now unpacks and decodes every image
+                bar.set_description("validating")
+
+        ds = c.upload(args.source, name=args.name, progress=progress)
     if args.json:
         emit(ds)
     else:
@@ -203,11 +254,8 @@ def cmd_watch(args: argparse.Namespace, emit: Callable[[Any], None]) -> int:
 
 def _watch(c: Client, job_id: str, args: argparse.Namespace, emit: Callable[[Any], None]
            ) -> int:
-    from tqdm import tqdm
-
     show = not args.json
-    bar = tqdm(total=1000, disable=not (show and sys.stderr.isatty()), file=sys.stderr,
-               dynamic_ncols=True, bar_format="{l_bar}{bar}| {postfix}", leave=False)
+    bar = progress_bar(total=1000, bar_format="{l_bar}{bar}| {postfix}")
     printed = 0
 
     def update(job: dict[str, Any]) -> None:
@@ -241,7 +289,19 @@ def _watch(c: Client, job_id: str, args: argparse.Namespace, emit: Callable[[Any
         print(f"next: hotdog classify --model {job_id} PHOTO")
     else:
         print(f"job {job_id} {job['status']}" + (f": {job['error']}" if job["error"] else ""))
-    return 0 if job["status"] == "succeeded" else 1
+    return job_exit_code(job)
+
+
+def job_exit_code(job: dict[str, Any]) -> int:
+    """0 when the job succeeded; 4 when it failed for want of ImageNet weights; else 1."""
+    from app.cli import EXIT_FAILED, EXIT_OK, EXIT_WEIGHTS
+
+    if job["status"] == "succeeded":
+        return EXIT_OK
+    if job["status"] == "failed" and (job.get("error") or "").startswith(
+            "PretrainedWeightsMissing"):
+        return EXIT_WEIGHTS
+    return EXIT_FAILED
 
 
 def cmd_jobs(args: argparse.Namespace, emit: Callable[[Any], None]) -> int:
@@ -300,6 +360,7 @@ def add_commands(command: Callable[..., argparse.ArgumentParser],
                        "  hotdog upload data/demo.zip\n  hotdog upload data/demo --name demo\n\n")
     p.add_argument("source", metavar="ZIP_OR_FOLDER")
     p.add_argument("--name", default=None)
+    p.set_defaults(unusable_422=True)  # a refused dataset is unusable input (exit 3)
 
     p = client_command("submit", cmd_submit, "start a fine-tune job on an uploaded dataset",
                        "examples:\n  hotdog submit DATASET_ID --watch\n"
@@ -338,3 +399,4 @@ def add_commands(command: Callable[..., argparse.ArgumentParser],
                        "  hotdog classify lunch.jpg --model JOB_ID --json\n\n")
     p.add_argument("images", metavar="IMAGE", nargs="+")
     p.add_argument("--model", default=None, help="job id (default: the active model)")
+    p.set_defaults(unusable_422=True)  # a file that is no image is unusable input (exit 3)

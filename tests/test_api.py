@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 
 from app.api.app import create_app
 from app.core.config import Settings
-from app.db.models import JobStatus
+from app.db.models import Job, JobStatus
 from app.db.session import make_engine, upgrade
 from app.engine import TrainConfig, fit
+from app.engine.export import PARITY_TOLERANCE, OnnxModel, export_for_job
 from app.jobs.service import claim_job, finish_job
 from tests.common import TINY
 
@@ -241,9 +242,11 @@ def test_api_key_guards_every_route_but_health_and_ready(settings: Settings,
                    for m in getattr(r, "methods", None) or () if m != "HEAD"}
         calls = sorted((m, re.sub(r"{[^}]+}", "x", p)) for m, p in routes)
         assert len(calls) >= 20
-        for method, path in [*calls, ("GET", "/no/such/route")]:
+        # The web page's files are public too (they hold no data; the page asks for the key).
+        for method, path in [*calls, ("GET", "/no/such/route"), ("POST", "/"),
+                             ("GET", "/ui/app.js"), ("POST", "/ui/app.js")]:
             r = c.request(method, path)
-            if path in ("/health", "/ready"):
+            if path in ("/health", "/ready") or (method == "GET" and path in ("/", "/ui/app.js")):
                 assert r.status_code == 200, path
             else:
                 assert r.status_code == 401, (method, path, r.status_code)
@@ -263,12 +266,15 @@ def test_api_key_guards_every_route_but_health_and_ready(settings: Settings,
 
 
 def _finished_job(settings: Settings, dataset_id: str, tmp_path: Path, data: Path,
-                  seed: int = 0) -> str:
-    """A job run to success by the engine directly, recorded as a worker would."""
+                  seed: int = 0, lr: float | None = None, export: bool = False) -> str:
+    """A job run to success by the engine directly, recorded as a worker would (with its
+    verified ONNX export when ``export``)."""
     engine = make_engine(settings.db_url)
-    cfg = TrainConfig(**TINY, epochs=1, seed=seed)
+    cfg = TrainConfig(**TINY, epochs=1, seed=seed, lr=lr)
     out = tmp_path / f"model-{seed}.pt"
     result = fit(data, cfg, out)
+    exports = ({"onnx": export_for_job(out, data, out.with_suffix(".onnx")).to_dict()}
+               if export else None)
     from app.jobs.service import create_job
 
     with Session(engine) as s:
@@ -277,7 +283,7 @@ def _finished_job(settings: Settings, dataset_id: str, tmp_path: Path, data: Pat
         claim_job(s, job.id, worker="w", lease_seconds=60)
         assert result.evaluation is not None
         finish_job(s, job.id, worker="w", status=JobStatus.SUCCEEDED, checkpoint_path=str(out),
-                   evaluation=result.evaluation.to_dict())
+                   evaluation=result.evaluation.to_dict(), exports=exports)
         s.commit()
         job_id = job.id
     engine.dispose()
@@ -326,6 +332,56 @@ def test_models_activation_and_predict(client: TestClient, settings: Settings,
     assert "hotdog_predict_images_total 4.0" in metrics
     assert 'hotdog_jobs{status="succeeded"} 2.0' in metrics
     assert 'route="/predict"' in metrics
+
+
+def test_predict_runtimes_agree_and_exports_download(settings: Settings, color_dataset: Path,
+                                                     tmp_path: Path) -> None:
+    with TestClient(create_app(settings)) as c:
+        ds = upload(c, zip_tree(color_dataset)).json()["id"]
+    plain = _finished_job(settings, ds, tmp_path, color_dataset, seed=1)
+    job = _finished_job(settings, ds, tmp_path, color_dataset, seed=0, lr=1e-3, export=True)
+    photos = [p for p in sorted((color_dataset / "test").rglob("*.jpg"))]
+    files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in photos[:4]]
+
+    answers = {}
+    for runtime in ("onnx", "torch"):
+        app = create_app(settings.model_copy(
+            update={"predict_runtime": runtime, "predict_precision": "fp32"}))
+        with TestClient(app) as c:
+            r = c.post("/predict", files=files, data={"model": job})
+            assert r.status_code == 200, r.text
+            answers[runtime] = r.json()
+            # A model without an export is served by PyTorch whatever the setting.
+            assert c.post("/predict", files=files[:1], data={"model": plain}
+                          ).json()["runtime"] == "torch"
+    assert answers["onnx"]["runtime"] == "onnx" and answers["torch"]["runtime"] == "torch"
+    for x, y in zip(answers["onnx"]["predictions"], answers["torch"]["predictions"],
+                    strict=True):
+        assert x["label"] == y["label"]
+        assert x["probabilities"] == pytest.approx(y["probabilities"], abs=PARITY_TOLERANCE)
+
+    with TestClient(create_app(settings)) as c:
+        record = c.get(f"/jobs/{job}").json()["exports"]["onnx"]
+        assert record["file"] == "model-0.onnx" and record["images"] == 8
+        assert record["max_abs_diff"] <= PARITY_TOLERANCE
+        r = c.get(f"/jobs/{job}/export")
+        assert r.status_code == 200 and "hotdog-" in r.headers["content-disposition"]
+        assert OnnxModel(r.content).contract["classes"] == ["hotdog", "not-hotdog"]
+        r = c.get(f"/jobs/{job}/export", params={"format": "torchscript"})
+        assert r.status_code == 200 and r.content[:2] == b"PK"  # a TorchScript zip archive
+        assert c.get(f"/jobs/{job}/export", params={"format": "tflite"}).status_code == 422
+        r = c.get(f"/jobs/{plain}/export")
+        assert r.status_code == 409 and "no ONNX export" in r.json()["detail"]
+
+    # A discarded export: the job says why, and so does the download.
+    engine = make_engine(settings.db_url)
+    with Session(engine) as s:
+        s.get(Job, plain).exports = {"onnx": {"error": "it differed by 3e-2"}}
+        s.commit()
+    engine.dispose()
+    with TestClient(create_app(settings)) as c:
+        r = c.get(f"/jobs/{plain}/export")
+        assert r.status_code == 409 and "discarded: it differed by 3e-2" in r.json()["detail"]
 
 
 def test_predict_sheds_load_with_503_and_retry_after(settings: Settings, color_dataset: Path,

@@ -4,9 +4,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.stacks import embedded_stack
+from tests.test_service import Stack, free_port
 
 
 def hotdog(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -95,3 +99,62 @@ def test_bad_parameter_values_exit_2(tmp_path: Path, color_dataset: Path) -> Non
 def test_help_has_examples() -> None:
     proc = hotdog("train", "--help")
     assert proc.returncode == 0 and "examples:" in proc.stdout and "exit codes:" in proc.stdout
+
+
+def test_every_command_has_examples_exit_codes_and_json() -> None:
+    from app.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"train", "demo", "upload", "submit", "watch", "classify", "serve"} <= set(commands)
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert "examples:" in text, name
+        assert "exit codes:" in text and "5  the service cannot be reached" in text, name
+        assert "--json" in text, name
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # A service whose worker has no ImageNet weights.
+    tmp = tmp_path_factory.mktemp("cli-stack")
+    with embedded_stack(tmp, TORCH_HOME=str(tmp / "no-torch-cache"),
+                        HOTDOG_PRETRAINED_PATH="", EXPORT_ONNX="false") as s:
+        yield s
+
+
+def test_upload_streams_the_file_and_reports_progress(stack: Stack, color_dataset: Path,
+                                                      tmp_path: Path) -> None:
+    from app.demo_data import zip_dataset
+
+    archive = zip_dataset(color_dataset, tmp_path / "colors.zip")
+    seen: list[tuple[int, int]] = []
+    with stack.client() as c:
+        ds = c.upload(archive, progress=lambda done, total: seen.append((done, total)))
+    size = archive.stat().st_size
+    assert ds["counts"]["train"] == {"hotdog": 8, "not-hotdog": 8}
+    assert seen[-1] == (size, size) and len(seen) > 1
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    # --json: one JSON object on stdout, nothing else there.
+    proc = hotdog("upload", str(color_dataset), "--url", stack.url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["classes"] == ["hotdog", "not-hotdog"]
+
+
+def test_client_exit_codes_say_what_went_wrong(stack: Stack, color_dataset: Path,
+                                               tmp_path: Path) -> None:
+    env = {"HOTDOG_URL": stack.url}
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"not a zip")
+    proc = hotdog("upload", str(bad), env=env)
+    assert proc.returncode == 3 and "422" in proc.stderr  # unusable dataset
+    ds = last_json(hotdog("upload", str(color_dataset), "--json", env=env))["id"]
+    proc = hotdog("submit", ds, "--epochs", "0", env=env)
+    assert proc.returncode == 2 and "epochs" in proc.stderr  # bad parameter
+    proc = hotdog("watch", "0" * 32, env=env)
+    assert proc.returncode == 3 and "404" in proc.stderr  # unknown id
+    proc = hotdog("submit", ds, "--init", "imagenet", "--image-size", "32", "--epochs", "1",
+                  "--watch", "--interval", "0.2", env=env)
+    assert proc.returncode == 4 and "PretrainedWeightsMissing" in proc.stdout  # no weights
+    proc = hotdog("jobs", "--url", f"http://127.0.0.1:{free_port()}")
+    assert proc.returncode == 5 and "cannot reach the hotdog service" in proc.stderr

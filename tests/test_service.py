@@ -21,6 +21,7 @@ import pytest
 
 from app.client import Client, ServiceError
 from app.db.session import downgrade, upgrade
+from app.engine.export import PARITY_TOLERANCE, OnnxModel
 from tests.common import TINY
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
@@ -145,6 +146,12 @@ def test_upload_train_predict_evaluate(stack: Stack, color_dataset: Path, tmp_pa
 
         evaluation = c.evaluation(job["id"])
         ckpt = c.download_checkpoint(job["id"], tmp_path / "model.pt")
+        # The worker exported the model to ONNX and checked it on the job's 8 test images.
+        onnx = job["exports"]["onnx"]
+        assert "error" not in onnx, onnx
+        assert onnx["images"] == 8 and onnx["max_abs_diff"] <= PARITY_TOLERANCE
+        exported = c.download_export(job["id"], tmp_path / "model.onnx")
+        assert OnnxModel(exported).contract["classes"] == ds["classes"]
     local = hotdog_json("evaluate", str(ckpt), str(color_dataset))
     assert evaluation["confusion"] == local["confusion"]
     assert evaluation["accuracy"] == pytest.approx(local["accuracy"])
@@ -193,7 +200,7 @@ def test_the_command_line_client(stack: Stack, color_dataset: Path) -> None:
     # A service that is not there is a clear error, not a traceback.
     proc = subprocess.run([sys.executable, "-m", "app.cli", "jobs", "--url",
                            f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True)
-    assert proc.returncode == 1 and "cannot reach the hotdog service" in proc.stderr
+    assert proc.returncode == 5 and "cannot reach the hotdog service" in proc.stderr
 
 
 def test_a_stopped_worker_hands_its_job_to_the_next(stack: Stack, color_dataset: Path) -> None:

@@ -8,7 +8,7 @@ JSON object per line:
 ``{"event": "start", ...}``, ``{"event": "progress", "epoch": N, "fraction": f}`` (at most
 once a second, within epoch N), ``{"event": "epoch", "metrics": {...}}``,
 ``{"event": "checkpoint", "epoch": N, "path": ...}``, then exactly one of
-``{"event": "done", "checkpoint": ..., "evaluation": {...}}``,
+``{"event": "done", "checkpoint": ..., "evaluation": {...}, "exports": {...}}``,
 ``{"event": "cancelled"}`` or ``{"event": "error", "kind": ..., "message": ...}``.
 
 SIGTERM asks it to stop between batches (cancellation). Logs go to stderr.
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.core.logs import adopt_job_from_environment, configure_logging
 from app.engine import (
     BatchProgress,
     Callback,
@@ -37,6 +38,7 @@ from app.engine import (
     TrainingCancelled,
     fit,
 )
+from app.engine.export import export_for_job
 
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
 USER_ERRORS = (DatasetError, ImageDecodeError, CheckpointError, PretrainedWeightsMissing,
@@ -80,7 +82,8 @@ class Reporter(Callback):
 
 
 def run(spec: dict[str, Any]) -> int:
-    """``spec``: data_dir, out, epoch_checkpoint, config (TrainConfig fields), resume_from."""
+    """``spec``: data_dir, out, epoch_checkpoint, config (TrainConfig fields), resume_from,
+    export_onnx (default true)."""
     reporter = Reporter()
 
     def on_term(_signum: int, _frame: object) -> None:
@@ -104,14 +107,22 @@ def run(spec: dict[str, Any]) -> int:
         emit("error", kind=type(exc).__name__, message=str(exc))
         return EXIT_ERROR
     assert result.evaluation is not None
+    exports: dict[str, Any] = {}
+    if spec.get("export_onnx", True):
+        # Verified against PyTorch on the test images, or discarded with the reason: the job
+        # succeeds either way, and prediction falls back to PyTorch without the export.
+        record = export_for_job(result.checkpoint, spec["data_dir"],
+                                Path(result.checkpoint).with_suffix(".onnx"))
+        exports["onnx"] = record.to_dict()
     emit("done", checkpoint=str(result.checkpoint), test_acc=result.test_acc,
-         evaluation=result.evaluation.to_dict())
+         evaluation=result.evaluation.to_dict(), exports=exports)
     return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # LOG_FORMAT, and the job the worker passed down on every line (the engine's included)
+    adopt_job_from_environment()
+    configure_logging(logging.INFO)
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m worker.child SPEC.json", file=sys.stderr)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.core.logs import job_env
 from app.engine import TrainConfig
 
 
@@ -39,6 +40,7 @@ class TrainingProcess:
     config: TrainConfig
     out: Path
     epoch_checkpoint: Path
+    export_onnx: bool = True
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     returncode: int | None = None
@@ -49,6 +51,7 @@ class TrainingProcess:
             "epoch_checkpoint": str(self.epoch_checkpoint),
             # An earlier attempt's last epoch, if any: a resumed job continues from it.
             "resume_from": str(self.epoch_checkpoint), "config": self.config.to_dict(),
+            "export_onnx": self.export_onnx,
         }
         self.out.parent.mkdir(parents=True, exist_ok=True)
         fd, spec_path = tempfile.mkstemp(prefix=".spec-", suffix=".json", dir=self.out.parent)
@@ -58,7 +61,7 @@ class TrainingProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.child", spec_path],
             stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1,
-            env={**os.environ, **self.env}, preexec_fn=_die_with_parent,
+            env={**os.environ, **job_env(), **self.env}, preexec_fn=_die_with_parent,
         )
         return self
 

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings
+from app.core.logs import job_context
 from app.db.models import Job, JobStatus
 from app.db.session import make_engine
 from app.engine import TrainConfig
@@ -66,7 +67,11 @@ def run_job_now(job_id: str, *, settings: Settings | None = None) -> str:
     ``INTERRUPTED`` when the worker is shutting down and the job was handed back."""
     if SHUTTING_DOWN.is_set():
         return INTERRUPTED  # a message fetched while stopping: leave the job for the next
-    settings = settings or get_settings()
+    with job_context(job_id):  # every line logged for this job carries its id
+        return _run_job(job_id, settings or get_settings())
+
+
+def _run_job(job_id: str, settings: Settings) -> str:
     engine = make_engine(settings.db_url)
     try:
         while True:
@@ -99,7 +104,8 @@ def _attempt(engine: Engine, settings: Settings, job_id: str, name: str) -> str:
     job_dir = settings.job_dir(job_id)
     log.info("job %s attempt %d: training on %s", job_id, attempt, dataset_dir)
     proc = TrainingProcess(data_dir=dataset_dir, config=config, out=job_dir / "model.pt",
-                           epoch_checkpoint=job_dir / "last.pt").start()
+                           epoch_checkpoint=job_dir / "last.pt",
+                           export_onnx=settings.export_onnx).start()
     watcher = _Watcher(engine, settings, job_id, name, proc)
     watcher.start()
     outcome: dict[str, Any] | None = None
@@ -137,7 +143,7 @@ def _attempt(engine: Engine, settings: Settings, job_id: str, name: str) -> str:
             status, error = JobStatus.FAILED, f"{outcome['kind']}: {outcome['message']}"
         finish_job(s, job_id, worker=name, status=status, error=error,
                    checkpoint_path=outcome.get("checkpoint"),
-                   evaluation=outcome.get("evaluation"))
+                   evaluation=outcome.get("evaluation"), exports=outcome.get("exports"))
         s.commit()
         return get_job(s, job_id).status.value
 
@@ -186,6 +192,10 @@ class _Watcher(threading.Thread):
         return False
 
     def run(self) -> None:
+        with job_context(self.job_id):  # a thread starts without its creator's context
+            self._watch()
+
+    def _watch(self) -> None:
         while not self._wait(self.settings.heartbeat_seconds):
             try:
                 with Session(self.engine) as s:
@@ -209,7 +219,7 @@ def requeue_lost_jobs(engine: Engine, settings: Settings) -> list[str]:
         ids = requeue_expired(s)
         s.commit()
     for job_id in ids:
-        log.warning("job %s lost its worker; queued again", job_id)
+        log.warning("job %s lost its worker; queued again", job_id, extra={"job_id": job_id})
         run_job.apply_async(args=[job_id], queue=settings.training_queue)
     return ids
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import app as package
 from app.api import errors, routes
+from app.api.metrics import register as register_collectors
 from app.api.schemas import ERRORS, Health
 from app.api.state import MISSING_KEY, State, key_matches
 from app.core.config import Settings, get_settings
@@ -101,18 +103,32 @@ class BodyLimit:
 
 
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
+# The web page (``app/web``): ``GET /`` and its static files under ``/ui/``. They hold no
+# data, so they load without the API key; the page then asks for it (the API still needs it).
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_PREFIX = "/ui"
+PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+            "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+            "form-action 'self'")
+
+
+def is_public(method: str, path: str) -> bool:
+    return path in PUBLIC_PATHS or (
+        method in ("GET", "HEAD") and (path == "/" or path.startswith(WEB_PREFIX + "/")))
 
 
 class ApiKeyGate:
-    """With ``API_KEY`` set, every path but /health and /ready answers 401 without the key:
-    the API, the docs, /metrics and unknown paths alike (so routes cannot be enumerated)."""
+    """With ``API_KEY`` set, every path but /health, /ready and the web page's files (``GET /``
+    and ``/ui/…``) answers 401 without the key: the API, the docs, /metrics and unknown paths
+    alike (so routes cannot be enumerated)."""
 
     def __init__(self, app: ASGIApp, key: str | None) -> None:
         self.app = app
         self.key = key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.key or scope["path"] in PUBLIC_PATHS:
+        if (scope["type"] != "http" or not self.key
+                or is_public(scope["method"], scope["path"])):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
@@ -194,6 +210,8 @@ def _allowed_methods(api: FastAPI) -> Callable[[str], list[str]]:
     table: list[tuple[re.Pattern[str], list[str]]] = []
 
     def allowed(path: str) -> list[str]:
+        if path == "/" or path.startswith(WEB_PREFIX + "/"):  # the web page's files
+            return ["GET", "HEAD"]
         if not table:
             for template, ops in api.openapi()["paths"].items():
                 regex = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
@@ -234,6 +252,7 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
     for router in (routes.datasets, routes.jobs, routes.models, routes.predict):
         api.include_router(router)
     state.registry.register(JobsCollector(state))
+    register_collectors(state)  # queue depth, training speed and epoch durations
 
     @api.get("/health", response_model=Health, tags=["ops"])
     def health() -> Health:
@@ -261,6 +280,15 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
         """Prometheus text format."""
         return PlainTextResponse(generate_latest(state.registry),
                                  media_type=CONTENT_TYPE_LATEST)
+
+    @api.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    def web_page() -> FileResponse:
+        """The web page (no API key needed to load it; its API calls need one)."""
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers={
+            "Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP,
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+
+    api.mount(WEB_PREFIX, StaticFiles(directory=WEB_DIR), name="ui")
 
     allowed = _allowed_methods(api)
 

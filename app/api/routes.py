@@ -10,7 +10,7 @@ import shutil
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, status
@@ -34,6 +34,7 @@ from app.api.schemas import (
 from app.api.serving import LoadedModel
 from app.api.state import State, api_key_scheme, get_state
 from app.db.models import Dataset, EpochMetric, Job, JobStatus
+from app.engine.export import SUFFIXES, export_model
 from app.ingest import Limits, ingest_zip
 from app.jobs.service import create_job, get_job, request_cancel, utcnow
 
@@ -163,7 +164,7 @@ def _job_out(job: Job, metrics: list[EpochMetric]) -> JobOut:
                           eta_seconds=eta),
         latest_metrics=latest, best_metrics=best, attempt=job.attempt,
         max_attempts=job.max_attempts, worker=job.worker,
-        cancel_requested=job.cancel_requested, error=job.error,
+        cancel_requested=job.cancel_requested, error=job.error, exports=job.exports or {},
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         heartbeat_at=job.heartbeat_at,
     )
@@ -302,6 +303,32 @@ def job_checkpoint(state: StateDep, job_id: str) -> FileResponse:
                         filename=f"hotdog-{job_id}.pt")
 
 
+@jobs.get("/{job_id}/export", response_class=FileResponse,
+          responses={200: {"content": {"application/octet-stream": {}}}})
+def job_export(
+    state: StateDep, job_id: str,
+    format: Annotated[Literal["onnx", "torchscript"], Query(
+        description="onnx: the export the worker verified against PyTorch when the job "
+        "succeeded; torchscript: traced now (and kept) for torch.jit.load")] = "onnx",
+) -> FileResponse:
+    """The trained model for other runtimes. Input: uint8 RGB crops, N×S×S×3, resized and
+    centre-cropped as the file's metadata says; outputs: logits and probabilities."""
+    with _session(state) as s:
+        job = get_job(s, job_id)
+        checkpoint = _model_file(job)
+        record = (job.exports or {}).get(format) or {}
+    path = checkpoint.parent / f"{checkpoint.stem}{SUFFIXES[format]}"
+    if format == "onnx" and not path.is_file():
+        why = (f"it was discarded: {record['error']}" if record.get("error") else
+               "the worker did not write one (EXPORT_ONNX off, or the job predates exports)")
+        raise Conflict(f"job {job_id} has no ONNX export: {why}. `hotdog export` makes one "
+                       "from the checkpoint (GET /jobs/{id}/checkpoint)")
+    if not path.is_file():
+        export_model(checkpoint, format, path)
+    return FileResponse(path, media_type="application/octet-stream",
+                        filename=f"hotdog-{job_id}{SUFFIXES[format]}")
+
+
 # ---------------------------------------------------------------------------- models
 models = APIRouter(prefix="/models", tags=["models"], dependencies=guarded, responses=ERRORS)
 
@@ -397,5 +424,7 @@ async def predict_images(
     names = [f.filename or f"file {i + 1}" for i, f in enumerate(file)]
     predictions = loaded.predictor.report(torch.stack(rows), names)
     state.models.metrics.images.inc(len(predictions))
-    return {"model": loaded.job_id, "predictions": [p.to_dict() for p in predictions]}
+    state.models.metrics.predicted(loaded.job_id, [p.label for p in predictions])
+    return {"model": loaded.job_id, "runtime": loaded.predictor.runtime,
+            "predictions": [p.to_dict() for p in predictions]}
 

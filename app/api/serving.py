@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from app.engine.predict import Predictor
+from app.engine.predict import Predictor, choose_runtime
 
 log = logging.getLogger(__name__)
 
@@ -151,18 +151,15 @@ class ForwardThreads:
         self.executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="forward")
         self.lock = threading.Lock()
         self.busy = 0
-        self.local = threading.local()
 
-    def run(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def run(self, fn: Callable[..., torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``fn(x, threads=n)``: ``n`` intra-op threads for this pass (the runtime applies
+        it: torch per calling thread, ONNX Runtime by choosing a session)."""
         with self.lock:
             self.busy += 1
             alone = self.busy == 1
         try:
-            want = self.threads if alone else self.shared
-            if getattr(self.local, "threads", None) != want:
-                torch.set_num_threads(want)
-                self.local.threads = want
-            return fn(x)
+            return fn(x, threads=self.threads if alone else self.shared)
         finally:
             with self.lock:
                 self.busy -= 1
@@ -189,11 +186,26 @@ class ServingMetrics:
             "hotdog_predict_forward_seconds", "time spent in forward passes", registry=registry)
         self.loads = Counter("hotdog_model_loads", "checkpoints loaded for serving",
                              registry=registry)
-
+        # Labels stay bounded: a model's class names, for the models held in the cache (a
+        # model's series are removed when it is unloaded).
+        self.predictions = Counter(
+            "hotdog_predictions", "images classified, by model (job id) and predicted label",
+            ["model", "label"], registry=registry)
 
     def batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.forward_seconds.inc(seconds)
+
+    def predicted(self, model: str, labels: list[str]) -> None:
+        for label in set(labels):
+            self.predictions.labels(model, label).inc(labels.count(label))
+
+    def forget(self, model: str, classes: list[str]) -> None:
+        from contextlib import suppress
+
+        for label in classes:
+            with suppress(KeyError):  # a class it never predicted has no series
+                self.predictions.remove(model, label)
 
 
 class ModelCache:
@@ -212,8 +224,10 @@ class ModelCache:
         metrics: ServingMetrics,
         lanes: int = 1,
         threads: int | None = None,
+        runtime: str = "auto",
     ) -> None:
         self.size = size
+        self.runtime = runtime
         self.forward_threads = ForwardThreads(lanes, threads or torch.get_num_threads())
         self.lanes = self.forward_threads.lanes
         self.device, self.precision = device, precision
@@ -255,7 +269,12 @@ class ModelCache:
             with self.lock:
                 if job_id in self.models:
                     return self.models[job_id]
-            predictor = Predictor(checkpoint, device=self.device, precision=self.precision)
+            onnx_file = checkpoint.with_suffix(".onnx")
+            runtime = choose_runtime(self.runtime, onnx_file=onnx_file, device=self.device,
+                                     precision=self.precision)
+            predictor = Predictor(checkpoint, device=self.device, precision=self.precision,
+                                  runtime=runtime, onnx_file=onnx_file if runtime == "onnx"
+                                  else None, threads=self.forward_threads.threads)
             self.metrics.loads.inc()
             batcher = Batcher(
                 partial(self.forward_threads.run, predictor.probabilities),
@@ -267,11 +286,12 @@ class ModelCache:
             with self.lock:
                 self.models[job_id] = model
                 while len(self.models) > self.size:
-                    dropped, _ = self.models.popitem(last=False)
+                    dropped, gone = self.models.popitem(last=False)
+                    self.metrics.forget(dropped, gone.predictor.classes)
                     log.info("model %s unloaded (cache holds %d)", dropped, self.size)
                 self.loading.pop(job_id, None)
-            log.info("model %s loaded on %s (%s)", job_id, predictor.plan.device,
-                     predictor.plan.precision)
+            log.info("model %s loaded on %s (%s, %s)", job_id, predictor.plan.device,
+                     predictor.runtime, predictor.precision)
             return model
 
     def close(self) -> None:

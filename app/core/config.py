@@ -4,6 +4,7 @@ SQLite and a file-system message broker under ``DATA_DIR``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,6 +26,9 @@ class Settings(BaseSettings):
     # Longest a job may run; the broker's visibility timeout is set above it so a long job's
     # unacknowledged message is not redelivered while it is still running.
     max_job_seconds: int = 24 * 3600
+    # Log lines of serve, worker and training processes: "text", or "json" (one object per
+    # line, with job_id on every line about a job).
+    log_format: Literal["text", "json"] = "text"
 
     # --- API
     # When set, every write request (POST, DELETE) needs ``Authorization: Bearer <key>``
@@ -49,6 +53,13 @@ class Settings(BaseSettings):
     predict_threads: int | None = None
     predict_device: str = "auto"
     predict_precision: str = "auto"
+    # Which runtime computes /predict: "onnx" (the job's verified ONNX export in ONNX
+    # Runtime), "torch" (eager PyTorch), or "auto": ONNX Runtime where it is the faster one
+    # (a CPU without native bf16, or PREDICT_PRECISION=fp32), PyTorch otherwise or when a
+    # model has no export.
+    predict_runtime: Literal["auto", "onnx", "torch"] = "auto"
+    # Workers export each succeeded job to ONNX (verified against PyTorch) for /predict.
+    export_onnx: bool = True
     models_cached: int = 4  # loaded models kept in memory
 
     @property
