@@ -4,20 +4,18 @@ the embedded default (SQLite + the file-system broker) in a folder of the test's
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import httpx
 
 from app.db.session import upgrade
 from tests.test_service import Stack, free_port
 
 
 @contextmanager
-def embedded_stack(tmp: Path, **env: str) -> Iterator[Stack]:
-    """``env``: extra settings of both processes (e.g. LOG_FORMAT, TORCH_HOME)."""
+def embedded_stack(tmp: Path, *, worker: bool = True, **env: str) -> Iterator[Stack]:
+    """``env``: extra settings of both processes (e.g. LOG_FORMAT, TORCH_HOME, API_KEY).
+    ``worker=False`` starts the API alone (jobs then stay queued)."""
     db_url = f"sqlite:///{tmp / 'data' / 'hotdog.db'}"
     port = free_port()
     full_env = {**os.environ, "DATA_DIR": str(tmp / "data"), "DATABASE_URL": db_url,
@@ -27,19 +25,10 @@ def embedded_stack(tmp: Path, **env: str) -> Iterator[Stack]:
     upgrade(db_url)
     stack = Stack(f"http://127.0.0.1:{port}", full_env, tmp)
     stack.start("api", "serve", "--port", str(port))
-    stack.start("worker", "worker")
-    deadline = time.monotonic() + 120
+    if worker:
+        stack.start("worker", "worker")
     try:
-        while True:
-            try:
-                if httpx.get(stack.url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and stack.procs["api"].poll() is None, \
-                stack.logs()
-            time.sleep(0.2)
+        stack.wait_ready(120)
         yield stack
     finally:
-        for name in list(stack.procs):
-            stack.stop(name)
+        stack.stop_all()

@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.db.session import upgrade
-from tests.test_service import Stack, free_port
+from tests.stacks import embedded_stack
+from tests.test_service import Stack
 
 try:
     from selenium import webdriver
@@ -59,37 +59,6 @@ def browser_missing() -> str | None:
 
 # --------------------------------------------------------------------------- the service
 
-def start_stack(tmp: Path, *, worker: bool, api_key: str | None = None) -> Stack:
-    db_url = f"sqlite:///{tmp / 'data' / 'hotdog.db'}"
-    env = {**os.environ, "DATA_DIR": str(tmp / "data"), "DATABASE_URL": db_url,
-           "BROKER_URL": "", "HEARTBEAT_SECONDS": "0.3", "JOB_LEASE_SECONDS": "5",
-           "PREDICT_DEVICE": "cpu"}
-    if api_key:
-        env["API_KEY"] = api_key
-    upgrade(db_url)
-    port = free_port()
-    stack = Stack(f"http://127.0.0.1:{port}", env, tmp)
-    stack.start("api", "serve", "--port", str(port))
-    if worker:
-        stack.start("worker", "worker")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(stack.url + "/ready", timeout=2).status_code == 200:
-                return stack
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or stack.procs["api"].poll() is not None:
-            stop_stack(stack)
-            raise AssertionError(f"the service did not start\n{stack.logs()}")
-        time.sleep(0.2)
-
-
-def stop_stack(stack: Stack) -> None:
-    for name in list(stack.procs):
-        stack.stop(name)
-
-
 @pytest.fixture(scope="session")
 def browser_ready() -> None:
     """Skips (or, with HOTDOG_REQUIRE_BROWSER=1, fails) before any service is started."""
@@ -102,22 +71,17 @@ def browser_ready() -> None:
 
 @pytest.fixture(scope="module")
 def service(browser_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = start_stack(tmp_path_factory.mktemp("browser"), worker=True)
-    try:
+    with embedded_stack(tmp_path_factory.mktemp("browser")) as stack:
         yield stack
-    finally:
-        stop_stack(stack)
 
 
 @pytest.fixture(scope="module")
 def keyed_service(browser_ready: None, tmp_path_factory: pytest.TempPathFactory
                   ) -> Iterator[Stack]:
     """With API_KEY set; no worker (jobs stay queued, which is all the key test needs)."""
-    stack = start_stack(tmp_path_factory.mktemp("browser-keyed"), worker=False, api_key=KEY)
-    try:
+    with embedded_stack(tmp_path_factory.mktemp("browser-keyed"), worker=False,
+                        API_KEY=KEY) as stack:
         yield stack
-    finally:
-        stop_stack(stack)
 
 
 def zip_folder(root: Path, out: Path) -> Path:

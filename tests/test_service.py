@@ -64,6 +64,23 @@ class Stack:
     def client(self) -> Client:
         return Client(self.url, timeout=60)
 
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until /ready answers 200; fails with the logs if the API exits or never does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and self.procs["api"].poll() is None, \
+                f"the service did not start\n{self.logs()}"
+            time.sleep(0.2)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
     def wait(self, job_id: str, statuses: set[str], timeout: float = 300,
              until: Callable[[dict], bool] = lambda job: True) -> dict:
         deadline = time.monotonic() + timeout
@@ -95,20 +112,11 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     stack = Stack(f"http://127.0.0.1:{port}", env, tmp)
     stack.start("api", "serve", "--port", str(port))
     stack.start("worker", "worker")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(stack.url + "/ready", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline and stack.procs["api"].poll() is None, stack.logs()
-        time.sleep(0.2)
     try:
+        stack.wait_ready()
         yield stack
     finally:
-        for name in list(stack.procs):
-            stack.stop(name)
+        stack.stop_all()
         if request.param != "embedded":
             downgrade(db_url, "base")
 
