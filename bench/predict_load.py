@@ -166,11 +166,14 @@ def baselines(predictor: Any, photos: list[Path], batch: int, seconds: float
             "device": str(predictor.plan.device)}
 
 
-def multipart(photo: Path) -> tuple[bytes, str]:
+def multipart(photos: list[Path]) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"{photo.name}\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
-    body += photo.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    body = b""
+    for photo in photos:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                 f"filename=\"{photo.name}\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+        body += photo.read_bytes() + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -190,9 +193,10 @@ def scrape(port: int) -> dict[str, float]:
 
 
 class Load:
-    def __init__(self, port: int, bodies: list[tuple[bytes, str]]) -> None:
+    def __init__(self, port: int, bodies: list[tuple[bytes, str]], per_request: int = 1) -> None:
         self.port = port
         self.bodies = bodies
+        self.per_request = per_request
         self.latencies: list[float] = []
         self.errors: list[str] = []
         self.lock = threading.Lock()
@@ -243,7 +247,7 @@ class Load:
         batches = delta.get("hotdog_predict_batch_size_count", 0.0)
         ok = len(self.latencies)
         return {"concurrency": concurrency, "requests": ok + len(self.errors),
-                "req_s": ok / wall, "img_s": ok / wall,
+                "req_s": ok / wall, "img_s": ok * self.per_request / wall,
                 "p50_ms": 1000 * percentile(self.latencies, 50),
                 "p99_ms": 1000 * percentile(self.latencies, 99), "errors": len(self.errors),
                 "mean_batch": delta.get("hotdog_predict_batch_size_sum", 0.0) / max(1, batches),
@@ -263,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="baselines and load measured alternately this many times")
     ap.add_argument("--seconds", type=float, default=5.0, help="concurrent load per round")
     ap.add_argument("--requests", type=int, default=30, help="sequential requests per round")
+    ap.add_argument("--photos-per-request", type=int, default=1, metavar="N",
+                    help="photos in each /predict request (one HTTP request per N images)")
     ap.add_argument("--baseline-seconds", type=float, default=2.0,
                     help="each baseline per round")
     ap.add_argument("--device", default="auto")
@@ -278,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hotdog-predict-bench-") as tmp:
         data_dir = Path(tmp)
         _job_id, ckpt, photos = make_model(data_dir, args.image_size)
-        bodies = [multipart(p) for p in photos]
+        per = args.photos_per_request
+        bodies = [multipart([photos[(i + k) % len(photos)] for k in range(per)])
+                  for i in range(len(photos))]
         servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
         try:
             for runtime in runtimes:
@@ -286,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             loads = {}
             for runtime, (server, port) in servers.items():
                 wait_ready(server, port, data_dir / f"api-{runtime}.log")
-                loads[runtime] = Load(port, bodies)
+                loads[runtime] = Load(port, bodies, per)
                 loads[runtime].run(2, requests=4)  # warm-up: loads the model, fills pools
             predictors = make_predictors(ckpt, args.device, runtimes)
             for i in range(args.rounds):
@@ -327,7 +335,8 @@ def report(rounds: list[dict[str, Any]], runtimes: list[str], args: argparse.Nam
     """Print the per-runtime table and the median ratios; return the ratios."""
     base0 = rounds[0]["baseline"]
     print(f"\nmodel: ResNet-18 at {args.image_size} px on {base0['eager']['device']}, "
-          f"{photos} photos of 160-512 px, {len(rounds)} round(s); medians over rounds")
+          f"{photos} photos of 160-512 px, {args.photos_per_request} per request, "
+          f"{len(rounds)} round(s); medians over rounds")
     print(f"{'in process':>22} {'batched img/s':>13} {'bare p50 ms':>11}")
     for name, b in base0.items():
         label = f"{b['runtime']} {b['precision']}"

@@ -113,6 +113,7 @@ class Recipe:
     momentum: float
     image_size: int
     seed: int
+    device: str = "cpu"
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Recipe:
@@ -121,6 +122,7 @@ class Recipe:
             init=cfg.init, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
             head_lr_mult=cfg.head_lr_mult, weight_decay=cfg.weight_decay,
             momentum=cfg.momentum, image_size=cfg.image_size, seed=cfg.seed,
+            device=cfg.device,
         )
 
 
@@ -190,7 +192,8 @@ def run_bare(data: Path, recipe: Recipe) -> SideResult:
     ])
     train_set = datasets.ImageFolder(str(data / "train"), transform=train_augs)
     test_set = datasets.ImageFolder(str(data / "test"), transform=test_augs)
-    net = bare_model(len(train_set.classes), recipe.init, recipe.seed)
+    device = torch.device(recipe.device)
+    net = bare_model(len(train_set.classes), recipe.init, recipe.seed).to(device)
     batch_size = min(recipe.batch_size, len(train_set))
     train_iter = DataLoader(
         train_set, batch_size=batch_size, shuffle=True, num_workers=0,
@@ -210,6 +213,7 @@ def run_bare(data: Path, recipe: Recipe) -> SideResult:
         start = time.perf_counter()
         seen = 0
         for features, labels in train_iter:
+            features, labels = features.to(device), labels.to(device)  # d2l's GPU loop
             trainer.zero_grad()
             out = net(features)
             batch_loss = loss(out, labels)
@@ -217,11 +221,14 @@ def run_bare(data: Path, recipe: Recipe) -> SideResult:
             trainer.step()
             seen += labels.numel()
         seconds = time.perf_counter() - start
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
         res.train_images += seen
         res.train_seconds += seconds
         res.epoch_images_per_s.append(seen / seconds)
         start = time.perf_counter()
-        res.epoch_test_acc.append(_bare_accuracy(net, test_iter))
+        res.epoch_test_acc.append(_bare_accuracy(net, test_iter, device))
         res.eval_seconds += time.perf_counter() - start
     res.whole_seconds = time.perf_counter() - t0
     res.tail_seconds = res.whole_seconds - res.setup_seconds - res.train_seconds - res.eval_seconds
@@ -230,12 +237,13 @@ def run_bare(data: Path, recipe: Recipe) -> SideResult:
     return res
 
 
-def _bare_accuracy(net: nn.Module, data_iter: DataLoader[Any]) -> float:
+def _bare_accuracy(net: nn.Module, data_iter: DataLoader[Any], device: torch.device) -> float:
     net.eval()
     correct = total = 0
     with torch.no_grad():
         for features, labels in data_iter:
-            correct += int((net(features).argmax(1) == labels).sum())
+            out = net(features.to(device)).argmax(1).cpu()
+            correct += int((out == labels).sum())
             total += labels.numel()
     return correct / total if total else float("nan")
 
@@ -313,20 +321,21 @@ def run_engine(data: Path, cfg: TrainConfig, out: Path) -> SideResult:
 # ------------------------------------------------------------------------------ the harness
 
 
-def warm_up(image_size: int, amp_dtype: torch.dtype | None) -> None:
+def warm_up(image_size: int, amp_dtype: torch.dtype | None, device: str = "cpu") -> None:
     """One forward/backward per memory format (and under the engine's autocast, if any) of a
-    throwaway model: PyTorch's lazy start-up (thread pool, oneDNN, allocator) is then paid
-    by neither side.
+    throwaway model: PyTorch's lazy start-up (thread pool, oneDNN, allocator, CUDA context)
+    is then paid by neither side.
     """
     torch.manual_seed(12345)
-    net = resnet18(weights=None, num_classes=2)
-    x = torch.randn(2, 3, image_size, image_size)
+    dev = torch.device(device)
+    net = resnet18(weights=None, num_classes=2).to(dev)
+    x = torch.randn(2, 3, image_size, image_size, device=dev)
     modes = [(torch.contiguous_format, None), (torch.channels_last, None)]
     if amp_dtype is not None:
         modes.append((torch.channels_last, amp_dtype))
     for fmt, amp in modes:
         net = net.to(memory_format=fmt).train()
-        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+        with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             net(x.contiguous(memory_format=fmt)).sum().backward()
             with torch.no_grad():
                 net.eval()(x.contiguous(memory_format=fmt))
@@ -399,6 +408,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "force fp32, to separate the bf16 gain from channels_last + caching",
     )
     p.add_argument("--no-warmup", dest="warmup", action="store_false")
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda[:N]: where both sides train (default cpu)")
     p.add_argument(
         "--quick", action="store_true",
         help="a seconds-long smoke run: "
@@ -476,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = TrainConfig(
             init=args.init, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             head_lr_mult=args.head_lr_mult, image_size=args.image_size, seed=args.seed,
-            device="cpu",  # the bare loop runs on the CPU: so does the engine here
+            device=args.device,  # both sides on the same device
             precision=args.engine_precision,
         ).resolved()
     except ValueError as exc:
@@ -529,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         if args.warmup:
-            warm_up(recipe.image_size, plan.amp_dtype)
+            warm_up(recipe.image_size, plan.amp_dtype, cfg.device)
 
         runners: dict[str, Callable[[], SideResult]] = {
             "bare": lambda: run_bare(data, recipe),

@@ -1,8 +1,10 @@
-"""The benchmark stays runnable: a seconds-long --quick run of both sides. No timing asserted."""
+"""The benchmarks stay runnable: bench/gpu_check.sh --quick runs the GPU check's every step
+on the CPU (the gpu tests, then a seconds-long run of both benchmarks). No timing asserted."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,32 +12,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_train_throughput_quick_runs_both_sides() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "train_throughput.py"), "--quick", "--json"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "ratio engine/bare (train images/s)" in proc.stdout
-    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_the_gpu_check_runs_end_to_end_quick(tmp_path: Path) -> None:
+    env = {**os.environ, "OUT": str(tmp_path), "PY": sys.executable}
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--quick"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    report = (tmp_path / "gpu_check.txt").read_text()
+    assert proc.returncode == 0, report + proc.stderr
+    assert "== 1. tests marked gpu" in report and "== done: status 0" in report
+
+    train = json.loads((tmp_path / "train_throughput.json").read_text())
+    assert "ratio engine/bare (train images/s)" in report
     for side in ("bare", "engine"):
-        assert figures[side]["train_images"] > 0 and 0 <= figures[side]["test_acc"] <= 1
-    assert figures["ratio_train_images_per_s"] > 0
+        assert train[side]["train_images"] > 0 and 0 <= train[side]["test_acc"] <= 1
+    assert train["ratio_train_images_per_s"] > 0
 
-
-def test_predict_load_quick_runs_both_runtimes_and_their_baselines() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "predict_load.py"), "--quick", "--json"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert figures["errors"] == 0
-    (r,) = figures["rounds"]
+    predict = json.loads((tmp_path / "predict_load.json").read_text())
+    assert predict["errors"] == 0
+    (r,) = predict["rounds"]
     assert {b["runtime"] for b in r["baseline"].values()} == {"torch", "onnx"}
     for b in r["baseline"].values():
         assert b["batched_img_s"] > 0 and b["bare_p50_ms"] > 0
     for runtime in ("torch", "onnx"):
         assert r[runtime]["c1"]["requests"] == 10 and r[runtime]["cn"]["requests"] > 0
         assert r[runtime]["cn"]["mean_batch"] >= 1
-    assert figures["summary"]["onnx_throughput_vs_eager_fp32"] > 0
+    assert predict["summary"]["onnx_throughput_vs_eager_fp32"] > 0

@@ -1,0 +1,66 @@
+"""Checks that need a CUDA device (``pytest -m gpu``; bench/gpu_check.sh runs them).
+
+Without one they are skipped: the CPU suite covers the same code paths on the CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.engine import Predictor, TrainConfig, fit
+from app.engine.data import load_image_folder
+from app.engine.export import PARITY_TOLERANCE, export_for_job
+from tests.common import TINY
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.fixture(scope="module")
+def cuda_checkpoint(color_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gpu") / "model.pt"
+    result = fit(color_dataset, TrainConfig(**TINY, epochs=2, lr=1e-3, device="cuda"), out)
+    assert len(result.history) == 2
+    return out
+
+
+def test_training_on_cuda_uses_bf16_or_fp16_autocast(cuda_checkpoint: Path) -> None:
+    ckpt = torch.load(cuda_checkpoint, weights_only=True)
+    assert ckpt["compute"]["device"].startswith("cuda")
+    assert ckpt["compute"]["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    # Saved from the GPU, loadable anywhere.
+    assert all(t.device.type == "cpu" for t in ckpt["model"].values())
+
+
+def test_prediction_on_cuda_agrees_with_the_cpu(cuda_checkpoint: Path,
+                                                color_dataset: Path) -> None:
+    images = [p for p, _ in load_image_folder(color_dataset).test]
+    cpu = Predictor(cuda_checkpoint, device="cpu", precision="fp32").predict(images)
+    gpu = Predictor(cuda_checkpoint, device="cuda", precision="fp32").predict(images)
+    for a, b in zip(cpu, gpu, strict=True):
+        assert a.label == b.label
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-3)  # TF32 convs
+    bf16 = Predictor(cuda_checkpoint, device="cuda").predict(images)
+    assert [p.label for p in bf16] == [p.label for p in cpu]
+
+
+def test_the_onnx_export_on_the_cuda_provider(cuda_checkpoint: Path, color_dataset: Path,
+                                              tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    record = export_for_job(cuda_checkpoint, color_dataset, tmp_path / "model.onnx")
+    assert record.error is None and record.max_abs_diff is not None
+    assert record.max_abs_diff <= PARITY_TOLERANCE
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime without the CUDA provider (install onnxruntime-gpu)")
+    pred = Predictor(cuda_checkpoint, device="cuda", runtime="onnx",
+                     onnx_file=tmp_path / "model.onnx")
+    assert pred.onnx is not None and pred.onnx.on_cuda
+    images = [p for p, _ in load_image_folder(color_dataset).test]
+    eager = Predictor(cuda_checkpoint, device="cpu", precision="fp32").predict(images)
+    for a, b in zip(eager, pred.predict(images), strict=True):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-3)
