@@ -29,16 +29,19 @@ def _subcommands() -> set[str]:
 
 def test_compose_has_every_part_and_runs_real_commands() -> None:
     services = _compose()["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
+    workers = ("worker-gpu0", "worker-gpu1")
+    assert set(services) == {"postgres", "redis", "migrate", "api", *workers}
     commands = _subcommands()
-    for name in ("migrate", "api", "worker"):
+    for name in ("migrate", "api", *workers):
         command = services[name]["command"][0]
         assert command in commands and command in SERVICE_COMMANDS, name
     assert services["api"]["depends_on"]["migrate"]["condition"] == (
         "service_completed_successfully")
-    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
-    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
-    for name in ("api", "worker"):
+    for i, name in enumerate(workers):  # one GPU each
+        (gpu,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+        assert gpu["device_ids"] == [str(i)]
+    for name in ("api", *workers):
         assert "data:/data" in services[name]["volumes"]
     env = _compose()["x-hotdog-env"]
     assert env["DATA_DIR"] == "/data" and env["BROKER_URL"].startswith("redis://")

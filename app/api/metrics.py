@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.api.state import State
 from app.db.models import EpochMetric, Job, JobStatus
+from app.jobs.queues import all_queues
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +60,17 @@ class QueueCollector(Collector):
                 "hotdog_queue_messages",
                 "job messages waiting in the broker's training queue (not yet taken by a "
                 "worker)", labels=["queue"])
-            gauge.add_metric([self.state.settings.training_queue], messages)
+            for queue, count in messages.items():
+                gauge.add_metric([queue], count)
             yield gauge
 
-    def broker_messages(self) -> int:
-        queue = self.state.settings.training_queue
+    def broker_messages(self) -> dict[str, int]:
+        """By queue: the shared one and the GPU and CPU-only ones (``app.jobs.queues``)."""
         with self.state.celery.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=3)
             # Every kombu virtual transport (Redis, file system) counts a queue with _size.
-            return int(conn.default_channel._size(queue))
+            return {queue: int(conn.default_channel._size(queue))
+                    for queue in all_queues(self.state.settings.training_queue)}
 
 
 class TrainingCollector(Collector):

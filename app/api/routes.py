@@ -211,7 +211,7 @@ def submit_job(state: StateDep, body: JobCreate) -> JobOut:
         s.commit()  # the worker must find the row before the message
         job_id = job.id
     try:
-        state.enqueue(job_id)
+        state.enqueue(job_id, config.to_dict())
     except Exception:
         with _session(state) as s:
             s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)

@@ -7,6 +7,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
 from fastapi import Depends, Request
@@ -17,6 +18,7 @@ from sqlalchemy import Engine, text
 from app.api.errors import Unavailable
 from app.api.serving import ModelCache, ServingMetrics
 from app.core.config import Settings
+from app.jobs.queues import queue_for
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,12 @@ class State:
         self.models.close()
         self.engine.dispose()
 
-    def enqueue(self, job_id: str) -> None:
+    def enqueue(self, job_id: str, params: dict[str, Any]) -> None:
+        """Send the job to its queue (``app.jobs.queues``: GPU, CPU-only or any worker)."""
         try:
             self.celery.send_task(
-                "hotdog.run_job", args=[job_id], queue=self.settings.training_queue,
+                "hotdog.run_job", args=[job_id],
+                queue=queue_for(self.settings.training_queue, params),
                 retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
                                           "interval_step": 0.5},
             )

@@ -1,0 +1,136 @@
+"""Routing jobs to GPU, CPU-only or any worker, and one worker process per GPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.app import create_app
+from app.db.session import upgrade
+from app.jobs.queues import queue_for, worker_queues
+from tests.common import TINY
+from tests.stacks import embedded_stack
+from tests.test_api import embedded, upload, zip_tree
+from tests.test_service import Stack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_queue_names() -> None:
+    assert queue_for("training", {"device": "cuda"}) == "training.gpu"
+    assert queue_for("training", {"device": "cuda:1"}) == "training.gpu"
+    assert queue_for("training", {"device": "cpu"}) == "training.cpu"
+    assert queue_for("training", {"device": "auto"}) == "training"
+    assert queue_for("training", {}) == "training"
+    assert worker_queues("training", has_gpu=True) == ["training.gpu", "training"]
+    assert worker_queues("training", has_gpu=False) == ["training.cpu", "training"]
+
+
+def _messages(client: TestClient) -> dict[str, float]:
+    out = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("hotdog_queue_messages{"):
+            name, value = line.rsplit(" ", 1)
+            out[name.split('queue="')[1].split('"')[0]] = float(value)
+    return out
+
+
+def test_jobs_are_sent_to_their_devices_queue(tmp_path: Path, color_dataset: Path) -> None:
+    settings = embedded(tmp_path / "data")
+    upgrade(settings.db_url)
+    with TestClient(create_app(settings)) as c:
+        ds = upload(c, zip_tree(color_dataset)).json()["id"]
+        assert _messages(c) == {"training": 0, "training.gpu": 0, "training.cpu": 0}
+        for device in ("cuda", "cpu", "cpu", "auto"):
+            r = c.post("/jobs", json={"dataset_id": ds, **TINY, "device": device})
+            assert r.status_code == 202, r.text
+            assert r.json()["params"]["device"] == device
+        assert _messages(c) == {"training": 1, "training.gpu": 1, "training.cpu": 2}
+        r = c.post("/jobs", json={"dataset_id": ds, "device": "tpu"})
+        assert r.status_code == 422 and "device" in r.text
+
+
+@pytest.fixture(scope="module")
+def cpu_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with embedded_stack(tmp_path_factory.mktemp("queues"), EXPORT_ONNX="false") as stack:
+        yield stack
+
+
+def test_a_cpu_worker_takes_cpu_and_shared_jobs_but_not_gpu_ones(cpu_worker: Stack,
+                                                                  color_dataset: Path) -> None:
+    with cpu_worker.client() as c:
+        ds = c.upload(color_dataset)["id"]
+        gpu = c.submit(ds, **TINY, epochs=1, device="cuda")
+        cpu = c.submit(ds, **TINY, epochs=1, device="cpu")
+        shared = c.submit(ds, **TINY, epochs=1)
+        for job in (cpu, shared):
+            done = cpu_worker.wait(job["id"], {"succeeded", "failed", "cancelled"})
+            assert done["status"] == "succeeded", done["error"]
+        assert c.job(gpu["id"])["status"] == "queued"  # waits for a GPU worker
+        metrics = httpx.get(cpu_worker.url + "/metrics").text
+        assert 'hotdog_queue_messages{queue="training.gpu"} 1.0' in metrics
+        assert c.cancel(gpu["id"])["status"] == "cancelled"
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _visible_devices(pid: int) -> str | None:
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    for entry in env:
+        if entry.startswith(b"CUDA_VISIBLE_DEVICES="):
+            return entry.split(b"=", 1)[1].decode()
+    return None
+
+
+def test_one_worker_per_gpu_each_seeing_its_own(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    db_url = f"sqlite:///{data / 'hotdog.db'}"
+    data.mkdir()
+    upgrade(db_url)
+    env = {**os.environ, "DATA_DIR": str(data), "DATABASE_URL": db_url, "BROKER_URL": ""}
+    log = open(tmp_path / "workers.log", "wb")  # noqa: SIM115 - closed below
+    sup = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--per-gpu", "0,1"],
+                           env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(sup.pid)) < 2:
+            assert time.monotonic() < deadline and sup.poll() is None, \
+                (tmp_path / "workers.log").read_text()
+            time.sleep(0.2)
+        children = _children(sup.pid)
+        assert sorted(_visible_devices(p) or "" for p in children) == ["0", "1"]
+        while (tmp_path / "workers.log").read_text().count("on queues") < 2:  # both started
+            assert time.monotonic() < deadline, (tmp_path / "workers.log").read_text()
+            time.sleep(0.2)
+        time.sleep(1)
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(timeout=60) == 0, (tmp_path / "workers.log").read_text()
+        assert not any(Path(f"/proc/{p}").exists() and
+                       "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
+                       for p in children)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+        log.close()
+    text = (tmp_path / "workers.log").read_text()
+    assert "2 workers, one per GPU (0, 1)" in text and "gpu0@" in text and "gpu1@" in text
