@@ -313,18 +313,63 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if args.json:  # the training processes it starts log JSON too
         os.environ["LOG_FORMAT"] = "json"
+    if args.per_gpu:
+        return _per_gpu_workers(args)
+    import torch
+
+    from app.jobs.queues import worker_queues
+
     settings = get_settings()
     ensure_broker_folders(settings)
-    queue = args.queue or settings.training_queue
-    print(f"worker on queue {queue!r}, broker {_redacted(settings.broker)}, "
-          f"database {_redacted(settings.db_url)}", flush=True)
+    has_gpu = torch.cuda.is_available()
+    queues = (args.queue.split(",") if args.queue
+              else worker_queues(settings.training_queue, has_gpu=has_gpu))
+    print(f"worker ({'GPU' if has_gpu else 'CPU only'}) on queues {', '.join(queues)}, broker "
+          f"{_redacted(settings.broker)}, database {_redacted(settings.db_url)}", flush=True)
     # Thread pool: the task only watches its training process (a subprocess of its own), and
     # running it in this process lets a shutdown stop that training and hand the job back.
     celery_app.worker_main([
-        "worker", "-Q", queue, "-c", str(args.concurrency), "--pool", "threads",
+        "worker", "-Q", ",".join(queues), "-c", str(args.concurrency), "--pool", "threads",
         "-l", args.loglevel, *(["-n", args.name] if args.name else []),
     ])
     return EXIT_OK
+
+
+def _per_gpu_workers(args: argparse.Namespace) -> int:
+    """One worker process per GPU, each seeing only its own (CUDA_VISIBLE_DEVICES), so that
+    a machine's GPUs train as many jobs at once. Signals are passed on to every worker; this
+    returns when all have stopped."""
+    import signal
+    import subprocess
+
+    if args.per_gpu == "all":
+        import torch
+
+        devices = [str(i) for i in range(torch.cuda.device_count())]
+        if not devices:
+            raise ValueError("--per-gpu all: this machine has no CUDA device")
+    else:
+        devices = [d.strip() for d in args.per_gpu.split(",") if d.strip()]
+    passed = ["--concurrency", "1", "--loglevel", args.loglevel,
+              *(["--queue", args.queue] if args.queue else []), *(["--json"] if args.json else [])]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--name", f"gpu{d}@%h", *passed],
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": d}) for d in devices]
+    print(f"{len(procs)} workers, one per GPU ({', '.join(devices)})", flush=True)
+
+    sent: set[int] = set()
+
+    def forward(signum: int, _frame: object) -> None:
+        sent.add(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    # A worker that the passed-on signal ended (before it could handle it) stopped as asked.
+    codes = [0 if -code in sent else code for code in (proc.wait() for proc in procs)]
+    return max(codes, key=abs)
 
 
 def _redacted(url: str) -> str:
@@ -490,9 +535,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("worker", cmd_worker, "run a Celery worker that trains queued jobs "
                 "(BROKER_URL, DATABASE_URL, DATA_DIR)",
                 "examples:\n  hotdog worker\n"
+                "  hotdog worker --per-gpu all      # one worker per GPU of this machine\n"
                 "  BROKER_URL=redis://localhost:6379/0 DATABASE_URL=postgresql://u@db/hotdog "
                 "hotdog worker\n\n", json_logs=True)
-    p.add_argument("--queue", default=None, help="queue to consume (default: TRAINING_QUEUE)")
+    p.add_argument("--queue", default=None,
+                   help="queues to consume, comma-separated (default: TRAINING_QUEUE and its "
+                   ".gpu or .cpu queue, by whether this machine has a GPU)")
+    p.add_argument("--per-gpu", metavar="all|IDS", default=None,
+                   help="start one worker per GPU ('all', or ids like 0,1), each seeing only "
+                   "its own GPU (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--concurrency", type=int, default=1,
                    help="jobs trained at once; one per GPU is the rule")
     p.add_argument("--name", default=None, help="Celery node name, e.g. gpu0@%%h")

@@ -231,7 +231,7 @@ def cmd_upload(args: argparse.Namespace, emit: Callable[[Any], None]) -> int:
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     names = ("init", "epochs", "batch_size", "lr", "head_lr_mult", "weight_decay", "momentum",
-             "image_size", "seed", "precision")
+             "image_size", "seed", "precision", "gpus")
     return {n: getattr(args, n) for n in names}
 
 
@@ -377,6 +377,8 @@ def add_commands(command: Callable[..., argparse.ArgumentParser],
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--gpus", type=int, default=None,
+                   help="GPUs to train on, one process each (default 1; 0: all of the worker's)")
     p.add_argument("--watch", action="store_true", help="then show progress until it ends")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
 

@@ -31,6 +31,9 @@ def test_queue_names() -> None:
     assert queue_for("training", {"device": "cpu"}) == "training.cpu"
     assert queue_for("training", {"device": "auto"}) == "training"
     assert queue_for("training", {}) == "training"
+    assert queue_for("training", {"device": "auto", "gpus": 2}) == "training.gpu"
+    assert queue_for("training", {"device": "auto", "gpus": 0}) == "training.gpu"  # all of them
+    assert queue_for("training", {"device": "cpu", "gpus": 2}) == "training.cpu"
     assert worker_queues("training", has_gpu=True) == ["training.gpu", "training"]
     assert worker_queues("training", has_gpu=False) == ["training.cpu", "training"]
 

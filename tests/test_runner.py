@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 from app.engine import TrainConfig, load_checkpoint
 from tests.common import TINY
 from worker.runner import TrainingProcess
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _process(data: Path, tmp_path: Path, epochs: int) -> TrainingProcess:
@@ -64,3 +70,32 @@ def test_a_bad_dataset_is_a_readable_error(tmp_path: Path) -> None:
     events = list(proc.events())
     assert events[-1]["event"] == "error" and events[-1]["kind"] == "DatasetError"
     assert "no such dataset directory" in events[-1]["message"] and proc.returncode == 1
+
+
+def test_a_job_that_runs_out_of_memory_fails_at_once_saying_what_to_change(
+        color_dataset: Path, tmp_path: Path) -> None:
+    """A real allocation failure: the training process runs under an address-space limit
+    that fits the interpreter and the model but not a 1024 px batch."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import worker.child; from torchvision.models import resnet18; "
+         "resnet18(); print(open('/proc/self/status').read().split('VmSize:')[1].split()[0])"],
+        capture_output=True, text=True, check=True, cwd=ROOT)
+    limit = (int(probe.stdout.strip()) << 10) + (1400 << 20)  # + 1.4 GB
+    config = TrainConfig(init="scratch", image_size=1024, batch_size=16, epochs=1)
+    spec = {"data_dir": str(color_dataset), "out": str(tmp_path / "model.pt"),
+            "epoch_checkpoint": str(tmp_path / "last.pt"), "resume_from": None,
+            "export_onnx": False, "config": config.to_dict()}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "worker.child", str(tmp_path / "spec.json")],
+                          capture_output=True, text=True, preexec_fn=limited, cwd=ROOT,
+                          timeout=300)
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    error = events[-1]
+    assert error["event"] == "error" and error["kind"] == "OutOfMemory", error
+    assert "batch_size (now 16)" in error["message"] and "image_size (now 1024)" in error["message"]
+    assert not (tmp_path / "model.pt").exists()

@@ -12,17 +12,24 @@ once a second, within epoch N), ``{"event": "epoch", "metrics": {...}}``,
 ``{"event": "cancelled"}`` or ``{"event": "error", "kind": ..., "message": ...}``.
 
 SIGTERM asks it to stop between batches (cancellation). Logs go to stderr.
+
+A job on several GPUs runs ``python -m torch.distributed.run ... -m worker.child SPEC.json``:
+every rank runs this module, rank 0 alone writes events (on the stdout they all share) and
+the ONNX export; torchrun forwards SIGTERM to every rank and they stop at the same batch.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from app.core.logs import adopt_job_from_environment, configure_logging
 from app.engine import (
@@ -45,7 +52,14 @@ USER_ERRORS = (DatasetError, ImageDecodeError, CheckpointError, PretrainedWeight
                ValueError)
 
 
+def _rank() -> int:
+    """This process's rank under torchrun; 0 for the plain single process."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def emit(event: str, **fields: Any) -> None:
+    if _rank() != 0:  # several processes: rank 0 speaks for all
+        return
     sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
     sys.stdout.flush()
 
@@ -63,7 +77,7 @@ class Reporter(Callback):
         emit("start", classes=info.classes, train_count=info.train_count,
              test_count=info.test_count, device=info.device, precision=info.precision,
              start_epoch=info.start_epoch, epochs=info.epochs,
-             batches_per_epoch=info.batches_per_epoch)
+             batches_per_epoch=info.batches_per_epoch, world_size=info.world_size)
 
     def on_batch(self, progress: BatchProgress) -> None:
         now = time.monotonic()
@@ -79,6 +93,19 @@ class Reporter(Callback):
 
     def should_stop(self) -> bool:
         return self.stop_requested
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's refusal (ENOMEM)."""
+    text = str(exc)
+    return (isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+            or "can't allocate memory" in text or "Cannot allocate memory" in text)
+
+
+def out_of_memory_message(exc: BaseException, config: TrainConfig) -> str:
+    first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return (f"out of memory on the worker ({first[:300]}); this job does not fit: lower "
+            f"batch_size (now {config.batch_size}) or image_size (now {config.image_size})")
 
 
 def run(spec: dict[str, Any]) -> int:
@@ -106,7 +133,17 @@ def run(spec: dict[str, Any]) -> int:
     except USER_ERRORS as exc:
         emit("error", kind=type(exc).__name__, message=str(exc))
         return EXIT_ERROR
+    except (RuntimeError, MemoryError) as exc:
+        # The same job would run out of memory again on every attempt: fail it now, saying
+        # what to change, instead of crashing into a retry.
+        if not is_out_of_memory(exc):
+            raise
+        emit("error", kind="OutOfMemory",
+             message=out_of_memory_message(exc, TrainConfig.from_dict(spec["config"])))
+        return EXIT_ERROR
     assert result.evaluation is not None
+    if _rank() != 0:  # rank 0 wrote the checkpoint and exports it
+        return EXIT_OK
     exports: dict[str, Any] = {}
     if spec.get("export_onnx", True):
         # Verified against PyTorch on the test images, or discarded with the reason: the job
@@ -119,7 +156,21 @@ def run(spec: dict[str, Any]) -> int:
     return EXIT_OK
 
 
+def _die_with_launcher() -> None:
+    """Under torchrun: die with the launcher. The worker kills the launcher when it shuts
+    down or loses the job's lease; a rank left behind would hold a GPU and write the job's
+    files."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
+        return
+    from worker.runner import _die_with_parent
+
+    _die_with_parent()
+    if os.getppid() == 1:  # the launcher died before the line above
+        os._exit(EXIT_ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _die_with_launcher()
     # LOG_FORMAT, and the job the worker passed down on every line (the engine's included)
     adopt_job_from_environment()
     configure_logging(logging.INFO)

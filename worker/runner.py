@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -32,6 +33,63 @@ def _die_with_parent() -> None:
 PR_SET_PDEATHSIG = 1
 
 
+def _ranks_of(launcher: int) -> list[int]:
+    """The training processes torchrun started (its children running worker.child)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == launcher and b"worker.child" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return pids
+
+
+# What makes fit() train as one rank of several (set by torchrun for each of its processes).
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                      "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+class NotEnoughDevices(ValueError):
+    """The job asks for more GPUs than this worker has (it fails at once, no retry)."""
+
+
+def cuda_device_count() -> int:
+    """This worker's GPUs (``CUDA_VISIBLE_DEVICES`` applies); 0 without CUDA."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def training_processes(gpus: int, gpu_count: int, cpu_processes: int = 0) -> int:
+    """How many training processes a job asking for ``gpus`` (0: all) runs on a worker with
+    ``gpu_count`` GPUs. Without GPUs the job trains in one CPU process, or, for a request of
+    N >= 2 where the worker allows ``cpu_processes`` >= N (``CPU_DDP_PROCESSES``; tests and
+    development), in N CPU processes over gloo."""
+    if gpu_count > 0:
+        wanted = gpu_count if gpus == 0 else gpus
+        if wanted > gpu_count:
+            raise NotEnoughDevices(
+                f"the job asks for {gpus} GPUs but its worker has {gpu_count}; submit it "
+                f"with gpus <= {gpu_count}, or gpus=0 for all of the worker's GPUs"
+            )
+        return wanted
+    if gpus == 0:
+        return max(1, cpu_processes)
+    if gpus == 1:
+        return 1
+    if gpus <= cpu_processes:
+        return gpus
+    raise NotEnoughDevices(
+        f"the job asks for {gpus} GPUs but its worker has none (CUDA is not available"
+        + (f"; it runs at most {cpu_processes} CPU processes" if cpu_processes > 1 else "")
+        + "); submit it with gpus=1 to train on the CPU"
+    )
+
+
 @dataclass
 class TrainingProcess:
     """One training run in a child process; iterate :meth:`events` until it ends."""
@@ -42,6 +100,9 @@ class TrainingProcess:
     epoch_checkpoint: Path
     export_onnx: bool = True
     env: dict[str, str] = field(default_factory=dict)
+    # More than one: ``torchrun`` starts this many training processes (DDP, one per GPU, or
+    # gloo on CPU); rank 0 reports on the shared stdout. See :func:`training_processes`.
+    processes: int = 1
     proc: subprocess.Popen[str] | None = None
     returncode: int | None = None
 
@@ -58,10 +119,27 @@ class TrainingProcess:
         with os.fdopen(fd, "w") as fh:
             json.dump(spec, fh)
         self._spec_path = Path(spec_path)
+        env = {**os.environ, **job_env(), **self.env}
+        for name in TORCHRUN_VARIABLES:  # a worker started by some launcher: not the job's
+            env.pop(name, None)
+        if self.processes <= 1:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker.child", spec_path],
+                stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1,
+                env=env, preexec_fn=_die_with_parent,
+            )
+            return self
+        # torchrun from this virtualenv (cancel: see cancel()). The ranks die with it when it
+        # is killed (worker.child sets their parent-death signal). Its own
+        # session: a Ctrl-C at the worker's terminal is the worker's to handle, as for one
+        # process (which ignores SIGINT).
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.processes)))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.child", spec_path],
+            [sys.executable, "-m", "torch.distributed.run", "--standalone",
+             f"--nproc-per-node={self.processes}", "--max-restarts=0",
+             "-m", "worker.child", spec_path],
             stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1,
-            env={**os.environ, **job_env(), **self.env}, preexec_fn=_die_with_parent,
+            env=env, preexec_fn=_die_with_parent, start_new_session=True,
         )
         return self
 
@@ -76,9 +154,15 @@ class TrainingProcess:
         self._spec_path.unlink(missing_ok=True)
 
     def cancel(self) -> None:
-        """Ask the child to stop between batches."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        """Ask the child to stop between batches. Several processes: SIGTERM to each rank
+        (they agree to stop at the same batch), not to torchrun, which would forward it to
+        each rank's whole process group, DataLoader workers included."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        ranks = _ranks_of(self.proc.pid) if self.processes > 1 else []
+        for pid in ranks or [self.proc.pid]:
+            with contextlib.suppress(ProcessLookupError):  # it has just ended
+                os.kill(pid, signal.SIGTERM)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -21,6 +21,7 @@ from app.core.logs import job_context
 from app.db.models import Job, JobStatus
 from app.db.session import make_engine
 from app.engine import TrainConfig
+from app.jobs.queues import queue_for
 from app.jobs.service import (
     JobNotFound,
     claim_job,
@@ -33,7 +34,12 @@ from app.jobs.service import (
     requeue_expired,
 )
 from worker.celery_app import celery_app
-from worker.runner import TrainingProcess
+from worker.runner import (
+    NotEnoughDevices,
+    TrainingProcess,
+    cuda_device_count,
+    training_processes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +107,20 @@ def _attempt(engine: Engine, settings: Settings, job_id: str, name: str) -> str:
             config = replace(config, init=_checkpoint_of(s, config.init[len(JOB_INIT_PREFIX):]))
         dataset_dir = settings.dataset_dir(job.dataset_id)
         attempt = job.attempt
+        try:
+            processes = training_processes(config.gpus, cuda_device_count(),
+                                           settings.cpu_ddp_processes)
+        except NotEnoughDevices as exc:  # no other attempt would do better on this worker
+            finish_job(s, job_id, worker=name, status=JobStatus.FAILED, error=str(exc))
+            s.commit()
+            log.warning("job %s failed: %s", job_id, exc)
+            return get_job(s, job_id).status.value
     job_dir = settings.job_dir(job_id)
-    log.info("job %s attempt %d: training on %s", job_id, attempt, dataset_dir)
+    log.info("job %s attempt %d: training on %s in %d process(es)", job_id, attempt,
+             dataset_dir, processes)
     proc = TrainingProcess(data_dir=dataset_dir, config=config, out=job_dir / "model.pt",
                            epoch_checkpoint=job_dir / "last.pt",
-                           export_onnx=settings.export_onnx).start()
+                           export_onnx=settings.export_onnx, processes=processes).start()
     watcher = _Watcher(engine, settings, job_id, name, proc)
     watcher.start()
     outcome: dict[str, Any] | None = None
@@ -218,9 +233,11 @@ def requeue_lost_jobs(engine: Engine, settings: Settings) -> list[str]:
     with Session(engine) as s:
         ids = requeue_expired(s)
         s.commit()
+        params = {job_id: s.get(Job, job_id).params for job_id in ids}
     for job_id in ids:
         log.warning("job %s lost its worker; queued again", job_id, extra={"job_id": job_id})
-        run_job.apply_async(args=[job_id], queue=settings.training_queue)
+        run_job.apply_async(args=[job_id],
+                            queue=queue_for(settings.training_queue, params[job_id]))
     return ids
 
 

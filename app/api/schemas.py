@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.engine.config import TrainConfig
+from app.engine.config import MAX_GPUS, TrainConfig
 
 INIT_PATTERN = re.compile(r"^(imagenet|scratch|job:[0-9a-f]{32})$")
 
@@ -47,6 +47,15 @@ class JobCreate(BaseModel):
     image_size: int = Field(224, ge=16, le=1024)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gpus: int = Field(
+        1, ge=0, le=MAX_GPUS,
+        description="GPUs to train on, one process each (DDP); 0: all of the worker's. "
+        "batch_size stays the global batch (split across the GPUs). A worker with fewer "
+        "GPUs fails the job at once; a worker without GPUs runs 0 or 1 as one CPU process")
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="cuda: only a worker with a GPU takes the job; cpu: only a "
+        "CPU-only worker; auto: any worker, training on its GPU if it has one")
 
     @field_validator("init")
     @classmethod

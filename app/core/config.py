@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     predict_runtime: Literal["auto", "onnx", "torch"] = "auto"
     # Workers export each succeeded job to ONNX (verified against PyTorch) for /predict.
     export_onnx: bool = True
+    # A worker without CUDA runs a job that asks for N GPUs (2 <= N <= this) as N CPU
+    # processes with DDP over gloo, as it would on N GPUs: for tests and development, it is
+    # not faster than one process. 0: such a job fails at once (the worker has no GPUs).
+    cpu_ddp_processes: int = 0
     models_cached: int = 4  # loaded models kept in memory
 
     @property

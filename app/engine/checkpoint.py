@@ -8,8 +8,10 @@ Contents (a plain dict of tensors and builtins):
 matrix and per-class report, final file only) and ``complete``.
 
 No RNG state is stored: every epoch's randomness (shuffle order, augmentation, loader
-worker seeds) is derived from ``(seed, epoch)``, so a resumed run replays exactly what an
-uninterrupted run would have done, whatever the number of loader workers.
+worker seeds) is derived from ``(seed, epoch)`` (and the rank, with several training
+processes), so a resumed run replays exactly what an uninterrupted run would have done,
+whatever the number of loader workers. The file does not depend on the number of training
+processes; ``compute.world_size`` records it.
 """
 
 from __future__ import annotations

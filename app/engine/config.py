@@ -23,6 +23,7 @@ SCRATCH_LR = 0.064
 PRETRAINED_HEAD_LR_MULT = 10.0
 # From scratch the head is no more random than the rest: 10x diverges (see DESIGN.md).
 SCRATCH_HEAD_LR_MULT = 1.0
+MAX_GPUS = 64  # the most GPUs (training processes) one job may ask for
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class TrainConfig:
     workers: int | None = None  # DataLoader worker processes; None: 0 on CPU, several on CUDA
     cache_bytes: int | None = None  # decoded-image cache budget; None: a quarter of free RAM
     channels_last: bool = True
+    # GPUs the job trains on, one process each (DDP under torchrun); 0: every GPU of the
+    # worker that runs it. Read by whoever launches the training (the worker); ``fit`` itself
+    # trains with the processes it is started in (see app.engine.distributed).
+    gpus: int = 1
 
     @property
     def is_scratch(self) -> bool:
@@ -86,6 +91,9 @@ class TrainConfig:
             problems.append(f"precision must be auto, fp32, bf16 or fp16, got {self.precision}")
         if self.workers is not None and not 0 <= self.workers <= 64:
             problems.append(f"workers must be in 0..64, got {self.workers}")
+        if not 0 <= self.gpus <= MAX_GPUS:
+            problems.append(f"gpus must be in 0..{MAX_GPUS} (0: all of the worker's), "
+                            f"got {self.gpus}")
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,14 @@ from app.engine.data import (
     train_dataset,
 )
 from app.engine.device import DevicePlan, plan_device
+from app.engine.distributed import (
+    Distributed,
+    RankInfo,
+    device_for_rank,
+    epoch_shard,
+    eval_loader,
+    shard_loader,
+)
 from app.engine.metrics import Evaluation, evaluation_from
 from app.engine.model import backbone_parameters, build_model, head_parameters
 from app.engine.presets import Preprocessing, normalize_batch
@@ -52,6 +60,7 @@ class StartInfo:
     config: TrainConfig
     cached_bytes: int  # decoded images held in memory
     decode_seconds: float  # the one-time decode that filled the cache
+    world_size: int = 1  # training processes (torchrun); 1 for the plain single process
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,11 @@ class EpochMetrics:
 
 
 class Callback:
-    """Override what you need; every hook is optional."""
+    """Override what you need; every hook is optional.
+
+    Under ``torchrun`` with several processes, the reporting hooks are called on rank 0
+    only; ``should_stop`` is asked on every rank and any rank's True stops them all.
+    """
 
     def on_start(self, info: StartInfo) -> None:
         pass
@@ -136,6 +149,18 @@ def seed_epoch(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
+def seed_rank_epoch(seed: int, epoch: int, rank: int) -> tuple[torch.Generator, torch.Generator]:
+    """:func:`seed_epoch` for one of several processes. Returns the shuffle generator (the
+    same on every rank: the ranks share one permutation) and the rank's loader generator;
+    augmentation and loader workers are seeded from ``(seed, epoch, rank)``.
+    """
+    s = (seed * 1_000_003 + epoch) % (2**63)
+    r = (s * 1_000_003 + 7919 * (rank + 1)) % (2**63)
+    torch.manual_seed(r)
+    random.seed(r)
+    return torch.Generator().manual_seed(s), torch.Generator().manual_seed(r)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -148,8 +173,15 @@ def train_one_epoch(
     batches: int,
     callback: Callback,
     scaler: torch.amp.GradScaler | None = None,
+    weights: Sequence[float] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, float, int, float]:
-    """One pass over ``loader``. Returns (mean loss, accuracy, images, seconds)."""
+    """One pass over ``loader``. Returns (mean loss, accuracy, images, seconds).
+
+    Several processes: ``weights[i]`` scales batch i's loss for the backward pass (this
+    rank's share of the global batch, see :mod:`app.engine.distributed`), and ``reduce``
+    sums the (loss, correct, images) totals over the ranks.
+    """
     model.train()
     device = plan.device
     loss_sum = torch.zeros((), device=device)
@@ -166,13 +198,14 @@ def train_one_epoch(
         with plan.autocast():
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+        objective = loss if weights is None else loss * weights[i]
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:  # fp16 autocast: scale the loss so small gradients survive
-            scaler.scale(loss).backward()
+            scaler.scale(objective).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
+            objective.backward()
             optimizer.step()
         # Accumulate on the device: no per-batch host sync.
         loss_sum += loss.detach().float() * y.numel()
@@ -182,6 +215,14 @@ def train_one_epoch(
     if plan.is_cuda:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
+    if reduce is not None:
+        local = torch.stack([loss_sum.double(), correct.double(),
+                             torch.tensor(float(seen), dtype=torch.float64, device=device)])
+        total_loss, total_correct, total_seen = reduce(local).tolist()
+        seen = int(total_seen)
+        if seen == 0:
+            return float("nan"), float("nan"), 0, seconds
+        return total_loss / seen, total_correct / seen, seen, seconds
     if seen == 0:
         return float("nan"), float("nan"), 0, seconds
     return loss_sum.item() / seen, correct.item() / seen, seen, seconds
@@ -256,13 +297,80 @@ def fit(
     ``out``. ``epoch_checkpoint`` is rewritten after every epoch; passing such a file as
     ``resume_from`` continues the run up to ``config.epochs`` exactly as if it had never
     stopped (on CPU, same seed).
+
+    Under ``torchrun`` with ``WORLD_SIZE`` > 1 every process calls this: data-parallel
+    training (DDP; NCCL on CUDA, gloo on CPU), rank 0 writing the checkpoints and reporting
+    (see :mod:`app.engine.distributed`). Resuming with the same number of processes replays
+    exactly; with another number it continues from the same state.
     """
     cfg = config.resolved()
     cb = callback or Callback()
     out = Path(out)
+    ranks = RankInfo.from_env()
     plan = plan_device(
-        cfg.device, precision=cfg.precision, workers=cfg.workers, channels_last=cfg.channels_last
+        cfg.device if ranks is None else device_for_rank(cfg.device, ranks.local_rank),
+        precision=cfg.precision, workers=cfg.workers, channels_last=cfg.channels_last,
     )
+    if ranks is None:
+        return _fit(data_dir, cfg, cb, out, plan, None, resume_from, epoch_checkpoint)
+    ddp = Distributed(ranks, plan.device)
+    try:
+        result = _fit(data_dir, cfg, _RankCallback(cb, ddp), out, plan, ddp, resume_from,
+                      epoch_checkpoint)
+    except TrainingCancelled:
+        ddp.close()  # every rank stopped at the same batch
+        raise
+    # Any other error leaves the group as it is: the other ranks may be inside a collective
+    # that a goodbye would wait on; this process exits and torchrun stops the others.
+    ddp.close()
+    return result
+
+
+class _RankCallback(Callback):
+    """The callback of one of several processes: reporting on rank 0 only (with the global
+    image count), and a stop agreed by all ranks at the same batch."""
+
+    def __init__(self, inner: Callback, ddp: Distributed) -> None:
+        self.inner, self.ddp = inner, ddp
+        self.images_after: list[int] = []  # global images done after each batch of the epoch
+
+    def epoch_sizes(self, sizes: Sequence[int]) -> None:
+        self.images_after = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+
+    def on_start(self, info: StartInfo) -> None:
+        if self.ddp.is_main:
+            self.inner.on_start(info)
+
+    def on_batch(self, progress: BatchProgress) -> None:
+        if self.ddp.is_main:
+            images = self.images_after[progress.batch - 1]
+            self.inner.on_batch(BatchProgress(progress.epoch, progress.epochs, progress.batch,
+                                              progress.batches, images))
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        if self.ddp.is_main:
+            self.inner.on_epoch(metrics)
+
+    def on_checkpoint(self, path: Path, epoch: int) -> None:
+        if self.ddp.is_main:
+            self.inner.on_checkpoint(path, epoch)
+
+    def should_stop(self) -> bool:
+        return self.ddp.agree_to_stop(self.inner.should_stop())
+
+
+def _fit(
+    data_dir: str | Path,
+    cfg: TrainConfig,
+    cb: Callback,
+    out: Path,
+    plan: DevicePlan,
+    ddp: Distributed | None,
+    resume_from: str | Path | None,
+    epoch_checkpoint: str | Path | None,
+) -> TrainResult:
+    world = 1 if ddp is None else ddp.world_size
+    writes = ddp is None or ddp.is_main  # rank 0 alone writes files
     if plan.is_cuda:
         torch.backends.cudnn.benchmark = True
     splits = load_image_folder(data_dir)
@@ -293,6 +401,7 @@ def fit(
     model.to(plan.device)
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
+    net = model if ddp is None else ddp.wrap(model)  # what trains; ``model`` is what is saved
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda") if plan.amp_dtype == torch.float16 else None
     start_epoch = 0
@@ -307,41 +416,64 @@ def fit(
         history = [EpochMetrics(**m) for m in resume.get("history", [])][:start_epoch]
 
     train_ds = train_dataset(splits.train, cfg.image_size)
-    test_ds = eval_dataset(splits.test, pre)
-    cached_bytes, decode_seconds = _fill_caches(cfg, train_ds, test_ds)
+    # Several processes: each evaluates test images rank, rank + N, ... (see _evaluate).
+    test_ds = eval_dataset(splits.test if ddp is None else splits.test[ddp.rank::world], pre)
+    # Every process of this machine caches the whole train set: share the memory budget.
+    share = 1 if ddp is None else ddp.info.local_world_size
+    cached_bytes, decode_seconds = _fill_caches(cfg, train_ds, test_ds, share)
     batch_size = min(cfg.batch_size, len(train_ds))
-    test_loader = make_loader(
-        test_ds, batch_size=cfg.batch_size, shuffle=False, workers=plan.workers,
-        pin_memory=plan.pin_memory,
-    )
-    probe_loader = make_loader(train_ds, batch_size=batch_size, shuffle=True, workers=0)
-    batches = len(probe_loader)
+    if ddp is None:
+        test_loader = make_loader(
+            test_ds, batch_size=cfg.batch_size, shuffle=False, workers=plan.workers,
+            pin_memory=plan.pin_memory,
+        )
+        probe_loader = make_loader(train_ds, batch_size=batch_size, shuffle=True, workers=0)
+        batches = len(probe_loader)
+    else:
+        test_loader = eval_loader(test_ds, batch_size=cfg.batch_size, workers=plan.workers,
+                                  pin_memory=plan.pin_memory)
+        # This also fails early when there are too few images for the processes.
+        batches = len(epoch_shard(len(train_ds), batch_size, world, ddp.rank,
+                                  torch.Generator().manual_seed(0)).batches)
     cb.on_start(
         StartInfo(
-            classes=classes, train_count=len(train_ds), test_count=len(test_ds),
+            classes=classes, train_count=len(train_ds), test_count=len(splits.test),
             device=str(plan.device), precision=plan.precision, start_epoch=start_epoch,
             epochs=cfg.epochs, batches_per_epoch=batches, config=cfg,
-            cached_bytes=cached_bytes, decode_seconds=decode_seconds,
+            cached_bytes=cached_bytes, decode_seconds=decode_seconds, world_size=world,
         )
     )
     log.info(
-        "training %s on %d images (%d classes), testing on %d, %s %s, epochs %d..%d",
-        cfg.init, len(train_ds), len(classes), len(test_ds), plan.device, plan.precision,
-        start_epoch + 1, cfg.epochs,
+        "training %s on %d images (%d classes), testing on %d, %s %s, epochs %d..%d%s",
+        cfg.init, len(train_ds), len(classes), len(splits.test), plan.device, plan.precision,
+        start_epoch + 1, cfg.epochs, "" if ddp is None else f", rank {ddp.rank} of {world}",
     )
 
     evaluation: Evaluation | None = None
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         epoch_start = time.perf_counter()
-        train_loader = make_loader(
-            train_ds, batch_size=batch_size, shuffle=True, workers=plan.workers,
-            pin_memory=plan.pin_memory, generator=seed_epoch(cfg.seed, epoch),
-        )
+        weights: list[float] | None = None
+        if ddp is None:
+            train_loader = make_loader(
+                train_ds, batch_size=batch_size, shuffle=True, workers=plan.workers,
+                pin_memory=plan.pin_memory, generator=seed_epoch(cfg.seed, epoch),
+            )
+        else:
+            shuffle, loader_seed = seed_rank_epoch(cfg.seed, epoch, ddp.rank)
+            shard = epoch_shard(len(train_ds), batch_size, world, ddp.rank, shuffle)
+            assert isinstance(cb, _RankCallback)
+            cb.epoch_sizes(shard.global_sizes)
+            weights = shard.weights
+            train_loader = shard_loader(
+                train_ds, shard.batches, workers=plan.workers, pin_memory=plan.pin_memory,
+                generator=loader_seed,
+            )
         train_loss, train_acc, seen, train_seconds = train_one_epoch(
-            model, train_loader, optimizer, plan, pre,
+            net, train_loader, optimizer, plan, pre,
             epoch=epoch, epochs=cfg.epochs, batches=batches, callback=cb, scaler=scaler,
+            weights=weights, reduce=None if ddp is None else ddp.sum,
         )
-        evaluation = evaluate(model, test_loader, plan, pre, classes)
+        evaluation = _evaluate(model, test_loader, plan, pre, classes, ddp, splits.test)
         metrics = EpochMetrics(
             epoch=epoch, epochs=cfg.epochs,
             train_loss=train_loss, train_acc=train_acc,
@@ -355,26 +487,53 @@ def fit(
             epoch, cfg.epochs, train_loss, train_acc, metrics.test_loss, metrics.test_acc,
             metrics.images_per_s,
         )
-        if epoch_checkpoint is not None:
-            payload = _payload(plan, model, optimizer, cfg, classes, pre, epoch, history, None)
+        if epoch_checkpoint is not None and writes:
+            payload = _payload(plan, model, optimizer, cfg, classes, pre, epoch, history, None,
+                               world)
             save_checkpoint(payload, epoch_checkpoint)
             cb.on_checkpoint(Path(epoch_checkpoint), epoch)
         cb.on_epoch(metrics)
 
     if evaluation is None:  # resumed a run that had already finished its epochs
-        evaluation = evaluate(model, test_loader, plan, pre, classes)
-    save_checkpoint(
-        _payload(plan, model, optimizer, cfg, classes, pre, cfg.epochs, history, evaluation), out
-    )
+        evaluation = _evaluate(model, test_loader, plan, pre, classes, ddp, splits.test)
+    if writes:
+        save_checkpoint(
+            _payload(plan, model, optimizer, cfg, classes, pre, cfg.epochs, history, evaluation,
+                     world),
+            out,
+        )
     return TrainResult(
         checkpoint=out, classes=classes, config=cfg, history=history, evaluation=evaluation
     )
 
 
+def _evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    plan: DevicePlan,
+    pre: Preprocessing,
+    classes: list[str],
+    ddp: Distributed | None,
+    test_samples: Sequence[tuple[Path, int]],
+) -> Evaluation:
+    """One process: :func:`evaluate`. Several: every rank first takes rank 0's buffers
+    (BatchNorm statistics), so all hold the model rank 0 saves, evaluates its shard
+    (images rank::N), and the logits are gathered back into dataset order: the evaluation is
+    that of the whole test set, identical on every rank."""
+    if ddp is None:
+        return evaluate(model, loader, plan, pre, classes)
+    ddp.sync_buffers(model)
+    logits, _ = run_inference(model, loader, plan, pre)
+    full = ddp.gather_rows(logits, len(test_samples), len(classes))
+    targets = torch.tensor([label for _, label in test_samples], dtype=torch.long)
+    return evaluation_from_logits(classes, full, targets)
+
+
 def _fill_caches(
-    cfg: TrainConfig, train_ds: CachedImages, test_ds: CachedImages
+    cfg: TrainConfig, train_ds: CachedImages, test_ds: CachedImages, share: int = 1
 ) -> tuple[int, float]:
     budget = cfg.cache_bytes if cfg.cache_bytes is not None else available_memory_bytes() // 4
+    budget //= share  # processes on one machine each cache their own copy
     start = time.perf_counter()
     used = test_ds.fill(budget)
     used += train_ds.fill(budget - used)
@@ -393,13 +552,15 @@ def _payload(
     epoch: int,
     history: list[EpochMetrics],
     evaluation: Evaluation | None,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     return {
         "model": _cpu_state(model),
         "classes": list(classes),
         "preprocessing": pre.to_dict(),
         "params": cfg.to_dict(),
-        "compute": {"device": str(plan.device), "precision": plan.precision},
+        "compute": {"device": str(plan.device), "precision": plan.precision,
+                    "world_size": world_size},
         "epoch": epoch,
         "optimizer": optimizer.state_dict(),
         "seed": cfg.seed,

@@ -2,7 +2,9 @@
 
 From ``TRAINING_QUEUE`` (say ``training``) come three queues:
 
-- ``training.gpu``: jobs that asked for ``device: "cuda"``; only workers with a GPU take them.
+- ``training.gpu``: jobs that asked for ``device: "cuda"``, or for ``gpus`` other than 1
+  (several, or 0: all of the worker's) without saying ``cpu``; only workers with a GPU take
+  them.
 - ``training.cpu``: jobs that asked for ``device: "cpu"``; only workers without one take them.
 - ``training``: every other job (``device: "auto"``, the default); every worker takes them.
 
@@ -17,10 +19,10 @@ from typing import Any
 
 def queue_for(base: str, params: dict[str, Any]) -> str:
     device = str(params.get("device") or "auto")
-    if device.startswith("cuda"):
-        return f"{base}.gpu"
     if device == "cpu":
         return f"{base}.cpu"
+    if device.startswith("cuda") or int(params.get("gpus", 1)) != 1:
+        return f"{base}.gpu"
     return base
 
 
