@@ -13,6 +13,15 @@ from tests.test_service import Stack, free_port
 
 
 @contextmanager
+def stack_without_weights(tmp: Path) -> Iterator[Stack]:
+    """A service whose worker has no ImageNet weights (imagenet jobs fail at once) and
+    writes no exports (saves time)."""
+    with embedded_stack(tmp, TORCH_HOME=str(tmp / "no-torch-cache"),
+                        HOTDOG_PRETRAINED_PATH="", EXPORT_ONNX="false") as stack:
+        yield stack
+
+
+@contextmanager
 def embedded_stack(tmp: Path, *, worker: bool = True, **env: str) -> Iterator[Stack]:
     """``env``: extra settings of both processes (e.g. LOG_FORMAT, TORCH_HOME, API_KEY).
     ``worker=False`` starts the API alone (jobs then stay queued)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stacks import embedded_stack
+from tests.stacks import stack_without_weights
 from tests.test_service import Stack, free_port
 
 
@@ -116,10 +116,7 @@ def test_every_command_has_examples_exit_codes_and_json() -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    # A service whose worker has no ImageNet weights.
-    tmp = tmp_path_factory.mktemp("cli-stack")
-    with embedded_stack(tmp, TORCH_HOME=str(tmp / "no-torch-cache"),
-                        HOTDOG_PRETRAINED_PATH="", EXPORT_ONNX="false") as s:
+    with stack_without_weights(tmp_path_factory.mktemp("cli-stack")) as s:
         yield s
 
 

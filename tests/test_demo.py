@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from app.plot import PALETTE, chart_size
-from tests.stacks import embedded_stack
+from tests.stacks import stack_without_weights
 from tests.test_service import Stack
 
 TINY_DEMO = ("--epochs", "2", "--image-size", "32", "--batch-size", "8",
@@ -97,9 +97,7 @@ def test_demo_asked_for_imagenet_without_weights_exits_4(tmp_path: Path,
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # The service's worker has no ImageNet weights either: its imagenet job fails at once.
-    tmp = tmp_path_factory.mktemp("demo-stack")
-    with embedded_stack(tmp, TORCH_HOME=str(tmp / "no-torch-cache"),
-                        HOTDOG_PRETRAINED_PATH="", EXPORT_ONNX="false") as s:
+    with stack_without_weights(tmp_path_factory.mktemp("demo-stack")) as s:
         yield s
 
 
