@@ -40,6 +40,22 @@ class JobStatus(str, enum.Enum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
+class ErrorKind(str, enum.Enum):
+    """Why a job ended other than ``succeeded`` (``jobs.error_kind``); ``error`` says more.
+
+    Clients branch on this, never on the error text."""
+
+    WEIGHTS_MISSING = "weights_missing"  # no ImageNet weights on the worker
+    OUT_OF_MEMORY = "out_of_memory"  # the job does not fit: lower batch_size or image_size
+    BAD_DATASET = "bad_dataset"  # the dataset's files are unusable (missing, undecodable)
+    BAD_CHECKPOINT = "bad_checkpoint"  # a job:<id> start whose model is gone or unreadable
+    BAD_PARAMS = "bad_params"  # parameters the engine refused
+    NOT_ENOUGH_DEVICES = "not_enough_devices"  # more GPUs asked for than the worker has
+    CRASHED = "crashed"  # the training process died every attempt
+    QUEUE_UNREACHABLE = "queue_unreachable"  # the broker refused the job at submission
+    CANCELLED_BY_USER = "cancelled_by_user"
+
+
 def _now() -> Any:
     return func.now()
 
@@ -112,6 +128,8 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     error: Mapped[str | None] = mapped_column(Text)
+    # Why the job ended when it did not succeed (ErrorKind's values); NULL otherwise.
+    error_kind: Mapped[str | None] = mapped_column(String(32))
     checkpoint_path: Mapped[str | None] = mapped_column(String(1000))
     # Exports written when the job succeeded, by format: {"onnx": {"file", "max_abs_diff",
     # "images", "seconds"}} or {"onnx": {"error"}} when it was discarded.

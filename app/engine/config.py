@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import re
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from app.engine.presets import DEFAULT_IMAGE_SIZE
@@ -21,9 +22,68 @@ INIT_SCRATCH = "scratch"
 PRETRAINED_LR = 0.0064
 SCRATCH_LR = 0.064
 PRETRAINED_HEAD_LR_MULT = 10.0
-# From scratch the head is no more random than the rest: 10x diverges (see DESIGN.md).
+# From scratch the head is no more random than the rest: 10x diverges (d2l's comparison).
 SCRATCH_HEAD_LR_MULT = 1.0
 MAX_GPUS = 64  # the most GPUs (training processes) one job may ask for
+
+
+SURFACES = frozenset({"api", "cli"})
+
+
+@dataclass(frozen=True)
+class Param:
+    """How a :class:`TrainConfig` field is offered to users: its help text, its range or
+    choices, and where it appears. The API's request model (``POST /jobs``), the ``hotdog
+    train`` / ``submit`` options, the OpenAPI schema and the web page's form are all made
+    from these, so a parameter is added (or its range changed) here alone.
+
+    ``surfaces``: ``api`` (``POST /jobs`` and ``hotdog submit``), ``cli`` (``hotdog train``).
+    ``optional``: ``None`` is a valid value meaning "the default for this init"."""
+
+    help: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[str, ...] | None = None
+    pattern: str | None = None  # a full-match regular expression, for strings
+    surfaces: frozenset[str] = SURFACES
+    optional: bool = False
+
+    def problem(self, name: str, value: Any) -> str | None:
+        """Why ``value`` is out of this parameter's range, or None when it is fine."""
+        if value is None:
+            return None if self.optional else f"{name} is required"
+        if self.choices is not None and value not in self.choices:
+            return f"{name} must be one of {', '.join(self.choices)}, got {value!r}"
+        if self.pattern is not None and not re.fullmatch(self.pattern, str(value)):
+            return f"{name} must match {self.pattern}, got {value!r}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if (isinstance(value, int) and self.ge is not None and self.le is not None
+                    and not self.ge <= value <= self.le):
+                return f"{name} must be in {self.ge:g}..{self.le:g}, got {value}"
+            lo = (f"[{self.ge:g}" if self.ge is not None
+                  else f"({self.gt:g}" if self.gt is not None else "(-inf")
+            hi = (f"{self.le:g}]" if self.le is not None
+                  else f"{self.lt:g})" if self.lt is not None else "inf)")
+            if ((self.ge is not None and value < self.ge)
+                    or (self.gt is not None and value <= self.gt)
+                    or (self.le is not None and value > self.le)
+                    or (self.lt is not None and value >= self.lt)):
+                return f"{name} must be in {lo}, {hi}, got {value:g}"
+        return None
+
+
+def _param(default: Any, help: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"param": Param(help, **kwargs)})
+
+
+def params(surface: str | None = None) -> list[tuple[Field[Any], Param]]:
+    """The user-facing fields of :class:`TrainConfig` in declaration order (those offered on
+    ``surface`` when given), each with its :class:`Param`."""
+    return [(f, f.metadata["param"]) for f in fields(TrainConfig)
+            if "param" in f.metadata
+            and (surface is None or surface in f.metadata["param"].surfaces)]
 
 
 @dataclass(frozen=True)
@@ -31,29 +91,50 @@ class TrainConfig:
     """What one fine-tune does. ``None`` means "the recipe's default for this init".
 
     ``init`` is ``"imagenet"``, ``"scratch"`` or the path of an earlier hotdog checkpoint
-    (its backbone is reused, its head replaced).
+    (its backbone is reused, its head replaced); the service also takes ``job:<id>`` and
+    resolves it to that job's checkpoint before the engine sees it.
     """
 
-    init: str = INIT_IMAGENET
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float | None = None
-    head_lr_mult: float | None = None
-    weight_decay: float = 1e-3
-    momentum: float = 0.0
-    image_size: int = DEFAULT_IMAGE_SIZE
-    seed: int = 0
+    init: str = _param(
+        INIT_IMAGENET, "where the backbone starts: 'imagenet' (pretrained), 'scratch', or an "
+        "earlier model ('job:<id>' in the service, a checkpoint path for `hotdog train`)")
+    epochs: int = _param(5, "passes over the training images", ge=1, le=1000)
+    batch_size: int = _param(128, "images per optimiser step (the global batch over all GPUs)",
+                             ge=1, le=4096)
+    lr: float | None = _param(
+        None, f"backbone learning rate (default by init: {PRETRAINED_LR:g} pretrained, "
+        f"{SCRATCH_LR:g} from scratch)", gt=0, le=10, optional=True)
+    head_lr_mult: float | None = _param(
+        None, f"the new head's lr = lr x this (default by init: {PRETRAINED_HEAD_LR_MULT:g} "
+        f"pretrained, {SCRATCH_HEAD_LR_MULT:g} from scratch)", gt=0, le=1000, optional=True)
+    weight_decay: float = _param(1e-3, "SGD weight decay", ge=0, le=1)
+    momentum: float = _param(0.0, "SGD momentum (d2l uses none)", ge=0, lt=1)
+    image_size: int = _param(DEFAULT_IMAGE_SIZE, "side of the square crops the model sees "
+                             "(d2l: 224)", ge=16, le=1024)
+    seed: int = _param(0, "seed of the head's initialisation, the shuffling and the "
+                       "augmentation", ge=0, le=2**31 - 1)
     # How to compute. Device and precision change the numbers a little (fp32 vs bf16), the
     # rest only the speed; the precision actually used is recorded in the checkpoint.
-    device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see device.plan_device)
-    workers: int | None = None  # DataLoader worker processes; None: 0 on CPU, several on CUDA
+    device: str = _param(
+        "auto", "auto (a GPU if the machine has one), cpu, cuda or cuda:N; in the service, "
+        "cuda: only a worker with a GPU takes the job, cpu: only a CPU-only worker",
+        pattern=r"auto|cpu|cuda(:[0-9]+)?")
+    precision: str = _param(
+        "auto", "auto: bf16 autocast where the hardware runs it natively, else fp32",
+        choices=("auto", "fp32", "bf16", "fp16"))
+    workers: int | None = _param(
+        None, "data loader processes (default: 0 on small CPUs, more on CUDA)",
+        ge=0, le=64, optional=True, surfaces=frozenset({"cli"}))
     cache_bytes: int | None = None  # decoded-image cache budget; None: a quarter of free RAM
     channels_last: bool = True
     # GPUs the job trains on, one process each (DDP under torchrun); 0: every GPU of the
     # worker that runs it. Read by whoever launches the training (the worker); ``fit`` itself
     # trains with the processes it is started in (see app.engine.distributed).
-    gpus: int = 1
+    gpus: int = _param(
+        1, "GPUs to train on, one process each (DDP); 0: all of the worker's. batch_size "
+        "stays the global batch. A worker with fewer GPUs fails the job at once; a worker "
+        "without GPUs runs 0 or 1 as one CPU process", ge=0, le=MAX_GPUS,
+        surfaces=frozenset({"api"}))
 
     @property
     def is_scratch(self) -> bool:
@@ -70,32 +151,12 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        problems = []
+        problems = [p.problem(f.name, getattr(self, f.name)) for f, p in params()]
         if not self.init:
             problems.append("init must be 'imagenet', 'scratch' or a checkpoint path")
-        if not 1 <= self.epochs <= 1000:
-            problems.append(f"epochs must be in 1..1000, got {self.epochs}")
-        if not 1 <= self.batch_size <= 4096:
-            problems.append(f"batch_size must be in 1..4096, got {self.batch_size}")
-        if self.lr is not None and not 0 < self.lr <= 10:
-            problems.append(f"lr must be in (0, 10], got {self.lr}")
-        if self.head_lr_mult is not None and not 0 < self.head_lr_mult <= 1000:
-            problems.append(f"head_lr_mult must be in (0, 1000], got {self.head_lr_mult}")
-        if not 0 <= self.weight_decay <= 1:
-            problems.append(f"weight_decay must be in [0, 1], got {self.weight_decay}")
-        if not 0 <= self.momentum < 1:
-            problems.append(f"momentum must be in [0, 1), got {self.momentum}")
-        if not 16 <= self.image_size <= 1024:
-            problems.append(f"image_size must be in 16..1024, got {self.image_size}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            problems.append(f"precision must be auto, fp32, bf16 or fp16, got {self.precision}")
-        if self.workers is not None and not 0 <= self.workers <= 64:
-            problems.append(f"workers must be in 0..64, got {self.workers}")
-        if not 0 <= self.gpus <= MAX_GPUS:
-            problems.append(f"gpus must be in 0..{MAX_GPUS} (0: all of the worker's), "
-                            f"got {self.gpus}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        found = [p for p in problems if p]
+        if found:
+            raise ValueError("; ".join(found))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -41,6 +41,16 @@ class JobConflict(ValueError):
     """The job is not in a state that allows this (e.g. cancelling a finished job)."""
 
 
+JOB_INIT_PREFIX = "job:"
+JOB_INIT_PATTERN = r"imagenet|scratch|job:[0-9a-f]{32}"
+
+
+def source_job_id(init: str) -> str | None:
+    """The job a ``job:<id>`` start names, or None for ``imagenet`` and ``scratch``: the one
+    place the ``job:<id>`` syntax is read."""
+    return init[len(JOB_INIT_PREFIX):] if init.startswith(JOB_INIT_PREFIX) else None
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
