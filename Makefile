@@ -23,8 +23,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# ruff, mypy (pyproject's [tool.mypy]) and the layer contracts (import-linter).
 lint: $(STAMP)
 	$(PY) -m ruff check app worker tests bench
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
