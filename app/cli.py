@@ -251,7 +251,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from app.demo_data import generate_demo_dataset, zip_dataset
+    from app.datasets.archive import zip_dataset
+    from app.datasets.synthetic import generate_demo_dataset
 
     out = Path(args.out)
     total = 2 * (args.train_per_class + args.test_per_class)
@@ -277,7 +278,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_d2l(args: argparse.Namespace) -> int:
-    from app.demo_data import fetch_d2l
+    from app.datasets.d2l import fetch_d2l
 
     path = fetch_d2l(args.out)
     if args.json:

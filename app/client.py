@@ -83,7 +83,7 @@ class Client:
         source = Path(source)
         with tempfile.TemporaryDirectory(prefix="hotdog-upload-") as tmp:
             if source.is_dir():
-                from app.demo_data import zip_dataset
+                from app.datasets.archive import zip_dataset
 
                 archive, filename = zip_dataset(source, Path(tmp) / "dataset.zip"), \
                     source.name + ".zip"

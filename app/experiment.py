@@ -173,7 +173,7 @@ class Output:
 # ------------------------------------------------------------------------------ data
 def hotdog_data(cfg: DemoConfig, out: Output) -> Path:
     """The hotdog / not-hotdog set of this size, generated once under ``cfg.out``."""
-    from app.demo_data import generate_demo_dataset
+    from app.datasets.synthetic import generate_demo_dataset
 
     low, high = cfg.sides
     path = cfg.out / f"hotdog-{cfg.train_per_class}x{cfg.test_per_class}-{low}px-s{cfg.seed}"
@@ -185,7 +185,7 @@ def hotdog_data(cfg: DemoConfig, out: Output) -> Path:
 
 def pretext_data(cfg: DemoConfig, out: Output) -> Path:
     """The other task: which of several foods (no hotdogs) is on the table."""
-    from app.demo_data import generate_food_dataset
+    from app.datasets.synthetic import generate_food_dataset
 
     low, high = cfg.sides
     train, test = cfg.pretext_per_class, max(1, cfg.pretext_per_class // 3)
@@ -380,7 +380,7 @@ def run_service(cfg: DemoConfig, client: Client, out: Output, *, interval: float
 
 
 def _upload(client: Client, data: Path, out: Output) -> dict[str, Any]:
-    from app.demo_data import zip_dataset
+    from app.datasets.archive import zip_dataset
 
     archive = data.with_name(data.name + ".zip")
     if not archive.is_file():

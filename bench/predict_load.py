@@ -89,9 +89,9 @@ def make_model(data_dir: Path, image_size: int) -> tuple[str, Path, list[Path]]:
     from sqlalchemy.orm import Session
 
     from app.core.config import Settings
+    from app.datasets.synthetic import generate_demo_dataset
     from app.db.models import Dataset, JobStatus
     from app.db.session import make_engine, upgrade
-    from app.demo_data import generate_demo_dataset
     from app.engine import TrainConfig, fit
     from app.engine.export import export_for_job
     from app.jobs.service import claim_job, create_job, finish_job

@@ -513,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data = args.data.expanduser()
             meta["generate_seconds"] = 0.0
         else:
-            from app.demo_data import generate_demo_dataset
+            from app.datasets.synthetic import generate_demo_dataset
 
             data = Path(tmp) / "data"
             start = time.perf_counter()

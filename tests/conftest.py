@@ -40,7 +40,7 @@ def color_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from app.demo_data import generate_demo_dataset
+    from app.datasets.synthetic import generate_demo_dataset
 
     out = tmp_path_factory.mktemp("demo") / "demo"
     generate_demo_dataset(out, train_per_class=40, test_per_class=20, seed=0)

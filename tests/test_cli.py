@@ -122,7 +122,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def test_upload_streams_the_file_and_reports_progress(stack: Stack, color_dataset: Path,
                                                       tmp_path: Path) -> None:
-    from app.demo_data import zip_dataset
+    from app.datasets.archive import zip_dataset
 
     archive = zip_dataset(color_dataset, tmp_path / "colors.zip")
     seen: list[tuple[int, int]] = []

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.demo_data import fetch_d2l, generate_demo_dataset, zip_dataset
+from app.datasets.archive import zip_dataset
+from app.datasets.d2l import fetch_d2l
+from app.datasets.synthetic import generate_demo_dataset
 
 SMALL = {"train_per_class": 4, "test_per_class": 2, "min_side": 48, "max_side": 96}
 CLASSES = ("hotdog", "not-hotdog")
@@ -256,7 +258,15 @@ def test_fetch_d2l_http_error_is_connection_error(served: tuple[Path, str], tmp_
 
 @pytest.mark.parametrize(
     "evil",
-    ["hotdog/../../evil.txt", "/tmp/evil.txt", "hotdog\\..\\evil.txt", "C:/evil.txt"],
+    [
+        "hotdog/../../evil.txt",
+        "/tmp/evil.txt",
+        "hotdog\\..\\evil.txt",
+        "C:/evil.txt",
+        "hotdog/train/evil\x07.txt",
+        # Skipped folders are checked too: a name that is skipped is still refused if unsafe.
+        "__MACOSX/../../evil.txt",
+    ],
 )
 def test_fetch_d2l_rejects_unsafe_entries(
     served: tuple[Path, str], tmp_path: Path, evil: str

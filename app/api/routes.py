@@ -33,9 +33,10 @@ from app.api.schemas import (
 )
 from app.api.serving import LoadedModel
 from app.api.state import State, api_key_scheme, get_state
+from app.datasets.archive import Limits
+from app.datasets.ingest import ingest_zip
 from app.db.models import Dataset, EpochMetric, Job, JobStatus
 from app.engine.export import SUFFIXES, export_model
-from app.ingest import Limits, ingest_zip
 from app.jobs.service import create_job, get_job, request_cancel, utcnow
 
 StateDep = Annotated[State, Depends(get_state)]

@@ -1,0 +1,121 @@
+"""Turning an uploaded zip into a stored, validated ImageFolder dataset.
+
+The zip holds ``train/<class>/*`` and ``test/<class>/*``, at its top level or inside one
+folder (as d2l's ``hotdog.zip`` does). Extraction (``archive.extract_zip``, under the
+upload limits) refuses what could escape or exhaust the storage dir, every image is decoded
+once, and the tree only appears under its final name when all of it is good: a failed upload
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from app.datasets.archive import Limits, extract_zip
+from app.datasets.layout import MAX_LISTED, SPLITS, find_root, is_hidden
+from app.engine.data import DatasetError, ImageFolderSplits, load_image_folder
+from app.engine.images import ImageDecodeError, is_image_file, open_rgb
+
+MIN_TRAIN_PER_CLASS = 10
+IMBALANCE_RATIO = 4
+SMALL_SIDE = 32  # images smaller than this are upscaled a lot by the recipe's transforms
+
+
+@dataclass
+class IngestResult:
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+    warnings: list[str] = field(default_factory=list)
+    size_bytes: int = 0
+
+
+def _check_image(path: Path) -> tuple[int, int] | str:
+    try:
+        # Small draft decodes are enough to prove the file decodes (truncation included).
+        img = open_rgb(path, min_short_side=SMALL_SIDE)
+        return img.size
+    except ImageDecodeError as exc:
+        return str(exc)
+
+
+def validate(root: Path, *, threads: int | None = None) -> tuple[ImageFolderSplits, list[str]]:
+    """Check the layout and decode every image. Returns the splits and warnings."""
+    splits = load_image_folder(root)
+    samples = [p for p, _ in splits.train] + [p for p, _ in splits.test]
+    threads = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        results = list(pool.map(_check_image, samples))
+    bad = [(p, r) for p, r in zip(samples, results, strict=True) if isinstance(r, str)]
+    if bad:
+        listed = "; ".join(f"{p.relative_to(root)}: {msg}" for p, msg in bad[:MAX_LISTED])
+        more = f" (and {len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
+        raise DatasetError(f"{len(bad)} file(s) are not decodable images: {listed}{more}")
+    warnings = _warnings(root, splits, [r for r in results if not isinstance(r, str)])
+    return splits, warnings
+
+
+def _warnings(
+    root: Path, splits: ImageFolderSplits, sizes: list[tuple[int, int]]
+) -> list[str]:
+    warnings = []
+    counts = splits.counts()
+    ignored = [
+        p.relative_to(root) for split in SPLITS
+        for p in (root / split).rglob("*")
+        if p.is_file() and not is_image_file(p) and not is_hidden(p.relative_to(root).parts)
+    ]
+    nested = [p.relative_to(root) for split in SPLITS
+              for p in (root / split).glob("*/*/**/*") if p.is_file() and is_image_file(p)]
+    if ignored:
+        listed = ", ".join(str(p) for p in ignored[:MAX_LISTED])
+        warnings.append(f"ignored {len(ignored)} file(s) that are not images: {listed}")
+    if nested:
+        warnings.append(f"ignored {len(nested)} image(s) in sub-folders of class folders, "
+                        f"e.g. {nested[0]}")
+    train = counts["train"]
+    few = [c for c, n in train.items() if n < MIN_TRAIN_PER_CLASS]
+    if few:
+        warnings.append(f"few training images (under {MIN_TRAIN_PER_CLASS}) for: "
+                        f"{', '.join(few)}; expect a weak model")
+    if max(train.values()) > IMBALANCE_RATIO * max(1, min(train.values())):
+        warnings.append(f"classes are imbalanced in train: {train}")
+    empty_test = [c for c, n in counts["test"].items() if n == 0]
+    if empty_test:
+        warnings.append(f"no test images for: {', '.join(empty_test)}; their test recall "
+                        "cannot be measured")
+    small = sum(1 for w, h in sizes if min(w, h) < SMALL_SIDE)
+    if small:
+        warnings.append(f"{small} image(s) are smaller than {SMALL_SIDE} px on a side")
+    return warnings
+
+
+def _renamed(splits: ImageFolderSplits, out: Path) -> Path:
+    """The images under names of our own: ``<split>/<class>/<n>.<ext>``. Only class folder
+    names (the labels) come from the upload; files that are not images are left out."""
+    for split, samples in (("train", splits.train), ("test", splits.test)):
+        for cls in splits.classes:
+            (out / split / cls).mkdir(parents=True)
+        for i, (path, label) in enumerate(samples):
+            os.rename(path, out / split / splits.classes[label] / f"{i:06d}{path.suffix.lower()}")
+    return out
+
+
+def ingest_zip(
+    source: str | Path | BinaryIO, dest: Path, limits: Limits, *, workdir: Path
+) -> IngestResult:
+    """Extract and validate into ``workdir`` (a fresh temp folder on ``dest``'s file
+    system), then move the images, renamed, to ``dest``. ``workdir`` is always removed."""
+    try:
+        size = extract_zip(source, workdir, limits)
+        root = find_root(workdir)
+        splits, warnings = validate(root)
+        os.replace(_renamed(splits, workdir / ".dataset"), dest)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return IngestResult(classes=splits.classes, counts=splits.counts(), warnings=warnings,
+                        size_bytes=size)
