@@ -36,7 +36,7 @@ class State:
     @classmethod
     def create(cls, settings: Settings) -> State:
         from app.db.session import make_engine
-        from worker.celery_app import make_celery
+        from app.jobs.broker import make_celery
 
         registry = CollectorRegistry()
         models = ModelCache(

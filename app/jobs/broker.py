@@ -4,6 +4,9 @@ One task per job on the training queue (``TRAINING_QUEUE``, default ``training``
 database, not Celery, holds job state, so there is no result backend. ``acks_late`` +
 ``task_reject_on_worker_lost``: a message is acknowledged only when its job has ended, and
 goes back to the queue if the worker dies.
+
+Both sides use it: the API sends job messages with it, ``hotdog worker`` consumes them
+(``worker.tasks`` registers the task on the module-level ``celery_app``).
 """
 
 from __future__ import annotations
