@@ -1,0 +1,1 @@
+"""Datasets: upload ingestion, archives, synthetic data, and the dataset service."""
