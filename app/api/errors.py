@@ -26,7 +26,7 @@ class Unprocessable(ValueError):
 
 
 # Each domain's errors, by status. The domains raise them; only this table knows HTTP.
-STATUS: list[tuple[type[BaseException], int]] = [
+STATUS: list[tuple[type[Exception], int]] = [
     (DatasetNotFound, 404),
     (JobNotFound, 404),
     (ModelNotFound, 404),

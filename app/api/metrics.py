@@ -6,6 +6,7 @@ service, however many workers there are, and nothing to scrape on the workers.""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,6 +21,9 @@ from app.db.models import EpochMetric, Job, JobStatus
 from app.jobs.queues import all_queues
 
 log = logging.getLogger(__name__)
+
+# Prometheus's own bucket formatting ("5.0", "+Inf"), with the type the library leaves out.
+_go_float: Callable[[float], str] = floatToGoString
 
 # An epoch takes seconds on a GPU for a small set, an hour on a CPU for a large one.
 EPOCH_SECONDS_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -117,7 +121,7 @@ class TrainingCollector(Collector):
             gauge.add_metric([job_id], speed)
         yield gauge
         count, total, *cumulative = totals
-        buckets = [(floatToGoString(b), float(n or 0)) for b, n in zip(
+        buckets = [(_go_float(b), float(n or 0)) for b, n in zip(
             EPOCH_SECONDS_BUCKETS, cumulative, strict=True)] + [("+Inf", float(count))]
         yield HistogramMetricFamily(
             "hotdog_training_epoch_seconds",

@@ -64,7 +64,7 @@ def _job_field(name: str, kind: Any, default: Any, param: Param) -> tuple[Any, A
     pattern = JOB_INIT_PATTERN if name == "init" else param.pattern
     base = kind if not param.optional else next(a for a in get_args(kind) if a is not NoneType)
     if param.choices is not None:
-        kind = Literal[param.choices]  # type: ignore[valid-type]
+        kind = Literal[param.choices]
     elif pattern is not None:
         message = (f"{name} must be 'imagenet', 'scratch' or 'job:<job id>'" if name == "init"
                    else f"{name} must match {pattern}")

@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Job, JobStatus
@@ -88,12 +88,12 @@ def delete(session: Session, *, dataset_id: str) -> None:
     :func:`remove_files` after the commit. Jobs that used it keep their history."""
     get_live(session, dataset_id)
     busy = select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(UNFINISHED))
-    done = session.execute(
+    done = cast(CursorResult[Any], session.execute(
         update(Dataset)
         .where(Dataset.id == dataset_id, Dataset.deleted_at.is_(None), ~busy.exists())
         .values(deleted_at=datetime.now(timezone.utc))
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )).rowcount
     if not done:
         jobs = session.scalars(busy).all()
         raise DatasetBusy(f"dataset {dataset_id} is used by unfinished job(s) "

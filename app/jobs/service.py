@@ -15,9 +15,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, Executable, func, select, update
 from sqlalchemy.orm import Session
 
 from app.datasets import service as datasets
@@ -82,6 +82,11 @@ def get_job(session: Session, job_id: str) -> Job:
     return job
 
 
+def _rowcount(session: Session, stmt: Executable) -> int:
+    """Rows an UPDATE changed (what the guarded transitions check)."""
+    return cast(CursorResult[Any], session.execute(stmt)).rowcount
+
+
 def _transition(
     session: Session,
     job_id: str,
@@ -97,7 +102,7 @@ def _transition(
         .values(status=to, **values)
         .execution_options(synchronize_session=False)
     )
-    changed = session.execute(stmt).rowcount == 1
+    changed = _rowcount(session, stmt) == 1
     if changed:
         session.expire_all()
     return changed
@@ -142,7 +147,7 @@ def heartbeat(
         .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
-    return session.execute(stmt).rowcount == 1
+    return _rowcount(session, stmt) == 1
 
 
 def record_epoch(session: Session, job_id: str, metrics: dict[str, Any]) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse
@@ -25,7 +25,7 @@ from app.jobs.broker import QueueUnreachable
 from app.models import service as models
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=GUARDED, responses=ERRORS)
-DOWNLOAD = {200: {"content": {"application/octet-stream": {}}}}
+DOWNLOAD: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-stream": {}}}}
 
 
 def _progress(job: Job, epochs_done: list[EpochMetric]) -> Progress:
