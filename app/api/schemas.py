@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_type_hi
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from app.db.models import ErrorKind
-from app.engine.config import Param, TrainConfig, params
+from app.engine.config import INIT_IMAGENET, INIT_SCRATCH, Param, TrainConfig, params
 from app.jobs.service import JOB_INIT_PATTERN
 
 MAX_OFFSET = 10**9  # beyond any real list; larger values overflow the databases' integers
@@ -69,10 +69,16 @@ def _job_field(name: str, kind: Any, default: Any, param: Param) -> tuple[Any, A
         message = (f"{name} must be 'imagenet', 'scratch' or 'job:<job id>'" if name == "init"
                    else f"{name} must match {pattern}")
         kind = Annotated[kind, _full_match(pattern, message)]
+    extra: dict[str, Any] = {}
+    if pattern is not None:
+        extra["pattern"] = f"^(?:{pattern})$"
+    if param.optional:  # None means "the default for this init": say what it becomes
+        extra["x-default-by-init"] = {
+            init: getattr(TrainConfig(init=init).resolved(), name)
+            for init in (INIT_IMAGENET, INIT_SCRATCH)}
     field = Field(
         default, description=param.help, ge=_bound(param.ge, base), gt=_bound(param.gt, base),
-        le=_bound(param.le, base), lt=_bound(param.lt, base),
-        json_schema_extra={"pattern": f"^(?:{pattern})$"} if pattern else None)
+        le=_bound(param.le, base), lt=_bound(param.lt, base), json_schema_extra=extra or None)
     return kind, field
 
 
