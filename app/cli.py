@@ -310,7 +310,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from app.core.config import get_settings
-    from worker.celery_app import celery_app, ensure_broker_folders
+    from app.jobs.broker import celery_app, ensure_broker_folders
 
     if args.json:  # the training processes it starts log JSON too
         os.environ["LOG_FORMAT"] = "json"

@@ -22,6 +22,7 @@ from app.core.config import Settings
 from app.db.models import Job, JobStatus
 from app.db.session import make_engine, upgrade
 from app.engine import TrainConfig, fit
+from app.engine.config import params
 from app.engine.export import PARITY_TOLERANCE, OnnxModel, export_for_job
 from app.jobs.service import claim_job, finish_job
 from tests.common import TINY
@@ -184,7 +185,8 @@ def test_job_parameters_are_checked(client: TestClient, color_dataset: Path) -> 
         ({"epochs": 0}, "epochs"), ({"lr": -1}, "lr"), ({"batch_size": 10**6}, "batch_size"),
         ({"image_size": 8}, "image_size"), ({"init": "resnet50"}, "init"),
         ({"momentum": 1.0}, "momentum"), ({"epochs": "many"}, "epochs"),
-        ({"learning_rate": 0.1}, "learning_rate"),
+        ({"learning_rate": 0.1}, "learning_rate"), ({"init": "scratch\n"}, "init"),
+        ({"device": "cuda\n"}, "device"), ({"precision": "fp8"}, "precision"),
     ]:
         r = client.post("/jobs", json={"dataset_id": ds, **body})
         assert r.status_code == 422, (body, r.text)
@@ -439,6 +441,24 @@ def test_health_ready_docs(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_the_job_schema_comes_from_train_config(client: TestClient) -> None:
+    """Every API parameter of TrainConfig, with its default, range and help, is in the
+    OpenAPI schema (the web page builds its form from it)."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    fields = schemas["JobCreate"]["properties"]
+    assert list(fields) == ["dataset_id"] + [f.name for f, _ in params("api")]
+    for f, p in params("api"):
+        assert fields[f.name]["description"] == p.help
+        assert fields[f.name].get("default") == f.default, f.name
+    assert fields["epochs"] | {"minimum": 1, "maximum": 1000, "type": "integer"} == fields["epochs"]
+    assert fields["momentum"]["exclusiveMaximum"] == 1
+    assert fields["lr"]["anyOf"][0] == {"type": "number", "exclusiveMinimum": 0, "maximum": 10}
+    assert fields["precision"]["enum"] == ["auto", "fp32", "bf16", "fp16"]
+    assert "job:" in fields["init"]["pattern"]
+    assert schemas["JobCreate"]["additionalProperties"] is False
+    assert "queue_unreachable" in schemas["JobOut"]["properties"]["error_kind"]["description"]
+
+
 def test_ready_is_503_when_the_broker_is_down(settings: Settings) -> None:
     down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     with TestClient(create_app(down)) as c:
@@ -457,6 +477,7 @@ def test_a_job_that_cannot_be_queued_is_failed_not_lost(settings: Settings,
         assert r.status_code == 503 and "broker" in r.json()["detail"]
         (job,) = c.get("/jobs").json()
         assert job["status"] == "failed" and "broker" in job["error"]
+        assert job["error_kind"] == "queue_unreachable"
 
 
 def test_refuses_to_start_on_an_unmigrated_database(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from app.core.logs import job_context
 from app.db.models import Job, JobStatus
 from app.db.session import make_engine
 from app.engine import TrainConfig
+from app.jobs.broker import celery_app
 from app.jobs.queues import queue_for
 from app.jobs.service import (
     JobNotFound,
@@ -33,7 +34,6 @@ from app.jobs.service import (
     release_job,
     requeue_expired,
 )
-from worker.celery_app import celery_app
 from worker.runner import (
     NotEnoughDevices,
     TrainingProcess,

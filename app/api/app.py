@@ -13,27 +13,23 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import app as package
-from app.api import errors, routes
+from app.api import errors
+from app.api.deps import MISSING_KEY, key_matches
 from app.api.metrics import register as register_collectors
-from app.api.schemas import ERRORS, Health
-from app.api.state import MISSING_KEY, State, key_matches
+from app.api.routes import datasets, jobs, models, ops, predict
+from app.api.routes.ops import WEB_DIR, WEB_PREFIX
+from app.api.state import State
 from app.core.config import Settings, get_settings
-from app.db.models import Job, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +99,6 @@ class BodyLimit:
 
 
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
-# The web page (``app/web``): ``GET /`` and its static files under ``/ui/``. They hold no
-# data, so they load without the API key; the page then asks for it (the API still needs it).
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-WEB_PREFIX = "/ui"
-PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
-            "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
-            "form-action 'self'")
 
 
 def is_public(method: str, path: str) -> bool:
@@ -175,26 +164,6 @@ class HttpMetrics:
             self.seconds.labels(scope["method"], route).observe(time.perf_counter() - start)
 
 
-class JobsCollector(Collector):
-    """``hotdog_jobs{status}``, counted in the database at scrape time."""
-
-    def __init__(self, state: State) -> None:
-        self.state = state
-
-    def collect(self) -> Any:
-        gauge = GaugeMetricFamily("hotdog_jobs", "jobs by status", labels=["status"])
-        try:
-            with Session(self.state.engine) as s:
-                counts = dict(s.execute(select(Job.status, func.count()).group_by(Job.status))
-                              .all())
-        except Exception:
-            log.exception("counting jobs for /metrics failed")
-            return
-        for st in JobStatus:
-            gauge.add_metric([st.value], counts.get(st, 0))
-        yield gauge
-
-
 def keep_temp_files_in(data_dir: Path) -> Path:
     """Uploads are spooled to temporary files before a handler sees them: keep those in
     ``DATA_DIR/tmp`` (the data volume), not the system's /tmp. For a server process only:
@@ -249,44 +218,9 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
     )
     api.state.hotdog = state
     errors.install(api)
-    for router in (routes.datasets, routes.jobs, routes.models, routes.predict):
-        api.include_router(router)
-    state.registry.register(JobsCollector(state))
-    register_collectors(state)  # queue depth, training speed and epoch durations
-
-    @api.get("/health", response_model=Health, tags=["ops"])
-    def health() -> Health:
-        """Liveness: the process answers."""
-        return Health(status="ok")
-
-    @api.get("/ready", response_model=Health, tags=["ops"],
-             responses={503: {"model": Health, "description": "a dependency is unreachable"}})
-    def ready() -> Any:
-        """Readiness: the database and the broker are reachable (503 otherwise)."""
-        checks = {}
-        for name, probe in (("database", state.check_database), ("broker", state.check_broker)):
-            try:
-                probe()
-                checks[name] = "ok"
-            except Exception as exc:
-                checks[name] = f"unreachable: {exc}"
-        ok = all(v == "ok" for v in checks.values())
-        body = Health(status="ok" if ok else "unavailable", checks=checks)
-        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
-
-    @api.get("/metrics", response_class=PlainTextResponse, tags=["ops"],
-             responses={401: ERRORS[401]})
-    def metrics() -> PlainTextResponse:
-        """Prometheus text format."""
-        return PlainTextResponse(generate_latest(state.registry),
-                                 media_type=CONTENT_TYPE_LATEST)
-
-    @api.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    def web_page() -> FileResponse:
-        """The web page (no API key needed to load it; its API calls need one)."""
-        return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers={
-            "Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP,
-            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+    for module in (datasets, jobs, models, predict, ops):
+        api.include_router(module.router)
+    register_collectors(state)  # jobs by status, queue depth, training speed, epoch times
 
     api.mount(WEB_PREFIX, StaticFiles(directory=WEB_DIR), name="ui")
 

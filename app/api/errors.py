@@ -3,54 +3,46 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app.api.serving import Overloaded
+from app.datasets.service import DatasetBusy, DatasetNotFound
 from app.engine.checkpoint import CheckpointError
 from app.engine.data import DatasetError
 from app.engine.images import ImageDecodeError
-from app.jobs.service import JobConflict, JobNotFound
+from app.jobs.broker import QueueUnreachable
+from app.jobs.service import InvalidParams, JobConflict, JobNotFound, TooManyActiveJobs
+from app.models.service import ModelNotFound, ModelUnavailable, NoModelYet
 
 log = logging.getLogger(__name__)
 
 
-class NotFound(LookupError):
-    pass
-
-
-class Conflict(RuntimeError):
-    pass
-
-
 class Unprocessable(ValueError):
-    pass
+    """A request the schema cannot describe fully is refused (e.g. too many files)."""
 
 
-class TooManyJobs(RuntimeError):
-    """The cap on queued + running jobs is reached: 429, retry later."""
-
-
-class Unavailable(RuntimeError):
-    """A dependency (database, broker) cannot be reached: 503, the request may be retried."""
-
-
-STATUS: list[tuple[type[BaseException], int]] = [
-    (NotFound, 404),
+# Each domain's errors, by status. The domains raise them; only this table knows HTTP.
+STATUS: list[tuple[type[Exception], int]] = [
+    (DatasetNotFound, 404),
     (JobNotFound, 404),
-    (Conflict, 409),
+    (ModelNotFound, 404),
+    (DatasetBusy, 409),
     (JobConflict, 409),
+    (ModelUnavailable, 409),
+    (NoModelYet, 409),
+    (CheckpointError, 409),  # a stored checkpoint that cannot serve: the job's state
     (Unprocessable, 422),
+    (InvalidParams, 422),
     (DatasetError, 422),
     (ImageDecodeError, 422),
-    (CheckpointError, 409),  # a stored checkpoint that cannot serve: the job's state
-    (TooManyJobs, 429),
+    (TooManyActiveJobs, 429),
     (Overloaded, 503),  # shed load; Retry-After tells clients when to try again
-    (Unavailable, 503),
+    (QueueUnreachable, 503),
 ]
-
 
 
 # Seconds a client should wait: a full predict queue drains in about a second; a job slot
@@ -65,7 +57,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _internal_error)
 
 
-def _handler(status: int):  # type: ignore[no-untyped-def]
+def _handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         headers = {"Retry-After": RETRY_AFTER[status]} if status in RETRY_AFTER else None
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)

@@ -1,4 +1,4 @@
-"""Prometheus collectors that read the queue and the training from the database (and the
+"""Prometheus collectors that read the jobs, the queue and the training from the database (and the
 broker) at scrape time. Workers write a row per finished epoch (images/s, seconds) to the
 database, so the API exports the training's numbers too: one /metrics for the whole
 service, however many workers there are, and nothing to scrape on the workers."""
@@ -6,6 +6,7 @@ service, however many workers there are, and nothing to scrape on the workers.""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,8 +22,31 @@ from app.jobs.queues import all_queues
 
 log = logging.getLogger(__name__)
 
+# Prometheus's own bucket formatting ("5.0", "+Inf"), with the type the library leaves out.
+_go_float: Callable[[float], str] = floatToGoString
+
 # An epoch takes seconds on a GPU for a small set, an hour on a CPU for a large one.
 EPOCH_SECONDS_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+class JobsCollector(Collector):
+    """``hotdog_jobs{status}``, counted in the database at scrape time."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def collect(self) -> Any:
+        gauge = GaugeMetricFamily("hotdog_jobs", "jobs by status", labels=["status"])
+        try:
+            with Session(self.state.engine) as s:
+                counts = dict(s.execute(select(Job.status, func.count()).group_by(Job.status))
+                              .all())
+        except Exception:
+            log.exception("counting jobs for /metrics failed")
+            return
+        for st in JobStatus:
+            gauge.add_metric([st.value], counts.get(st, 0))
+        yield gauge
 
 
 class QueueCollector(Collector):
@@ -97,7 +121,7 @@ class TrainingCollector(Collector):
             gauge.add_metric([job_id], speed)
         yield gauge
         count, total, *cumulative = totals
-        buckets = [(floatToGoString(b), float(n or 0)) for b, n in zip(
+        buckets = [(_go_float(b), float(n or 0)) for b, n in zip(
             EPOCH_SECONDS_BUCKETS, cumulative, strict=True)] + [("+Inf", float(count))]
         yield HistogramMetricFamily(
             "hotdog_training_epoch_seconds",
@@ -125,5 +149,5 @@ class TrainingCollector(Collector):
 
 
 def register(state: State) -> None:
-    for collector in (QueueCollector(state), TrainingCollector(state)):
+    for collector in (JobsCollector(state), QueueCollector(state), TrainingCollector(state)):
         state.registry.register(collector)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from types import NoneType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
-from app.engine.config import MAX_GPUS, TrainConfig
+from app.db.models import ErrorKind
+from app.engine.config import INIT_IMAGENET, INIT_SCRATCH, Param, TrainConfig, params
+from app.jobs.service import JOB_INIT_PATTERN
 
-INIT_PATTERN = re.compile(r"^(imagenet|scratch|job:[0-9a-f]{32})$")
+MAX_OFFSET = 10**9  # beyond any real list; larger values overflow the databases' integers
 
 
 class DatasetOut(BaseModel):
@@ -25,49 +28,75 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
-class JobCreate(BaseModel):
+class JobRequest(BaseModel):
     """A fine-tune job. Every field but ``dataset_id`` has the recipe's default; ``lr`` and
     ``head_lr_mult`` default by ``init`` (pretrained: 0.0064 and 10; scratch: 0.064 and 1)."""
 
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(min_length=1, max_length=64)
-    init: str = Field(
-        "imagenet",
-        json_schema_extra={"pattern": INIT_PATTERN.pattern},
-        description="'imagenet' (pretrained backbone), 'scratch', or 'job:<id>' to start "
-        "from an earlier succeeded job's model",
-    )
-    epochs: int = Field(5, ge=1, le=1000)
-    batch_size: int = Field(128, ge=1, le=4096)
-    lr: float | None = Field(None, gt=0, le=10, description="backbone learning rate")
-    head_lr_mult: float | None = Field(None, gt=0, le=1000)
-    weight_decay: float = Field(1e-3, ge=0, le=1)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    image_size: int = Field(224, ge=16, le=1024)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    gpus: int = Field(
-        1, ge=0, le=MAX_GPUS,
-        description="GPUs to train on, one process each (DDP); 0: all of the worker's. "
-        "batch_size stays the global batch (split across the GPUs). A worker with fewer "
-        "GPUs fails the job at once; a worker without GPUs runs 0 or 1 as one CPU process")
-
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="cuda: only a worker with a GPU takes the job; cpu: only a "
-        "CPU-only worker; auto: any worker, training on its GPU if it has one")
-
-    @field_validator("init")
-    @classmethod
-    def _init(cls, v: str) -> str:
-        if not INIT_PATTERN.match(v):
-            raise ValueError("init must be 'imagenet', 'scratch' or 'job:<job id>'")
-        return v
 
     def train_config(self) -> TrainConfig:
-        """The engine's config with init-dependent defaults filled in (init kept as given)."""
-        fields = self.model_dump(exclude={"dataset_id"})
-        return TrainConfig(**fields).resolved()
+        """The engine's config as asked for (``jobs.service.submit`` fills in the defaults
+        that depend on ``init`` and checks the ranges)."""
+        return TrainConfig(**self.model_dump(exclude={"dataset_id"}))
+
+
+def _full_match(pattern: str, message: str) -> Any:
+    """A string validator for ``pattern`` as a whole: JSON Schema's and pydantic's
+    ``pattern`` search, and ``$`` lets a trailing newline through."""
+
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
+
+
+def _bound(value: float | None, kind: type) -> float | None:
+    # An int field shows int bounds in the schema (minimum: 1, not 1.0).
+    return int(value) if value is not None and kind is int else value
+
+
+def _job_field(name: str, kind: Any, default: Any, param: Param) -> tuple[Any, Any]:
+    """A request field from a TrainConfig field: its type, default, range and help."""
+    pattern = JOB_INIT_PATTERN if name == "init" else param.pattern
+    base = kind if not param.optional else next(a for a in get_args(kind) if a is not NoneType)
+    if param.choices is not None:
+        kind = Literal[param.choices]
+    elif pattern is not None:
+        message = (f"{name} must be 'imagenet', 'scratch' or 'job:<job id>'" if name == "init"
+                   else f"{name} must match {pattern}")
+        kind = Annotated[kind, _full_match(pattern, message)]
+    extra: dict[str, Any] = {}
+    if pattern is not None:
+        extra["pattern"] = f"^(?:{pattern})$"
+    if param.optional:  # None means "the default for this init": say what it becomes
+        extra["x-default-by-init"] = {
+            init: getattr(TrainConfig(init=init).resolved(), name)
+            for init in (INIT_IMAGENET, INIT_SCRATCH)}
+    field = Field(
+        default, description=param.help, ge=_bound(param.ge, base), gt=_bound(param.gt, base),
+        le=_bound(param.le, base), lt=_bound(param.lt, base), json_schema_extra=extra or None)
+    return kind, field
+
+
+def _job_create() -> type[JobRequest]:
+    """``JobRequest`` with a field per TrainConfig parameter offered on the API: a parameter
+    added to TrainConfig appears here, in the OpenAPI schema and in the web page's form."""
+    hints = get_type_hints(TrainConfig)
+    fields = {f.name: _job_field(f.name, hints[f.name], f.default, p)
+              for f, p in params("api")}
+    model: type[JobRequest] = create_model(  # type: ignore[call-overload]
+        "JobCreate", __base__=JobRequest, __module__=__name__, **fields)
+    return model
+
+
+if TYPE_CHECKING:
+    JobCreate = JobRequest  # what type checkers see: the fields are made at import
+else:
+    JobCreate = _job_create()
 
 
 class Progress(BaseModel):
@@ -102,6 +131,9 @@ class JobOut(BaseModel):
     worker: str | None = Field(description="the worker running it (host:pid), while running")
     cancel_requested: bool
     error: str | None
+    error_kind: str | None = Field(
+        None, description="why the job ended when it did not succeed, for clients to branch "
+        "on (the error text may change): " + ", ".join(k.value for k in ErrorKind))
     exports: dict[str, Any] = Field(
         default_factory=dict,
         description="exports written when the job succeeded, by format: the ONNX file's "

@@ -94,7 +94,7 @@ class Batcher:
             # images; a lone request never waits.
             if self.last_batch > 1 and len(self.pending) < self.max_batch and self.max_delay:
                 await asyncio.sleep(self.max_delay)
-            batch = []
+            batch: list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] = []
             while self.pending and len(batch) < self.max_batch:
                 image, fut = self.pending.popleft()
                 if not fut.done():  # skip the images of requests that went away

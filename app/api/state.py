@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import shutil
 import time
@@ -10,15 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
 
-from app.api.errors import Unavailable
 from app.api.serving import ModelCache, ServingMetrics
 from app.core.config import Settings
-from app.jobs.queues import queue_for
+from app.jobs.broker import make_celery, send_job
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +33,6 @@ class State:
     @classmethod
     def create(cls, settings: Settings) -> State:
         from app.db.session import make_engine
-        from worker.celery_app import make_celery
 
         registry = CollectorRegistry()
         models = ModelCache(
@@ -53,17 +49,12 @@ class State:
         self.models.close()
         self.engine.dispose()
 
+    def session(self) -> Session:
+        # Objects stay readable after a commit: handlers commit, then shape their answer.
+        return Session(self.engine, expire_on_commit=False)
+
     def enqueue(self, job_id: str, params: dict[str, Any]) -> None:
-        """Send the job to its queue (``app.jobs.queues``: GPU, CPU-only or any worker)."""
-        try:
-            self.celery.send_task(
-                "hotdog.run_job", args=[job_id],
-                queue=queue_for(self.settings.training_queue, params),
-                retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                          "interval_step": 0.5},
-            )
-        except Exception as exc:
-            raise Unavailable(f"the message broker cannot be reached ({exc})") from exc
+        send_job(self.celery, self.settings, job_id, params)
 
     def check_database(self) -> None:
         with self.engine.connect() as conn:
@@ -96,30 +87,3 @@ def _lanes(settings: Settings) -> int:
     on_gpu = settings.predict_device.startswith("cuda") or (
         settings.predict_device == "auto" and torch.cuda.is_available())
     return 1 if on_gpu or torch.get_num_threads() < 2 else 2
-
-
-def get_state(request: Request) -> State:
-    return request.app.state.hotdog  # type: ignore[no-any-return]
-
-
-_bearer = HTTPBearer(auto_error=False, description="the API key, when one is configured")
-_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-
-MISSING_KEY = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
-
-
-def key_matches(key: str, bearer: str | None, header: str | None) -> bool:
-    """Whether a request carries ``key`` (as ``X-API-Key`` or a bearer token), compared in
-    constant time. Every credential it presents must be right: a wrong one is refused even
-    next to a right one."""
-    given = [g for g in (header, bearer) if g is not None]
-    return bool(given) and all(hmac.compare_digest(g.encode(), key.encode()) for g in given)
-
-
-def api_key_scheme(
-    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
-    header: str | None = Depends(_header),
-) -> None:
-    """Declares the API key in the OpenAPI schema (the docs' "Authorize" button). The check
-    itself is ApiKeyGate's, once per request, for every path but /health and /ready."""

@@ -31,11 +31,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
 
     # --- API
-    # When set, every write request (POST, DELETE) needs ``Authorization: Bearer <key>``
-    # or ``X-API-Key: <key>``.
+    # When set, every request but /health, /ready and the web page's files (reads, writes,
+    # /docs and /metrics alike) needs ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
     api_key: str | None = None
-    # Queued + running jobs at most; more get 429 (a burst of submissions cannot pile up
-    # unbounded work).
+    # Queued + running jobs at most; more get 429 with Retry-After (a burst of submissions
+    # cannot pile up unbounded work).
     max_active_jobs: int = 100
     max_upload_bytes: int = 2 << 30  # one dataset zip
     max_dataset_bytes: int = 8 << 30  # its extracted size
@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     predict_max_bytes: int = 64 << 20
     predict_max_batch: int = 32
     predict_max_delay_ms: float = 2.0
-    predict_queue_images: int = 512  # waiting images beyond this get 429 (retry later)
+    # Images waiting for a forward pass at most; a request beyond it gets 503 with Retry-After.
+    predict_queue_images: int = 512
     # Forward passes computed at once (None: 2 on a CPU with 2+ cores, 1 on a GPU) and the
     # torch threads they share (None: torch's default, one per core).
     predict_lanes: int | None = None

@@ -13,13 +13,16 @@ request or the task) commits right after.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, Executable, func, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import EpochMetric, Evaluation, Job, JobStatus
+from app.datasets import service as datasets
+from app.db.models import EpochMetric, ErrorKind, Evaluation, Job, JobStatus
+from app.engine.config import TrainConfig
 
 DEFAULT_MAX_ATTEMPTS = 3
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
@@ -79,6 +82,11 @@ def get_job(session: Session, job_id: str) -> Job:
     return job
 
 
+def _rowcount(session: Session, stmt: Executable) -> int:
+    """Rows an UPDATE changed (what the guarded transitions check)."""
+    return cast(CursorResult[Any], session.execute(stmt)).rowcount
+
+
 def _transition(
     session: Session,
     job_id: str,
@@ -94,7 +102,7 @@ def _transition(
         .values(status=to, **values)
         .execution_options(synchronize_session=False)
     )
-    changed = session.execute(stmt).rowcount == 1
+    changed = _rowcount(session, stmt) == 1
     if changed:
         session.expire_all()
     return changed
@@ -139,7 +147,7 @@ def heartbeat(
         .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
-    return session.execute(stmt).rowcount == 1
+    return _rowcount(session, stmt) == 1
 
 
 def record_epoch(session: Session, job_id: str, metrics: dict[str, Any]) -> bool:
@@ -274,3 +282,91 @@ def requeue_expired(session: Session, *, now: datetime | None = None) -> list[st
                          values={"worker": None, "lease_expires_at": None, "error": reason}):
             requeued.append(job.id)
     return requeued
+
+
+# ---------------------------------------------------------------------------- submission
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class TooManyActiveJobs(RuntimeError):
+    """The cap on queued + running jobs is reached (429: retry when one has ended)."""
+
+
+class InvalidParams(ValueError):
+    """The job's parameters are out of range, or its ``init`` names no usable model."""
+
+
+def submit(
+    session: Session, *, dataset_id: str, config: TrainConfig, max_active_jobs: int,
+    max_attempts: int,
+) -> Job:
+    """Check and store a new queued job: its parameters are in range (the init-dependent
+    defaults filled in), the dataset exists, fewer than ``max_active_jobs`` jobs are queued
+    or running, and a ``job:<id>`` start names a succeeded job. The caller commits, then
+    sends the job to its queue (the worker must find the row before the message)."""
+    try:
+        config = config.resolved()
+    except ValueError as exc:
+        raise InvalidParams(str(exc)) from exc
+    datasets.get_live(session, dataset_id)
+    active = session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE)))
+    if active is not None and active >= max_active_jobs:
+        raise TooManyActiveJobs(f"{active} jobs are queued or running, the limit "
+                                f"(MAX_ACTIVE_JOBS) is {max_active_jobs}; retry when one has "
+                                "ended")
+    _check_init(session, config.init)
+    return create_job(session, dataset_id=dataset_id, params=config.to_dict(),
+                      epochs=config.epochs, max_attempts=max_attempts)
+
+
+def _check_init(session: Session, init: str) -> None:
+    source_id = source_job_id(init)
+    if source_id is None:
+        return
+    source = session.get(Job, source_id)
+    if source is None:
+        raise InvalidParams(f"init: job {source_id} not found")
+    if source.status is not JobStatus.SUCCEEDED or not source.checkpoint_path:
+        raise InvalidParams(f"init: job {source.id} has not succeeded ({source.status.value}); "
+                            "only a finished model can start another job")
+
+
+def fail_unqueued(session: Session, job_id: str, *, error: str) -> bool:
+    """A queued job whose message the broker refused ends ``failed`` (``queue_unreachable``)
+    rather than waiting for a message that never comes."""
+    return _transition(session, job_id, to=JobStatus.FAILED, where=[Job.status == JobStatus.QUEUED],
+                       values={"finished_at": utcnow(), "error": error,
+                               "error_kind": ErrorKind.QUEUE_UNREACHABLE.value})
+
+
+# ---------------------------------------------------------------------------- reading
+def list_jobs(
+    session: Session, *, status: JobStatus | None, dataset_id: str | None, limit: int,
+    offset: int,
+) -> Sequence[Job]:
+    """Newest first, optionally only those with ``status`` or on ``dataset_id``."""
+    q = select(Job)
+    if status is not None:
+        q = q.where(Job.status == status)
+    if dataset_id is not None:
+        q = q.where(Job.dataset_id == dataset_id)
+    return session.scalars(q.order_by(Job.created_at.desc(), Job.id).limit(limit)
+                           .offset(offset)).all()
+
+
+def epoch_metrics(session: Session, job_ids: list[str]) -> dict[str, list[EpochMetric]]:
+    """Each job's finished epochs in order (one query for all of them)."""
+    out: dict[str, list[EpochMetric]] = {i: [] for i in job_ids}
+    if job_ids:
+        for m in session.scalars(select(EpochMetric).where(EpochMetric.job_id.in_(job_ids))
+                                 .order_by(EpochMetric.job_id, EpochMetric.epoch)):
+            out[m.job_id].append(m)
+    return out
+
+
+def get_evaluation(session: Session, job_id: str) -> Evaluation:
+    job = get_job(session, job_id)
+    if job.evaluation is None:
+        raise JobConflict(f"job {job_id} has no evaluation ({job.status.value}); it is "
+                          "written when the job succeeds")
+    return job.evaluation

@@ -33,6 +33,7 @@
     firstLoad: true,
     pollTimer: null,
     keyDeclined: false, // the person closed the key prompt: don't ask again until they click
+    jobFormLoaded: false, // the job form's ranges and defaults came from /openapi.json
   };
 
   // ---------------------------------------------------------------- errors in words
@@ -469,8 +470,41 @@
 
   // ---------------------------------------------------------------- jobs
 
-  const INT_FIELDS = ["epochs", "batch_size", "image_size", "seed"];
-  const FLOAT_FIELDS = ["lr", "head_lr_mult", "weight_decay", "momentum"];
+  // The job form from the API's schema of POST /jobs (TrainConfig's parameters): each
+  // number field's range, step, default and help, so they are written in one place only.
+  // Fields whose default depends on ``init`` show both (``x-default-by-init``).
+  async function loadJobForm() {
+    if (state.jobFormLoaded) return;
+    let schema;
+    try {
+      schema = await api("GET", "openapi.json");
+    } catch (_) {
+      return; // the form still works without the hints: the service checks every value
+    }
+    const fields = ((schema.components || {}).schemas || {}).JobCreate;
+    for (const [name, spec] of Object.entries((fields && fields.properties) || {})) {
+      const input = $(`job-${name}`);
+      if (!input || input.type !== "number") continue;
+      const range = (spec.anyOf || [spec]).find((s) => s.type === "integer" || s.type === "number")
+        || spec;
+      const min = range.minimum ?? range.exclusiveMinimum;
+      const max = range.maximum ?? range.exclusiveMaximum;
+      if (min !== undefined) input.min = String(min);
+      if (max !== undefined) input.max = String(max);
+      input.step = range.type === "integer" ? "1" : "any";
+      if (spec.description) input.title = spec.description;
+      const byInit = spec["x-default-by-init"];
+      if (byInit) {
+        input.placeholder = `${byInit.imagenet} (scratch: ${byInit.scratch})`;
+      } else if (spec.default !== undefined && spec.default !== null) {
+        // The first fields show their default as a value; those under "More settings" as a
+        // placeholder (empty: the default).
+        if (input.closest("details")) input.placeholder = String(spec.default);
+        else if (input.value === "") input.value = String(spec.default);
+      }
+    }
+    state.jobFormLoaded = true;
+  }
 
   async function submitJob(ev) {
     ev.preventDefault();
@@ -480,9 +514,9 @@
       showError("job-error", new ApiError("choose a dataset first (upload one above)", 0));
       return;
     }
-    for (const f of [...INT_FIELDS, ...FLOAT_FIELDS]) {
-      const raw = $(`job-${f}`).value.trim();
-      if (raw !== "") body[f] = Number(raw);
+    for (const input of $("job-form").querySelectorAll("input[type=number]")) {
+      const raw = input.value.trim();
+      if (raw !== "") body[input.name] = Number(raw);
     }
     const button = $("job-submit");
     button.disabled = true;
@@ -857,6 +891,7 @@
     $("key-button").addEventListener("click", () => {
       state.keyDeclined = false;
       askForKey("").then(async () => {
+        await loadJobForm();
         await refreshDatasets();
         await refreshModels();
         await refreshJobs();
@@ -868,6 +903,7 @@
     });
     drawCurves();
     (async () => {
+      await loadJobForm();
       await refreshDatasets();
       await refreshModels();
       await refreshJobs();

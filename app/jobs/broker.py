@@ -4,6 +4,9 @@ One task per job on the training queue (``TRAINING_QUEUE``, default ``training``
 database, not Celery, holds job state, so there is no result backend. ``acks_late`` +
 ``task_reject_on_worker_lost``: a message is acknowledged only when its job has ended, and
 goes back to the queue if the worker dies.
+
+Both sides use it: the API sends job messages with it, ``hotdog worker`` consumes them
+(``worker.tasks`` registers the task on the module-level ``celery_app``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,11 @@ from typing import Any
 from celery import Celery
 
 from app.core.config import Settings, get_settings
+from app.jobs.queues import queue_for
+
+
+class QueueUnreachable(RuntimeError):
+    """The broker refused or could not take a job's message (503: retry shortly)."""
 
 
 def ensure_broker_folders(settings: Settings) -> None:
@@ -56,6 +64,19 @@ def make_celery(settings: Settings | None = None, *, create_folders: bool = True
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def send_job(celery: Celery, settings: Settings, job_id: str, params: dict[str, Any]) -> None:
+    """Send the job to its queue (``app.jobs.queues``: GPU, CPU-only or any worker). Only
+    its id travels: the worker reads the rest from the database, so commit the row first."""
+    try:
+        celery.send_task(
+            "hotdog.run_job", args=[job_id], queue=queue_for(settings.training_queue, params),
+            retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
+                                      "interval_step": 0.5},
+        )
+    except Exception as exc:
+        raise QueueUnreachable(f"the message broker cannot be reached ({exc})") from exc
 
 
 celery_app = make_celery(create_folders=False)

@@ -1,0 +1,73 @@
+"""What handlers take as parameters: the process's state and settings, one database session
+per request, and the API key's declaration in the OpenAPI schema."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from app.api.state import State
+from app.core.config import Settings
+
+
+# async (though nothing is awaited): resolved on the event loop, without a hop to a thread.
+async def get_state(request: Request) -> State:
+    state: State = request.app.state.hotdog
+    return state
+
+
+StateDep = Annotated[State, Depends(get_state)]
+
+
+async def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    """One session per request. Services write through it without committing; it commits
+    when the handler returns, before the answer is sent (an answer never reports what was
+    not stored), and rolls back when the handler raises. A handler commits earlier itself
+    only where something outside the database must follow the commit (a queue message,
+    removed files)."""
+    with state.session() as session:
+        yield session
+        session.commit()
+
+
+# scope="function": the commit runs when the handler returns, not after the response is sent.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+MISSING_KEY = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+
+_bearer = HTTPBearer(auto_error=False, description="the API key, when one is configured")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def key_matches(key: str, bearer: str | None, header: str | None) -> bool:
+    """Whether a request carries ``key`` (as ``X-API-Key`` or a bearer token), compared in
+    constant time. Every credential it presents must be right: a wrong one is refused even
+    next to a right one."""
+    given = [g for g in (header, bearer) if g is not None]
+    return bool(given) and all(hmac.compare_digest(g.encode(), key.encode()) for g in given)
+
+
+def api_key_scheme(
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    header: Annotated[str | None, Depends(_header)],
+) -> None:
+    """Declares the API key in the OpenAPI schema (the docs' "Authorize" button). The check
+    itself is ApiKeyGate's (``app.api.app``), once per request, for every path but /health,
+    /ready and the web page's files."""
+
+
+# Every router but ops's takes this: the schema shows the key on each guarded operation.
+GUARDED = [Depends(api_key_scheme)]

@@ -1,0 +1,147 @@
+"""``/jobs``: submit a fine-tune job, follow it, cancel it, download what it made."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, status
+from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
+
+from app.api.deps import GUARDED, SessionDep, StateDep
+from app.api.schemas import (
+    ERRORS,
+    MAX_OFFSET,
+    EpochOut,
+    EvaluationOut,
+    JobCreate,
+    JobOut,
+    Progress,
+)
+from app.db.models import EpochMetric, Job, JobStatus
+from app.engine.export import SUFFIXES
+from app.jobs import service as jobs
+from app.jobs.broker import QueueUnreachable
+from app.models import service as models
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=GUARDED, responses=ERRORS)
+DOWNLOAD: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-stream": {}}}}
+
+
+def _progress(job: Job, epochs_done: list[EpochMetric]) -> Progress:
+    """How far the job is (the epoch in progress counted by its fraction) and, from the
+    finished epochs' times, how long it has left."""
+    if job.status is JobStatus.SUCCEEDED:
+        fraction = 1.0
+    else:
+        within = job.epoch_fraction if job.status is JobStatus.RUNNING else 0.0
+        fraction = min(1.0, (job.epoch + within) / job.epochs)
+    eta = None
+    if job.status is JobStatus.RUNNING and epochs_done:
+        per_epoch = sum(m.seconds for m in epochs_done) / len(epochs_done)
+        eta = max(0.0, per_epoch * (job.epochs * (1 - fraction)))
+    elif job.status is JobStatus.SUCCEEDED:
+        eta = 0.0
+    return Progress(epoch=job.epoch, epochs=job.epochs, fraction=fraction, eta_seconds=eta)
+
+
+def job_out(job: Job, metrics: list[EpochMetric]) -> JobOut:
+    epochs_done = [m for m in metrics if m.epoch <= job.epochs]
+    latest = EpochOut.model_validate(epochs_done[-1]) if epochs_done else None
+    best = (EpochOut.model_validate(max(epochs_done, key=lambda m: (m.test_acc, -m.epoch)))
+            if epochs_done else None)
+    return JobOut(
+        id=job.id, dataset_id=job.dataset_id, status=job.status.value, params=job.params,
+        progress=_progress(job, epochs_done), latest_metrics=latest, best_metrics=best,
+        attempt=job.attempt, max_attempts=job.max_attempts, worker=job.worker,
+        cancel_requested=job.cancel_requested, error=job.error, error_kind=job.error_kind,
+        exports=job.exports or {}, created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at, heartbeat_at=job.heartbeat_at,
+    )
+
+
+def _show(session: Session, job: Job) -> JobOut:
+    return job_out(job, jobs.epoch_metrics(session, [job.id])[job.id])
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+def submit_job(session: SessionDep, state: StateDep, body: JobCreate) -> JobOut:
+    """Queue a fine-tune job; a worker picks it up. Poll ``GET /jobs/{id}`` for progress."""
+    settings = state.settings
+    job = jobs.submit(session, dataset_id=body.dataset_id, config=body.train_config(),
+                      max_active_jobs=settings.max_active_jobs,
+                      max_attempts=settings.max_attempts)
+    session.commit()  # the worker must find the row before the message
+    try:
+        state.enqueue(job.id, job.params)
+    except QueueUnreachable:
+        jobs.fail_unqueued(session, job.id,
+                           error="could not be queued: the message broker was unreachable")
+        session.commit()  # the 503 that follows must not roll this back
+        raise
+    return _show(session, job)
+
+
+@router.get("", response_model=list[JobOut])
+def list_jobs(
+    session: SessionDep,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    dataset_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> list[JobOut]:
+    rows = jobs.list_jobs(session, status=status_, dataset_id=dataset_id, limit=limit,
+                          offset=offset)
+    metrics = jobs.epoch_metrics(session, [j.id for j in rows])
+    return [job_out(j, metrics[j.id]) for j in rows]
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def show_job(session: SessionDep, job_id: str) -> JobOut:
+    return _show(session, jobs.get_job(session, job_id))
+
+
+@router.get("/{job_id}/metrics", response_model=list[EpochOut])
+def job_metrics(session: SessionDep, job_id: str) -> list[EpochOut]:
+    """One row per finished epoch."""
+    jobs.get_job(session, job_id)
+    return [EpochOut.model_validate(m) for m in jobs.epoch_metrics(session, [job_id])[job_id]]
+
+
+@router.get("/{job_id}/evaluation", response_model=EvaluationOut)
+def job_evaluation(session: SessionDep, job_id: str) -> EvaluationOut:
+    """Confusion matrix and per-class precision/recall/F1 on the test split."""
+    ev = jobs.get_evaluation(session, job_id)
+    f1s = [c["f1"] for c in ev.per_class]
+    return EvaluationOut(job_id=job_id, accuracy=ev.accuracy, loss=ev.loss, classes=ev.classes,
+                         confusion=ev.confusion, per_class=ev.per_class,
+                         macro_f1=sum(f1s) / max(1, len(f1s)))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(session: SessionDep, job_id: str) -> JobOut:
+    """A queued job ends ``cancelled`` at once; a running one stops at its next batch
+    (``cancel_requested`` is true until then). 409 for a job that has ended."""
+    return _show(session, jobs.request_cancel(session, job_id))
+
+
+@router.get("/{job_id}/checkpoint", response_class=FileResponse, responses=DOWNLOAD)
+def job_checkpoint(session: SessionDep, job_id: str) -> FileResponse:
+    """The final checkpoint (``torch.load(..., weights_only=True)``; ``hotdog predict``)."""
+    path = models.model_file(jobs.get_job(session, job_id))
+    return FileResponse(path, media_type="application/octet-stream",
+                        filename=f"hotdog-{job_id}.pt")
+
+
+@router.get("/{job_id}/export", response_class=FileResponse, responses=DOWNLOAD)
+def job_export(
+    session: SessionDep, job_id: str,
+    format: Annotated[Literal["onnx", "torchscript"], Query(
+        description="onnx: the export the worker verified against PyTorch when the job "
+        "succeeded; torchscript: traced now (and kept) for torch.jit.load")] = "onnx",
+) -> FileResponse:
+    """The trained model for other runtimes. Input: uint8 RGB crops, N×S×S×3, resized and
+    centre-cropped as the file's metadata says; outputs: logits and probabilities."""
+    path = models.export_file(jobs.get_job(session, job_id), format)
+    return FileResponse(path, media_type="application/octet-stream",
+                        filename=f"hotdog-{job_id}{SUFFIXES[format]}")

@@ -1,0 +1,1 @@
+"""Models: a succeeded job's checkpoint, which one /predict uses, and its exports."""

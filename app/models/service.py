@@ -1,0 +1,108 @@
+"""The model service: a model is a succeeded job's checkpoint. Which models are usable, which
+one ``/predict`` uses by default (the one activated last, else the newest), activating one,
+and the files a model is served or downloaded from.
+
+Functions take a session and never commit: the request commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.db.models import Job, JobStatus
+from app.engine.export import SUFFIXES, export_model
+
+# Activations are ordered strictly, even two within one clock tick.
+ACTIVATION_TICK = datetime.resolution * 1000  # 1 ms
+
+# Usable models, the active one first: the model activated last, else the newest.
+USABLE = (
+    select(Job).where(Job.status == JobStatus.SUCCEEDED, Job.checkpoint_path.is_not(None))
+    .order_by(Job.activated_at.is_(None), Job.activated_at.desc(), Job.finished_at.desc(),
+              Job.id)
+)
+
+
+class ModelNotFound(LookupError):
+    """No job has this id."""
+
+
+class NoModelYet(RuntimeError):
+    """No job has succeeded yet, so there is no default model."""
+
+
+class ModelUnavailable(RuntimeError):
+    """The job has no usable model (it has not succeeded, its file is gone, or the export
+    asked for was not written)."""
+
+
+def get(session: Session, job_id: str) -> Job:
+    """The job whose model ``job_id`` names (usable or not: see :func:`model_file`)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise ModelNotFound(f"job {job_id} not found")
+    return job
+
+
+def list_usable(session: Session) -> Sequence[Job]:
+    """Succeeded jobs with a checkpoint, the active one first."""
+    return session.scalars(USABLE).all()
+
+
+def active(session: Session) -> Job | None:
+    return session.scalars(USABLE.limit(1)).first()
+
+
+def model_file(job: Job) -> Path:
+    """The final checkpoint of ``job``, when it succeeded and the file is there."""
+    if job.status is not JobStatus.SUCCEEDED or not job.checkpoint_path:
+        raise ModelUnavailable(
+            f"job {job.id} is {job.status.value}; only a succeeded job has a model")
+    path = Path(job.checkpoint_path)
+    if not path.is_file():
+        raise ModelUnavailable(
+            f"the checkpoint of job {job.id} is gone from the storage dir ({path})")
+    return path
+
+
+def find(session: Session, model: str | None) -> tuple[str, Path]:
+    """The job id and checkpoint that a ``/predict`` request's ``model`` names (None: the
+    active model)."""
+    job = get(session, model) if model else active(session)
+    if job is None:
+        raise NoModelYet("no trained model yet: train one with POST /jobs first")
+    return job.id, model_file(job)
+
+
+def activate(session: Session, *, job_id: str) -> Job:
+    """Make this job's model the default of ``/predict``."""
+    model_file(get(session, job_id))
+    latest = session.scalar(select(func.max(Job.activated_at)))
+    now = datetime.now(timezone.utc)
+    if latest is not None:
+        now = max(now, latest + ACTIVATION_TICK)
+    session.execute(update(Job).where(Job.id == job_id).values(activated_at=now)
+                    .execution_options(synchronize_session=False))
+    session.expire_all()
+    return get(session, job_id)
+
+
+def export_file(job: Job, format: str) -> Path:
+    """The model in ``format`` (``onnx``: the export the worker verified when the job
+    succeeded; ``torchscript``: traced on first use and kept beside the checkpoint)."""
+    checkpoint = model_file(job)
+    path = checkpoint.parent / f"{checkpoint.stem}{SUFFIXES[format]}"
+    if format == "onnx" and not path.is_file():
+        record = (job.exports or {}).get(format) or {}
+        why = (f"it was discarded: {record['error']}" if record.get("error") else
+               "the worker did not write one (EXPORT_ONNX off, or the job predates exports)")
+        raise ModelUnavailable(f"job {job.id} has no ONNX export: {why}. `hotdog export` makes "
+                               "one from the checkpoint (GET /jobs/{id}/checkpoint)")
+    if not path.is_file():
+        export_model(checkpoint, format, path)
+    return path
