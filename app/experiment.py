@@ -59,8 +59,8 @@ _TRAIN_DEFAULTS = TrainConfig()
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The experiment's size. The defaults finish in about a minute or two on a 2-core CPU
-    (the README's picture: 70 s)."""
+    """The experiment's size. The defaults take about 70 s on an idle 2-core CPU (the
+    README's picture), offline, the other-task model included."""
 
     out: Path = Path("data/demo-run")
     # Smaller than TrainConfig's (d2l's) defaults, so that the demo is quick on a CPU.

@@ -94,8 +94,8 @@ must move further); from scratch every layer is random, so all train at one larg
 {SCRATCH_LR:g} (a 10x head diverges there).
 Without ImageNet weights the fine-tune starts from a model trained first on a different
 synthetic task (--start pretext forces this). Generated data, checkpoints and curves.png go
-to --out; a second run reuses the data. The defaults take about a minute or two on a
-2-core CPU.
+to --out; a second run reuses the data. The defaults take about 70 s on an idle 2-core
+CPU.
 
 """
 
