@@ -51,7 +51,6 @@ def checked(name: str, kind: type, param: Param) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(problem)
         return value
 
-    convert.__name__ = kind.__name__  # argparse's messages name the type
     return convert
 
 
