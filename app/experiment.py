@@ -1,8 +1,9 @@
 """``hotdog demo``: the seed's experiment in one command. The same synthetic hotdog /
 not-hotdog data is trained twice, fine-tuned from a pretrained backbone (new head at 10x the
 backbone's lr) and from scratch (a larger lr, one multiplier), through a running service
-when one answers (upload, submit, watch) or in this process through the engine. It prints
-both runs side by side per epoch and draws their curves to a PNG.
+when one answers (upload, submit, watch) or in this process through the engine. It reports
+each epoch of both runs through the output object it is given and draws their curves to a
+PNG. The command itself is ``app.cli.demo``.
 
 Offline there are no ImageNet weights. The fine-tune side then starts from a model trained
 first, from scratch, on a different synthetic task (which food is on the table, several
@@ -11,40 +12,58 @@ kinds, no hotdogs): a stand-in for ImageNet pretraining, and the output says so.
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from app.client import DEFAULT_URL, TERMINAL, Client
-from app.engine.config import (
-    INIT_IMAGENET,
-    INIT_SCRATCH,
-    PRETRAINED_HEAD_LR_MULT,
-    PRETRAINED_LR,
-    SCRATCH_LR,
-)
+from app.client import TERMINAL, Client, Dataset, EpochRecord, Job, ParamValue
+from app.db.models import ErrorKind
+from app.engine.config import INIT_IMAGENET, INIT_SCRATCH, TrainConfig, params
 
 FINE_TUNE, SCRATCH, PRETEXT = "fine-tune", "scratch", "pretext"
 START_CHOICES = ("auto", "imagenet", "pretext")
 MODE_CHOICES = ("auto", "service", "local")
 PRETEXT_FOODS = ("pizza", "salad", "fruit", "donut", "berries", "broccoli")
+# DemoConfig's fields that are TrainConfig's parameters (same meaning, same ranges).
+TRAIN_PARAMS = ("epochs", "image_size", "batch_size", "seed")
 
 
 class DemoFailed(RuntimeError):
     """A run of the experiment did not succeed (the message says which and why)."""
 
 
+class ProgressBar(Protocol):
+    n: float
+
+    def update(self, n: float = 1) -> None: ...
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None: ...
+    def refresh(self) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> ProgressBar: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class DemoOutput(Protocol):
+    """Where the experiment reports (the command line's ``app.cli.output.Output``)."""
+
+    def say(self, message: str) -> None: ...
+    def bar(self, **kwargs: Any) -> ProgressBar: ...
+    def epoch(self, run: str, metrics: Mapping[str, Any]) -> None: ...
+
+
+_TRAIN_DEFAULTS = TrainConfig()
+
+
 @dataclass(frozen=True)
 class DemoConfig:
-    """The experiment's size. The defaults finish in a few minutes on a 2-core CPU."""
+    """The experiment's size. The defaults take about 70 s on an idle 2-core CPU (the
+    README's picture), offline, the other-task model included."""
 
     out: Path = Path("data/demo-run")
+    # Smaller than TrainConfig's (d2l's) defaults, so that the demo is quick on a CPU.
     epochs: int = 8
     image_size: int = 64
     batch_size: int = 16
@@ -53,24 +72,21 @@ class DemoConfig:
     test_per_class: int = 75
     pretext_epochs: int = 8
     pretext_per_class: int = 60  # training images per food; a third more for its test split
-    seed: int = 0
+    seed: int = _TRAIN_DEFAULTS.seed
     start: str = "auto"  # the fine-tune's start: auto (ImageNet if available), imagenet, pretext
     png: Path | None = None  # default: out/curves.png
 
     def __post_init__(self) -> None:
-        problems = []
-        if not 1 <= self.epochs <= 1000 or not 1 <= self.pretext_epochs <= 1000:
-            problems.append("epochs must be in 1..1000")
-        if not 16 <= self.image_size <= 1024:
-            problems.append(f"image size must be in 16..1024, got {self.image_size}")
-        if self.batch_size < 1:
-            problems.append("batch size must be at least 1")
+        ranges = {f.name: p for f, p in params()}
+        problems = [ranges[name].problem(name, getattr(self, name)) for name in TRAIN_PARAMS]
+        problems.append(ranges["epochs"].problem("pretext_epochs", self.pretext_epochs))
         if min(self.train_per_class, self.test_per_class, self.pretext_per_class) < 1:
             problems.append("image counts must be at least 1")
         if self.start not in START_CHOICES:
             problems.append(f"start must be one of {', '.join(START_CHOICES)}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        found = [p for p in problems if p]
+        if found:
+            raise ValueError("; ".join(found))
 
     @property
     def png_path(self) -> Path:
@@ -85,8 +101,7 @@ class DemoConfig:
 
     def train_params(self) -> dict[str, Any]:
         """What both runs share (the init-dependent lr and head multiplier are defaulted)."""
-        return {"epochs": self.epochs, "batch_size": self.batch_size,
-                "image_size": self.image_size, "seed": self.seed}
+        return {name: getattr(self, name) for name in TRAIN_PARAMS}
 
 
 @dataclass
@@ -129,21 +144,6 @@ class DemoResult:
                 row[f"{key}_test_acc"] = m["test_acc"]
         return [by_epoch[e] for e in sorted(by_epoch)]
 
-    def table(self) -> str:
-        def cell(value: float | None, fmt: str) -> str:
-            return f"{value:{fmt}}" if value is not None else f"{'-':>{fmt[1:].split('.')[0]}}"
-
-        lines = [f"{'':5} {FINE_TUNE:^20}  {SCRATCH:^20}",
-                 f"{'epoch':>5} {'train loss':>10} {'test acc':>9}  {'train loss':>10} "
-                 f"{'test acc':>9}"]
-        for r in self.rows():
-            lines.append(
-                f"{r['epoch']:>5} {cell(r['fine_tune_train_loss'], '>10.4f')} "
-                f"{cell(r['fine_tune_test_acc'], '>9.3f')}  "
-                f"{cell(r['scratch_train_loss'], '>10.4f')} {cell(r['scratch_test_acc'], '>9.3f')}"
-            )
-        return "\n".join(lines)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode, "dataset": self.dataset, "note": self.note, "png": str(self.png),
@@ -152,26 +152,8 @@ class DemoResult:
         }
 
 
-class Output:
-    """Where the demo talks: messages (stdout, or stderr when stdout is for JSON) and
-    progress bars (stderr, when it is a terminal)."""
-
-    def __init__(self, *, json_mode: bool = False, bars: bool | None = None) -> None:
-        self.stream = sys.stderr if json_mode else sys.stdout
-        self.bars = sys.stderr.isatty() if bars is None else bars
-
-    def say(self, message: str) -> None:
-        print(message, file=self.stream, flush=True)
-
-    def bar(self, **kwargs: Any) -> Any:
-        from tqdm import tqdm
-
-        return tqdm(disable=not self.bars, file=sys.stderr, dynamic_ncols=True, leave=False,
-                    **kwargs)
-
-
 # ------------------------------------------------------------------------------ data
-def hotdog_data(cfg: DemoConfig, out: Output) -> Path:
+def hotdog_data(cfg: DemoConfig, out: DemoOutput) -> Path:
     """The hotdog / not-hotdog set of this size, generated once under ``cfg.out``."""
     from app.datasets.synthetic import generate_demo_dataset
 
@@ -183,7 +165,7 @@ def hotdog_data(cfg: DemoConfig, out: Output) -> Path:
             seed=cfg.seed, min_side=low, max_side=high, progress=progress))
 
 
-def pretext_data(cfg: DemoConfig, out: Output) -> Path:
+def pretext_data(cfg: DemoConfig, out: DemoOutput) -> Path:
     """The other task: which of several foods (no hotdogs) is on the table."""
     from app.datasets.synthetic import generate_food_dataset
 
@@ -196,8 +178,8 @@ def pretext_data(cfg: DemoConfig, out: Output) -> Path:
                           seed=cfg.seed, min_side=low, max_side=high, progress=progress))
 
 
-def _generated(path: Path, what: str, out: Output, total: int,
-               generate: Callable[[Callable[[int, int], None]], Any]) -> Path:
+def _generated(path: Path, what: str, out: DemoOutput, total: int,
+               generate: Callable[[Callable[[int, int], None]], object]) -> Path:
     if (path / "train").is_dir() and (path / "test").is_dir():
         out.say(f"using the {what} in {path}")
         return path
@@ -217,9 +199,8 @@ def pretext_note(reason: str | None) -> str:
 
 
 # ------------------------------------------------------------------------- in-process
-def run_local(cfg: DemoConfig, out: Output) -> DemoResult:
+def run_local(cfg: DemoConfig, out: DemoOutput) -> DemoResult:
     """Both runs through the engine in this process."""
-    from app.engine import TrainConfig
     from app.engine.model import PretrainedWeightsMissing, load_imagenet_state_dict
 
     data = hotdog_data(cfg, out)
@@ -235,15 +216,15 @@ def run_local(cfg: DemoConfig, out: Output) -> DemoResult:
                 raise
             note = pretext_note(_short_reason(str(exc)))
     pretext: Run | None = None
+    params = cfg.train_params()
     if note is not None:
         out.say(note)
         foods = pretext_data(cfg, out)
         ckpt = cfg.out / f"pretext-{cfg.image_size}px-{cfg.pretext_epochs}ep-s{cfg.seed}.pt"
         pretext = _local_run(PRETEXT, foods, TrainConfig(
-            init=INIT_SCRATCH, epochs=cfg.pretext_epochs, batch_size=cfg.batch_size,
-            image_size=cfg.image_size, seed=cfg.seed), ckpt, out, reuse=True)
+            init=INIT_SCRATCH, **{**params, "epochs": cfg.pretext_epochs}), ckpt, out,
+            reuse=True)
         init = str(ckpt)
-    params = cfg.train_params()
     fine = _local_run(FINE_TUNE, data, TrainConfig(init=init, **params),
                       cfg.out / "fine-tune.pt", out)
     scratch = _local_run(SCRATCH, data, TrainConfig(init=INIT_SCRATCH, **params),
@@ -251,35 +232,36 @@ def run_local(cfg: DemoConfig, out: Output) -> DemoResult:
     return _finish(DemoResult("local", str(data), fine, scratch, pretext, note, cfg.png_path))
 
 
-def _local_run(name: str, data: Path, config: Any, ckpt: Path, out: Output,
+def _local_run(name: str, data: Path, config: TrainConfig, ckpt: Path, out: DemoOutput,
                reuse: bool = False) -> Run:
     from app.engine import Callback, EpochMetrics, fit, load_checkpoint
     from app.engine.train import BatchProgress, StartInfo
 
     cfg = config.resolved()
-    run = Run(name, cfg.init, float(cfg.lr), float(cfg.head_lr_mult), checkpoint=str(ckpt))
+    assert cfg.lr is not None and cfg.head_lr_mult is not None  # resolved() fills them
+    run = Run(name, cfg.init, cfg.lr, cfg.head_lr_mult, checkpoint=str(ckpt))
     if reuse and ckpt.is_file():
         run.history = list(load_checkpoint(ckpt).get("history", []))
         out.say(f"{name}: reusing {ckpt} (test accuracy {run.test_acc:.3f})")
         return run
-    out.say(f"{name}: training from {_describe_init(cfg.init)}, lr {cfg.lr:g}, "
+    out.say(f"{name}: training from {describe_init(cfg.init)}, lr {cfg.lr:g}, "
             f"head x{cfg.head_lr_mult:g}, {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}")
 
     class Progress(Callback):
-        bar: Any = None
+        bar: ProgressBar | None = None
 
         def on_start(self, info: StartInfo) -> None:
             self.bar = out.bar(total=info.batches_per_epoch * info.epochs, unit="batch",
                                desc=name)
 
         def on_batch(self, progress: BatchProgress) -> None:
-            self.bar.set_description(f"{name} epoch {progress.epoch}/{progress.epochs}")
-            self.bar.update(1)
+            if self.bar is not None:
+                self.bar.set_description(f"{name} epoch {progress.epoch}/{progress.epochs}")
+                self.bar.update(1)
 
         def on_epoch(self, m: EpochMetrics) -> None:
             run.history.append(m.to_dict())
-            self.bar.write(f"  {name} epoch {m.epoch}/{m.epochs}: train loss "
-                           f"{m.train_loss:.4f}, test acc {m.test_acc:.3f}", file=out.stream)
+            out.epoch(name, run.history[-1])
 
     progress = Progress()
     try:
@@ -290,7 +272,7 @@ def _local_run(name: str, data: Path, config: Any, ckpt: Path, out: Output,
     return run
 
 
-def _describe_init(init: str) -> str:
+def describe_init(init: str) -> str:
     if init == INIT_IMAGENET:
         return "ImageNet weights"
     if init == INIT_SCRATCH:
@@ -301,85 +283,99 @@ def _describe_init(init: str) -> str:
 
 
 def _short_reason(message: str) -> str:
-    # "[PretrainedWeightsMissing: ]ImageNet weights for ResNet-18 are not available: REASON.
-    # Provide them by ..."
+    # For the note only (never to decide anything): "[PretrainedWeightsMissing: ]ImageNet
+    # weights for ResNet-18 are not available: REASON. Provide them by ..."
     reason = message.split("not available: ", 1)[-1]
     return reason.split(". Provide", 1)[0]
 
 
 # -------------------------------------------------------------------------- service
-def service_reachable(url: str, api_key: str | None) -> bool:
-    import httpx
+class _ServiceRuns:
+    """The experiment's jobs on a service: the scratch run, and the fine-tune, or first the
+    other-task (pretext) job that the fine-tune then starts from."""
 
-    try:
-        r = httpx.get(url.rstrip("/") + "/health", timeout=3.0,
-                      headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
-    except httpx.HTTPError:
-        return False
-    return r.status_code == 200
+    def __init__(self, cfg: DemoConfig, client: Client, out: DemoOutput) -> None:
+        self.cfg, self.client, self.out = cfg, client, out
+        self.params: dict[str, ParamValue] = cfg.train_params()
+        self.dataset = _upload(client, hotdog_data(cfg, out), out)
+        self.jobs: dict[str, Job] = {SCRATCH: self.submit(self.dataset, INIT_SCRATCH)}
+        self.note: str | None = None
+        self.reported: dict[str, int] = {}
+
+    def submit(self, dataset: Dataset, init: str, epochs: int | None = None) -> Job:
+        return self.client.submit(dataset["id"], **{
+            **self.params, "init": init, "epochs": epochs or self.cfg.epochs})
+
+    def start_pretext(self, reason: str | None) -> None:
+        self.note = pretext_note(reason)
+        self.out.say(self.note)
+        foods = _upload(self.client, pretext_data(self.cfg, self.out), self.out)
+        self.jobs[PRETEXT] = self.submit(foods, INIT_SCRATCH, self.cfg.pretext_epochs)
+
+    def step(self) -> bool:
+        """Refresh the jobs and start what is due; True when every run has ended."""
+        self.jobs = {name: self.client.job(j["id"]) for name, j in self.jobs.items()}
+        self.report_epochs()
+        fine, pre = self.jobs.get(FINE_TUNE), self.jobs.get(PRETEXT)
+        if (fine is not None and fine["status"] == "failed"
+                and fine.get("error_kind") == ErrorKind.WEIGHTS_MISSING):
+            if self.cfg.start == "imagenet":
+                from app.engine.model import PretrainedWeightsMissing
+
+                raise PretrainedWeightsMissing(
+                    f"{FINE_TUNE} job {fine['id']} failed: {fine['error']}")
+            del self.jobs[FINE_TUNE]
+            self.start_pretext(_short_reason(fine["error"] or ""))
+            return False
+        if pre is not None and fine is None and pre["status"] == "succeeded":
+            self.jobs[FINE_TUNE] = self.submit(self.dataset, f"job:{pre['id']}")
+            self.out.say(f"{FINE_TUNE}: job {self.jobs[FINE_TUNE]['id']} starts from the "
+                         f"{PRETEXT} job {pre['id']}")
+            return False
+        for name, job in self.jobs.items():
+            if job["status"] in ("failed", "cancelled"):
+                raise DemoFailed(f"{name} job {job['id']} {job['status']}"
+                                 + (f": {job['error']}" if job.get("error") else ""))
+        return FINE_TUNE in self.jobs and all(
+            j["status"] in TERMINAL for j in self.jobs.values())
+
+    def report_epochs(self) -> None:
+        for name, job in self.jobs.items():
+            seen = self.reported.get(job["id"], 0)
+            if job["progress"]["epoch"] > seen:
+                for m in self.client.metrics(job["id"])[seen:]:
+                    self.out.epoch(name, m)
+                    self.reported[job["id"]] = m["epoch"]
+
+    def show(self, bar: ProgressBar) -> None:
+        jobs = self.jobs.values()
+        done = sum(j["progress"]["fraction"] * j["progress"]["epochs"] for j in jobs)
+        bar.n = int(1000 * done / (sum(j["progress"]["epochs"] for j in jobs) or 1))
+        bar.set_description(" · ".join(
+            f"{name} {j['status']} {j['progress']['epoch']}/{j['progress']['epochs']}"
+            for name, j in self.jobs.items()))
+        bar.refresh()
 
 
-def run_service(cfg: DemoConfig, client: Client, out: Output, *, interval: float = 1.0
+def run_service(cfg: DemoConfig, client: Client, out: DemoOutput, *, interval: float = 1.0
                 ) -> DemoResult:
     """Both runs as jobs of the service at ``client``: upload, submit, watch."""
-    data = hotdog_data(cfg, out)
-    dataset = _upload(client, data, out)
-    params = cfg.train_params()
-    jobs: dict[str, dict[str, Any]] = {
-        SCRATCH: client.submit(dataset["id"], init=INIT_SCRATCH, **params)}
-    note: str | None = None
+    runs = _ServiceRuns(cfg, client, out)
     if cfg.start == "pretext":
-        note = pretext_note(None)
-        out.say(note)
-        foods = _upload(client, pretext_data(cfg, out), out)
-        jobs[PRETEXT] = client.submit(foods["id"], init=INIT_SCRATCH, **{
-            **params, "epochs": cfg.pretext_epochs})
+        runs.start_pretext(None)
     else:
-        jobs[FINE_TUNE] = client.submit(dataset["id"], init=INIT_IMAGENET, **params)
-    out.say("jobs submitted: " + ", ".join(f"{k} {j['id']}" for k, j in jobs.items()))
-
-    bar = out.bar(total=1000, bar_format="{l_bar}{bar}| {postfix}")
-    reported: dict[str, int] = {}
-    try:
-        while True:
-            jobs = {name: client.job(j["id"]) for name, j in jobs.items()}
-            _show_progress(bar, jobs, client, reported, out)
-            fine = jobs.get(FINE_TUNE)
-            if (fine is not None and fine["status"] == "failed"
-                    and "PretrainedWeightsMissing" in (fine.get("error") or "")):
-                if cfg.start == "imagenet":
-                    from app.engine.model import PretrainedWeightsMissing
-
-                    raise PretrainedWeightsMissing(
-                        f"{FINE_TUNE} job {fine['id']} failed: {fine['error']}")
-                note = pretext_note(_short_reason(fine["error"]))
-                bar.write(note, file=out.stream)
-                del jobs[FINE_TUNE]
-                foods = _upload(client, pretext_data(cfg, out), out)
-                jobs[PRETEXT] = client.submit(foods["id"], init=INIT_SCRATCH, **{
-                    **params, "epochs": cfg.pretext_epochs})
-                continue
-            pre = jobs.get(PRETEXT)
-            if pre is not None and FINE_TUNE not in jobs and pre["status"] == "succeeded":
-                jobs[FINE_TUNE] = client.submit(dataset["id"], init=f"job:{pre['id']}", **params)
-                bar.write(f"{FINE_TUNE}: job {jobs[FINE_TUNE]['id']} starts from the "
-                          f"{PRETEXT} job {pre['id']}", file=out.stream)
-                continue
-            for name, job in jobs.items():
-                if job["status"] in ("failed", "cancelled"):
-                    raise DemoFailed(f"{name} job {job['id']} {job['status']}"
-                                     + (f": {job['error']}" if job.get("error") else ""))
-            if FINE_TUNE in jobs and all(j["status"] in TERMINAL for j in jobs.values()):
-                break
+        runs.jobs[FINE_TUNE] = runs.submit(runs.dataset, INIT_IMAGENET)
+    out.say("jobs submitted: " + ", ".join(f"{k} {j['id']}" for k, j in runs.jobs.items()))
+    with out.bar(total=1000, bar_format="{l_bar}{bar}| {postfix}") as bar:
+        while not runs.step():
+            runs.show(bar)
             time.sleep(interval)
-    finally:
-        bar.close()
-    runs = {name: _service_run(client, name, job) for name, job in jobs.items()}
-    return _finish(DemoResult("service", dataset["id"], runs[FINE_TUNE], runs[SCRATCH],
-                              runs.get(PRETEXT), note, cfg.png_path))
+    done = {name: _service_run(client, name, job) for name, job in runs.jobs.items()}
+    return _finish(DemoResult("service", runs.dataset["id"], done[FINE_TUNE], done[SCRATCH],
+                              done.get(PRETEXT), runs.note, cfg.png_path))
 
 
-def _upload(client: Client, data: Path, out: Output) -> dict[str, Any]:
+def _upload(client: Client, data: Path, out: DemoOutput) -> Dataset:
     from app.datasets.archive import zip_dataset
 
     archive = data.with_name(data.name + ".zip")
@@ -392,29 +388,11 @@ def _upload(client: Client, data: Path, out: Output) -> dict[str, Any]:
     return ds
 
 
-def _show_progress(bar: Any, jobs: dict[str, dict[str, Any]], client: Client,
-                   reported: dict[str, int], out: Output) -> None:
-    done = sum(j["progress"]["fraction"] * j["progress"]["epochs"] for j in jobs.values())
-    total = sum(j["progress"]["epochs"] for j in jobs.values()) or 1
-    bar.n = int(1000 * done / total)
-    bar.set_description(" · ".join(
-        f"{name} {j['status']} {j['progress']['epoch']}/{j['progress']['epochs']}"
-        for name, j in jobs.items()))
-    bar.refresh()
-    for name, job in jobs.items():
-        seen = reported.get(job["id"], 0)
-        if job["progress"]["epoch"] > seen:
-            for m in client.metrics(job["id"])[seen:]:
-                bar.write(f"  {name} epoch {m['epoch']}/{job['progress']['epochs']}: train loss "
-                          f"{m['train_loss']:.4f}, test acc {m['test_acc']:.3f}",
-                          file=out.stream)
-                reported[job["id"]] = m["epoch"]
-
-
-def _service_run(client: Client, name: str, job: dict[str, Any]) -> Run:
+def _service_run(client: Client, name: str, job: Job) -> Run:
     p = job["params"]
+    history: list[EpochRecord] = client.metrics(job["id"])
     return Run(name, p["init"], float(p["lr"]), float(p["head_lr_mult"]),
-               history=client.metrics(job["id"]), job_id=job["id"])
+               history=[dict(m) for m in history], job_id=job["id"])
 
 
 # --------------------------------------------------------------------------- results
@@ -449,104 +427,3 @@ def _short_init(run: Run) -> str:
     if run.init == INIT_SCRATCH:
         return "from scratch"
     return "from the other-task model"
-
-
-def print_result(result: DemoResult, out: Output) -> None:
-    fine, scratch = result.fine_tune, result.scratch
-    out.say("")
-    if result.note:
-        out.say(f"note: {result.note}")
-    out.say(f"{FINE_TUNE}: from {_describe_init(fine.init)}"
-            + (f" (job {fine.job_id})" if fine.job_id else "")
-            + f", lr {fine.lr:g}, new head at x{fine.head_lr_mult:g}")
-    out.say(f"{SCRATCH}:   from {_describe_init(scratch.init)}"
-            + (f" (job {scratch.job_id})" if scratch.job_id else "")
-            + f", lr {scratch.lr:g}, head x{scratch.head_lr_mult:g}")
-    out.say(result.table())
-    out.say(f"final test accuracy: {FINE_TUNE} {fine.test_acc:.3f}, "
-            f"{SCRATCH} {scratch.test_acc:.3f}")
-    out.say(f"curves written to {result.png}")
-
-
-# ------------------------------------------------------------------------------ CLI
-def _epilog() -> str:
-    return f"""examples:
-  hotdog demo                          # service at $HOTDOG_URL if it answers, else in-process
-  hotdog demo --mode local --epochs 12 --image-size 96 --out data/demo-big
-  hotdog demo --url http://gpu-box:8000 --image-size 224 --epochs 5 --batch-size 128
-  hotdog demo --json > demo.json       # the table and both runs as JSON; progress on stderr
-
-Both runs see the same data, epochs, batch and seed. The fine-tune trains the pretrained
-backbone at lr {PRETRAINED_LR:g} and its new, random head {PRETRAINED_HEAD_LR_MULT:g}x faster (it
-must move further); from scratch every layer is random, so all train at one larger rate,
-{SCRATCH_LR:g} (a 10x head diverges there).
-Without ImageNet weights the fine-tune starts from a model trained first on a different
-synthetic task (--start pretext forces this). Generated data, checkpoints and curves.png go
-to --out; a second run reuses the data.
-
-"""
-
-
-def add_command(command: Callable[..., argparse.ArgumentParser],
-                run: Callable[[Callable[..., int]], Callable[[argparse.Namespace], int]]
-                ) -> None:
-    """Register ``hotdog demo`` on the parser (see app.cli)."""
-    p = command("demo", run(cmd_demo), "the seed's experiment: fine-tune vs from scratch on "
-                "synthetic hotdog photos, side by side, with a PNG of both curves", _epilog())
-    data_dir = Path(os.environ.get("DATA_DIR", "data"))
-    d = DemoConfig()
-    p.add_argument("--out", type=Path, default=data_dir / "demo-run",
-                   help="folder for the generated data, checkpoints and curves.png")
-    p.add_argument("--png", type=Path, default=None, help="write the curves here instead "
-                   "of OUT/curves.png")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of each run")
-    p.add_argument("--image-size", type=int, default=d.image_size,
-                   help="training crop size S (d2l: 224)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(d2l: 128)")
-    p.add_argument("--train-per-class", type=int, default=d.train_per_class,
-                   help="generated training photos per class")
-    p.add_argument("--test-per-class", type=int, default=d.test_per_class,
-                   help="generated test photos per class")
-    p.add_argument("--pretext-epochs", type=int, default=d.pretext_epochs,
-                   help="epochs of the other-task model, when there are no ImageNet weights")
-    p.add_argument("--pretext-per-class", type=int, default=d.pretext_per_class,
-                   help="its training images per food")
-    p.add_argument("--seed", type=int, default=d.seed, help="of the data and both runs")
-    p.add_argument("--start", choices=START_CHOICES, default=d.start,
-                   help="the fine-tune's start: ImageNet when available (auto), ImageNet or "
-                   "fail (imagenet), or the other-task model (pretext)")
-    p.add_argument("--mode", choices=MODE_CHOICES, default="auto",
-                   help="service: through the service at --url; local: in this process; "
-                   "auto: the service if it answers, else local")
-    p.add_argument("--url", default=os.environ.get("HOTDOG_URL", DEFAULT_URL),
-                   help="the service (env HOTDOG_URL)")
-    p.add_argument("--api-key", default=os.environ.get("HOTDOG_API_KEY"),
-                   help="API key, when the service has one (env HOTDOG_API_KEY)")
-    p.add_argument("--interval", type=float, default=1.0,
-                   help="seconds between polls of the service")
-
-
-def cmd_demo(args: argparse.Namespace, emit: Callable[[Any], None]) -> int:
-    cfg = DemoConfig(
-        out=args.out, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
-        train_per_class=args.train_per_class, test_per_class=args.test_per_class,
-        pretext_epochs=args.pretext_epochs, pretext_per_class=args.pretext_per_class,
-        seed=args.seed, start=args.start, png=args.png,
-    )
-    out = Output(json_mode=args.json)
-    mode = args.mode
-    if mode == "auto":
-        mode = "service" if service_reachable(args.url, args.api_key) else "local"
-        if mode == "local":
-            out.say(f"no hotdog service answers at {args.url}: training in this process")
-    if mode == "service":
-        out.say(f"using the hotdog service at {args.url}")
-        with Client(args.url, api_key=args.api_key) as client:
-            result = run_service(cfg, client, out, interval=args.interval)
-    else:
-        result = run_local(cfg, out)
-    if args.json:
-        emit(result.to_dict())
-    else:
-        print_result(result, out)
-    return 0

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app.client import DEFAULT_URL
 from app.core.config import get_settings
 from app.db.session import upgrade
 
@@ -47,15 +48,11 @@ def main() -> int:
 hotdog is starting at {url}   (API docs: {url}/docs)
   data, database and logs in {data.resolve()} (worker log: {log_path})
 try it:
-  .venv/bin/hotdog demo-data {data}/demo --zip
-  .venv/bin/hotdog upload {data}/demo.zip
-  .venv/bin/hotdog submit DATASET_ID --watch --init scratch --image-size 64 --epochs 8 \\
-      --batch-size 16 --lr 0.05
-  .venv/bin/hotdog classify {data}/demo/test/hotdog/0000.jpg
+{try_it(url, data)}
 Ctrl-C stops everything.
 """, flush=True)
     from app.api.app import keep_temp_files_in
-    from app.cli import warn_if_exposed
+    from app.cli.ops import warn_if_exposed
 
     warn_if_exposed(host)
     keep_temp_files_in(settings.data_dir)
@@ -65,6 +62,17 @@ Ctrl-C stops everything.
     finally:
         stop(worker)
     return 0
+
+
+def try_it(url: str, data: Path) -> str:
+    """Commands to paste into another terminal. They name the service (--url) when the
+    client would look elsewhere by default (another PORT or HOST), so that they reach it."""
+    at = "" if url == os.environ.get("HOTDOG_URL", DEFAULT_URL) else f" --url {url}"
+    return f"""  .venv/bin/hotdog demo-data {data}/demo --zip
+  .venv/bin/hotdog upload {data}/demo.zip{at}
+  .venv/bin/hotdog submit DATASET_ID --watch --init scratch --image-size 64 --epochs 8 \\
+      --batch-size 16 --lr 0.05{at}
+  .venv/bin/hotdog classify {data}/demo/test/hotdog/0000.jpg{at}"""
 
 
 def stop(worker: subprocess.Popen[bytes]) -> None:

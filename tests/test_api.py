@@ -513,7 +513,7 @@ def test_progress_and_eta_while_running(client: TestClient, settings: Settings,
 
 def test_serving_beyond_loopback_without_a_key_warns(caplog: pytest.LogCaptureFixture,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.cli import warn_if_exposed
+    from app.cli.ops import warn_if_exposed
 
     monkeypatch.delenv("API_KEY", raising=False)
     with caplog.at_level("WARNING", logger="hotdog"):

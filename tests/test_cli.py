@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +60,11 @@ def test_demo_data_train_evaluate_predict(tmp_path: Path) -> None:
                    "--epochs", "1", "--image-size", "32", "--batch-size", "4")
     assert human.returncode == 0, human.stderr
     assert "train loss" in human.stdout and "test accuracy" in human.stdout
+    # Text mode: the label and every class's probability (as `classify` prints them too).
+    human = hotdog("predict", str(ckpt), str(photo))
+    assert human.returncode == 0, human.stderr
+    for cls, p in only["probabilities"].items():
+        assert f"{cls} {p:.3f}" in human.stdout
 
 
 def test_resume_from_last_checkpoint(tmp_path: Path, color_dataset: Path) -> None:
@@ -102,7 +108,7 @@ def test_help_has_examples() -> None:
 
 
 def test_every_command_has_examples_exit_codes_and_json() -> None:
-    from app.cli import build_parser
+    from app.cli.main import build_parser
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
@@ -112,6 +118,54 @@ def test_every_command_has_examples_exit_codes_and_json() -> None:
         assert "examples:" in text, name
         assert "exit codes:" in text and "5  the service cannot be reached" in text, name
         assert "--json" in text, name
+
+
+def test_train_options_come_from_train_config() -> None:
+    from app.cli.main import build_parser
+    from app.cli.options import given, train_config
+    from app.engine.config import TrainConfig, params
+
+    parser = build_parser()
+    # hotdog train: TrainConfig's defaults, every `cli` parameter an option.
+    args = parser.parse_args(["train", "data", "--out", "m.pt"])
+    assert train_config(args) == TrainConfig()
+    args = parser.parse_args(["train", "data", "--out", "m.pt", "--batch-size", "7",
+                              "--lr", "0.5", "--precision", "fp32", "--workers", "2"])
+    assert (train_config(args).batch_size, train_config(args).lr) == (7, 0.5)
+    assert train_config(args).workers == 2
+    # hotdog submit: only what was given is sent (the service fills in the rest).
+    args = parser.parse_args(["submit", "DS", "--epochs", "3", "--gpus", "2"])
+    assert given(args, "api") == {"epochs": 3, "gpus": 2}
+    assert {f.name for f, _ in params("api")} <= set(vars(args))
+
+
+def test_the_job_exit_code_follows_its_error_kind() -> None:
+    from app.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_WEIGHTS, job_exit_code
+
+    def job(status: str, kind: str | None) -> Any:  # the fields job_exit_code reads
+        return {"status": status, "error": "PretrainedWeightsMissing: ...", "error_kind": kind}
+
+    assert job_exit_code(job("failed", "weights_missing")) == EXIT_WEIGHTS
+    assert job_exit_code(job("failed", "crashed")) == EXIT_FAILED  # the kind decides
+    assert job_exit_code(job("cancelled", "cancelled_by_user")) == EXIT_FAILED
+    assert job_exit_code(job("succeeded", None)) == EXIT_OK
+
+
+def test_make_run_prints_commands_that_reach_its_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    from app.cli.main import build_parser
+    from app.client import DEFAULT_URL
+    from app.quickstart import try_it
+
+    monkeypatch.delenv("HOTDOG_URL", raising=False)
+    for url in (DEFAULT_URL, "http://127.0.0.1:8042"):
+        text = try_it(url, Path("data")).replace("\\\n", " ")
+        lines = [shlex.split(line)[1:] for line in text.splitlines()]
+        assert {line[0] for line in lines} == {"demo-data", "upload", "submit", "classify"}
+        for argv in lines:
+            args = build_parser().parse_args(argv)
+            assert getattr(args, "url", url) == url, argv
 
 
 @pytest.fixture(scope="module")

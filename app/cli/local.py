@@ -1,0 +1,214 @@
+"""The engine in this process: ``hotdog train``, ``evaluate``, ``predict``, ``export``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from app.cli.exit_codes import EXIT_OK
+from app.cli.options import AddCommand, add_train_options, train_config
+from app.cli.output import EpochTable, emit_json, progress_bar
+from app.engine import Callback, EpochMetrics, Evaluation, Predictor, StartInfo, fit
+from app.engine.config import TrainConfig
+from app.engine.train import BatchProgress
+
+TRAIN_EPILOG = """examples:
+  hotdog demo-data data/demo
+  hotdog train data/demo --out model.pt                      # fine-tune from ImageNet
+  hotdog train data/demo --out scratch.pt --init scratch     # lr 0.064, head x1
+  hotdog train data/demo --out small.pt --image-size 64 --epochs 3
+  hotdog train data/demo --out model.pt --epochs 10 --resume-from model.last.pt
+
+lr and head multiplier default by --init: 0.0064 and x10 for pretrained starts (d2l's
+5e-5 on a summed loss of batch 128), 0.064 and x1 from scratch.
+While training, model.last.pt (next to --out) holds the last finished epoch; it is removed
+when the run succeeds.
+"""
+
+
+class _TrainReport(Callback):
+    """``hotdog train``'s progress: a bar on stderr and, unless --json, the epoch table."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self.table = EpochTable()
+        self.bar: Any = None
+
+    def on_start(self, info: StartInfo) -> None:
+        cfg = info.config
+        if self.show:
+            print(f"training on {info.train_count} images, testing on {info.test_count}, "
+                  f"classes {', '.join(info.classes)}; {info.device} {info.precision}; "
+                  f"init {cfg.init}, lr {cfg.lr:g} (head x{cfg.head_lr_mult:g}), "
+                  f"batch {cfg.batch_size}, image size {cfg.image_size}", flush=True)
+        total = info.batches_per_epoch * (info.epochs - info.start_epoch)
+        self.bar = progress_bar(total=total, unit="batch")
+
+    def on_batch(self, progress: BatchProgress) -> None:
+        self.bar.set_description(f"epoch {progress.epoch}/{progress.epochs}")
+        self.bar.update(1)
+
+    def on_epoch(self, m: EpochMetrics) -> None:
+        if self.show:
+            self.table.add(m.to_dict())
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = train_config(args)
+    out = Path(args.out)
+    last = out.with_name(out.stem + ".last.pt")
+    report = _TrainReport(show=not args.json)
+    try:
+        result = fit(args.data_dir, config, out, callback=report,
+                     resume_from=args.resume_from, epoch_checkpoint=last)
+    finally:
+        if report.bar is not None:
+            report.bar.close()
+    last.unlink(missing_ok=True)
+    ev = result.evaluation
+    assert ev is not None  # fit evaluates the final model
+    if args.json:
+        emit_json({
+            "checkpoint": str(result.checkpoint),
+            "classes": result.classes,
+            "epochs": [m.to_dict() for m in result.history],
+            "test_acc": result.test_acc,
+            "evaluation": ev.to_dict(),
+            "params": result.config.to_dict(),
+        })
+    else:
+        print(f"test accuracy {ev.accuracy:.3f} (macro F1 {ev.macro_f1:.3f}); "
+              f"checkpoint written to {result.checkpoint}")
+    return EXIT_OK
+
+
+def print_evaluation(ev: Evaluation) -> None:
+    width = max(8, *(len(c) for c in ev.classes))
+    print(f"accuracy {ev.accuracy:.4f} on {ev.count} images, loss {ev.loss:.4f}")
+    print("confusion matrix (rows: true class, columns: predicted)")
+    print(" " * width + " " + " ".join(f"{c[:width]:>{width}}" for c in ev.classes))
+    for label, row in zip(ev.classes, ev.confusion, strict=True):
+        print(f"{label:>{width}} " + " ".join(f"{n:>{width}}" for n in row))
+    print(f"{'class':>{width}} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}")
+    for r in ev.per_class:
+        print(f"{r.label:>{width}} {r.precision:>9.3f} {r.recall:>7.3f} {r.f1:>6.3f} "
+              f"{r.support:>7}")
+
+
+def _predictor(args: argparse.Namespace) -> Predictor:
+    return Predictor(args.checkpoint, device=args.device, precision=args.precision,
+                     runtime=args.runtime)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    ev, preds = _predictor(args).evaluate_folder(args.data_dir, split=args.split)
+    if args.json:
+        obj: dict[str, Any] = {"test_acc": ev.accuracy, "split": args.split, **ev.to_dict()}
+        if args.per_image:
+            obj["predictions"] = [p.to_dict() for p in preds]
+        emit_json(obj)
+    else:
+        print_evaluation(ev)
+        if args.per_image:
+            for p in preds:
+                print(f"{p.filename}\t{p.label}\t{p.probabilities[p.label]:.4f}")
+    return EXIT_OK
+
+
+def probabilities_text(probabilities: dict[str, float]) -> str:
+    """Every class's probability, as ``hotdog predict`` and ``classify`` print them."""
+    return "  ".join(f"{c} {v:.3f}" for c, v in probabilities.items())
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    preds = _predictor(args).predict([Path(p) for p in args.images], names=list(args.images))
+    if args.json:
+        emit_json({"model": str(args.checkpoint), "predictions": [p.to_dict() for p in preds]})
+    else:
+        for p in preds:
+            print(f"{p.filename}: {p.label}  ({probabilities_text(p.probabilities)})")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from app.engine.checkpoint import load_checkpoint
+    from app.engine.export import SUFFIXES, dataset_images, export_verified, random_images
+    from app.engine.presets import Preprocessing
+
+    ckpt_path = Path(args.checkpoint)
+    pre = Preprocessing.from_dict(load_checkpoint(ckpt_path)["preprocessing"])
+    out = Path(args.out) if args.out else ckpt_path.with_name(
+        ckpt_path.stem + SUFFIXES[args.format])
+    if args.data:
+        images, on = dataset_images(ckpt_path, args.data, limit=args.verify_images), args.data
+    else:
+        images, on = random_images(pre, args.verify_images), "random pixels"
+    record = export_verified(ckpt_path, images, out, fmt=args.format)
+    if record.error:
+        raise ValueError(f"{args.format} export failed: {record.error}")
+    if args.json:
+        emit_json({"format": args.format, "out": str(out), "bytes": out.stat().st_size,
+                   "verified_on": on, **record.to_dict()})
+    else:
+        print(f"wrote {out} ({args.format}, {out.stat().st_size / 1e6:.1f} MB): probabilities "
+              f"equal PyTorch's within {record.max_abs_diff:.1e} on {record.images} images "
+              f"({on})")
+        print(f"input: uint8 RGB, N x {pre.image_size} x {pre.image_size} x 3, the shorter "
+              f"side resized to {pre.resize_size} then centre-cropped; outputs: logits, "
+              "probabilities")
+    return EXIT_OK
+
+
+def _runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="torch: eager PyTorch; onnx: ONNX Runtime on the .onnx file beside "
+                   "CKPT (exported in memory when there is none)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="torch runtime: auto is bf16 autocast where the hardware runs it "
+                   "natively, else fp32 (onnx always computes in fp32)")
+
+
+def register(command: AddCommand) -> None:
+    p = command("train", cmd_train, "fine-tune ResNet-18 on an ImageFolder dataset",
+                TRAIN_EPILOG)
+    p.add_argument("data_dir", metavar="DATA_DIR",
+                   help="folder with train/<class>/ and test/<class>/")
+    p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
+    add_train_options(p, "cli", TrainConfig().to_dict())
+    p.add_argument("--resume-from", metavar="CKPT", default=None,
+                   help="continue a run from its .last.pt (or any checkpoint) up to --epochs")
+
+    p = command("evaluate", cmd_evaluate, "accuracy, confusion matrix and per-class "
+                "precision/recall/F1 of a checkpoint on a dataset",
+                "examples:\n  hotdog evaluate model.pt data/demo\n"
+                "  hotdog evaluate model.pt data/demo --json --per-image\n\n")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--per-image", action="store_true", help="also list every image's prediction")
+    _runtime_options(p)
+
+    p = command("predict", cmd_predict, "classify photos with a checkpoint",
+                "examples:\n  hotdog predict model.pt lunch.jpg dinner.png\n\n")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    _runtime_options(p)
+
+    p = command("export", cmd_export, "export a checkpoint for other runtimes (ONNX, "
+                "TorchScript), verified against PyTorch",
+                "The export takes decoded uint8 RGB crops (N x S x S x 3) and outputs logits "
+                "and probabilities;\nits metadata records the classes and the resize and crop "
+                "to apply first.\n\nexamples:\n  hotdog export model.pt                      "
+                "# model.onnx beside it\n  hotdog export model.pt --format torchscript --out "
+                "model.ts.pt\n  hotdog export model.pt --data data/demo    # verify on its "
+                "test images\n\n")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="where to write it (default: beside CKPT, .onnx / .torchscript.pt)")
+    p.add_argument("--data", metavar="DATA_DIR", default=None,
+                   help="verify on this dataset's test images (default: random pixels)")
+    p.add_argument("--verify-images", type=int, default=64, metavar="N",
+                   help="images to compare the export with PyTorch on")

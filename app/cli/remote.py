@@ -1,0 +1,185 @@
+"""A running service, through app.client: ``hotdog upload``, ``submit``, ``watch``,
+``jobs``, ``cancel``, ``classify``.
+
+``--url`` (or ``HOTDOG_URL``) says where the service is, default ``http://127.0.0.1:8000``
+(what ``make run`` starts); ``--api-key`` (or ``HOTDOG_API_KEY``) when it needs a key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+from app.cli.exit_codes import EXIT_OK, job_exit_code
+from app.cli.local import probabilities_text
+from app.cli.options import AddCommand, add_service_options, add_train_options, given
+from app.cli.output import EpochTable, emit_json, progress_bar
+from app.client import JOB_STATUSES, Client, Dataset, Job
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.url, api_key=args.api_key)
+
+
+def print_dataset(ds: Dataset) -> None:
+    print(f"dataset {ds['id']} ({ds['name']}): classes {', '.join(ds['classes'])}")
+    for split, per in ds["counts"].items():
+        print(f"  {split}: " + ", ".join(f"{c} {n}" for c, n in per.items()))
+    for w in ds.get("warnings", []):
+        print(f"  warning: {w}")
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    with _client(args) as c, progress_bar(unit="B", unit_scale=True, unit_divisor=1024,
+                                          desc="uploading") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+            if done >= total:  # the service now unpacks and decodes every image
+                bar.set_description("validating")
+
+        ds = c.upload(args.source, name=args.name, progress=progress)
+    if args.json:
+        emit_json(ds)
+    else:
+        print_dataset(ds)
+        print(f"next: hotdog submit {ds['id']} --watch")
+    return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        job = c.submit(args.dataset_id, **given(args, "api"))
+        if not args.json:
+            print(f"job {job['id']} {job['status']}")
+        if args.watch:
+            return _watch(c, job["id"], args)
+    if args.json:
+        emit_json(job)
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        return _watch(c, args.job_id, args)
+
+
+def _watch(c: Client, job_id: str, args: argparse.Namespace) -> int:
+    bar = progress_bar(total=1000, bar_format="{l_bar}{bar}| {postfix}")
+    table = EpochTable()
+    printed = 0
+
+    def update(job: Job) -> None:
+        nonlocal printed
+        p = job["progress"]
+        bar.n = int(p["fraction"] * 1000)
+        bar.set_description(f"{job['status']} epoch {min(p['epoch'] + 1, p['epochs'])}"
+                            f"/{p['epochs']}")
+        eta = p.get("eta_seconds")
+        bar.set_postfix_str(f"eta {eta:.0f}s" if eta is not None else "")
+        if not args.json and p["epoch"] > printed:
+            for m in c.metrics(job_id)[printed:]:
+                table.add(m)
+                printed = m["epoch"]
+
+    try:
+        job = c.watch(job_id, interval=args.interval, on_update=update)
+    finally:
+        bar.close()
+    if args.json:
+        emit_json(job)
+    elif job["status"] == "succeeded":
+        latest, best = job["latest_metrics"], job["best_metrics"]
+        print(f"job {job_id} succeeded: test accuracy "
+              f"{latest['test_acc'] if latest else math.nan:.3f} (best "
+              f"{best['test_acc'] if best else math.nan:.3f} at epoch "
+              f"{best['epoch'] if best else None})")
+        print(f"next: hotdog classify --model {job_id} PHOTO")
+    else:
+        print(f"job {job_id} {job['status']}" + (f": {job['error']}" if job["error"] else ""))
+    return job_exit_code(job)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.jobs(status=args.status)
+    if args.json:
+        emit_json({"jobs": rows})
+        return EXIT_OK
+    print(f"{'id':<32} {'status':<9} {'epoch':>7} {'test acc':>8}  created")
+    for j in rows:
+        latest = j["latest_metrics"]
+        acc_text = "" if latest is None else f"{latest['test_acc']:.3f}"
+        epoch = f"{j['progress']['epoch']}/{j['progress']['epochs']}"
+        print(f"{j['id']:<32} {j['status']:<9} {epoch:>7} {acc_text:>8}  {j['created_at'][:19]}")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        job = c.cancel(args.job_id)
+    if args.json:
+        emit_json(job)
+    else:
+        state = "cancel requested" if job["status"] == "running" else job["status"]
+        print(f"job {job['id']} {state}")
+    return EXIT_OK
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        out = c.predict(args.images, model=args.model)
+    if args.json:
+        emit_json(out)
+    else:
+        for p in out["predictions"]:
+            print(f"{p['filename']}: {p['label']}  ({probabilities_text(p['probabilities'])})")
+    return EXIT_OK
+
+
+def register(command: AddCommand) -> None:
+    def client_command(name: str, func: Callable[[argparse.Namespace], int], help: str,
+                       epilog: str) -> argparse.ArgumentParser:
+        p = command(name, func, help, epilog)
+        add_service_options(p)
+        return p
+
+    p = client_command("upload", cmd_upload, "upload a dataset (zip or folder) to the service",
+                       "examples:\n  hotdog demo-data data/demo --zip\n"
+                       "  hotdog upload data/demo.zip\n  hotdog upload data/demo --name demo\n\n")
+    p.add_argument("source", metavar="ZIP_OR_FOLDER")
+    p.add_argument("--name", default=None)
+    p.set_defaults(unusable_422=True)  # a refused dataset is unusable input (exit 3)
+
+    p = client_command("submit", cmd_submit, "start a fine-tune job on an uploaded dataset; "
+                       "parameters not given take the service's defaults",
+                       "examples:\n  hotdog submit DATASET_ID --watch\n"
+                       "  hotdog submit DATASET_ID --init scratch --image-size 64 --epochs 8 "
+                       "--batch-size 16 --lr 0.05\n\n")
+    p.add_argument("dataset_id", metavar="DATASET_ID")
+    add_train_options(p, "api", None)
+    p.add_argument("--watch", action="store_true", help="then show progress until it ends")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+
+    p = client_command("watch", cmd_watch, "show a job's progress until it ends (exit 0 when "
+                       "it succeeded)", "examples:\n  hotdog watch JOB_ID\n\n")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+
+    p = client_command("jobs", cmd_jobs, "list the service's jobs, newest first",
+                       "examples:\n  hotdog jobs\n  hotdog jobs --status running\n\n")
+    p.add_argument("--status", default=None, choices=JOB_STATUSES)
+
+    p = client_command("cancel", cmd_cancel, "cancel a queued or running job",
+                       "examples:\n  hotdog cancel JOB_ID\n\n")
+    p.add_argument("job_id", metavar="JOB_ID")
+
+    p = client_command("classify", cmd_classify, "classify photos with the service's model "
+                       "(each photo's label and every class's probability)",
+                       "examples:\n  hotdog classify lunch.jpg dinner.png\n"
+                       "  hotdog classify lunch.jpg --model JOB_ID --json\n\n")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--model", default=None, help="job id (default: the active model)")
+    p.set_defaults(unusable_422=True)  # a file that is no image is unusable input (exit 3)
+
