@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import EpochMetric, Evaluation, Job, JobStatus
+from app.db.models import EpochMetric, ErrorKind, Evaluation, Job, JobStatus
 
 DEFAULT_MAX_ATTEMPTS = 3
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
@@ -94,7 +94,7 @@ def _transition(
         .values(status=to, **values)
         .execution_options(synchronize_session=False)
     )
-    changed = session.execute(stmt).rowcount == 1
+    changed = cast("CursorResult[Any]", session.execute(stmt)).rowcount == 1
     if changed:
         session.expire_all()
     return changed
@@ -104,17 +104,19 @@ def claim_job(
     session: Session, job_id: str, *, worker: str, lease_seconds: float, now: datetime | None = None
 ) -> Job | None:
     """Take a queued job for ``worker``. ``None`` when someone else has it, it has ended,
-    or it was cancelled (then it is marked so). A job past its attempts ends ``failed``."""
+    or it was cancelled (then it is marked so). A job past its attempts ends ``failed``
+    (``crashed``: its training died every time)."""
     now = now or utcnow()
     job = get_job(session, job_id)
     if job.status is JobStatus.QUEUED and job.cancel_requested:
         _transition(session, job_id, to=JobStatus.CANCELLED, where=[],
-                    values={"finished_at": now})
+                    values={"finished_at": now,
+                            "error_kind": ErrorKind.CANCELLED_BY_USER.value})
         return None
     if job.status is JobStatus.QUEUED and job.attempt >= job.max_attempts:
         _transition(session, job_id, to=JobStatus.FAILED, where=[Job.status == JobStatus.QUEUED],
-                    values={"finished_at": now, "error": job.error
-                            or f"gave up after {job.attempt} attempts"})
+                    values={"finished_at": now, "error_kind": ErrorKind.CRASHED.value,
+                            "error": job.error or f"gave up after {job.attempt} attempts"})
         return None
     claimed = _transition(
         session, job_id, to=JobStatus.RUNNING,
@@ -139,7 +141,7 @@ def heartbeat(
         .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
-    return session.execute(stmt).rowcount == 1
+    return cast("CursorResult[Any]", session.execute(stmt)).rowcount == 1
 
 
 def record_epoch(session: Session, job_id: str, metrics: dict[str, Any]) -> bool:
@@ -181,18 +183,24 @@ def finish_job(
     worker: str,
     status: JobStatus,
     error: str | None = None,
+    error_kind: ErrorKind | None = None,
     checkpoint_path: str | None = None,
     evaluation: dict[str, Any] | None = None,
     exports: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """End a running job held by ``worker``. False if the worker had lost it meanwhile."""
+    """End a running job held by ``worker``. False if the worker had lost it meanwhile.
+    ``error_kind``: why it did not succeed (required then, and only then)."""
     if not status.is_terminal:
         raise ValueError(f"{status.value} is not a final status")
+    if (status is JobStatus.SUCCEEDED) != (error_kind is None):
+        raise ValueError(f"a {status.value} job takes "
+                         + ("no error_kind" if error_kind else "an error_kind"))
     done = _transition(
         session, job_id, to=status,
         where=[Job.status == JobStatus.RUNNING, Job.worker == worker],
         values={"finished_at": now or utcnow(), "error": error,
+                "error_kind": error_kind.value if error_kind else None,
                 "checkpoint_path": checkpoint_path, "lease_expires_at": None,
                 **({"exports": exports} if exports else {})},
     )
@@ -207,23 +215,27 @@ def finish_job(
 
 
 def release_job(
-    session: Session, job_id: str, *, worker: str, error: str, interrupted: bool = False,
+    session: Session, job_id: str, *, worker: str, error: str,
+    error_kind: ErrorKind = ErrorKind.CRASHED, interrupted: bool = False,
     now: datetime | None = None,
 ) -> JobStatus | None:
     """The training of ``worker``'s running job died: back to ``queued`` for another attempt
-    (it resumes from its last epoch), or ``failed`` once out of attempts. ``interrupted``:
-    the worker is shutting down on purpose, so the attempt is handed back, not used up.
-    ``None`` if the worker no longer held the job."""
+    (it resumes from its last epoch), or ``failed`` with ``error_kind`` once out of attempts.
+    ``interrupted``: the worker is shutting down on purpose, so the attempt is handed back,
+    not used up. ``None`` if the worker no longer held the job."""
     job = get_job(session, job_id)
     guard = [Job.status == JobStatus.RUNNING, Job.worker == worker]
+    values: dict[str, Any]
     if job.cancel_requested:
-        to, values = JobStatus.CANCELLED, {"finished_at": now or utcnow()}
+        to = JobStatus.CANCELLED
+        values = {"finished_at": now or utcnow(),
+                  "error_kind": ErrorKind.CANCELLED_BY_USER.value}
     elif interrupted:
         to, values = JobStatus.QUEUED, {"worker": None, "error": error,
                                         "attempt": Job.attempt - 1}
     elif job.attempt >= job.max_attempts:
         to = JobStatus.FAILED
-        values = {"finished_at": now or utcnow(),
+        values = {"finished_at": now or utcnow(), "error_kind": error_kind.value,
                   "error": f"{error}; gave up after {job.attempt} attempts"}
     else:
         to, values = JobStatus.QUEUED, {"worker": None, "error": error}
@@ -240,7 +252,8 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
         raise JobConflict(f"job {job_id} has already ended ({job.status.value})")
     if job.status is JobStatus.QUEUED and _transition(
         session, job_id, to=JobStatus.CANCELLED, where=[Job.status == JobStatus.QUEUED],
-        values={"finished_at": now or utcnow(), "cancel_requested": True},
+        values={"finished_at": now or utcnow(), "cancel_requested": True,
+                "error_kind": ErrorKind.CANCELLED_BY_USER.value},
     ):
         return get_job(session, job_id)
     session.execute(
@@ -253,7 +266,8 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
 
 def requeue_expired(session: Session, *, now: datetime | None = None) -> list[str]:
     """Running jobs whose lease ran out (their worker died): back to ``queued`` for another
-    attempt, or ``failed`` once out of attempts. Returns the ids to enqueue again."""
+    attempt, or ``failed`` (``crashed``) once out of attempts. Returns the ids to enqueue
+    again."""
     now = now or utcnow()
     expired = session.scalars(
         select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
@@ -265,10 +279,12 @@ def requeue_expired(session: Session, *, now: datetime | None = None) -> list[st
         reason = f"worker {job.worker} stopped responding (attempt {job.attempt})"
         if job.cancel_requested:
             _transition(session, job.id, to=JobStatus.CANCELLED, where=guard,
-                        values={"finished_at": now, "lease_expires_at": None})
+                        values={"finished_at": now, "lease_expires_at": None,
+                                "error_kind": ErrorKind.CANCELLED_BY_USER.value})
         elif job.attempt >= job.max_attempts:
             _transition(session, job.id, to=JobStatus.FAILED, where=guard,
                         values={"finished_at": now, "lease_expires_at": None,
+                                "error_kind": ErrorKind.CRASHED.value,
                                 "error": f"{reason}; gave up after {job.attempt} attempts"})
         elif _transition(session, job.id, to=JobStatus.QUEUED, where=guard,
                          values={"worker": None, "lease_expires_at": None, "error": reason}):
