@@ -67,14 +67,6 @@ USER_ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
 )
 
 
-def user_error(exc: Exception) -> Error | None:
-    """The ``Error`` event for a job-failing ``exc``; None for anything else."""
-    for cls, kind in USER_ERRORS:
-        if isinstance(exc, cls):
-            return Error(kind=kind, exception=type(exc).__name__, message=str(exc))
-    return None
-
-
 def _rank() -> int:
     """This process's rank under torchrun; 0 for the plain single process."""
     return int(os.environ.get("RANK", "0") or 0)
@@ -131,6 +123,21 @@ def out_of_memory_message(exc: BaseException, config: TrainConfig) -> str:
             f"batch_size (now {config.batch_size}) or image_size (now {config.image_size})")
 
 
+def job_failure(exc: Exception, config: dict[str, Any]) -> Error | None:
+    """The ``Error`` that fails the job at once for ``exc``; None when another attempt could
+    go better (the process then crashes and the worker retries it). ``config``: the spec's
+    fields, parsed only for the out-of-memory advice (they may be what was refused)."""
+    for cls, kind in USER_ERRORS:
+        if isinstance(exc, cls):
+            return Error(kind=kind, exception=type(exc).__name__, message=str(exc))
+    # The same job would run out of memory again on every attempt: fail it now, saying
+    # what to change, instead of crashing into a retry.
+    if is_out_of_memory(exc):
+        return Error(kind=ErrorKind.OUT_OF_MEMORY, exception="OutOfMemory",
+                     message=out_of_memory_message(exc, TrainConfig.from_dict(config)))
+    return None
+
+
 def run(spec: dict[str, Any]) -> int:
     """``spec``: data_dir, out, epoch_checkpoint, config (TrainConfig fields), resume_from,
     export_onnx (default true)."""
@@ -154,13 +161,7 @@ def run(spec: dict[str, Any]) -> int:
         emit(Cancelled())
         return EXIT_CANCELLED
     except (ValueError, RuntimeError, MemoryError) as exc:
-        error = user_error(exc)
-        # The same job would run out of memory again on every attempt: fail it now, saying
-        # what to change, instead of crashing into a retry.
-        if error is None and is_out_of_memory(exc):
-            error = Error(kind=ErrorKind.OUT_OF_MEMORY, exception="OutOfMemory",
-                          message=out_of_memory_message(exc,
-                                                        TrainConfig.from_dict(spec["config"])))
+        error = job_failure(exc, spec["config"])
         if error is None:
             raise
         emit(error)
