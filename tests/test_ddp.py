@@ -21,6 +21,16 @@ from app.api.schemas import JobCreate
 from app.engine import Predictor, TrainConfig, fit, load_checkpoint
 from app.engine.distributed import epoch_shard
 from tests.common import TINY
+from worker.protocol import (
+    Cancelled,
+    Checkpoint,
+    Done,
+    Epoch,
+    Error,
+    Event,
+    Progress,
+    Start,
+)
 from worker.runner import NotEnoughDevices, TrainingProcess, training_processes
 
 # fp32: the sharded evaluation is compared with a one-process one to the last digits.
@@ -35,7 +45,7 @@ class Run:
         self.proc = TrainingProcess(data_dir=data, config=config, out=job_dir / "model.pt",
                                     epoch_checkpoint=job_dir / "last.pt", export_onnx=False,
                                     processes=processes).start()
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Event] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -43,17 +53,17 @@ class Run:
         for event in self.proc.events():
             self.events.append(event)
 
-    def wait_for(self, kind: str, timeout: float = 120, **fields: Any) -> dict[str, Any]:
+    def wait_for(self, kind: type[Event], timeout: float = 120, **fields: Any) -> Event:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for e in self.events:
-                if e["event"] == kind and all(e.get(k) == v for k, v in fields.items()):
+                if isinstance(e, kind) and all(getattr(e, k) == v for k, v in fields.items()):
                     return e
             assert self.thread.is_alive(), f"ended without {kind}: {self.events}"
             time.sleep(0.05)
         raise AssertionError(f"no {kind} event in {timeout}s: {self.events}")
 
-    def finish(self, timeout: float = 180) -> list[dict[str, Any]]:
+    def finish(self, timeout: float = 180) -> list[Event]:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), f"still running after {timeout}s: {self.events}"
         return self.events
@@ -89,7 +99,7 @@ def untimed(metrics: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def straight(color_dataset: Path, tmp_path_factory: pytest.TempPathFactory
-             ) -> tuple[Path, list[dict[str, Any]]]:
+             ) -> tuple[Path, list[Event]]:
     """An uninterrupted two-process run of two epochs through the worker's launcher."""
     job_dir = tmp_path_factory.mktemp("straight")
     run = Run(color_dataset, job_dir, TrainConfig(**DDP, epochs=2, momentum=0.9, seed=5))
@@ -180,32 +190,34 @@ def test_global_batch_is_split_so_the_gradient_is_the_batch_mean() -> None:
 # --------------------------------------------------------------------------- through the launcher
 
 
-def test_two_processes_through_the_worker_launcher(straight: tuple[Path, list[dict[str, Any]]]
+def test_two_processes_through_the_worker_launcher(straight: tuple[Path, list[Event]]
                                                    ) -> None:
     job_dir, events = straight
-    kinds = [e["event"] for e in events if e["event"] != "progress"]  # those come by the clock
+    kinds = [type(e) for e in events if not isinstance(e, Progress)]  # those come by the clock
     # Exactly one report, from rank 0: no event twice.
-    assert kinds == ["start", "checkpoint", "epoch", "checkpoint", "epoch", "done"], kinds
-    assert events[0]["world_size"] == 2 and events[0]["train_count"] == 16
-    assert events[-1]["exports"] == {}
+    assert kinds == [Start, Checkpoint, Epoch, Checkpoint, Epoch, Done], kinds
+    start, done = events[0], events[-1]
+    assert isinstance(start, Start) and isinstance(done, Done)
+    assert start.world_size == 2 and start.train_count == 16
+    assert done.exports == {}
     ck = load_checkpoint(job_dir / "model.pt")
     assert ck["compute"]["world_size"] == 2
     assert [m["epoch"] for m in ck["history"]] == [1, 2]
-    assert ck["history"] == [e["metrics"] for e in events if e["event"] == "epoch"]
+    assert ck["history"] == [e.metrics.to_dict() for e in events if isinstance(e, Epoch)]
     assert not list(job_dir.glob(".spec-*"))  # the spec file is cleaned up
 
 
 def test_resume_with_two_processes_equals_the_uninterrupted_run(
-        color_dataset: Path, tmp_path: Path, straight: tuple[Path, list[dict[str, Any]]]
+        color_dataset: Path, tmp_path: Path, straight: tuple[Path, list[Event]]
 ) -> None:
     cfg = {**DDP, "momentum": 0.9, "seed": 5}  # momentum: the optimiser state is resumed too
     first = Run(color_dataset, tmp_path, TrainConfig(**cfg, epochs=1)).finish()
-    assert [e["event"] for e in first][-1] == "done"
+    assert isinstance(first[-1], Done)
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
     # The worker resumes from last.pt when it exists, as after a crash or a shutdown.
     resumed = Run(color_dataset, tmp_path, TrainConfig(**cfg, epochs=2)).finish()
-    assert resumed[0]["event"] == "start" and resumed[0]["start_epoch"] == 1
-    assert [e["metrics"]["epoch"] for e in resumed if e["event"] == "epoch"] == [2]
+    assert isinstance(resumed[0], Start) and resumed[0].start_epoch == 1
+    assert [e.metrics.epoch for e in resumed if isinstance(e, Epoch)] == [2]
     s = load_checkpoint(straight[0] / "model.pt")
     r = load_checkpoint(tmp_path / "model.pt")
     for k in s["model"]:
@@ -218,7 +230,7 @@ def test_resume_with_two_processes_equals_the_uninterrupted_run(
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process(
-        color_dataset: Path, tmp_path: Path, straight: tuple[Path, list[dict[str, Any]]]
+        color_dataset: Path, tmp_path: Path, straight: tuple[Path, list[Event]]
 ) -> None:
     # The checkpoint does not depend on the number of processes: another number continues
     # from the same state (not bit for bit the same run: other batches per process).
@@ -236,7 +248,7 @@ def test_cancel_stops_every_rank_at_once(color_dataset: Path, tmp_path: Path, ho
     # SIGTERM to each rank. "launcher": SIGTERM to torchrun, which forwards it to each rank's
     # process group, the loader processes included (they must not die of it mid-batch).
     run = Run(color_dataset, tmp_path, TrainConfig(**DDP, epochs=500, workers=1))
-    run.wait_for("epoch", timeout=180)
+    run.wait_for(Epoch, timeout=180)
     ranks = run.ranks()
     assert len(ranks) == 2
     started = time.monotonic()
@@ -247,10 +259,10 @@ def test_cancel_stops_every_rank_at_once(color_dataset: Path, tmp_path: Path, ho
         run.proc.proc.send_signal(signal.SIGTERM)
     events = run.finish(timeout=60)
     assert time.monotonic() - started < 20, "torchrun had to kill the ranks"
-    assert events[-1] == {"event": "cancelled"}, events[-3:]
-    assert not [e for e in events if e["event"] in ("done", "error")]
+    assert events[-1] == Cancelled(), events[-3:]
+    assert not [e for e in events if isinstance(e, (Done, Error))]
     wait_gone(ranks, 10)
-    epochs = [e["metrics"]["epoch"] for e in events if e["event"] == "epoch"]
+    epochs = [e.metrics.epoch for e in events if isinstance(e, Epoch)]
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) < 500
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == epochs[-1]
 
@@ -260,11 +272,11 @@ def test_a_stop_asked_of_one_rank_stops_them_all(color_dataset: Path, tmp_path: 
     # reports) stops at the same batch and says so, instead of being killed by torchrun
     # when rank 1 leaves.
     run = Run(color_dataset, tmp_path, TrainConfig(**DDP, epochs=500))
-    run.wait_for("epoch", timeout=180)
+    run.wait_for(Epoch, timeout=180)
     ranks = {_rank_of(pid): pid for pid in run.ranks()}
     os.kill(ranks[1], signal.SIGTERM)
     events = run.finish(timeout=60)
-    assert events[-1] == {"event": "cancelled"}, events[-3:]
+    assert events[-1] == Cancelled(), events[-3:]
     wait_gone(list(ranks.values()), 10)
 
 
@@ -278,7 +290,7 @@ def test_killing_the_launcher_kills_every_rank(color_dataset: Path, tmp_path: Pa
     # The worker kills the launcher when it shuts down or loses the lease: no rank may live
     # on to hold a GPU and write the job's files.
     run = Run(color_dataset, tmp_path, TrainConfig(**DDP, epochs=500))
-    run.wait_for("epoch", timeout=180)
+    run.wait_for(Epoch, timeout=180)
     ranks = run.ranks()
     run.proc.kill()
     run.finish(timeout=30)

@@ -69,14 +69,15 @@ def test_the_onnx_export_on_the_cuda_provider(cuda_checkpoint: Path, color_datas
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_two_gpus_train_one_job_over_nccl(color_dataset: Path, tmp_path: Path) -> None:
     from app.engine import load_checkpoint
+    from worker.protocol import Done, Epoch, Progress
     from worker.runner import TrainingProcess
 
     proc = TrainingProcess(
         data_dir=color_dataset, config=TrainConfig(**TINY, epochs=2, gpus=2, device="cuda"),
         out=tmp_path / "model.pt", epoch_checkpoint=tmp_path / "last.pt", export_onnx=False,
         processes=2).start()
-    events = [e for e in proc.events() if e["event"] != "progress"]
-    assert proc.returncode == 0 and events[-1]["event"] == "done", events[-1]
-    assert [e["metrics"]["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]
+    events = [e for e in proc.events() if not isinstance(e, Progress)]
+    assert proc.returncode == 0 and isinstance(events[-1], Done), events[-1]
+    assert [e.metrics.epoch for e in events if isinstance(e, Epoch)] == [1, 2]
     ckpt = load_checkpoint(tmp_path / "model.pt")
     assert ckpt["compute"]["world_size"] == 2 and ckpt["compute"]["device"].startswith("cuda")

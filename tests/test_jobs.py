@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import Dataset, EpochMetric, JobStatus
+from app.db.models import Dataset, EpochMetric, ErrorKind, JobStatus
 from app.db.session import make_engine, upgrade
 from app.jobs.service import (
     JobConflict,
@@ -21,6 +21,7 @@ from app.jobs.service import (
     get_job,
     heartbeat,
     record_epoch,
+    release_job,
     request_cancel,
     requeue_expired,
     utcnow,
@@ -80,6 +81,7 @@ def test_run_to_success_records_metrics_once(engine: Engine) -> None:
         s.commit()
         job = get_job(s, job_id)
         assert job.status is JobStatus.SUCCEEDED and job.epoch == 2 and job.finished_at
+        assert job.error_kind is None
         assert job.lease_expires_at is None and job.checkpoint_path == "/x.pt"
         assert [m.epoch for m in job.metrics] == [1, 2]
         assert job.evaluation is not None and job.evaluation.confusion == [[1, 1], [0, 2]]
@@ -134,19 +136,68 @@ def test_attempts_are_capped_then_failed_with_the_reason(engine: Engine) -> None
         job = get_job(s, job_id)
         assert job.status is JobStatus.FAILED
         assert "gave up after 2 attempts" in (job.error or "")
+        assert job.error_kind == ErrorKind.CRASHED
+
+
+def test_a_training_process_that_dies_every_attempt_ends_crashed(engine: Engine) -> None:
+    job_id = _new_job(engine, max_attempts=2)
+    with Session(engine) as s:
+        for attempt in (1, 2):
+            assert claim_job(s, job_id, worker="w1", lease_seconds=LEASE)
+            released = release_job(s, job_id, worker="w1", error_kind=ErrorKind.CRASHED,
+                                   error="training process exited with code -9")
+            s.commit()
+            job = get_job(s, job_id)
+            if attempt == 1:  # another attempt follows; nothing has ended yet
+                assert released is JobStatus.QUEUED and job.error_kind is None
+        assert released is JobStatus.FAILED and job.error_kind == ErrorKind.CRASHED
+        assert job.error == "training process exited with code -9; gave up after 2 attempts"
+
+
+def test_a_failure_records_its_kind_and_only_a_failure_has_one(engine: Engine) -> None:
+    job_id = _new_job(engine)
+    with Session(engine) as s:
+        claim_job(s, job_id, worker="w1", lease_seconds=LEASE)
+        with pytest.raises(ValueError, match="takes an error_kind"):
+            finish_job(s, job_id, worker="w1", status=JobStatus.FAILED, error="x")
+        with pytest.raises(ValueError, match="takes no error_kind"):
+            finish_job(s, job_id, worker="w1", status=JobStatus.SUCCEEDED,
+                       error_kind=ErrorKind.CRASHED)
+        assert finish_job(s, job_id, worker="w1", status=JobStatus.FAILED,
+                          error="PretrainedWeightsMissing: no weights",
+                          error_kind=ErrorKind.WEIGHTS_MISSING)
+        s.commit()
+        job = get_job(s, job_id)
+        assert job.error_kind == ErrorKind.WEIGHTS_MISSING
+        assert job.error == "PretrainedWeightsMissing: no weights"
 
 
 def test_cancel_queued_and_running_jobs(engine: Engine) -> None:
     queued, running = _new_job(engine), _new_job(engine)
     with Session(engine) as s:
         assert request_cancel(s, queued).status is JobStatus.CANCELLED
+        assert get_job(s, queued).error_kind == ErrorKind.CANCELLED_BY_USER
         claim_job(s, running, worker="w1", lease_seconds=LEASE)
         flagged = request_cancel(s, running)
         assert flagged.status is JobStatus.RUNNING and flagged.cancel_requested
-        assert finish_job(s, running, worker="w1", status=JobStatus.CANCELLED)
+        assert flagged.error_kind is None
+        assert finish_job(s, running, worker="w1", status=JobStatus.CANCELLED,
+                          error_kind=ErrorKind.CANCELLED_BY_USER)
         s.commit()
         assert get_job(s, running).status is JobStatus.CANCELLED
+        assert get_job(s, running).error_kind == ErrorKind.CANCELLED_BY_USER
         assert claim_job(s, queued, worker="w2", lease_seconds=LEASE) is None
+
+
+def test_a_cancelled_job_whose_training_died_ends_cancelled_by_user(engine: Engine) -> None:
+    job_id = _new_job(engine)
+    with Session(engine) as s:
+        claim_job(s, job_id, worker="w1", lease_seconds=LEASE)
+        request_cancel(s, job_id)
+        assert release_job(s, job_id, worker="w1", error="training process exited with code 1",
+                           error_kind=ErrorKind.CRASHED) is JobStatus.CANCELLED
+        s.commit()
+        assert get_job(s, job_id).error_kind == ErrorKind.CANCELLED_BY_USER
 
 
 def test_unknown_job(engine: Engine) -> None:

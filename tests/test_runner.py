@@ -6,17 +6,21 @@ import json
 import resource
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from app.db.models import ErrorKind
 from app.engine import TrainConfig, load_checkpoint
 from tests.common import TINY
+from worker.protocol import Cancelled, Checkpoint, Done, Epoch, Error, Progress, Start, decode
 from worker.runner import TrainingProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _process(data: Path, tmp_path: Path, epochs: int) -> TrainingProcess:
-    return TrainingProcess(data_dir=data, config=TrainConfig(**TINY, epochs=epochs),
+def _process(data: Path, tmp_path: Path, epochs: int, init: str = "scratch") -> TrainingProcess:
+    config = replace(TrainConfig(**TINY, epochs=epochs), init=init)
+    return TrainingProcess(data_dir=data, config=config,
                            out=tmp_path / "job" / "model.pt",
                            epoch_checkpoint=tmp_path / "job" / "last.pt")
 
@@ -24,15 +28,16 @@ def _process(data: Path, tmp_path: Path, epochs: int) -> TrainingProcess:
 def test_events_of_a_successful_run(color_dataset: Path, tmp_path: Path) -> None:
     proc = _process(color_dataset, tmp_path, epochs=2).start()
     events = list(proc.events())
-    kinds = [e["event"] for e in events if e["event"] != "progress"]  # progress is timed
-    assert kinds == ["start", "checkpoint", "epoch", "checkpoint", "epoch", "done"]
+    kinds = [type(e) for e in events if not isinstance(e, Progress)]  # progress is timed
+    assert kinds == [Start, Checkpoint, Epoch, Checkpoint, Epoch, Done]
     for e in events:
-        if e["event"] == "progress":
-            assert e["epoch"] in (1, 2) and 0 < e["fraction"] < 1
-    assert [e["metrics"]["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]
+        if isinstance(e, Progress):
+            assert e.epoch in (1, 2) and 0 < e.fraction < 1
+    assert [e.metrics.epoch for e in events if isinstance(e, Epoch)] == [1, 2]
     done = events[-1]
-    assert proc.returncode == 0 and Path(done["checkpoint"]).is_file()
-    assert done["evaluation"]["count"] == 8 and 0 <= done["test_acc"] <= 1
+    assert isinstance(done, Done)
+    assert proc.returncode == 0 and Path(done.checkpoint).is_file()
+    assert done.evaluation["count"] == 8 and 0 <= done.test_acc <= 1
     assert not list((tmp_path / "job").glob(".spec-*"))
 
 
@@ -41,35 +46,45 @@ def test_cancel_stops_between_batches(color_dataset: Path, tmp_path: Path) -> No
     events = []
     for event in proc.events():
         events.append(event)
-        if event["event"] == "start":
+        if isinstance(event, Start):
             proc.cancel()
-    assert events[-1] == {"event": "cancelled"} and proc.returncode == 3
+    assert events[-1] == Cancelled() and proc.returncode == 3
     assert not (tmp_path / "job" / "model.pt").exists()
 
 
 def test_killed_process_resumes_from_its_last_epoch(color_dataset: Path, tmp_path: Path) -> None:
     first = _process(color_dataset, tmp_path, epochs=3).start()
     for event in first.events():
-        if event["event"] == "checkpoint":
+        if isinstance(event, Checkpoint):
             first.kill()  # kill -9 in the middle of the run
             break
     first.proc.wait()  # type: ignore[union-attr]
     assert load_checkpoint(tmp_path / "job" / "last.pt")["epoch"] >= 1
     second = _process(color_dataset, tmp_path, epochs=3).start()
     events = list(second.events())
-    start = events[0]
-    resumed_epochs = [e["metrics"]["epoch"] for e in events if e["event"] == "epoch"]
-    assert start["start_epoch"] >= 1
-    assert resumed_epochs == list(range(start["start_epoch"] + 1, 4))
-    assert events[-1]["event"] == "done" and second.returncode == 0
-    assert len(load_checkpoint(events[-1]["checkpoint"])["history"]) == 3
+    start, done = events[0], events[-1]
+    assert isinstance(start, Start) and isinstance(done, Done)
+    resumed_epochs = [e.metrics.epoch for e in events if isinstance(e, Epoch)]
+    assert start.start_epoch >= 1
+    assert resumed_epochs == list(range(start.start_epoch + 1, 4))
+    assert second.returncode == 0
+    assert len(load_checkpoint(done.checkpoint)["history"]) == 3
 
 
 def test_a_bad_dataset_is_a_readable_error(tmp_path: Path) -> None:
     proc = _process(tmp_path / "missing", tmp_path, epochs=1).start()
-    events = list(proc.events())
-    assert events[-1]["event"] == "error" and events[-1]["kind"] == "DatasetError"
-    assert "no such dataset directory" in events[-1]["message"] and proc.returncode == 1
+    error = list(proc.events())[-1]
+    assert isinstance(error, Error) and error.exception == "DatasetError"
+    assert error.kind is ErrorKind.BAD_DATASET
+    assert "no such dataset directory" in error.message and proc.returncode == 1
+
+
+def test_missing_imagenet_weights_are_an_error_of_their_kind(
+        color_dataset: Path, tmp_path: Path, no_imagenet: Path) -> None:
+    proc = _process(color_dataset, tmp_path, epochs=1, init="imagenet").start()
+    error = list(proc.events())[-1]
+    assert isinstance(error, Error) and error.kind is ErrorKind.WEIGHTS_MISSING, error
+    assert error.text.startswith("PretrainedWeightsMissing: ") and proc.returncode == 1
 
 
 def test_a_job_that_runs_out_of_memory_fails_at_once_saying_what_to_change(
@@ -93,9 +108,10 @@ def test_a_job_that_runs_out_of_memory_fails_at_once_saying_what_to_change(
     proc = subprocess.run([sys.executable, "-m", "worker.child", str(tmp_path / "spec.json")],
                           capture_output=True, text=True, preexec_fn=limited, cwd=ROOT,
                           timeout=300)
-    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    events = [decode(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert proc.returncode == 1, proc.stderr[-2000:]
     error = events[-1]
-    assert error["event"] == "error" and error["kind"] == "OutOfMemory", error
-    assert "batch_size (now 16)" in error["message"] and "image_size (now 1024)" in error["message"]
+    assert isinstance(error, Error) and error.exception == "OutOfMemory", error
+    assert error.kind is ErrorKind.OUT_OF_MEMORY
+    assert "batch_size (now 16)" in error.message and "image_size (now 1024)" in error.message
     assert not (tmp_path / "model.pt").exists()

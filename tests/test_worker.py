@@ -19,7 +19,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.db.models import Dataset, EpochMetric, JobStatus
+from app.db.models import Dataset, EpochMetric, ErrorKind, JobStatus
 from app.db.session import make_engine, upgrade
 from app.engine import TrainConfig, load_checkpoint
 from app.jobs.broker import make_celery
@@ -112,6 +112,7 @@ def test_job_runs_to_success_on_a_real_worker(service: Service, color_dataset: P
     with Session(service.engine) as s:
         job = get_job(s, job_id)
         assert job.epoch == 2 and job.attempt == 1 and job.error is None
+        assert job.error_kind is None
         rows = s.scalar(select(func.count()).select_from(EpochMetric)
                         .where(EpochMetric.job_id == job_id))
         assert rows == 2
@@ -128,6 +129,8 @@ def test_cancel_a_running_job(service: Service, color_dataset: Path) -> None:
         s.commit()
     assert service.wait(job_id, {JobStatus.CANCELLED, JobStatus.SUCCEEDED, JobStatus.FAILED},
                         timeout=120) is JobStatus.CANCELLED
+    with Session(service.engine) as s:
+        assert get_job(s, job_id).error_kind == ErrorKind.CANCELLED_BY_USER
 
 
 def test_bad_job_fails_with_a_readable_error(service: Service, tmp_path: Path) -> None:
@@ -136,7 +139,19 @@ def test_bad_job_fails_with_a_readable_error(service: Service, tmp_path: Path) -
     job_id = service.submit(service.add_dataset(empty), epochs=1)
     assert service.wait(job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED}) is JobStatus.FAILED
     with Session(service.engine) as s:
-        assert "DatasetError" in (get_job(s, job_id).error or "")
+        job = get_job(s, job_id)
+        assert "DatasetError" in (job.error or "") and job.error_kind == ErrorKind.BAD_DATASET
+
+
+def test_a_job_without_imagenet_weights_fails_as_weights_missing(
+        no_imagenet: Path, service: Service, color_dataset: Path) -> None:
+    """``no_imagenet`` comes first: the worker starts with its empty weights cache."""
+    job_id = service.submit(service.add_dataset(color_dataset), epochs=1, init="imagenet")
+    assert service.wait(job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED}) is JobStatus.FAILED
+    with Session(service.engine) as s:
+        job = get_job(s, job_id)
+        assert job.error_kind == ErrorKind.WEIGHTS_MISSING and job.attempt == 1
+        assert (job.error or "").startswith("PretrainedWeightsMissing: ")
 
 
 def test_a_job_whose_worker_died_is_requeued_and_finished(service: Service,

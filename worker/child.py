@@ -3,13 +3,9 @@
 The worker starts it as a plain subprocess (Celery's prefork children are daemonic and may
 not start DataLoader processes themselves; a process of its own also frees all GPU memory
 when the job ends and gives cancellation something to signal). It reports on stdout, one
-JSON object per line:
-
-``{"event": "start", ...}``, ``{"event": "progress", "epoch": N, "fraction": f}`` (at most
-once a second, within epoch N), ``{"event": "epoch", "metrics": {...}}``,
-``{"event": "checkpoint", "epoch": N, "path": ...}``, then exactly one of
-``{"event": "done", "checkpoint": ..., "evaluation": {...}, "exports": {...}}``,
-``{"event": "cancelled"}`` or ``{"event": "error", "kind": ..., "message": ...}``.
+event of :mod:`worker.protocol` per line: ``Start``, ``Progress`` (at most once a second),
+``Epoch`` and ``Checkpoint`` as it goes, then exactly one of ``Done``, ``Cancelled`` or
+``Error``.
 
 SIGTERM asks it to stop between batches (cancellation). Logs go to stderr.
 
@@ -32,6 +28,7 @@ from typing import Any
 import torch
 
 from app.core.logs import adopt_job_from_environment, configure_logging
+from app.db.models import ErrorKind
 from app.engine import (
     BatchProgress,
     Callback,
@@ -46,10 +43,28 @@ from app.engine import (
     fit,
 )
 from app.engine.export import export_for_job
+from worker.protocol import (
+    Cancelled,
+    Checkpoint,
+    Done,
+    Epoch,
+    Error,
+    Event,
+    Progress,
+    Start,
+    encode,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
-USER_ERRORS = (DatasetError, ImageDecodeError, CheckpointError, PretrainedWeightsMissing,
-               ValueError)
+# The errors that fail a job at once (another attempt would fail the same way), and what
+# kind each is; the first match counts, so subclasses of ValueError come before it.
+USER_ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
+    (PretrainedWeightsMissing, ErrorKind.WEIGHTS_MISSING),
+    (DatasetError, ErrorKind.BAD_DATASET),
+    (ImageDecodeError, ErrorKind.BAD_DATASET),
+    (CheckpointError, ErrorKind.BAD_CHECKPOINT),
+    (ValueError, ErrorKind.BAD_PARAMS),
+)
 
 
 def _rank() -> int:
@@ -57,10 +72,10 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
-def emit(event: str, **fields: Any) -> None:
+def emit(event: Event) -> None:
     if _rank() != 0:  # several processes: rank 0 speaks for all
         return
-    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.write(encode(event) + "\n")
     sys.stdout.flush()
 
 
@@ -74,22 +89,22 @@ class Reporter(Callback):
 
     def on_start(self, info: StartInfo) -> None:
         self.last_progress = time.monotonic()
-        emit("start", classes=info.classes, train_count=info.train_count,
-             test_count=info.test_count, device=info.device, precision=info.precision,
-             start_epoch=info.start_epoch, epochs=info.epochs,
-             batches_per_epoch=info.batches_per_epoch, world_size=info.world_size)
+        emit(Start(classes=info.classes, train_count=info.train_count,
+                   test_count=info.test_count, device=info.device, precision=info.precision,
+                   start_epoch=info.start_epoch, epochs=info.epochs,
+                   batches_per_epoch=info.batches_per_epoch, world_size=info.world_size))
 
     def on_batch(self, progress: BatchProgress) -> None:
         now = time.monotonic()
         if now - self.last_progress >= PROGRESS_INTERVAL and progress.batch < progress.batches:
             self.last_progress = now
-            emit("progress", epoch=progress.epoch, fraction=progress.batch / progress.batches)
+            emit(Progress(epoch=progress.epoch, fraction=progress.batch / progress.batches))
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
-        emit("epoch", metrics=metrics.to_dict())
+        emit(Epoch(metrics=metrics))
 
     def on_checkpoint(self, path: Path, epoch: int) -> None:
-        emit("checkpoint", epoch=epoch, path=str(path))
+        emit(Checkpoint(epoch=epoch, path=str(path)))
 
     def should_stop(self) -> bool:
         return self.stop_requested
@@ -106,6 +121,21 @@ def out_of_memory_message(exc: BaseException, config: TrainConfig) -> str:
     first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return (f"out of memory on the worker ({first[:300]}); this job does not fit: lower "
             f"batch_size (now {config.batch_size}) or image_size (now {config.image_size})")
+
+
+def job_failure(exc: Exception, config: dict[str, Any]) -> Error | None:
+    """The ``Error`` that fails the job at once for ``exc``; None when another attempt could
+    go better (the process then crashes and the worker retries it). ``config``: the spec's
+    fields, parsed only for the out-of-memory advice (they may be what was refused)."""
+    for cls, kind in USER_ERRORS:
+        if isinstance(exc, cls):
+            return Error(kind=kind, exception=type(exc).__name__, message=str(exc))
+    # The same job would run out of memory again on every attempt: fail it now, saying
+    # what to change, instead of crashing into a retry.
+    if is_out_of_memory(exc):
+        return Error(kind=ErrorKind.OUT_OF_MEMORY, exception="OutOfMemory",
+                     message=out_of_memory_message(exc, TrainConfig.from_dict(config)))
+    return None
 
 
 def run(spec: dict[str, Any]) -> int:
@@ -128,18 +158,13 @@ def run(spec: dict[str, Any]) -> int:
             resume_from=resume if resume and Path(resume).is_file() else None,
         )
     except TrainingCancelled:
-        emit("cancelled")
+        emit(Cancelled())
         return EXIT_CANCELLED
-    except USER_ERRORS as exc:
-        emit("error", kind=type(exc).__name__, message=str(exc))
-        return EXIT_ERROR
-    except (RuntimeError, MemoryError) as exc:
-        # The same job would run out of memory again on every attempt: fail it now, saying
-        # what to change, instead of crashing into a retry.
-        if not is_out_of_memory(exc):
+    except (ValueError, RuntimeError, MemoryError) as exc:
+        error = job_failure(exc, spec["config"])
+        if error is None:
             raise
-        emit("error", kind="OutOfMemory",
-             message=out_of_memory_message(exc, TrainConfig.from_dict(spec["config"])))
+        emit(error)
         return EXIT_ERROR
     assert result.evaluation is not None
     if _rank() != 0:  # rank 0 wrote the checkpoint and exports it
@@ -151,8 +176,8 @@ def run(spec: dict[str, Any]) -> int:
         record = export_for_job(result.checkpoint, spec["data_dir"],
                                 Path(result.checkpoint).with_suffix(".onnx"))
         exports["onnx"] = record.to_dict()
-    emit("done", checkpoint=str(result.checkpoint), test_acc=result.test_acc,
-         evaluation=result.evaluation.to_dict(), exports=exports)
+    emit(Done(checkpoint=str(result.checkpoint), test_acc=result.test_acc,
+              evaluation=result.evaluation.to_dict(), exports=exports))
     return EXIT_OK
 
 

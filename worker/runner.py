@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,10 +14,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from app.core.logs import job_env
 from app.engine import TrainConfig
+from worker.protocol import Event, ProtocolError, decode
+
+log = logging.getLogger(__name__)
 
 
 def _die_with_parent() -> None:
@@ -143,13 +146,21 @@ class TrainingProcess:
         )
         return self
 
-    def events(self) -> Iterator[dict[str, Any]]:
-        """The child's events, in order, until its stdout closes; then ``returncode`` is set."""
+    def events(self) -> Iterator[Event]:
+        """The child's events, in order, until its stdout closes; then ``returncode`` is set.
+        Other lines (a library printing to stdout) are logged and skipped."""
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
             line = line.strip()
-            if line.startswith("{"):
-                yield json.loads(line)
+            if not line:
+                continue
+            try:
+                event = decode(line)
+            except ProtocolError as exc:
+                log.warning("the training process wrote a line that is not an event (%s): %.300s",
+                            exc, line)
+                continue
+            yield event
         self.returncode = self.proc.wait()
         self._spec_path.unlink(missing_ok=True)
 

@@ -8,7 +8,8 @@ import os
 import socket
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from celery.exceptions import Reject
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings
 from app.core.logs import job_context
-from app.db.models import Job, JobStatus
+from app.db.models import ErrorKind, Job, JobStatus
 from app.db.session import make_engine
 from app.engine import TrainConfig
 from app.jobs.broker import celery_app
@@ -33,6 +34,17 @@ from app.jobs.service import (
     record_progress,
     release_job,
     requeue_expired,
+    source_job_id,
+)
+from worker.protocol import (
+    Cancelled,
+    Checkpoint,
+    Done,
+    Epoch,
+    Error,
+    Outcome,
+    Progress,
+    Start,
 )
 from worker.runner import (
     NotEnoughDevices,
@@ -95,6 +107,31 @@ def _run_job(job_id: str, settings: Settings) -> str:
 
 
 def _attempt(engine: Engine, settings: Settings, job_id: str, name: str) -> str:
+    """One attempt at the job: its status afterwards, or ``INTERRUPTED``."""
+    claimed = _claim(engine, settings, job_id, name)
+    if isinstance(claimed, str):
+        return claimed
+    proc = _launch(settings, claimed)
+    outcome, interrupted = _consume_events(engine, settings, claimed, proc)
+    return _record_outcome(engine, claimed, outcome, interrupted=interrupted,
+                           returncode=proc.returncode)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker holds for one attempt, and what its training needs."""
+
+    job_id: str
+    worker: str
+    attempt: int
+    config: TrainConfig  # a job:<id> start resolved to that job's model file
+    dataset_dir: Path
+    processes: int  # training processes (see worker.runner.training_processes)
+
+
+def _claim(engine: Engine, settings: Settings, job_id: str, name: str) -> Claim | str:
+    """Take the job for this attempt, or the job's status when there is nothing to run
+    (someone else has it, it has ended, or it failed here at once)."""
     with Session(engine) as s:
         job = claim_job(s, job_id, worker=name, lease_seconds=settings.job_lease_seconds)
         s.commit()
@@ -103,67 +140,92 @@ def _attempt(engine: Engine, settings: Settings, job_id: str, name: str) -> str:
             log.info("job %s not claimed (status %s)", job_id, status)
             return status
         config = TrainConfig.from_dict(job.params)
-        if config.init.startswith(JOB_INIT_PREFIX):
-            config = replace(config, init=_checkpoint_of(s, config.init[len(JOB_INIT_PREFIX):]))
-        dataset_dir = settings.dataset_dir(job.dataset_id)
-        attempt = job.attempt
+        source_id = source_job_id(config.init)
+        if source_id is not None:
+            config = replace(config, init=_checkpoint_of(s, source_id))
         try:
             processes = training_processes(config.gpus, cuda_device_count(),
                                            settings.cpu_ddp_processes)
         except NotEnoughDevices as exc:  # no other attempt would do better on this worker
-            finish_job(s, job_id, worker=name, status=JobStatus.FAILED, error=str(exc))
+            finish_job(s, job_id, worker=name, status=JobStatus.FAILED, error=str(exc),
+                       error_kind=ErrorKind.NOT_ENOUGH_DEVICES)
             s.commit()
             log.warning("job %s failed: %s", job_id, exc)
             return get_job(s, job_id).status.value
-    job_dir = settings.job_dir(job_id)
-    log.info("job %s attempt %d: training on %s in %d process(es)", job_id, attempt,
-             dataset_dir, processes)
-    proc = TrainingProcess(data_dir=dataset_dir, config=config, out=job_dir / "model.pt",
-                           epoch_checkpoint=job_dir / "last.pt",
-                           export_onnx=settings.export_onnx, processes=processes).start()
-    watcher = _Watcher(engine, settings, job_id, name, proc)
+        return Claim(job_id=job_id, worker=name, attempt=job.attempt, config=config,
+                     dataset_dir=settings.dataset_dir(job.dataset_id), processes=processes)
+
+
+def _launch(settings: Settings, claim: Claim) -> TrainingProcess:
+    job_dir = settings.job_dir(claim.job_id)
+    log.info("job %s attempt %d: training on %s in %d process(es)", claim.job_id, claim.attempt,
+             claim.dataset_dir, claim.processes)
+    return TrainingProcess(data_dir=claim.dataset_dir, config=claim.config,
+                           out=job_dir / "model.pt", epoch_checkpoint=job_dir / "last.pt",
+                           export_onnx=settings.export_onnx, processes=claim.processes).start()
+
+
+def _consume_events(engine: Engine, settings: Settings, claim: Claim,
+                    proc: TrainingProcess) -> tuple[Outcome | None, bool]:
+    """Record the run's epochs and progress while the watcher holds the lease; returns how
+    the run ended (None: it died without saying) and whether this worker stopped it to
+    shut down."""
+    watcher = _Watcher(engine, settings, claim.job_id, claim.worker, proc)
     watcher.start()
-    outcome: dict[str, Any] | None = None
+    outcome: Outcome | None = None
     try:
         with Session(engine) as s:
             for event in proc.events():
-                if event["event"] == "epoch":
-                    record_epoch(s, job_id, event["metrics"])
-                    s.commit()
-                elif event["event"] == "progress":
-                    record_progress(s, job_id, worker=name, epoch=int(event["epoch"]),
-                                    fraction=float(event["fraction"]))
-                    s.commit()
-                elif event["event"] in ("done", "cancelled", "error"):
-                    outcome = event
+                match event:
+                    case Epoch(metrics=metrics):
+                        record_epoch(s, claim.job_id, metrics.to_dict())
+                        s.commit()
+                    case Progress(epoch=epoch, fraction=fraction):
+                        record_progress(s, claim.job_id, worker=claim.worker, epoch=epoch,
+                                        fraction=fraction)
+                        s.commit()
+                    case Done() | Cancelled() | Error():
+                        outcome = event
+                    case Start() | Checkpoint():
+                        pass
     finally:
         watcher.stop()
+    return outcome, watcher.interrupted
+
+
+def _record_outcome(engine: Engine, claim: Claim, outcome: Outcome | None, *,
+                    interrupted: bool, returncode: int | None) -> str:
+    """Write how the attempt ended; the job's status afterwards, or ``INTERRUPTED``."""
+    job_id, name = claim.job_id, claim.worker
     with Session(engine) as s:
-        if outcome is None and watcher.interrupted:
-            released = release_job(s, job_id, worker=name, interrupted=True,
-                                   error="its worker shut down; it resumes on the next one")
-            s.commit()
-            log.info("job %s handed back to the queue: this worker is shutting down", job_id)
-            return INTERRUPTED if released is JobStatus.QUEUED else get_job(s, job_id).status.value
-        if outcome is None:
-            reason = f"training process exited with code {proc.returncode}"
-            released = release_job(s, job_id, worker=name, error=reason)
-            s.commit()
-            return (released or get_job(s, job_id).status).value
-        if outcome["event"] == "done":
-            status, error = JobStatus.SUCCEEDED, None
-        elif outcome["event"] == "cancelled":
-            status, error = JobStatus.CANCELLED, None
-        else:
-            status, error = JobStatus.FAILED, f"{outcome['kind']}: {outcome['message']}"
-        finish_job(s, job_id, worker=name, status=status, error=error,
-                   checkpoint_path=outcome.get("checkpoint"),
-                   evaluation=outcome.get("evaluation"), exports=outcome.get("exports"))
-        s.commit()
+        match outcome:
+            case None if interrupted:
+                released = release_job(s, job_id, worker=name, interrupted=True,
+                                       error="its worker shut down; it resumes on the next one")
+                s.commit()
+                log.info("job %s handed back to the queue: this worker is shutting down", job_id)
+                if released is JobStatus.QUEUED:
+                    return INTERRUPTED
+            case None:  # the training process died: another attempt, or crashed
+                released = release_job(s, job_id, worker=name, error_kind=ErrorKind.CRASHED,
+                                       error=f"training process exited with code {returncode}")
+                s.commit()
+                if released is not None:
+                    return released.value
+            case Done():
+                finish_job(s, job_id, worker=name, status=JobStatus.SUCCEEDED,
+                           checkpoint_path=outcome.checkpoint, evaluation=outcome.evaluation,
+                           exports=outcome.exports)
+                s.commit()
+            case Cancelled():
+                finish_job(s, job_id, worker=name, status=JobStatus.CANCELLED,
+                           error_kind=ErrorKind.CANCELLED_BY_USER)
+                s.commit()
+            case Error():
+                finish_job(s, job_id, worker=name, status=JobStatus.FAILED, error=outcome.text,
+                           error_kind=outcome.kind)
+                s.commit()
         return get_job(s, job_id).status.value
-
-
-JOB_INIT_PREFIX = "job:"
 
 
 def _checkpoint_of(s: Session, source_id: str) -> str:
@@ -233,7 +295,7 @@ def requeue_lost_jobs(engine: Engine, settings: Settings) -> list[str]:
     with Session(engine) as s:
         ids = requeue_expired(s)
         s.commit()
-        params = {job_id: s.get(Job, job_id).params for job_id in ids}
+        params = {job_id: get_job(s, job_id).params for job_id in ids}
     for job_id in ids:
         log.warning("job %s lost its worker; queued again", job_id, extra={"job_id": job_id})
         run_job.apply_async(args=[job_id],

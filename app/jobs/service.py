@@ -112,17 +112,19 @@ def claim_job(
     session: Session, job_id: str, *, worker: str, lease_seconds: float, now: datetime | None = None
 ) -> Job | None:
     """Take a queued job for ``worker``. ``None`` when someone else has it, it has ended,
-    or it was cancelled (then it is marked so). A job past its attempts ends ``failed``."""
+    or it was cancelled (then it is marked so). A job past its attempts ends ``failed``
+    (``crashed``: its training died every time)."""
     now = now or utcnow()
     job = get_job(session, job_id)
     if job.status is JobStatus.QUEUED and job.cancel_requested:
         _transition(session, job_id, to=JobStatus.CANCELLED, where=[],
-                    values={"finished_at": now})
+                    values={"finished_at": now,
+                            "error_kind": ErrorKind.CANCELLED_BY_USER.value})
         return None
     if job.status is JobStatus.QUEUED and job.attempt >= job.max_attempts:
         _transition(session, job_id, to=JobStatus.FAILED, where=[Job.status == JobStatus.QUEUED],
-                    values={"finished_at": now, "error": job.error
-                            or f"gave up after {job.attempt} attempts"})
+                    values={"finished_at": now, "error_kind": ErrorKind.CRASHED.value,
+                            "error": job.error or f"gave up after {job.attempt} attempts"})
         return None
     claimed = _transition(
         session, job_id, to=JobStatus.RUNNING,
@@ -189,18 +191,24 @@ def finish_job(
     worker: str,
     status: JobStatus,
     error: str | None = None,
+    error_kind: ErrorKind | None = None,
     checkpoint_path: str | None = None,
     evaluation: dict[str, Any] | None = None,
     exports: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """End a running job held by ``worker``. False if the worker had lost it meanwhile."""
+    """End a running job held by ``worker``. False if the worker had lost it meanwhile.
+    ``error_kind``: why it did not succeed (required then, and only then)."""
     if not status.is_terminal:
         raise ValueError(f"{status.value} is not a final status")
+    if (status is JobStatus.SUCCEEDED) != (error_kind is None):
+        raise ValueError(f"a {status.value} job takes "
+                         + ("no error_kind" if error_kind else "an error_kind"))
     done = _transition(
         session, job_id, to=status,
         where=[Job.status == JobStatus.RUNNING, Job.worker == worker],
         values={"finished_at": now or utcnow(), "error": error,
+                "error_kind": error_kind.value if error_kind else None,
                 "checkpoint_path": checkpoint_path, "lease_expires_at": None,
                 **({"exports": exports} if exports else {})},
     )
@@ -215,23 +223,27 @@ def finish_job(
 
 
 def release_job(
-    session: Session, job_id: str, *, worker: str, error: str, interrupted: bool = False,
+    session: Session, job_id: str, *, worker: str, error: str,
+    error_kind: ErrorKind = ErrorKind.CRASHED, interrupted: bool = False,
     now: datetime | None = None,
 ) -> JobStatus | None:
     """The training of ``worker``'s running job died: back to ``queued`` for another attempt
-    (it resumes from its last epoch), or ``failed`` once out of attempts. ``interrupted``:
-    the worker is shutting down on purpose, so the attempt is handed back, not used up.
-    ``None`` if the worker no longer held the job."""
+    (it resumes from its last epoch), or ``failed`` with ``error_kind`` once out of attempts.
+    ``interrupted``: the worker is shutting down on purpose, so the attempt is handed back,
+    not used up. ``None`` if the worker no longer held the job."""
     job = get_job(session, job_id)
     guard = [Job.status == JobStatus.RUNNING, Job.worker == worker]
+    values: dict[str, Any]
     if job.cancel_requested:
-        to, values = JobStatus.CANCELLED, {"finished_at": now or utcnow()}
+        to = JobStatus.CANCELLED
+        values = {"finished_at": now or utcnow(),
+                  "error_kind": ErrorKind.CANCELLED_BY_USER.value}
     elif interrupted:
         to, values = JobStatus.QUEUED, {"worker": None, "error": error,
                                         "attempt": Job.attempt - 1}
     elif job.attempt >= job.max_attempts:
         to = JobStatus.FAILED
-        values = {"finished_at": now or utcnow(),
+        values = {"finished_at": now or utcnow(), "error_kind": error_kind.value,
                   "error": f"{error}; gave up after {job.attempt} attempts"}
     else:
         to, values = JobStatus.QUEUED, {"worker": None, "error": error}
@@ -248,7 +260,8 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
         raise JobConflict(f"job {job_id} has already ended ({job.status.value})")
     if job.status is JobStatus.QUEUED and _transition(
         session, job_id, to=JobStatus.CANCELLED, where=[Job.status == JobStatus.QUEUED],
-        values={"finished_at": now or utcnow(), "cancel_requested": True},
+        values={"finished_at": now or utcnow(), "cancel_requested": True,
+                "error_kind": ErrorKind.CANCELLED_BY_USER.value},
     ):
         return get_job(session, job_id)
     session.execute(
@@ -261,7 +274,8 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
 
 def requeue_expired(session: Session, *, now: datetime | None = None) -> list[str]:
     """Running jobs whose lease ran out (their worker died): back to ``queued`` for another
-    attempt, or ``failed`` once out of attempts. Returns the ids to enqueue again."""
+    attempt, or ``failed`` (``crashed``) once out of attempts. Returns the ids to enqueue
+    again."""
     now = now or utcnow()
     expired = session.scalars(
         select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
@@ -273,10 +287,12 @@ def requeue_expired(session: Session, *, now: datetime | None = None) -> list[st
         reason = f"worker {job.worker} stopped responding (attempt {job.attempt})"
         if job.cancel_requested:
             _transition(session, job.id, to=JobStatus.CANCELLED, where=guard,
-                        values={"finished_at": now, "lease_expires_at": None})
+                        values={"finished_at": now, "lease_expires_at": None,
+                                "error_kind": ErrorKind.CANCELLED_BY_USER.value})
         elif job.attempt >= job.max_attempts:
             _transition(session, job.id, to=JobStatus.FAILED, where=guard,
                         values={"finished_at": now, "lease_expires_at": None,
+                                "error_kind": ErrorKind.CRASHED.value,
                                 "error": f"{reason}; gave up after {job.attempt} attempts"})
         elif _transition(session, job.id, to=JobStatus.QUEUED, where=guard,
                          values={"worker": None, "lease_expires_at": None, "error": reason}):
