@@ -84,7 +84,7 @@ when the run succeeds.
 
 def cmd_train(args: argparse.Namespace) -> int:
     from app.engine import Callback, EpochMetrics, StartInfo, TrainConfig, fit
-    from app.engine.train import BatchProgress
+    from app.engine.callback import BatchProgress
 
     config = TrainConfig(
         init=args.init,

@@ -254,7 +254,7 @@ def run_local(cfg: DemoConfig, out: Output) -> DemoResult:
 def _local_run(name: str, data: Path, config: Any, ckpt: Path, out: Output,
                reuse: bool = False) -> Run:
     from app.engine import Callback, EpochMetrics, fit, load_checkpoint
-    from app.engine.train import BatchProgress, StartInfo
+    from app.engine.callback import BatchProgress, StartInfo
 
     cfg = config.resolved()
     run = Run(name, cfg.init, float(cfg.lr), float(cfg.head_lr_mult), checkpoint=str(ckpt))
