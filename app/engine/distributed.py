@@ -94,7 +94,7 @@ class Distributed:
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
         # Stop flags are CPU tensors: over gloo they never wait on the GPU stream.
-        self.control = dist.new_group(backend="gloo") if backend != "gloo" else None
+        self.control = _gloo_group() if backend != "gloo" else None
         log.info("rank %d of %d on %s (%s)", info.rank, info.world_size, device, backend)
 
     @property
@@ -150,10 +150,17 @@ class Distributed:
         return out
 
 
+def _gloo_group() -> dist.ProcessGroup:
+    group = dist.new_group(backend="gloo")
+    # new_group returns a marker instead of a group to a process outside it; all are inside.
+    assert isinstance(group, dist.ProcessGroup)
+    return group
+
+
 def global_batches(order: torch.Tensor, batch_size: int, world_size: int) -> list[torch.Tensor]:
     """The epoch's order cut into global batches; a last one too small to give every rank
     two images is dropped (BatchNorm cannot train on one)."""
-    batches = list(order.split(batch_size))
+    batches = list(torch.split(order, batch_size))
     if batches and len(batches[-1]) < 2 * world_size:
         batches.pop()
     return batches

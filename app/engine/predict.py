@@ -136,7 +136,8 @@ class Predictor:
             channels_last=self.plan.channels_last,
         )
         with self.plan.autocast():
-            return self.model(x).float()
+            logits: torch.Tensor = self.model(x)
+        return logits.float()
 
     def report(self, probs: torch.Tensor, filenames: Sequence[str]) -> list[Prediction]:
         out = []

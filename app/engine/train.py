@@ -36,10 +36,11 @@ from app.engine.data import (
     train_dataset,
 )
 from app.engine.device import DevicePlan
+from app.engine.evaluate import Batches
 from app.engine.metrics import Evaluation
 from app.engine.model import backbone_parameters, build_model, head_parameters
 from app.engine.presets import Preprocessing, normalize_batch
-from app.engine.strategy import Batches, Strategy, strategy_for
+from app.engine.strategy import Strategy, strategy_for
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,11 @@ def train_one_epoch(
         objective = loss if weights is None else loss * weights[i]
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:  # fp16 autocast: scale the loss so small gradients survive
-            scaler.scale(objective).backward()
+            torch.autograd.backward(scaler.scale(objective))
             scaler.step(optimizer)
             scaler.update()
         else:
-            objective.backward()
+            torch.autograd.backward(objective)
             optimizer.step()
         # Accumulate on the device: no per-batch host sync.
         loss_sum += loss.detach().float() * y.numel()
@@ -211,7 +212,7 @@ class _Run:
         net = strategy.wrap(model)
         optimizer = make_optimizer(model, cfg)
         scaler = torch.amp.GradScaler("cuda") if plan.amp_dtype == torch.float16 else None
-        start_epoch, history = 0, []
+        start_epoch, history = 0, list[EpochMetrics]()
         if resume is not None:
             start_epoch, history = _restore(optimizer, model, cfg, resume)
 
