@@ -228,19 +228,24 @@ class _Run:
             batch_size=batch_size, test_loader=strategy.test_loader(test_ds, cfg.batch_size),
             batches=strategy.batches_per_epoch(train_ds, batch_size), test_samples=splits.test,
         )
-        run.callback.on_start(StartInfo(
-            classes=run.classes, train_count=len(train_ds), test_count=len(splits.test),
-            device=str(plan.device), precision=plan.precision, start_epoch=start_epoch,
-            epochs=cfg.epochs, batches_per_epoch=run.batches, config=cfg,
+        run.announce(cached_bytes, decode_seconds)
+        return run
+
+    def announce(self, cached_bytes: int, decode_seconds: float) -> None:
+        cfg, plan, strategy = self.cfg, self.strategy.plan, self.strategy
+        train_count, test_count = len(self.train_ds), len(self.test_samples)
+        self.callback.on_start(StartInfo(
+            classes=self.classes, train_count=train_count, test_count=test_count,
+            device=str(plan.device), precision=plan.precision, start_epoch=self.start_epoch,
+            epochs=cfg.epochs, batches_per_epoch=self.batches, config=cfg,
             cached_bytes=cached_bytes, decode_seconds=decode_seconds,
             world_size=strategy.world_size,
         ))
         log.info(
             "training %s on %d images (%d classes), testing on %d, %s %s, epochs %d..%d%s",
-            cfg.init, len(train_ds), len(run.classes), len(splits.test), plan.device,
-            plan.precision, start_epoch + 1, cfg.epochs, strategy.describe(),
+            cfg.init, train_count, len(self.classes), test_count, plan.device, plan.precision,
+            self.start_epoch + 1, cfg.epochs, strategy.describe(),
         )
-        return run
 
     def train(self, out: Path, epoch_checkpoint: Path | None) -> TrainResult:
         """The remaining epochs, then the final checkpoint ``out`` (by the writing process)."""
