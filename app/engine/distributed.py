@@ -1,8 +1,9 @@
 """Data-parallel training over several processes (``torchrun``): one process per GPU with
 NCCL, or N CPU processes with gloo (tests, development).
 
-:func:`fit` switches to it when it runs under ``torchrun`` with ``WORLD_SIZE`` > 1; with
-one process none of this is used. The choices, in one place:
+:func:`~app.engine.train.fit` uses it (through :class:`~app.engine.strategy.DataParallel`)
+when it runs under ``torchrun`` with ``WORLD_SIZE`` > 1; with one process none of this is
+used. The choices, in one place:
 
 - Global batch: the job's ``batch_size`` is the batch of one optimiser step across all
   processes. Each epoch's permutation (the same on every rank, from ``(seed, epoch)``) is
