@@ -46,7 +46,9 @@ class EpochBatches:
 
 
 class Strategy(ABC):
-    plan: DevicePlan
+    """What the training loop does differently on one process and on several."""
+
+    plan: DevicePlan  # this process's device
     world_size = 1  # training processes
     writes = True  # this process writes the checkpoints
     local_processes = 1  # processes on this machine, each caching its own copy of the images
