@@ -235,7 +235,7 @@ def run_local(cfg: DemoConfig, out: DemoOutput) -> DemoResult:
 def _local_run(name: str, data: Path, config: TrainConfig, ckpt: Path, out: DemoOutput,
                reuse: bool = False) -> Run:
     from app.engine import Callback, EpochMetrics, fit, load_checkpoint
-    from app.engine.train import BatchProgress, StartInfo
+    from app.engine.callback import BatchProgress, StartInfo
 
     cfg = config.resolved()
     assert cfg.lr is not None and cfg.head_lr_mult is not None  # resolved() fills them

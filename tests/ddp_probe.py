@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.engine import train
+from app.engine.callback import BatchProgress, Callback, EpochMetrics, StartInfo
 from app.engine.config import TrainConfig
 
 
@@ -32,14 +33,14 @@ def main() -> None:
 
     train.train_one_epoch = recording_train_one_epoch
 
-    class Recorder(train.Callback):
-        def on_start(self, info: train.StartInfo) -> None:
+    class Recorder(Callback):
+        def on_start(self, info: StartInfo) -> None:
             record["callback"].append(["start", info.train_count, info.world_size])
 
-        def on_batch(self, progress: train.BatchProgress) -> None:
+        def on_batch(self, progress: BatchProgress) -> None:
             record["callback"].append(["batch", progress.epoch, progress.batch, progress.images])
 
-        def on_epoch(self, metrics: train.EpochMetrics) -> None:
+        def on_epoch(self, metrics: EpochMetrics) -> None:
             record["callback"].append(["epoch", metrics.to_dict()])
 
         def on_checkpoint(self, path: Path, epoch: int) -> None:

@@ -18,8 +18,8 @@ from app.engine import (
     fit,
     load_checkpoint,
 )
+from app.engine.callback import BatchProgress
 from app.engine.checkpoint import save_checkpoint
-from app.engine.train import BatchProgress
 from tests.common import TINY
 
 

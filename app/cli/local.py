@@ -10,8 +10,8 @@ from app.cli.exit_codes import EXIT_OK
 from app.cli.options import AddCommand, add_train_options, train_config
 from app.cli.output import EpochTable, emit_json, progress_bar
 from app.engine import Callback, EpochMetrics, Evaluation, Predictor, StartInfo, fit
+from app.engine.callback import BatchProgress
 from app.engine.config import TrainConfig
-from app.engine.train import BatchProgress
 
 TRAIN_EPILOG = """examples:
   hotdog demo-data data/demo

@@ -1,5 +1,12 @@
 """The fine-tuning engine: a plain library used by the worker, the CLI and the benchmarks."""
 
+from app.engine.callback import (
+    BatchProgress,
+    Callback,
+    EpochMetrics,
+    StartInfo,
+    TrainingCancelled,
+)
 from app.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from app.engine.config import TrainConfig
 from app.engine.data import DatasetError, ImageFolderSplits, load_image_folder
@@ -8,15 +15,7 @@ from app.engine.metrics import Evaluation
 from app.engine.model import PretrainedWeightsMissing, build_model
 from app.engine.predict import Prediction, Predictor
 from app.engine.presets import Preprocessing, eval_transform, train_transform
-from app.engine.train import (
-    BatchProgress,
-    Callback,
-    EpochMetrics,
-    StartInfo,
-    TrainingCancelled,
-    TrainResult,
-    fit,
-)
+from app.engine.train import TrainResult, fit
 
 __all__ = [
     "BatchProgress",

@@ -1,8 +1,9 @@
 """Data-parallel training over several processes (``torchrun``): one process per GPU with
 NCCL, or N CPU processes with gloo (tests, development).
 
-:func:`fit` switches to it when it runs under ``torchrun`` with ``WORLD_SIZE`` > 1; with
-one process none of this is used. The choices, in one place:
+:func:`~app.engine.train.fit` uses it (through :class:`~app.engine.strategy.DataParallel`)
+when it runs under ``torchrun`` with ``WORLD_SIZE`` > 1; with one process none of this is
+used. The choices, in one place:
 
 - Global batch: the job's ``batch_size`` is the batch of one optimiser step across all
   processes. Each epoch's permutation (the same on every rank, from ``(seed, epoch)``) is
@@ -94,7 +95,7 @@ class Distributed:
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
         # Stop flags are CPU tensors: over gloo they never wait on the GPU stream.
-        self.control = dist.new_group(backend="gloo") if backend != "gloo" else None
+        self.control = _gloo_group() if backend != "gloo" else None
         log.info("rank %d of %d on %s (%s)", info.rank, info.world_size, device, backend)
 
     @property
@@ -150,10 +151,17 @@ class Distributed:
         return out
 
 
+def _gloo_group() -> dist.ProcessGroup:
+    group = dist.new_group(backend="gloo")
+    # new_group returns a marker instead of a group to a process outside it; all are inside.
+    assert isinstance(group, dist.ProcessGroup)
+    return group
+
+
 def global_batches(order: torch.Tensor, batch_size: int, world_size: int) -> list[torch.Tensor]:
     """The epoch's order cut into global batches; a last one too small to give every rank
     two images is dropped (BatchNorm cannot train on one)."""
-    batches = list(order.split(batch_size))
+    batches = list(torch.split(order, batch_size))
     if batches and len(batches[-1]) < 2 * world_size:
         batches.pop()
     return batches

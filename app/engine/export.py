@@ -62,6 +62,9 @@ class ServingModule(nn.Module):
     """uint8 ``(N, S, S, 3)`` RGB crops → ``(logits, probabilities)``: ToTensor's scaling,
     Normalize, the network and the softmax in one graph."""
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, pre: Preprocessing) -> None:
         super().__init__()
         self.model = model
@@ -166,7 +169,9 @@ def export_torchscript(ckpt: dict[str, Any], out: str | Path) -> Path:
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
     with _atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice
-        traced = torch.jit.trace(module, (_example(pre),), check_trace=False)
+        traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+            module, (_example(pre),), check_trace=False
+        )
         torch.jit.save(traced, str(tmp),
                        _extra_files={"hotdog.json": json.dumps(contract(ckpt))})
     return out
@@ -208,7 +213,7 @@ class OnnxModel:
         self.ort = ort
         self.source = str(source) if isinstance(source, Path) else source
         available = ort.get_available_providers()
-        self.providers = ["CPUExecutionProvider"]
+        self.providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
         if device is not None and device.type == "cuda":
             if "CUDAExecutionProvider" in available:
                 self.providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}),
@@ -252,7 +257,9 @@ class OnnxModel:
         """uint8 (N, S, S, 3) → the named outputs as float32 arrays."""
         x = images.contiguous().numpy() if isinstance(images, torch.Tensor) else images
         session = self.session(threads or self.threads)
-        return session.run(list(outputs), {INPUT_NAME: np.ascontiguousarray(x)})
+        results: list[np.ndarray] = session.run(list(outputs),
+                                                {INPUT_NAME: np.ascontiguousarray(x)})
+        return results
 
 
 # ------------------------------------------------------------------- a job's export
@@ -300,7 +307,7 @@ def _runner(fmt: str, path: Path) -> Any:
         return lambda batch: onnx_model.run(batch)[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.load(str(path), map_location="cpu")
+        traced = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     return lambda batch: traced(batch)[1].numpy()
 
 

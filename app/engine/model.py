@@ -24,7 +24,7 @@ class PretrainedWeightsMissing(RuntimeError):
 
 def imagenet_weights_cache_path() -> Path:
     """Where torchvision's loader keeps the ResNet-18 ImageNet file (under ``TORCH_HOME``)."""
-    url = ResNet18_Weights.IMAGENET1K_V1.url
+    url: str = ResNet18_Weights.IMAGENET1K_V1.url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
@@ -122,9 +122,9 @@ def build_model(
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return list(model.fc.parameters())
+    return list(model.get_submodule("fc").parameters())
 
 
 def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
-    head = {id(p) for p in model.fc.parameters()}
+    head = {id(p) for p in head_parameters(model)}
     return [p for p in model.parameters() if id(p) not in head]

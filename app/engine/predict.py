@@ -21,10 +21,10 @@ from torchvision.models import resnet18
 from app.engine.checkpoint import load_checkpoint
 from app.engine.data import eval_dataset, load_image_folder, make_loader
 from app.engine.device import plan_device
+from app.engine.evaluate import evaluation_from_logits, run_inference
 from app.engine.export import OnnxModel, export_onnx_bytes, onnxruntime_available
 from app.engine.metrics import Evaluation
 from app.engine.presets import Preprocessing, load_eval_image, normalize_batch
-from app.engine.train import evaluation_from_logits, run_inference
 
 ImageSource = str | Path | bytes | BinaryIO
 RUNTIMES = ("torch", "onnx")
@@ -136,7 +136,8 @@ class Predictor:
             channels_last=self.plan.channels_last,
         )
         with self.plan.autocast():
-            return self.model(x).float()
+            logits: torch.Tensor = self.model(x)
+        return logits.float()
 
     def report(self, probs: torch.Tensor, filenames: Sequence[str]) -> list[Prediction]:
         out = []

@@ -12,6 +12,7 @@ normalisation run on whole batches on the training device (:func:`normalize_batc
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -64,9 +65,15 @@ class Preprocessing:
         return cls(
             image_size=int(d["image_size"]),
             resize_size=int(d["resize_size"]),
-            mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
+            mean=_rgb(d["mean"]),
+            std=_rgb(d["std"]),
         )
+
+
+def _rgb(values: Sequence[Any]) -> tuple[float, float, float]:
+    """One value per RGB channel (a checkpoint's mean or std)."""
+    red, green, blue = (float(v) for v in values)
+    return red, green, blue
 
 
 def train_geometry(image_size: int) -> v2.Compose:
@@ -104,7 +111,8 @@ def eval_transform(pre: Preprocessing) -> v2.Compose:
 
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:
-    return F.pil_to_tensor(img)
+    out: torch.Tensor = F.pil_to_tensor(img)
+    return out
 
 
 def load_eval_image(

@@ -1,15 +1,16 @@
-"""The fine-tuning loop: ``fit`` runs a whole job, ``train_one_epoch``/``run_inference`` are
-its parts. It knows nothing of HTTP, queues or databases: it reports through a
-:class:`Callback`, which can also ask it to stop between batches.
+"""The fine-tuning loop: ``fit`` runs a whole job, ``train_one_epoch`` is one pass over the
+training set. The loop is the same on one process and on several (a
+:class:`~app.engine.strategy.Strategy` says what differs). It knows nothing of HTTP, queues
+or databases: it reports through a :class:`~app.engine.callback.Callback`, which can also ask
+it to stop between batches.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,97 +18,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.engine.callback import (
+    BatchProgress,
+    Callback,
+    EpochMetrics,
+    StartInfo,
+    TrainingCancelled,
+)
 from app.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from app.engine.config import INIT_IMAGENET, INIT_SCRATCH, TrainConfig
 from app.engine.data import (
     CachedImages,
+    Sample,
     available_memory_bytes,
     eval_dataset,
     load_image_folder,
-    make_loader,
     train_dataset,
 )
-from app.engine.device import DevicePlan, plan_device
-from app.engine.distributed import (
-    Distributed,
-    RankInfo,
-    device_for_rank,
-    epoch_shard,
-    eval_loader,
-    shard_loader,
-)
-from app.engine.metrics import Evaluation, evaluation_from
+from app.engine.device import DevicePlan
+from app.engine.evaluate import Batches
+from app.engine.metrics import Evaluation
 from app.engine.model import backbone_parameters, build_model, head_parameters
 from app.engine.presets import Preprocessing, normalize_batch
+from app.engine.strategy import Strategy, strategy_for
 
 log = logging.getLogger(__name__)
-
-
-class TrainingCancelled(Exception):
-    """The callback asked the run to stop."""
-
-
-@dataclass(frozen=True)
-class StartInfo:
-    classes: list[str]
-    train_count: int
-    test_count: int
-    device: str
-    precision: str
-    start_epoch: int
-    epochs: int
-    batches_per_epoch: int
-    config: TrainConfig
-    cached_bytes: int  # decoded images held in memory
-    decode_seconds: float  # the one-time decode that filled the cache
-    world_size: int = 1  # training processes (torchrun); 1 for the plain single process
-
-
-@dataclass(frozen=True)
-class BatchProgress:
-    epoch: int
-    epochs: int
-    batch: int  # batches done in this epoch
-    batches: int
-    images: int  # images done in this epoch
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    epoch: int
-    epochs: int
-    train_loss: float
-    train_acc: float
-    test_loss: float
-    test_acc: float
-    images_per_s: float  # training images per second of the training pass, loading included
-    seconds: float  # the whole epoch: training pass and evaluation
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Callback:
-    """Override what you need; every hook is optional.
-
-    Under ``torchrun`` with several processes, the reporting hooks are called on rank 0
-    only; ``should_stop`` is asked on every rank and any rank's True stops them all.
-    """
-
-    def on_start(self, info: StartInfo) -> None:
-        pass
-
-    def on_batch(self, progress: BatchProgress) -> None:
-        pass
-
-    def on_epoch(self, metrics: EpochMetrics) -> None:
-        pass
-
-    def on_checkpoint(self, path: Path, epoch: int) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
 
 
 @dataclass
@@ -135,30 +70,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
     )
-
-
-def seed_epoch(seed: int, epoch: int) -> torch.Generator:
-    """Seed everything random in one epoch from (seed, epoch); returns the shuffle generator.
-
-    Augmentation in the main process draws from torch's global RNG; loader workers are
-    seeded by the DataLoader from the returned generator.
-    """
-    s = (seed * 1_000_003 + epoch) % (2**63)
-    torch.manual_seed(s)
-    random.seed(s)
-    return torch.Generator().manual_seed(s)
-
-
-def seed_rank_epoch(seed: int, epoch: int, rank: int) -> tuple[torch.Generator, torch.Generator]:
-    """:func:`seed_epoch` for one of several processes. Returns the shuffle generator (the
-    same on every rank: the ranks share one permutation) and the rank's loader generator;
-    augmentation and loader workers are seeded from ``(seed, epoch, rank)``.
-    """
-    s = (seed * 1_000_003 + epoch) % (2**63)
-    r = (s * 1_000_003 + 7919 * (rank + 1)) % (2**63)
-    torch.manual_seed(r)
-    random.seed(r)
-    return torch.Generator().manual_seed(s), torch.Generator().manual_seed(r)
 
 
 def train_one_epoch(
@@ -201,11 +112,11 @@ def train_one_epoch(
         objective = loss if weights is None else loss * weights[i]
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:  # fp16 autocast: scale the loss so small gradients survive
-            scaler.scale(objective).backward()
+            torch.autograd.backward(scaler.scale(objective))
             scaler.step(optimizer)
             scaler.update()
         else:
-            objective.backward()
+            torch.autograd.backward(objective)
             optimizer.step()
         # Accumulate on the device: no per-batch host sync.
         loss_sum += loss.detach().float() * y.numel()
@@ -228,62 +139,6 @@ def train_one_epoch(
     return loss_sum.item() / seen, correct.item() / seen, seen, seconds
 
 
-@torch.inference_mode()
-def run_inference(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    plan: DevicePlan,
-    pre: Preprocessing,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, CPU) and targets for every sample of ``loader``, in order."""
-    model.eval()
-    all_logits, all_targets = [], []
-    for images, targets in loader:
-        x = normalize_batch(
-            images, pre.mean, pre.std, device=plan.device, channels_last=plan.channels_last
-        )
-        with plan.autocast():
-            logits = model(x)
-        all_logits.append(logits.float().cpu())
-        all_targets.append(torch.as_tensor(targets))
-    if not all_logits:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
-    return torch.cat(all_logits), torch.cat(all_targets)
-
-
-def evaluate(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    plan: DevicePlan,
-    pre: Preprocessing,
-    classes: list[str],
-) -> Evaluation:
-    logits, targets = run_inference(model, loader, plan, pre)
-    return evaluation_from_logits(classes, logits, targets)
-
-
-def evaluation_from_logits(
-    classes: list[str], logits: torch.Tensor, targets: torch.Tensor
-) -> Evaluation:
-    loss = F.cross_entropy(logits, targets).item() if len(targets) else float("nan")
-    return evaluation_from(classes, targets, logits.argmax(1), loss)
-
-
-def _source_state(cfg: TrainConfig) -> tuple[str, dict[str, torch.Tensor] | None]:
-    if cfg.init in (INIT_IMAGENET, INIT_SCRATCH):
-        return cfg.init, None
-    try:
-        return "checkpoint", load_checkpoint(cfg.init)["model"]
-    except CheckpointError as exc:
-        raise ValueError(
-            f"init must be 'imagenet', 'scratch' or a hotdog checkpoint path: {exc}"
-        ) from exc
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-
-
 def fit(
     data_dir: str | Path,
     config: TrainConfig,
@@ -304,229 +159,220 @@ def fit(
     exactly; with another number it continues from the same state.
     """
     cfg = config.resolved()
-    cb = callback or Callback()
-    out = Path(out)
-    ranks = RankInfo.from_env()
-    plan = plan_device(
-        cfg.device if ranks is None else device_for_rank(cfg.device, ranks.local_rank),
-        precision=cfg.precision, workers=cfg.workers, channels_last=cfg.channels_last,
-    )
-    if ranks is None:
-        return _fit(data_dir, cfg, cb, out, plan, None, resume_from, epoch_checkpoint)
-    ddp = Distributed(ranks, plan.device)
+    strategy = strategy_for(cfg)
     try:
-        result = _fit(data_dir, cfg, _RankCallback(cb, ddp), out, plan, ddp, resume_from,
-                      epoch_checkpoint)
+        run = _Run.prepare(data_dir, cfg, strategy, callback or Callback(), resume_from)
+        result = run.train(Path(out), None if epoch_checkpoint is None else Path(epoch_checkpoint))
     except TrainingCancelled:
-        ddp.close()  # every rank stopped at the same batch
+        strategy.close()  # every rank stopped at the same batch
         raise
     # Any other error leaves the group as it is: the other ranks may be inside a collective
     # that a goodbye would wait on; this process exits and torchrun stops the others.
-    ddp.close()
+    strategy.close()
     return result
 
 
-class _RankCallback(Callback):
-    """The callback of one of several processes: reporting on rank 0 only (with the global
-    image count), and a stop agreed by all ranks at the same batch."""
+@dataclass
+class _Run:
+    """One run, set up: the model (``net`` is what trains: the model or its DDP wrapper),
+    its optimiser, the data, and the epochs done so far."""
 
-    def __init__(self, inner: Callback, ddp: Distributed) -> None:
-        self.inner, self.ddp = inner, ddp
-        self.images_after: list[int] = []  # global images done after each batch of the epoch
+    cfg: TrainConfig
+    strategy: Strategy
+    callback: Callback  # as the strategy wraps it
+    classes: list[str]
+    pre: Preprocessing
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.SGD
+    scaler: torch.amp.GradScaler | None
+    history: list[EpochMetrics]
+    start_epoch: int
+    train_ds: CachedImages
+    batch_size: int
+    batches: int  # per epoch
+    test_loader: Batches
+    test_samples: list[Sample]  # the whole test set, whichever share this process evaluates
 
-    def epoch_sizes(self, sizes: Sequence[int]) -> None:
-        self.images_after = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+    @classmethod
+    def prepare(
+        cls, data_dir: str | Path, cfg: TrainConfig, strategy: Strategy, callback: Callback,
+        resume_from: str | Path | None,
+    ) -> _Run:
+        """Everything up to the first epoch; the callback's ``on_start`` included."""
+        plan = strategy.plan
+        if plan.is_cuda:
+            torch.backends.cudnn.benchmark = True
+        splits = load_image_folder(data_dir)
+        pre = Preprocessing.for_size(cfg.image_size)
+        resume = None if resume_from is None else _resume_state(resume_from, splits.classes,
+                                                                 pre, cfg)
+        # Load weights first: a missing ImageNet file fails before any image is decoded.
+        model = _initial_model(cfg, len(splits.classes), resume, plan)
+        net = strategy.wrap(model)
+        optimizer = make_optimizer(model, cfg)
+        scaler = torch.amp.GradScaler("cuda") if plan.amp_dtype == torch.float16 else None
+        start_epoch, history = 0, list[EpochMetrics]()
+        if resume is not None:
+            start_epoch, history = _restore(optimizer, model, cfg, resume)
 
-    def on_start(self, info: StartInfo) -> None:
-        if self.ddp.is_main:
-            self.inner.on_start(info)
-
-    def on_batch(self, progress: BatchProgress) -> None:
-        if self.ddp.is_main:
-            images = self.images_after[progress.batch - 1]
-            self.inner.on_batch(BatchProgress(progress.epoch, progress.epochs, progress.batch,
-                                              progress.batches, images))
-
-    def on_epoch(self, metrics: EpochMetrics) -> None:
-        if self.ddp.is_main:
-            self.inner.on_epoch(metrics)
-
-    def on_checkpoint(self, path: Path, epoch: int) -> None:
-        if self.ddp.is_main:
-            self.inner.on_checkpoint(path, epoch)
-
-    def should_stop(self) -> bool:
-        return self.ddp.agree_to_stop(self.inner.should_stop())
-
-
-def _fit(
-    data_dir: str | Path,
-    cfg: TrainConfig,
-    cb: Callback,
-    out: Path,
-    plan: DevicePlan,
-    ddp: Distributed | None,
-    resume_from: str | Path | None,
-    epoch_checkpoint: str | Path | None,
-) -> TrainResult:
-    world = 1 if ddp is None else ddp.world_size
-    writes = ddp is None or ddp.is_main  # rank 0 alone writes files
-    if plan.is_cuda:
-        torch.backends.cudnn.benchmark = True
-    splits = load_image_folder(data_dir)
-    classes = splits.classes
-    pre = Preprocessing.for_size(cfg.image_size)
-
-    resume: dict[str, Any] | None = None
-    if resume_from is not None:
-        resume = load_checkpoint(resume_from)
-        if resume["classes"] != classes:
-            raise ValueError(
-                f"cannot resume: checkpoint classes {resume['classes']} differ from the "
-                f"dataset's {classes}"
-            )
-        if Preprocessing.from_dict(resume["preprocessing"]) != pre:
-            raise ValueError("cannot resume: the checkpoint was trained at another image_size")
-        if resume["epoch"] > cfg.epochs:
-            raise ValueError(f"cannot resume: checkpoint is at epoch {resume['epoch']} > epochs")
-
-    # Load weights first: a missing ImageNet file fails before any image is decoded.
-    torch.manual_seed(cfg.seed)
-    if resume is None:
-        init, source = _source_state(cfg)
-        model = build_model(len(classes), init, source_state=source)
-    else:
-        model = build_model(len(classes), INIT_SCRATCH)
-        model.load_state_dict(resume["model"])
-    model.to(plan.device)
-    if plan.channels_last:
-        model.to(memory_format=torch.channels_last)
-    net = model if ddp is None else ddp.wrap(model)  # what trains; ``model`` is what is saved
-    optimizer = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda") if plan.amp_dtype == torch.float16 else None
-    start_epoch = 0
-    history: list[EpochMetrics] = []
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        # load_state_dict also restores the old lr/momentum/decay; the config given now wins.
-        for group, fresh in zip(optimizer.param_groups, make_optimizer(model, cfg).param_groups,
-                                strict=True):
-            group.update({k: fresh[k] for k in ("lr", "momentum", "weight_decay")})
-        start_epoch = int(resume["epoch"])
-        history = [EpochMetrics(**m) for m in resume.get("history", [])][:start_epoch]
-
-    train_ds = train_dataset(splits.train, cfg.image_size)
-    # Several processes: each evaluates test images rank, rank + N, ... (see _evaluate).
-    test_ds = eval_dataset(splits.test if ddp is None else splits.test[ddp.rank::world], pre)
-    # Every process of this machine caches the whole train set: share the memory budget.
-    share = 1 if ddp is None else ddp.info.local_world_size
-    cached_bytes, decode_seconds = _fill_caches(cfg, train_ds, test_ds, share)
-    batch_size = min(cfg.batch_size, len(train_ds))
-    if ddp is None:
-        test_loader = make_loader(
-            test_ds, batch_size=cfg.batch_size, shuffle=False, workers=plan.workers,
-            pin_memory=plan.pin_memory,
+        train_ds = train_dataset(splits.train, cfg.image_size)
+        test_ds = eval_dataset(strategy.test_share(splits.test), pre)
+        cached_bytes, decode_seconds = _fill_caches(cfg, train_ds, test_ds,
+                                                    strategy.local_processes)
+        batch_size = min(cfg.batch_size, len(train_ds))
+        run = cls(
+            cfg=cfg, strategy=strategy, callback=strategy.reporter(callback),
+            classes=splits.classes, pre=pre, model=model, net=net, optimizer=optimizer,
+            scaler=scaler, history=history, start_epoch=start_epoch, train_ds=train_ds,
+            batch_size=batch_size, test_loader=strategy.test_loader(test_ds, cfg.batch_size),
+            batches=strategy.batches_per_epoch(train_ds, batch_size), test_samples=splits.test,
         )
-        probe_loader = make_loader(train_ds, batch_size=batch_size, shuffle=True, workers=0)
-        batches = len(probe_loader)
-    else:
-        test_loader = eval_loader(test_ds, batch_size=cfg.batch_size, workers=plan.workers,
-                                  pin_memory=plan.pin_memory)
-        # This also fails early when there are too few images for the processes.
-        batches = len(epoch_shard(len(train_ds), batch_size, world, ddp.rank,
-                                  torch.Generator().manual_seed(0)).batches)
-    cb.on_start(
-        StartInfo(
-            classes=classes, train_count=len(train_ds), test_count=len(splits.test),
-            device=str(plan.device), precision=plan.precision, start_epoch=start_epoch,
-            epochs=cfg.epochs, batches_per_epoch=batches, config=cfg,
-            cached_bytes=cached_bytes, decode_seconds=decode_seconds, world_size=world,
-        )
-    )
-    log.info(
-        "training %s on %d images (%d classes), testing on %d, %s %s, epochs %d..%d%s",
-        cfg.init, len(train_ds), len(classes), len(splits.test), plan.device, plan.precision,
-        start_epoch + 1, cfg.epochs, "" if ddp is None else f", rank {ddp.rank} of {world}",
-    )
+        run.announce(cached_bytes, decode_seconds)
+        return run
 
-    evaluation: Evaluation | None = None
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        epoch_start = time.perf_counter()
-        weights: list[float] | None = None
-        if ddp is None:
-            train_loader = make_loader(
-                train_ds, batch_size=batch_size, shuffle=True, workers=plan.workers,
-                pin_memory=plan.pin_memory, generator=seed_epoch(cfg.seed, epoch),
-            )
-        else:
-            shuffle, loader_seed = seed_rank_epoch(cfg.seed, epoch, ddp.rank)
-            shard = epoch_shard(len(train_ds), batch_size, world, ddp.rank, shuffle)
-            assert isinstance(cb, _RankCallback)
-            cb.epoch_sizes(shard.global_sizes)
-            weights = shard.weights
-            train_loader = shard_loader(
-                train_ds, shard.batches, workers=plan.workers, pin_memory=plan.pin_memory,
-                generator=loader_seed,
-            )
+    def announce(self, cached_bytes: int, decode_seconds: float) -> None:
+        cfg, plan, strategy = self.cfg, self.strategy.plan, self.strategy
+        train_count, test_count = len(self.train_ds), len(self.test_samples)
+        self.callback.on_start(StartInfo(
+            classes=self.classes, train_count=train_count, test_count=test_count,
+            device=str(plan.device), precision=plan.precision, start_epoch=self.start_epoch,
+            epochs=cfg.epochs, batches_per_epoch=self.batches, config=cfg,
+            cached_bytes=cached_bytes, decode_seconds=decode_seconds,
+            world_size=strategy.world_size,
+        ))
+        log.info(
+            "training %s on %d images (%d classes), testing on %d, %s %s, epochs %d..%d%s",
+            cfg.init, train_count, len(self.classes), test_count, plan.device, plan.precision,
+            self.start_epoch + 1, cfg.epochs, strategy.describe(),
+        )
+
+    def train(self, out: Path, epoch_checkpoint: Path | None) -> TrainResult:
+        """The remaining epochs, then the final checkpoint ``out`` (by the writing process)."""
+        evaluation: Evaluation | None = None
+        for epoch in range(self.start_epoch + 1, self.cfg.epochs + 1):
+            metrics, evaluation = self.epoch(epoch)
+            self.history.append(metrics)
+            if epoch_checkpoint is not None and self.strategy.writes:
+                save_checkpoint(self.payload(epoch, None), epoch_checkpoint)
+                self.callback.on_checkpoint(epoch_checkpoint, epoch)
+            self.callback.on_epoch(metrics)
+        if evaluation is None:  # resumed a run that had already finished its epochs
+            evaluation = self.evaluate()
+        if self.strategy.writes:
+            save_checkpoint(self.payload(self.cfg.epochs, evaluation), out)
+        return TrainResult(checkpoint=out, classes=self.classes, config=self.cfg,
+                           history=self.history, evaluation=evaluation)
+
+    def epoch(self, epoch: int) -> tuple[EpochMetrics, Evaluation]:
+        """One training pass and the evaluation after it."""
+        cfg, strategy = self.cfg, self.strategy
+        start = time.perf_counter()
+        batches = strategy.epoch_batches(self.train_ds, self.batch_size, cfg.seed, epoch)
         train_loss, train_acc, seen, train_seconds = train_one_epoch(
-            net, train_loader, optimizer, plan, pre,
-            epoch=epoch, epochs=cfg.epochs, batches=batches, callback=cb, scaler=scaler,
-            weights=weights, reduce=None if ddp is None else ddp.sum,
+            self.net, batches.loader, self.optimizer, strategy.plan, self.pre,
+            epoch=epoch, epochs=cfg.epochs, batches=self.batches, callback=self.callback,
+            scaler=self.scaler, weights=batches.weights, reduce=strategy.reduce,
         )
-        evaluation = _evaluate(model, test_loader, plan, pre, classes, ddp, splits.test)
+        evaluation = self.evaluate()
         metrics = EpochMetrics(
             epoch=epoch, epochs=cfg.epochs,
             train_loss=train_loss, train_acc=train_acc,
             test_loss=evaluation.loss, test_acc=evaluation.accuracy,
             images_per_s=seen / train_seconds if train_seconds > 0 else 0.0,
-            seconds=time.perf_counter() - epoch_start,
+            seconds=time.perf_counter() - start,
         )
-        history.append(metrics)
         log.info(
             "epoch %d/%d train loss %.4f acc %.3f, test loss %.4f acc %.3f, %.1f img/s",
             epoch, cfg.epochs, train_loss, train_acc, metrics.test_loss, metrics.test_acc,
             metrics.images_per_s,
         )
-        if epoch_checkpoint is not None and writes:
-            payload = _payload(plan, model, optimizer, cfg, classes, pre, epoch, history, None,
-                               world)
-            save_checkpoint(payload, epoch_checkpoint)
-            cb.on_checkpoint(Path(epoch_checkpoint), epoch)
-        cb.on_epoch(metrics)
+        return metrics, evaluation
 
-    if evaluation is None:  # resumed a run that had already finished its epochs
-        evaluation = _evaluate(model, test_loader, plan, pre, classes, ddp, splits.test)
-    if writes:
-        save_checkpoint(
-            _payload(plan, model, optimizer, cfg, classes, pre, cfg.epochs, history, evaluation,
-                     world),
-            out,
+    def evaluate(self) -> Evaluation:
+        return self.strategy.evaluate(self.model, self.test_loader, self.pre, self.classes,
+                                      self.test_samples)
+
+    def payload(self, epoch: int, evaluation: Evaluation | None) -> dict[str, Any]:
+        """The checkpoint: complete (``evaluation`` given) or one to resume from."""
+        plan, cfg, history = self.strategy.plan, self.cfg, self.history
+        return {
+            "model": _cpu_state(self.model),
+            "classes": list(self.classes),
+            "preprocessing": self.pre.to_dict(),
+            "params": cfg.to_dict(),
+            "compute": {"device": str(plan.device), "precision": plan.precision,
+                        "world_size": self.strategy.world_size},
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "seed": cfg.seed,
+            "history": [m.to_dict() for m in history],
+            "metrics": history[-1].to_dict() if history else None,
+            "evaluation": evaluation.to_dict() if evaluation is not None else None,
+            "complete": evaluation is not None,
+        }
+
+
+def _resume_state(
+    path: str | Path, classes: list[str], pre: Preprocessing, cfg: TrainConfig
+) -> dict[str, Any]:
+    """The checkpoint to resume from, refused when it belongs to another run."""
+    resume = load_checkpoint(path)
+    if resume["classes"] != classes:
+        raise ValueError(
+            f"cannot resume: checkpoint classes {resume['classes']} differ from the "
+            f"dataset's {classes}"
         )
-    return TrainResult(
-        checkpoint=out, classes=classes, config=cfg, history=history, evaluation=evaluation
-    )
+    if Preprocessing.from_dict(resume["preprocessing"]) != pre:
+        raise ValueError("cannot resume: the checkpoint was trained at another image_size")
+    if resume["epoch"] > cfg.epochs:
+        raise ValueError(f"cannot resume: checkpoint is at epoch {resume['epoch']} > epochs")
+    return resume
 
 
-def _evaluate(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    plan: DevicePlan,
-    pre: Preprocessing,
-    classes: list[str],
-    ddp: Distributed | None,
-    test_samples: Sequence[tuple[Path, int]],
-) -> Evaluation:
-    """One process: :func:`evaluate`. Several: every rank first takes rank 0's buffers
-    (BatchNorm statistics), so all hold the model rank 0 saves, evaluates its shard
-    (images rank::N), and the logits are gathered back into dataset order: the evaluation is
-    that of the whole test set, identical on every rank."""
-    if ddp is None:
-        return evaluate(model, loader, plan, pre, classes)
-    ddp.sync_buffers(model)
-    logits, _ = run_inference(model, loader, plan, pre)
-    full = ddp.gather_rows(logits, len(test_samples), len(classes))
-    targets = torch.tensor([label for _, label in test_samples], dtype=torch.long)
-    return evaluation_from_logits(classes, full, targets)
+def _initial_model(
+    cfg: TrainConfig, num_classes: int, resume: dict[str, Any] | None, plan: DevicePlan
+) -> nn.Module:
+    """The model on its device: from ``resume``, else as ``cfg.init`` says."""
+    torch.manual_seed(cfg.seed)
+    if resume is None:
+        init, source = _source_state(cfg)
+        model = build_model(num_classes, init, source_state=source)
+    else:
+        model = build_model(num_classes, INIT_SCRATCH)
+        model.load_state_dict(resume["model"])
+    model.to(plan.device)
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _restore(
+    optimizer: torch.optim.SGD, model: nn.Module, cfg: TrainConfig, resume: dict[str, Any]
+) -> tuple[int, list[EpochMetrics]]:
+    """The optimiser state of ``resume``; returns its epoch and history."""
+    optimizer.load_state_dict(resume["optimizer"])
+    # load_state_dict also restores the old lr/momentum/decay; the config given now wins.
+    for group, fresh in zip(optimizer.param_groups, make_optimizer(model, cfg).param_groups,
+                            strict=True):
+        group.update({k: fresh[k] for k in ("lr", "momentum", "weight_decay")})
+    start_epoch = int(resume["epoch"])
+    return start_epoch, [EpochMetrics(**m) for m in resume.get("history", [])][:start_epoch]
+
+
+def _source_state(cfg: TrainConfig) -> tuple[str, dict[str, torch.Tensor] | None]:
+    if cfg.init in (INIT_IMAGENET, INIT_SCRATCH):
+        return cfg.init, None
+    try:
+        return "checkpoint", load_checkpoint(cfg.init)["model"]
+    except CheckpointError as exc:
+        raise ValueError(
+            f"init must be 'imagenet', 'scratch' or a hotdog checkpoint path: {exc}"
+        ) from exc
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
 def _fill_caches(
@@ -540,32 +386,3 @@ def _fill_caches(
     seconds = time.perf_counter() - start
     log.info("decoded %.1f MB of images in %.1fs", used / 1e6, seconds)
     return used, seconds
-
-
-def _payload(
-    plan: DevicePlan,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    cfg: TrainConfig,
-    classes: list[str],
-    pre: Preprocessing,
-    epoch: int,
-    history: list[EpochMetrics],
-    evaluation: Evaluation | None,
-    world_size: int = 1,
-) -> dict[str, Any]:
-    return {
-        "model": _cpu_state(model),
-        "classes": list(classes),
-        "preprocessing": pre.to_dict(),
-        "params": cfg.to_dict(),
-        "compute": {"device": str(plan.device), "precision": plan.precision,
-                    "world_size": world_size},
-        "epoch": epoch,
-        "optimizer": optimizer.state_dict(),
-        "seed": cfg.seed,
-        "history": [m.to_dict() for m in history],
-        "metrics": history[-1].to_dict() if history else None,
-        "evaluation": evaluation.to_dict() if evaluation is not None else None,
-        "complete": evaluation is not None,
-    }
