@@ -184,7 +184,7 @@ def _vertical_text(image: Image.Image, text: str,
                    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
                    center: tuple[float, float]) -> None:
     box = ImageDraw.Draw(image).textbbox((0, 0), text, font=font)
-    label = Image.new("L", (box[2] + 4, box[3] + 4), 0)
+    label = Image.new("L", (int(box[2]) + 4, int(box[3]) + 4), 0)
     ImageDraw.Draw(label).text((2, 2), text, fill=255, font=font)
     label = label.rotate(90, expand=True)
     x, y = int(center[0] - label.width / 2), int(center[1] - label.height / 2)
