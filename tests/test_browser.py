@@ -25,8 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.stacks import embedded_stack
-from tests.test_service import Stack
+from tests.helpers import Stack, embedded_stack
 
 try:
     from selenium import webdriver

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from app.engine import TrainConfig, load_checkpoint
-from tests.common import TINY
+from tests.helpers import TINY
 from worker.runner import TrainingProcess
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from app.engine import (
 )
 from app.engine.checkpoint import save_checkpoint
 from app.engine.train import BatchProgress
-from tests.common import TINY
+from tests.helpers import TINY
 
 
 class Recorder(Callback):

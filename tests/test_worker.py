@@ -23,7 +23,7 @@ from app.db.models import Dataset, EpochMetric, JobStatus
 from app.db.session import make_engine, upgrade
 from app.engine import TrainConfig, load_checkpoint
 from app.jobs.service import claim_job, create_job, get_job, request_cancel
-from tests.common import TINY
+from tests.helpers import TINY
 from worker.celery_app import make_celery
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
