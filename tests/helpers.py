@@ -29,6 +29,11 @@ from app.db.session import upgrade
 # The smallest training setting that still exercises every part: scratch, 32 px, batch 8.
 TINY = {"init": "scratch", "image_size": 32, "batch_size": 8}
 
+# Epochs of a job that a test interrupts at epoch 2 and lets finish: enough that it is still
+# training when the test strikes (each epoch also writes a checkpoint), few enough to finish
+# soon after.
+INTERRUPTED_EPOCHS = 10
+
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 # Short heartbeats and leases, so that a lost worker's job is taken back within seconds; and

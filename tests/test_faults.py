@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from app.db.session import downgrade
-from tests.helpers import TINY, free_port, running_stack, status_of, wait_for
+from tests.helpers import INTERRUPTED_EPOCHS, TINY, free_port, running_stack, status_of, wait_for
 
 
 class Proxy:
@@ -149,7 +149,7 @@ def test_redis_restarted_mid_job(postgres_url: str, private_redis: PrivateRedis,
         with running_stack(tmp_path, db_url=postgres_url, broker=broker) as stack, \
                 stack.client() as c:
             ds = c.upload(color_dataset)["id"]
-            job_id = c.submit(ds, **TINY, epochs=25)["id"]
+            job_id = c.submit(ds, **TINY, epochs=INTERRUPTED_EPOCHS)["id"]
             stack.wait(job_id, {"running"}, until=lambda j: j["progress"]["epoch"] >= 2)
             private_redis.kill()  # Redis dies mid-job, losing every message it held
             wait_for(lambda: status_of(stack.url + "/ready") == 503, timeout=30,
@@ -158,7 +158,7 @@ def test_redis_restarted_mid_job(postgres_url: str, private_redis: PrivateRedis,
             # The job the worker was running still ends right: the database holds its state.
             job = stack.wait(job_id, {"succeeded", "failed", "cancelled"})
             assert job["status"] == "succeeded", job
-            assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, 26))
+            assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, INTERRUPTED_EPOCHS + 1))
             # And the worker reconnected: a new job runs to the end.
             wait_for(lambda: status_of(stack.url + "/ready") == 200, timeout=30,
                      what="/ready 200")

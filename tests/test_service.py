@@ -19,7 +19,15 @@ import pytest
 from app.client import ServiceError
 from app.db.session import downgrade
 from app.engine.export import PARITY_TOLERANCE, OnnxModel
-from tests.helpers import REDIS_URL, TINY, Stack, free_port, running_stack, wait_for
+from tests.helpers import (
+    INTERRUPTED_EPOCHS,
+    REDIS_URL,
+    TINY,
+    Stack,
+    free_port,
+    running_stack,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module", params=["postgres+redis", "embedded"])
@@ -171,14 +179,14 @@ def test_a_killed_training_process_resumes_and_finishes(stack: Stack,
                                                         color_dataset: Path) -> None:
     with stack.client() as c:
         ds = c.upload(color_dataset)["id"]
-        job_id = c.submit(ds, **TINY, epochs=30)["id"]
+        job_id = c.submit(ds, **TINY, epochs=INTERRUPTED_EPOCHS)["id"]
         stack.wait(job_id, {"running"}, until=lambda j: j["progress"]["epoch"] >= 2)
         (pid,) = _training_pids(stack, job_id)
         os.kill(pid, signal.SIGKILL)  # mid-epoch, as an OOM killer would
         job = stack.wait(job_id, {"succeeded", "failed", "cancelled"})
         assert job["status"] == "succeeded" and job["attempt"] == 2, job
         # Resumed from its last epoch: every epoch once, no gap, no duplicate.
-        assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, 31))
+        assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, INTERRUPTED_EPOCHS + 1))
 
 
 def test_a_job_that_always_crashes_fails_after_the_attempt_cap(stack: Stack,
@@ -273,7 +281,7 @@ def test_64_concurrent_predict_clients_get_only_200_or_503(stack: Stack,
 def test_a_killed_worker_loses_nothing(stack: Stack, color_dataset: Path) -> None:
     with stack.client() as c:
         ds = c.upload(color_dataset)["id"]
-        job_id = c.submit(ds, **TINY, epochs=30)["id"]
+        job_id = c.submit(ds, **TINY, epochs=INTERRUPTED_EPOCHS)["id"]
         stack.wait(job_id, {"running"}, until=lambda j: j["progress"]["epoch"] >= 2)
         stack.stop("worker", signal.SIGKILL)  # the whole worker, with no chance to clean up
         wait_for(lambda: not _training_pids(stack, job_id), timeout=10,
@@ -284,4 +292,4 @@ def test_a_killed_worker_loses_nothing(stack: Stack, color_dataset: Path) -> Non
         # Attempt 2 normally; one more if a heartbeat of the new worker came late on this
         # busy 2-core machine and the reaper took the job for lost (it is then resumed too).
         assert job["status"] == "succeeded" and job["attempt"] >= 2, (job, stack.logs())
-        assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, 31))
+        assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, INTERRUPTED_EPOCHS + 1))
