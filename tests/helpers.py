@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import httpx
 from fastapi.testclient import TestClient
@@ -26,8 +26,15 @@ from app.client import Client
 from app.core.config import Settings
 from app.db.session import upgrade
 
+
+class TrainingSize(TypedDict):
+    init: str
+    image_size: int
+    batch_size: int
+
+
 # The smallest training setting that still exercises every part: scratch, 32 px, batch 8.
-TINY = {"init": "scratch", "image_size": 32, "batch_size": 8}
+TINY: TrainingSize = {"init": "scratch", "image_size": 32, "batch_size": 8}
 
 # Epochs of a job that a test interrupts at epoch 2 and lets finish: enough that it is still
 # training when the test strikes (each epoch also writes a checkpoint), few enough to finish
@@ -43,7 +50,7 @@ FAST_LEASES = {"HEARTBEAT_SECONDS": "0.3", "JOB_LEASE_SECONDS": "5", "PREDICT_DE
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], *, timeout: float, interval: float = 0.05,
+def wait_for(check: Callable[[], T | None], *, timeout: float, interval: float = 0.05,
              what: str | Callable[[], str]) -> T:
     """Calls ``check`` until it returns something truthy, and returns that; fails after
     ``timeout`` seconds saying what it waited for (``what`` may be a function, e.g. logs)."""
@@ -56,7 +63,7 @@ def wait_for(check: Callable[[], T], *, timeout: float, interval: float = 0.05,
     return value
 
 
-async def wait_for_async(check: Callable[[], T], *, timeout: float, interval: float = 0.001,
+async def wait_for_async(check: Callable[[], T | None], *, timeout: float, interval: float = 0.001,
                          what: str) -> T:
     """``wait_for`` inside an event loop: the loop runs on (its tasks make progress) while
     this waits."""

@@ -30,8 +30,8 @@ try:
     from selenium import webdriver
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service as ChromeService
+    from selenium.webdriver.chrome.webdriver import WebDriver
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support.ui import Select
 except ImportError:  # reported by the `browser` fixture (skip, or fail in CI)
     webdriver = None  # type: ignore[assignment]

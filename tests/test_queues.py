@@ -118,8 +118,8 @@ def test_one_worker_per_gpu_each_seeing_its_own(tmp_path: Path) -> None:
         return check
 
     try:
-        children = wait_for(lambda: len(_children(sup.pid)) == 2 and _children(sup.pid),
-                            timeout=60, interval=0.2, what=log_file.read_text)
+        children = wait_for(lambda: _children(sup.pid) if len(_children(sup.pid)) == 2
+                            else None, timeout=60, interval=0.2, what=log_file.read_text)
         assert sorted(_visible_devices(p) or "" for p in children) == ["0", "1"]
         wait_for(started("on queues"), timeout=60, interval=0.2, what=log_file.read_text)
         # Celery's " ready." line: each worker handles signals from here on
