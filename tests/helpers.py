@@ -97,9 +97,11 @@ class Stack:
     env: dict[str, str]
     tmp: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_offsets: dict[str, int] = field(default_factory=dict)  # where each start's log begins
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.log_offsets[name] = log.tell()
         proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], env=self.env,
                                 stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc
@@ -129,6 +131,19 @@ class Stack:
     def assert_alive(self) -> None:
         for name, proc in self.procs.items():
             assert proc.poll() is None, f"{name} exited\n{self.logs()}"
+
+    def wait_worker_ready(self, name: str, timeout: float = 120) -> None:
+        """Until the worker started as ``name`` takes tasks (Celery logged "ready.")."""
+        log = self.tmp / f"{name}.log"
+
+        def ready() -> bool:
+            self.assert_alive()
+            with log.open("rb") as f:
+                f.seek(self.log_offsets[name])
+                return b" ready." in f.read()
+
+        wait_for(ready, timeout=timeout, interval=0.2,
+                 what=lambda: f"worker {name} to start\n{self.logs()}")
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Until /ready answers 200; fails with the logs if the API exits or never does."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,16 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.db.session import upgrade
 from app.jobs.queues import queue_for, worker_queues
-from tests.helpers import TINY, Stack, embedded, embedded_stack, upload, wait_for, zip_tree
+from tests.helpers import (
+    TINY,
+    Stack,
+    embedded,
+    embedded_stack,
+    stack_env,
+    upload,
+    wait_for,
+    zip_tree,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,11 +109,9 @@ def _visible_devices(pid: int) -> str | None:
 
 
 def test_one_worker_per_gpu_each_seeing_its_own(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    db_url = f"sqlite:///{data / 'hotdog.db'}"
-    data.mkdir()
+    db_url = f"sqlite:///{tmp_path / 'data' / 'hotdog.db'}"
     upgrade(db_url)
-    env = {**os.environ, "DATA_DIR": str(data), "DATABASE_URL": db_url, "BROKER_URL": ""}
+    env = stack_env(tmp_path, db_url)
     log_file = tmp_path / "workers.log"
     log = open(log_file, "wb")  # noqa: SIM115 - closed below
     sup = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--per-gpu", "0,1"],

@@ -212,6 +212,10 @@ def test_a_job_that_always_crashes_fails_after_the_attempt_cap(stack: Stack,
 def test_two_workers_train_two_jobs_at_once_while_the_api_is_read(
         stack: Stack, color_dataset: Path) -> None:
     stack.start("worker2", "worker", "--name", f"second-{uuid.uuid4().hex[:6]}@%h")
+    # Both take tasks before the jobs come: each then gets one (a worker reserves one task at
+    # a time), so the jobs overlap however slowly this machine starts processes.
+    for worker in ("worker", "worker2"):
+        stack.wait_worker_ready(worker)
     statuses: list[int] = []
     stop = threading.Event()
 
