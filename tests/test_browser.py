@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.helpers import Stack, embedded_stack, wait_for
 
@@ -251,10 +252,11 @@ def test_a_photo_shows_its_label_and_probabilities(browser: WebDriver, service: 
     assert visible_text(browser, "predict-error") == ""
     card = browser.find_element(By.CSS_SELECTOR, "#predict-result .prediction")
     assert photo.name in card.text
-    # The photo itself is shown (decoded by the browser).
+    # The photo itself is shown (decoded by the browser, at its own size).
     img = card.find_element(By.TAG_NAME, "img")
-    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
-                                  img) > 0
+    with Image.open(photo) as original:
+        assert browser.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", img) == original.width
     # One bar per class, the label's first, its length the probability.
     bars = card.find_elements(By.CSS_SELECTOR, "li.bar")
     assert bars[0].get_attribute("data-class") == expected["label"]
