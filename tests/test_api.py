@@ -25,16 +25,7 @@ from app.engine import TrainConfig, fit
 from app.engine.config import params
 from app.engine.export import PARITY_TOLERANCE, OnnxModel, export_for_job
 from app.jobs.service import claim_job, finish_job
-from tests.common import TINY
-
-
-def zip_tree(root: Path, prefix: str = "") -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for p in sorted(root.rglob("*")):
-            if p.is_file():
-                zf.write(p, prefix + str(p.relative_to(root)))
-    return buf.getvalue()
+from tests.helpers import TINY, embedded, upload, zip_tree
 
 
 def make_zip(entries: dict[str, bytes], *, symlink: str | None = None) -> bytes:
@@ -55,13 +46,6 @@ def jpeg(color: tuple[int, int, int] = (200, 80, 40), size: int = 48) -> bytes:
     return buf.getvalue()
 
 
-def embedded(data_dir: Path, **overrides: object) -> Settings:
-    """The embedded default in ``data_dir``, whatever DATABASE_URL/BROKER_URL say (.ci/run
-    exports DATABASE_URL for the Postgres tests)."""
-    return Settings(data_dir=data_dir, database_url=None, broker_url=None,
-                    api_key=None, **overrides)
-
-
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     s = embedded(tmp_path / "data", predict_max_files=4, predict_max_bytes=2 << 20,
@@ -74,10 +58,6 @@ def settings(tmp_path: Path) -> Settings:
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as c:
         yield c
-
-
-def upload(client: TestClient, data: bytes, name: str = "set.zip") -> object:
-    return client.post("/datasets", files={"file": (name, data, "application/zip")})
 
 
 def stored(settings: Settings) -> list[str]:

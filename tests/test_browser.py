@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,17 +23,17 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
-from tests.stacks import embedded_stack
-from tests.test_service import Stack
+from tests.helpers import Stack, embedded_stack, wait_for
 
 try:
     from selenium import webdriver
-    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service as ChromeService
+    from selenium.webdriver.chrome.webdriver import WebDriver
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.remote.webdriver import WebDriver
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 except ImportError:  # reported by the `browser` fixture (skip, or fail in CI)
     webdriver = None  # type: ignore[assignment]
 
@@ -92,18 +91,6 @@ def zip_folder(root: Path, out: Path) -> Path:
     return out
 
 
-def wait_job(stack: Stack, job_id: str, statuses: set[str], timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = httpx.get(f"{stack.url}/jobs/{job_id}", timeout=30).json()
-        if job["status"] in statuses:
-            return job
-        for name, proc in stack.procs.items():
-            assert proc.poll() is None, f"{name} exited\n{stack.logs()}"
-        assert time.monotonic() < deadline, f"job {job_id} is {job['status']}\n{stack.logs()}"
-        time.sleep(0.3)
-
-
 @pytest.fixture(scope="module")
 def trained(service: Stack, color_dataset: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> dict[str, Any]:
@@ -118,7 +105,7 @@ def trained(service: Stack, color_dataset: Path, tmp_path_factory: pytest.TempPa
         "dataset_id": dataset["id"], "init": "scratch", "image_size": 32, "batch_size": 8,
         "epochs": 3})
     assert r.status_code == 202, r.text
-    job = wait_job(service, r.json()["id"], {"succeeded", "failed", "cancelled"})
+    job = service.wait(r.json()["id"], {"succeeded", "failed", "cancelled"})
     assert job["status"] == "succeeded", job["error"]
     return {"dataset": dataset, "job": job, "zip": data}
 
@@ -159,18 +146,16 @@ def save_artifacts(driver: WebDriver, name: str) -> None:
     print(f"\nbrowser artefacts: {stem}.*")
 
 
-def wait_for(driver: WebDriver, what: str, condition: Callable[[WebDriver], Any],
-             timeout: float = TIMEOUT) -> Any:
-    def safe(d: WebDriver) -> Any:
+def wait_on_page(driver: WebDriver, what: str, condition: Callable[[WebDriver], Any],
+                 timeout: float = TIMEOUT) -> Any:
+    """``condition(driver)`` once truthy, looked at every 0.1 s."""
+    def safe() -> Any:
         try:
-            return condition(d)
+            return condition(driver)
         except StaleElementReferenceException:  # the page redrew it: look again
             return False
 
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(safe)
-    except TimeoutException:
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None
+    return wait_for(safe, timeout=timeout, interval=0.1, what=what)
 
 
 def visible_text(driver: WebDriver, element_id: str) -> str:
@@ -190,8 +175,8 @@ def open_page(driver: WebDriver, stack: Stack) -> None:
     driver.get(stack.url + "/")
     assert driver.title == "hotdog"
     # The first poll of the job list has come back (a table, or "No jobs yet.").
-    wait_for(driver, "the job list", lambda d: d.find_element(By.ID, "jobs-table").is_displayed()
-             or d.find_element(By.ID, "jobs-empty").is_displayed())
+    wait_on_page(driver, "the job list", lambda d: d.find_element(
+        By.ID, "jobs-table").is_displayed() or d.find_element(By.ID, "jobs-empty").is_displayed())
 
 
 def fill(driver: WebDriver, element_id: str, value: str) -> None:
@@ -238,7 +223,7 @@ def submit_tiny_job(driver: WebDriver, epochs: int, init: str = "scratch") -> st
         fresh = [i for i in ids if i not in before]
         return fresh[0] if fresh else None
 
-    return wait_for(driver, "the new job in the list", new_row)
+    return wait_on_page(driver, "the new job in the list", new_row)
 
 
 def upload_dataset(driver: WebDriver, path: Path, name: str = "") -> None:
@@ -253,7 +238,7 @@ def test_a_photo_shows_its_label_and_probabilities(browser: WebDriver, service: 
                                                    trained: dict, color_dataset: Path) -> None:
     open_page(browser, service)
     job_id = trained["job"]["id"]
-    wait_for(browser, "the trained model in the model list", lambda d: d.find_elements(
+    wait_on_page(browser, "the trained model in the model list", lambda d: d.find_elements(
         By.CSS_SELECTOR, f'#model-select option[value="{job_id}"]'))
     photo = color_dataset / "test" / "hotdog" / "000.jpg"
     with photo.open("rb") as f:
@@ -261,16 +246,17 @@ def test_a_photo_shows_its_label_and_probabilities(browser: WebDriver, service: 
     expected = r.json()["predictions"][0]
 
     browser.find_element(By.ID, "photo-input").send_keys(str(photo))
-    label = wait_for(browser, "the label", lambda d: d.find_elements(
+    label = wait_on_page(browser, "the label", lambda d: d.find_elements(
         By.CSS_SELECTOR, "#predict-result .verdict-label"))[0]
     assert label.text == expected["label"]
     assert visible_text(browser, "predict-error") == ""
     card = browser.find_element(By.CSS_SELECTOR, "#predict-result .prediction")
     assert photo.name in card.text
-    # The photo itself is shown (decoded by the browser).
+    # The photo itself is shown (decoded by the browser, at its own size).
     img = card.find_element(By.TAG_NAME, "img")
-    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
-                                  img) > 0
+    with Image.open(photo) as original:
+        assert browser.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", img) == original.width
     # One bar per class, the label's first, its length the probability.
     bars = card.find_elements(By.CSS_SELECTOR, "li.bar")
     assert bars[0].get_attribute("data-class") == expected["label"]
@@ -292,7 +278,7 @@ def test_a_job_s_curves_gain_points_while_it_trains(browser: WebDriver, service:
     # A dataset through the page: its classes and counts are shown, and it becomes the
     # form's choice.
     upload_dataset(browser, trained["zip"], "colors via the page")
-    report = wait_for(browser, "the dataset report", lambda d: d.find_elements(
+    report = wait_on_page(browser, "the dataset report", lambda d: d.find_elements(
         By.CSS_SELECTOR, "#dataset-result .dataset-report"))[0]
     assert "hotdog, not-hotdog" in report.text and "colors via the page" in report.text
     assert report.find_element(By.CSS_SELECTOR, "table.counts").text.split() == [
@@ -304,23 +290,25 @@ def test_a_job_s_curves_gain_points_while_it_trains(browser: WebDriver, service:
     # A scratch job of many epochs: while it runs, its curves gain points epoch by epoch.
     job_id = submit_tiny_job(browser, 500)
     seen: list[tuple[str | None, int, int]] = []
-    deadline = time.monotonic() + 300
-    while len({acc for status, acc, _ in seen if status == "running" and acc > 0}) < 3:
+
+    def three_epochs_while_running() -> bool:  # every change of the page on the way
         state = tuple(browser.execute_script(WATCH, job_id))
         if not seen or seen[-1] != state:
             seen.append(state)
         assert state[0] in ("queued", "running"), seen
-        assert time.monotonic() < deadline, f"{seen}\n{service.logs()}"
-        time.sleep(0.1)
+        return len({acc for status, acc, _ in seen if status == "running" and acc > 0}) >= 3
+
+    wait_for(three_epochs_while_running, timeout=300, interval=0.1,
+             what=lambda: f"{seen}\n{service.logs()}")
     assert all(acc == loss for _, acc, loss in seen), seen  # both charts, at once
     assert [acc for _, acc, _ in seen] == sorted(acc for _, acc, _ in seen)  # none lost
     # Cancel it from its row: it stops, and its curves keep every finished epoch.
     row = browser.find_element(By.CSS_SELECTOR, f'#jobs-body tr[data-job="{job_id}"]')
     row.find_element(By.CSS_SELECTOR, "button.cancel").click()
-    wait_for(browser, "the cancelled job", lambda d: row_status(d, job_id) == "cancelled")
+    wait_on_page(browser, "the cancelled job", lambda d: row_status(d, job_id) == "cancelled")
     metrics = httpx.get(f"{service.url}/jobs/{job_id}/metrics", timeout=30).json()
     assert 3 <= len(metrics) < 500
-    wait_for(browser, "the last epochs", lambda d: points(d, "chart-acc", job_id) == len(
+    wait_on_page(browser, "the last epochs", lambda d: points(d, "chart-acc", job_id) == len(
         metrics))
     for chart in ("chart-acc", "chart-loss"):
         for kind in ("train", "test"):
@@ -337,7 +325,7 @@ def test_a_job_s_curves_gain_points_while_it_trains(browser: WebDriver, service:
     # A fine-tune from the first model on the same data: both on one chart.
     first = trained["job"]["id"]
     tuned = submit_tiny_job(browser, 3, init=f"job:{first}")
-    wait_for(browser, "the fine-tune to finish", lambda d: row_status(d, tuned) in (
+    wait_on_page(browser, "the fine-tune to finish", lambda d: row_status(d, tuned) in (
         "succeeded", "failed", "cancelled") and points(d, "chart-acc", tuned) == 3, timeout=300)
     assert row_status(browser, tuned) == "succeeded"
     assert points(browser, "chart-acc", job_id) == len(metrics)
@@ -347,11 +335,11 @@ def test_a_job_s_curves_gain_points_while_it_trains(browser: WebDriver, service:
     tick = row.find_element(By.CSS_SELECTOR, "input.chart-tick")
     assert tick.is_selected()
     tick.click()
-    wait_for(browser, "one job on the chart", lambda d: points(d, "chart-acc", job_id) == 0)
+    wait_on_page(browser, "one job on the chart", lambda d: points(d, "chart-acc", job_id) == 0)
     assert points(browser, "chart-acc", tuned) == 3
     tick.click()
-    wait_for(browser, "both jobs on the chart",
-             lambda d: points(d, "chart-acc", job_id) == len(metrics))
+    wait_on_page(browser, "both jobs on the chart",
+                 lambda d: points(d, "chart-acc", job_id) == len(metrics))
     assert points(browser, "chart-acc", tuned) == 3
 
     # The newest model is the active one until another is activated: activate the first.
@@ -359,7 +347,7 @@ def test_a_job_s_curves_gain_points_while_it_trains(browser: WebDriver, service:
     assert tuned_row.find_element(By.CSS_SELECTOR, ".active-model").is_displayed()
     browser.find_element(By.CSS_SELECTOR,
                          f'#jobs-body tr[data-job="{first}"] button.activate').click()
-    wait_for(browser, "the active-model mark", lambda d: d.find_element(
+    wait_on_page(browser, "the active-model mark", lambda d: d.find_element(
         By.CSS_SELECTOR, f'#jobs-body tr[data-job="{first}"] .active-model').is_displayed())
     assert not tuned_row.find_element(By.CSS_SELECTOR, ".active-model").is_displayed()
     assert tuned_row.find_element(By.CSS_SELECTOR, "button.activate").is_displayed()
@@ -381,7 +369,7 @@ def test_bad_uploads_are_explained_in_words(browser: WebDriver, service: Stack, 
                             timeout=60).json()["detail"]
     assert isinstance(detail, str) and detail
     upload_dataset(browser, bad)
-    shown = wait_for(browser, "the upload's error", lambda d: visible_text(d, "dataset-error"))
+    shown = wait_on_page(browser, "the upload's error", lambda d: visible_text(d, "dataset-error"))
     assert detail in shown and "422" in shown
     assert not browser.find_elements(By.CSS_SELECTOR, "#dataset-result .dataset-report")
 
@@ -393,17 +381,17 @@ def test_bad_uploads_are_explained_in_words(browser: WebDriver, service: Stack, 
                             timeout=60).json()["detail"]
     assert "lunch.txt" in detail
     browser.find_element(By.ID, "photo-input").send_keys(str(note))
-    shown = wait_for(browser, "the photo's error", lambda d: visible_text(d, "predict-error"))
+    shown = wait_on_page(browser, "the photo's error", lambda d: visible_text(d, "predict-error"))
     assert detail in shown
     assert browser.find_element(By.CSS_SELECTOR, "#predict-result .verdict").text == (
         "not classified")
 
     # Invalid job parameters: FastAPI's list of fields, in words.
-    wait_for(browser, "a dataset to choose", lambda d: Select(
+    wait_on_page(browser, "a dataset to choose", lambda d: Select(
         d.find_element(By.ID, "job-dataset")).first_selected_option.get_attribute("value"))
     fill(browser, "job-lr", "50")
     browser.find_element(By.ID, "job-submit").click()
-    shown = wait_for(browser, "the job form's error", lambda d: visible_text(d, "job-error"))
+    shown = wait_on_page(browser, "the job form's error", lambda d: visible_text(d, "job-error"))
     assert shown.startswith("learning rate (lr): Input should be less than or equal to 10"), shown
     assert "[object Object]" not in shown and "{" not in shown
     assert_no_script_errors(browser)
@@ -420,37 +408,38 @@ def test_the_page_works_with_an_api_key(browser: WebDriver, keyed_service: Stack
     assert httpx.get(url + "/jobs", timeout=10).status_code == 401
 
     browser.get(url + "/")
-    dialog = wait_for(browser, "the key prompt", lambda d: d.find_element(
+    dialog = wait_on_page(browser, "the key prompt", lambda d: d.find_element(
         By.ID, "key-dialog").is_displayed() and d.find_element(By.ID, "key-dialog"))
     # A wrong key is refused, and the page says so.
     fill(browser, "key-input", "not-the-key")
     browser.find_element(By.ID, "key-submit").click()
-    shown = wait_for(browser, "the refusal", lambda d: visible_text(d, "key-error"))
+    shown = wait_on_page(browser, "the refusal", lambda d: visible_text(d, "key-error"))
     assert "refused" in shown
     fill(browser, "key-input", KEY)
     browser.find_element(By.ID, "key-submit").click()
-    wait_for(browser, "the prompt to close", lambda d: not dialog.is_displayed())
-    wait_for(browser, "the job list", lambda d: d.find_element(By.ID, "jobs-empty").is_displayed())
+    wait_on_page(browser, "the prompt to close", lambda d: not dialog.is_displayed())
+    wait_on_page(browser, "the job list",
+                 lambda d: d.find_element(By.ID, "jobs-empty").is_displayed())
     for section in ("jobs-error", "job-error", "predict-error", "curves-error"):
         assert visible_text(browser, section) == "", section
     assert browser.execute_script("return sessionStorage.getItem('hotdog.apiKey')") == KEY
 
     # Writes work with the key: a dataset, a job (queued: no worker here), its cancel.
     upload_dataset(browser, zip_folder(color_dataset, tmp_path / "colors.zip"), "keyed")
-    report = wait_for(browser, "the dataset report", lambda d: d.find_elements(
+    report = wait_on_page(browser, "the dataset report", lambda d: d.find_elements(
         By.CSS_SELECTOR, "#dataset-result .dataset-report"))[0]
     assert "hotdog, not-hotdog" in report.text
     job_id = submit_tiny_job(browser, 2)
-    wait_for(browser, "the queued job", lambda d: row_status(d, job_id) == "queued")
+    wait_on_page(browser, "the queued job", lambda d: row_status(d, job_id) == "queued")
     browser.find_element(By.CSS_SELECTOR,
                          f'#jobs-body tr[data-job="{job_id}"] button.cancel').click()
-    wait_for(browser, "the cancelled job", lambda d: row_status(d, job_id) == "cancelled")
+    wait_on_page(browser, "the cancelled job", lambda d: row_status(d, job_id) == "cancelled")
     job = httpx.get(f"{url}/jobs/{job_id}", headers={"X-API-Key": KEY}, timeout=10).json()
     assert job["status"] == "cancelled"
 
     # The key is kept for the session: a reload does not ask again.
     browser.refresh()
-    wait_for(browser, "the job list", lambda d: row_status(d, job_id) == "cancelled")
+    wait_on_page(browser, "the job list", lambda d: row_status(d, job_id) == "cancelled")
     assert not browser.find_element(By.ID, "key-dialog").is_displayed()
     assert_no_script_errors(browser)
 

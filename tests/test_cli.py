@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.stacks import stack_without_weights
-from tests.test_service import Stack, free_port
+from tests.helpers import Stack, free_port, stack_without_weights
 
 
 def hotdog(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ import torch
 from app.api.schemas import JobCreate
 from app.engine import Predictor, TrainConfig, fit, load_checkpoint
 from app.engine.distributed import epoch_shard
-from tests.common import TINY
+from tests.helpers import TINY
 from worker.protocol import (
     Cancelled,
     Checkpoint,
@@ -331,7 +331,7 @@ def test_gpus_is_a_bounded_job_parameter() -> None:
 
 
 def test_a_two_process_job_through_a_real_worker(color_dataset: Path, tmp_path: Path) -> None:
-    from tests.stacks import embedded_stack
+    from tests.helpers import embedded_stack
 
     with embedded_stack(tmp_path, EXPORT_ONNX="false", CPU_DDP_PROCESSES="2") as stack, \
             stack.client() as c:

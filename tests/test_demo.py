@@ -15,8 +15,7 @@ import pytest
 from PIL import Image
 
 from app.plot import PALETTE, chart_size
-from tests.stacks import stack_without_weights
-from tests.test_service import Stack
+from tests.helpers import Stack, stack_without_weights
 
 TINY_DEMO = ("--epochs", "2", "--image-size", "32", "--batch-size", "8",
              "--train-per-class", "6", "--test-per-class", "3",

@@ -17,7 +17,7 @@ from app.engine import export as ex
 from app.engine.data import load_image_folder
 from app.engine.predict import choose_runtime
 from app.engine.presets import Preprocessing, load_eval_image
-from tests.common import TINY
+from tests.helpers import TINY
 
 TOL = ex.PARITY_TOLERANCE
 

@@ -5,13 +5,10 @@ redis-server this test owns)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +16,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.db.session import downgrade, upgrade
-from tests.common import TINY
-from tests.test_service import Stack, free_port
+from app.db.session import downgrade
+from tests.helpers import INTERRUPTED_EPOCHS, TINY, free_port, running_stack, status_of, wait_for
 
 
 class Proxy:
@@ -81,45 +77,36 @@ class Proxy:
                     s.close()
 
 
-def wait_for(predicate, timeout: float = 60, what: str = "") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+class PrivateRedis:
+    """A redis-server of this test's own on a free port, that it may kill and start again."""
 
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
 
-def status_of(url: str) -> int:
-    try:
-        return httpx.get(url, timeout=10).status_code
-    except httpx.TransportError:
-        return 0
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
+             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir",
+             str(self.folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _redis_up(self.port), timeout=30, what="redis-server")
 
-
-def stack_env(tmp: Path, db_url: str, broker: str) -> dict[str, str]:
-    return {**os.environ, "DATA_DIR": str(tmp / "data"), "DATABASE_URL": db_url,
-            "BROKER_URL": broker, "HEARTBEAT_SECONDS": "0.3", "JOB_LEASE_SECONDS": "5",
-            "TRAINING_QUEUE": f"training-{uuid.uuid4().hex[:8]}", "PREDICT_DEVICE": "cpu"}
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
-    port = free_port()
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start() -> None:
-        procs.append(subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
-             "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_for(lambda: _redis_up(port), 30, "redis-server")
-
-    start()
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    redis = PrivateRedis(tmp_path)
+    redis.start()
     try:
-        yield port, procs
+        yield redis
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        redis.kill()
 
 
 def _redis_up(port: int) -> bool:
@@ -136,65 +123,47 @@ def test_postgres_down_gives_503_and_the_api_recovers_by_itself(
     real = make_url(postgres_url)
     proxy = Proxy((real.host or "127.0.0.1", real.port or 5432))
     db_url = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    upgrade(db_url)
-    port = free_port()
-    stack = Stack(f"http://127.0.0.1:{port}", stack_env(tmp_path, db_url, ""), tmp_path)
-    stack.start("api", "serve", "--port", str(port))
     try:
-        wait_for(lambda: status_of(stack.url + "/ready") == 200, 60, "the API")
-        assert status_of(stack.url + "/jobs") == 200
-        proxy.cut()
-        wait_for(lambda: status_of(stack.url + "/ready") == 503, 30, "/ready to say 503")
-        r = httpx.get(stack.url + "/jobs", timeout=30)
-        assert r.status_code == 503 and "database" in r.json()["detail"]
-        assert r.headers["retry-after"]
-        proxy.restore()
-        wait_for(lambda: status_of(stack.url + "/ready") == 200, 30, "/ready to recover")
-        assert status_of(stack.url + "/jobs") == 200
-        assert stack.procs["api"].poll() is None
+        with running_stack(tmp_path, db_url=db_url, worker=False) as stack:
+            assert status_of(stack.url + "/jobs") == 200
+            proxy.cut()
+            wait_for(lambda: status_of(stack.url + "/ready") == 503, timeout=30,
+                     what="/ready to say 503")
+            r = httpx.get(stack.url + "/jobs", timeout=30)
+            assert r.status_code == 503 and "database" in r.json()["detail"]
+            assert r.headers["retry-after"]
+            proxy.restore()
+            wait_for(lambda: status_of(stack.url + "/ready") == 200, timeout=30,
+                     what="/ready to recover")
+            assert status_of(stack.url + "/jobs") == 200
+            assert stack.procs["api"].poll() is None
     finally:
-        for name in list(stack.procs):
-            stack.stop(name)
         proxy.cut()
         downgrade(postgres_url, "base")
 
 
-def test_redis_restarted_mid_job(postgres_url: str, private_redis: tuple[int, list],
+def test_redis_restarted_mid_job(postgres_url: str, private_redis: PrivateRedis,
                                  tmp_path: Path, color_dataset: Path) -> None:
-    redis_port, redis_procs = private_redis
-    upgrade(postgres_url)
-    port = free_port()
-    stack = Stack(f"http://127.0.0.1:{port}",
-                  stack_env(tmp_path, postgres_url, f"redis://127.0.0.1:{redis_port}/0"),
-                  tmp_path)
-    stack.start("api", "serve", "--port", str(port))
-    stack.start("worker", "worker")
+    broker = f"redis://127.0.0.1:{private_redis.port}/0"
     try:
-        wait_for(lambda: status_of(stack.url + "/ready") == 200, 60, "the API")
-        with stack.client() as c:
+        with running_stack(tmp_path, db_url=postgres_url, broker=broker) as stack, \
+                stack.client() as c:
             ds = c.upload(color_dataset)["id"]
-            job_id = c.submit(ds, **TINY, epochs=25)["id"]
+            job_id = c.submit(ds, **TINY, epochs=INTERRUPTED_EPOCHS)["id"]
             stack.wait(job_id, {"running"}, until=lambda j: j["progress"]["epoch"] >= 2)
-            redis_procs[-1].kill()  # Redis dies mid-job, losing every message it held
-            redis_procs[-1].wait()
-            time.sleep(1)
-            wait_for(lambda: status_of(stack.url + "/ready") == 503, 30, "/ready 503")
-            redis_procs.append(subprocess.Popen(
-                [shutil.which("redis-server") or "redis-server", "--port", str(redis_port),
-                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", str(tmp_path)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            wait_for(lambda: _redis_up(redis_port), 30, "redis-server again")
+            private_redis.kill()  # Redis dies mid-job, losing every message it held
+            wait_for(lambda: status_of(stack.url + "/ready") == 503, timeout=30,
+                     what="/ready 503")
+            private_redis.start()
             # The job the worker was running still ends right: the database holds its state.
             job = stack.wait(job_id, {"succeeded", "failed", "cancelled"})
             assert job["status"] == "succeeded", job
-            assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, 26))
+            assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, INTERRUPTED_EPOCHS + 1))
             # And the worker reconnected: a new job runs to the end.
-            wait_for(lambda: status_of(stack.url + "/ready") == 200, 30, "/ready 200")
+            wait_for(lambda: status_of(stack.url + "/ready") == 200, timeout=30,
+                     what="/ready 200")
             second = c.submit(ds, **TINY, epochs=1)["id"]
             assert stack.wait(second, {"succeeded", "failed"}, timeout=180)["status"] == (
                 "succeeded")
     finally:
-        for name in list(stack.procs):
-            stack.stop(name)
         downgrade(postgres_url, "base")

@@ -13,7 +13,7 @@ import torch
 from app.engine import Predictor, TrainConfig, fit
 from app.engine.data import load_image_folder
 from app.engine.export import PARITY_TOLERANCE, export_for_job
-from tests.common import TINY
+from tests.helpers import TINY
 
 pytestmark = [
     pytest.mark.gpu,

@@ -20,10 +20,8 @@ from app.core.config import Settings
 from app.core.logs import job_context, make_handler
 from app.db.session import make_engine, upgrade
 from app.jobs.service import claim_job, record_epoch
-from tests.common import TINY
-from tests.stacks import embedded_stack
-from tests.test_api import _finished_job, embedded, upload, zip_tree
-from tests.test_service import Stack
+from tests.helpers import TINY, Stack, embedded, embedded_stack, upload, zip_tree
+from tests.test_api import _finished_job
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

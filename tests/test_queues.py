@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -17,10 +15,16 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.db.session import upgrade
 from app.jobs.queues import queue_for, worker_queues
-from tests.common import TINY
-from tests.stacks import embedded_stack
-from tests.test_api import embedded, upload, zip_tree
-from tests.test_service import Stack
+from tests.helpers import (
+    TINY,
+    Stack,
+    embedded,
+    embedded_stack,
+    stack_env,
+    upload,
+    wait_for,
+    zip_tree,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,28 +109,29 @@ def _visible_devices(pid: int) -> str | None:
 
 
 def test_one_worker_per_gpu_each_seeing_its_own(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    db_url = f"sqlite:///{data / 'hotdog.db'}"
-    data.mkdir()
+    db_url = f"sqlite:///{tmp_path / 'data' / 'hotdog.db'}"
     upgrade(db_url)
-    env = {**os.environ, "DATA_DIR": str(data), "DATABASE_URL": db_url, "BROKER_URL": ""}
-    log = open(tmp_path / "workers.log", "wb")  # noqa: SIM115 - closed below
+    env = stack_env(tmp_path, db_url)
+    log_file = tmp_path / "workers.log"
+    log = open(log_file, "wb")  # noqa: SIM115 - closed below
     sup = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--per-gpu", "0,1"],
                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def started(text: str) -> Callable[[], bool]:  # seen in the log of both workers
+        def check() -> bool:
+            assert sup.poll() is None, log_file.read_text()
+            return log_file.read_text().count(text) == 2
+        return check
+
     try:
-        deadline = time.monotonic() + 60
-        while len(_children(sup.pid)) < 2:
-            assert time.monotonic() < deadline and sup.poll() is None, \
-                (tmp_path / "workers.log").read_text()
-            time.sleep(0.2)
-        children = _children(sup.pid)
+        children = wait_for(lambda: _children(sup.pid) if len(_children(sup.pid)) == 2
+                            else None, timeout=60, interval=0.2, what=log_file.read_text)
         assert sorted(_visible_devices(p) or "" for p in children) == ["0", "1"]
-        while (tmp_path / "workers.log").read_text().count("on queues") < 2:  # both started
-            assert time.monotonic() < deadline, (tmp_path / "workers.log").read_text()
-            time.sleep(0.2)
-        time.sleep(1)
+        wait_for(started("on queues"), timeout=60, interval=0.2, what=log_file.read_text)
+        # Celery's " ready." line: each worker handles signals from here on
+        wait_for(started(" ready."), timeout=60, interval=0.2, what=log_file.read_text)
         sup.send_signal(signal.SIGTERM)
-        assert sup.wait(timeout=60) == 0, (tmp_path / "workers.log").read_text()
+        assert sup.wait(timeout=60) == 0, log_file.read_text()
         assert not any(Path(f"/proc/{p}").exists() and
                        "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
                        for p in children)
@@ -135,5 +140,5 @@ def test_one_worker_per_gpu_each_seeing_its_own(tmp_path: Path) -> None:
             sup.kill()
             sup.wait()
         log.close()
-    text = (tmp_path / "workers.log").read_text()
+    text = log_file.read_text()
     assert "2 workers, one per GPU (0, 1)" in text and "gpu0@" in text and "gpu1@" in text

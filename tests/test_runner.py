@@ -11,7 +11,7 @@ from pathlib import Path
 
 from app.db.models import ErrorKind
 from app.engine import TrainConfig, load_checkpoint
-from tests.common import TINY
+from tests.helpers import TINY
 from worker.protocol import Cancelled, Checkpoint, Done, Epoch, Error, Progress, Start, decode
 from worker.runner import TrainingProcess
 

@@ -6,119 +6,45 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from app.client import Client, ServiceError
-from app.db.session import downgrade, upgrade
+from app.client import ServiceError
+from app.db.session import downgrade
 from app.engine.export import PARITY_TOLERANCE, OnnxModel
-from tests.common import TINY
-
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Stack:
-    url: str
-    env: dict[str, str]
-    tmp: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], env=self.env,
-                                stdout=log, stderr=subprocess.STDOUT)
-        self.procs[name] = proc
-        return proc
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
-                         for p in sorted(self.tmp.glob("*.log")))
-
-    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        proc = self.procs.pop(name)
-        proc.send_signal(sig)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"{name} did not stop on signal {sig}\n{self.logs()}") from None
-
-    def client(self) -> Client:
-        return Client(self.url, timeout=60)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        """Until /ready answers 200; fails with the logs if the API exits or never does."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and self.procs["api"].poll() is None, \
-                f"the service did not start\n{self.logs()}"
-            time.sleep(0.2)
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
-
-    def wait(self, job_id: str, statuses: set[str], timeout: float = 300,
-             until: Callable[[dict], bool] = lambda job: True) -> dict:
-        deadline = time.monotonic() + timeout
-        with self.client() as c:
-            while time.monotonic() < deadline:
-                job = c.job(job_id)
-                if job["status"] in statuses and until(job):
-                    return job
-                for name, proc in self.procs.items():
-                    assert proc.poll() is None, f"{name} exited\n{self.logs()}"
-                time.sleep(0.3)
-        raise AssertionError(f"job {job_id} is {job['status']}\n{self.logs()}")
+from tests.helpers import (
+    INTERRUPTED_EPOCHS,
+    REDIS_URL,
+    TINY,
+    Stack,
+    free_port,
+    running_stack,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module", params=["postgres+redis", "embedded"])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Stack]:
+    """One service per backend for the whole module: each test uploads and submits its own."""
     tmp = tmp_path_factory.mktemp(request.param.replace("+", "-"))
     if request.param == "embedded":
-        db_url, broker = f"sqlite:///{tmp / 'data' / 'hotdog.db'}", ""
-    else:
-        db_url, broker = request.getfixturevalue("postgres_url"), REDIS_URL
-    port = free_port()
-    env = {**os.environ, "DATA_DIR": str(tmp / "data"), "DATABASE_URL": db_url,
-           "BROKER_URL": broker, "HEARTBEAT_SECONDS": "0.3", "JOB_LEASE_SECONDS": "5",
-           # a queue of this run's own: leftovers in a shared Redis never reach this worker
-           "TRAINING_QUEUE": f"training-{uuid.uuid4().hex[:8]}", "PREDICT_DEVICE": "cpu"}
-    upgrade(db_url)
-    stack = Stack(f"http://127.0.0.1:{port}", env, tmp)
-    stack.start("api", "serve", "--port", str(port))
-    stack.start("worker", "worker")
+        with running_stack(tmp) as stack:
+            yield stack
+        return
+    db_url = request.getfixturevalue("postgres_url")
     try:
-        stack.wait_ready()
-        yield stack
+        with running_stack(tmp, db_url=db_url, broker=REDIS_URL) as stack:
+            yield stack
     finally:
-        stack.stop_all()
-        if request.param != "embedded":
-            downgrade(db_url, "base")
+        downgrade(db_url, "base")
 
 
 def hotdog_json(*args: str, env: dict[str, str] | None = None) -> dict:
@@ -253,14 +179,14 @@ def test_a_killed_training_process_resumes_and_finishes(stack: Stack,
                                                         color_dataset: Path) -> None:
     with stack.client() as c:
         ds = c.upload(color_dataset)["id"]
-        job_id = c.submit(ds, **TINY, epochs=30)["id"]
+        job_id = c.submit(ds, **TINY, epochs=INTERRUPTED_EPOCHS)["id"]
         stack.wait(job_id, {"running"}, until=lambda j: j["progress"]["epoch"] >= 2)
         (pid,) = _training_pids(stack, job_id)
         os.kill(pid, signal.SIGKILL)  # mid-epoch, as an OOM killer would
         job = stack.wait(job_id, {"succeeded", "failed", "cancelled"})
         assert job["status"] == "succeeded" and job["attempt"] == 2, job
         # Resumed from its last epoch: every epoch once, no gap, no duplicate.
-        assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, 31))
+        assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, INTERRUPTED_EPOCHS + 1))
 
 
 def test_a_job_that_always_crashes_fails_after_the_attempt_cap(stack: Stack,
@@ -268,14 +194,16 @@ def test_a_job_that_always_crashes_fails_after_the_attempt_cap(stack: Stack,
     with stack.client() as c:
         ds = c.upload(color_dataset)["id"]
         job_id = c.submit(ds, **TINY, epochs=1000)["id"]
-        deadline = time.monotonic() + 120
         killed: set[int] = set()
-        while (job := c.job(job_id))["status"] in ("queued", "running"):
-            assert time.monotonic() < deadline, stack.logs()
+
+        def kill_every_attempt() -> dict | None:
             for pid in set(_training_pids(stack, job_id)) - killed:
                 os.kill(pid, signal.SIGKILL)  # every attempt dies
                 killed.add(pid)
-            time.sleep(0.05)
+            job = c.job(job_id)
+            return None if job["status"] in ("queued", "running") else job
+
+        job = wait_for(kill_every_attempt, timeout=120, what=stack.logs)
         assert job["status"] == "failed" and job["attempt"] == 3, job
         assert "exited with code -9" in job["error"] and "gave up after 3 attempts" in job["error"]
         assert len(killed) == 3
@@ -284,6 +212,10 @@ def test_a_job_that_always_crashes_fails_after_the_attempt_cap(stack: Stack,
 def test_two_workers_train_two_jobs_at_once_while_the_api_is_read(
         stack: Stack, color_dataset: Path) -> None:
     stack.start("worker2", "worker", "--name", f"second-{uuid.uuid4().hex[:6]}@%h")
+    # Both take tasks before the jobs come: each then gets one (a worker reserves one task at
+    # a time), so the jobs overlap however slowly this machine starts processes.
+    for worker in ("worker", "worker2"):
+        stack.wait_worker_ready(worker)
     statuses: list[int] = []
     stop = threading.Event()
 
@@ -299,14 +231,14 @@ def test_two_workers_train_two_jobs_at_once_while_the_api_is_read(
             jobs = [c.submit(ds, **TINY, epochs=12)["id"] for _ in range(2)]
             for t in readers:
                 t.start()
-            seen: dict[str, str] = {}
-            deadline = time.monotonic() + 120
-            while len(set(seen.values())) < 2:  # both running at the same moment
-                assert time.monotonic() < deadline, stack.logs()
+
+            def on_two_workers() -> bool:  # both running at the same moment
                 now = [c.job(j) for j in jobs]
-                if all(j["status"] == "running" for j in now):
-                    seen = {j["id"]: j["worker"] for j in now}
-                time.sleep(0.1)
+                return (all(j["status"] == "running" for j in now)
+                        and len({j["worker"] for j in now}) == 2)
+
+            wait_for(on_two_workers, timeout=120, interval=0.1,
+                     what=lambda: f"both jobs running on two workers\n{stack.logs()}")
             for job_id in jobs:
                 job = stack.wait(job_id, {"succeeded", "failed", "cancelled"})
                 assert job["status"] == "succeeded", job
@@ -347,21 +279,21 @@ def test_64_concurrent_predict_clients_get_only_200_or_503(stack: Stack,
         t.join()
     assert len(answers) == 192
     assert set(answers) <= {200, 503}, [a for a in answers if a not in (200, 503)][:5]
-    assert answers.count(200) > 0
+    assert 200 in answers  # how many are refused with 503 depends on timing; not all
 
 
 def test_a_killed_worker_loses_nothing(stack: Stack, color_dataset: Path) -> None:
     with stack.client() as c:
         ds = c.upload(color_dataset)["id"]
-        job_id = c.submit(ds, **TINY, epochs=30)["id"]
+        job_id = c.submit(ds, **TINY, epochs=INTERRUPTED_EPOCHS)["id"]
         stack.wait(job_id, {"running"}, until=lambda j: j["progress"]["epoch"] >= 2)
         stack.stop("worker", signal.SIGKILL)  # the whole worker, with no chance to clean up
-        time.sleep(0.5)
-        assert not _training_pids(stack, job_id)  # its training died with it
+        wait_for(lambda: not _training_pids(stack, job_id), timeout=10,
+                 what="its training to die with it")
         assert c.job(job_id)["status"] == "running"  # until its lease runs out
         stack.start("worker", "worker")
         job = stack.wait(job_id, {"succeeded", "failed", "cancelled"}, timeout=300)
         # Attempt 2 normally; one more if a heartbeat of the new worker came late on this
         # busy 2-core machine and the reaper took the job for lost (it is then resumed too).
         assert job["status"] == "succeeded" and job["attempt"] >= 2, (job, stack.logs())
-        assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, 31))
+        assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, INTERRUPTED_EPOCHS + 1))

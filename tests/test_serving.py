@@ -10,19 +10,22 @@ import pytest
 import torch
 
 from app.api.serving import Batcher, Overloaded
+from tests.helpers import wait_for_async
 
 
 class Recorder:
-    """A forward pass that records its batch sizes; the first one waits for ``release``
-    so that the requests sent meanwhile have to queue up."""
+    """A forward pass that records its batch sizes; the first one sets ``started`` and waits
+    for ``release``, so that the requests sent meanwhile have to queue up."""
 
     def __init__(self, fail_on: int | None = None) -> None:
         self.sizes: list[int] = []
+        self.started = threading.Event()
         self.release = threading.Event()
         self.fail_on = fail_on
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.sizes:
+            self.started.set()
             self.release.wait(10)
         self.sizes.append(len(x))
         if self.fail_on is not None and len(self.sizes) == self.fail_on:
@@ -38,6 +41,17 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
+async def queued(batcher: Batcher, images: int) -> None:
+    """Until ``images`` wait in the batcher's queue (the tasks sending them have run)."""
+    await wait_for_async(lambda: len(batcher.pending) == images, timeout=10,
+                         what=f"{images} queued images")
+
+
+async def computing(rec: Recorder) -> None:
+    """Until the first batch is in the forward pass (and holds the only forward thread)."""
+    await wait_for_async(rec.started.is_set, timeout=10, what="the first batch")
+
+
 def test_queued_requests_share_batches_and_get_their_own_rows() -> None:
     rec = Recorder()
     pool = ThreadPoolExecutor(1)
@@ -45,9 +59,9 @@ def test_queued_requests_share_batches_and_get_their_own_rows() -> None:
 
     async def main() -> list[list[torch.Tensor]]:
         first = asyncio.create_task(batcher.submit([image(1)]))
-        await asyncio.sleep(0.05)  # the first batch is now computing
+        await computing(rec)
         rest = [asyncio.create_task(batcher.submit([image(v), image(v)])) for v in range(2, 7)]
-        await asyncio.sleep(0.05)
+        await queued(batcher, 10)
         rec.release.set()
         return [await first, *[await t for t in rest]]
 
@@ -66,9 +80,9 @@ def test_a_full_queue_refuses_at_once() -> None:
 
     async def main() -> None:
         first = asyncio.create_task(batcher.submit([image(1)]))
-        await asyncio.sleep(0.05)
+        await computing(rec)
         waiting = asyncio.create_task(batcher.submit([image(2), image(3), image(4)]))
-        await asyncio.sleep(0.01)
+        await queued(batcher, 3)
         with pytest.raises(Overloaded, match="retry"):
             await batcher.submit([image(5)])
         rec.release.set()
@@ -102,10 +116,10 @@ def test_requests_that_went_away_are_not_computed() -> None:
 
     async def main() -> None:
         first = asyncio.create_task(batcher.submit([image(1)]))
-        await asyncio.sleep(0.05)
+        await computing(rec)
         gone = asyncio.create_task(batcher.submit([image(2), image(2)]))
         kept = asyncio.create_task(batcher.submit([image(3)]))
-        await asyncio.sleep(0.01)
+        await queued(batcher, 3)
         gone.cancel()  # the client disconnected
         rec.release.set()
         await first

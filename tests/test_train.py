@@ -20,7 +20,7 @@ from app.engine import (
 )
 from app.engine.callback import BatchProgress
 from app.engine.checkpoint import save_checkpoint
-from tests.common import TINY
+from tests.helpers import TINY
 
 
 class Recorder(Callback):

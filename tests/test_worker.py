@@ -24,7 +24,7 @@ from app.db.session import make_engine, upgrade
 from app.engine import TrainConfig, load_checkpoint
 from app.jobs.broker import make_celery
 from app.jobs.service import claim_job, create_job, get_job, request_cancel
-from tests.common import TINY
+from tests.helpers import TINY
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 

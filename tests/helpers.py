@@ -1,0 +1,235 @@
+"""What many test modules share: the tiny training setting, one polling helper, free ports,
+and a real service (``hotdog serve`` + ``hotdog worker`` processes) started and stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypedDict, TypeVar
+
+import httpx
+from fastapi.testclient import TestClient
+
+from app.client import Client
+from app.core.config import Settings
+from app.db.session import upgrade
+
+
+class TrainingSize(TypedDict):
+    init: str
+    image_size: int
+    batch_size: int
+
+
+# The smallest training setting that still exercises every part: scratch, 32 px, batch 8.
+TINY: TrainingSize = {"init": "scratch", "image_size": 32, "batch_size": 8}
+
+# Epochs of a job that a test interrupts at epoch 2 and lets finish: enough that it is still
+# training when the test strikes (each epoch also writes a checkpoint), few enough to finish
+# soon after.
+INTERRUPTED_EPOCHS = 10
+
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+# Short heartbeats and leases, so that a lost worker's job is taken back within seconds; and
+# prediction on the CPU whatever the machine has.
+FAST_LEASES = {"HEARTBEAT_SECONDS": "0.3", "JOB_LEASE_SECONDS": "5", "PREDICT_DEVICE": "cpu"}
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], *, timeout: float, interval: float = 0.05,
+             what: str | Callable[[], str]) -> T:
+    """Calls ``check`` until it returns something truthy, and returns that; fails after
+    ``timeout`` seconds saying what it waited for (``what`` may be a function, e.g. logs)."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
+        time.sleep(interval)
+    return value
+
+
+async def wait_for_async(check: Callable[[], T | None], *, timeout: float, interval: float = 0.001,
+                         what: str) -> T:
+    """``wait_for`` inside an event loop: the loop runs on (its tasks make progress) while
+    this waits."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+    return value
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def status_of(url: str) -> int:
+    """The HTTP status of a GET, or 0 where nothing answers."""
+    try:
+        return httpx.get(url, timeout=10).status_code
+    except httpx.TransportError:
+        return 0
+
+
+@dataclass
+class Stack:
+    """Processes of one service (``hotdog <args>``), their logs in ``tmp``."""
+
+    url: str
+    env: dict[str, str]
+    tmp: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_offsets: dict[str, int] = field(default_factory=dict)  # where each start's log begins
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.log_offsets[name] = log.tell()
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
+                         for p in sorted(self.tmp.glob("*.log")))
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"{name} did not stop on signal {sig}\n{self.logs()}") from None
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def client(self) -> Client:
+        return Client(self.url, timeout=60)
+
+    def assert_alive(self) -> None:
+        for name, proc in self.procs.items():
+            assert proc.poll() is None, f"{name} exited\n{self.logs()}"
+
+    def wait_worker_ready(self, name: str, timeout: float = 120) -> None:
+        """Until the worker started as ``name`` takes tasks (Celery logged "ready.")."""
+        log = self.tmp / f"{name}.log"
+
+        def ready() -> bool:
+            self.assert_alive()
+            with log.open("rb") as f:
+                f.seek(self.log_offsets[name])
+                return b" ready." in f.read()
+
+        wait_for(ready, timeout=timeout, interval=0.2,
+                 what=lambda: f"worker {name} to start\n{self.logs()}")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until /ready answers 200; fails with the logs if the API exits or never does."""
+        def ready() -> bool:
+            assert self.procs["api"].poll() is None, f"the API exited\n{self.logs()}"
+            return status_of(self.url + "/ready") == 200
+
+        wait_for(ready, timeout=timeout, interval=0.2,
+                 what=lambda: f"the service to start\n{self.logs()}")
+
+    def wait(self, job_id: str, statuses: set[str], timeout: float = 300,
+             until: Callable[[dict], bool] = lambda job: True) -> dict:
+        """The job once its status is one of ``statuses`` and ``until(job)`` holds."""
+        with self.client() as c:
+            def reached() -> dict | None:
+                self.assert_alive()
+                job = c.job(job_id)
+                return job if job["status"] in statuses and until(job) else None
+
+            return wait_for(reached, timeout=timeout, interval=0.2,
+                            what=lambda: f"job {job_id} ({c.job(job_id)})\n{self.logs()}")
+
+
+def stack_env(tmp: Path, db_url: str, broker: str = "", **env: str) -> dict[str, str]:
+    """The settings of a service's processes: data in ``tmp/data``, fast leases, ``env``."""
+    own_queue = ({"TRAINING_QUEUE": f"training-{uuid.uuid4().hex[:8]}"} if broker else {})
+    return {**os.environ, "DATA_DIR": str(tmp / "data"), "DATABASE_URL": db_url,
+            "BROKER_URL": broker, **FAST_LEASES,
+            # a queue of this run's own: leftovers in a shared Redis never reach its workers
+            **own_queue, **env}
+
+
+@contextmanager
+def running_stack(tmp: Path, *, db_url: str = "", broker: str = "", worker: bool = True,
+                  **env: str) -> Iterator[Stack]:
+    """``hotdog serve`` (and ``hotdog worker`` unless ``worker=False``) on ``db_url`` and
+    ``broker``, by default the embedded SQLite and file-system broker in ``tmp/data``;
+    ``env``: extra settings of both processes (e.g. LOG_FORMAT, TORCH_HOME, API_KEY)."""
+    db_url = db_url or f"sqlite:///{tmp / 'data' / 'hotdog.db'}"
+    (tmp / "data").mkdir(parents=True, exist_ok=True)
+    upgrade(db_url)
+    port = free_port()
+    stack = Stack(f"http://127.0.0.1:{port}", stack_env(tmp, db_url, broker, **env), tmp)
+    stack.start("api", "serve", "--port", str(port))
+    if worker:
+        stack.start("worker", "worker")
+    try:
+        stack.wait_ready(120)
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+def embedded_stack(tmp: Path, *, worker: bool = True,
+                   **env: str) -> AbstractContextManager[Stack]:
+    """The embedded default (SQLite + the file-system broker) in a folder of the test's own;
+    ``worker=False`` starts the API alone (jobs then stay queued)."""
+    return running_stack(tmp, worker=worker, **env)
+
+
+@contextmanager
+def stack_without_weights(tmp: Path) -> Iterator[Stack]:
+    """A service whose worker has no ImageNet weights (imagenet jobs fail at once) and
+    writes no exports (saves time)."""
+    with embedded_stack(tmp, TORCH_HOME=str(tmp / "no-torch-cache"),
+                        HOTDOG_PRETRAINED_PATH="", EXPORT_ONNX="false") as stack:
+        yield stack
+
+
+# ----------------------------------------------------------------- the API in process
+
+def embedded(data_dir: Path, **overrides: Any) -> Settings:
+    """The embedded default in ``data_dir``, whatever DATABASE_URL/BROKER_URL say (.ci/run
+    exports DATABASE_URL for the Postgres tests)."""
+    return Settings(data_dir=data_dir, database_url=None, broker_url=None,
+                    api_key=None, **overrides)
+
+
+def zip_tree(root: Path, prefix: str = "") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                zf.write(p, prefix + str(p.relative_to(root)))
+    return buf.getvalue()
+
+
+def upload(client: TestClient, data: bytes, name: str = "set.zip") -> httpx.Response:
+    return client.post("/datasets", files={"file": (name, data, "application/zip")})
