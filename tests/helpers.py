@@ -21,10 +21,15 @@ from typing import Any, TypedDict, TypeVar
 
 import httpx
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
 from app.client import Client
 from app.core.config import Settings
-from app.db.session import upgrade
+from app.db.models import JobStatus
+from app.db.session import make_engine, upgrade
+from app.engine import TrainConfig, fit
+from app.engine.export import export_for_job
+from app.jobs.service import claim_job, create_job, finish_job
 
 
 class TrainingSize(TypedDict):
@@ -233,3 +238,26 @@ def zip_tree(root: Path, prefix: str = "") -> bytes:
 
 def upload(client: TestClient, data: bytes, name: str = "set.zip") -> httpx.Response:
     return client.post("/datasets", files={"file": (name, data, "application/zip")})
+
+
+def finished_job(settings: Settings, dataset_id: str, tmp_path: Path, data: Path,
+                  seed: int = 0, lr: float | None = None, export: bool = False) -> str:
+    """A job run to success by the engine directly, recorded as a worker would (with its
+    verified ONNX export when ``export``)."""
+    engine = make_engine(settings.db_url)
+    cfg = TrainConfig(**TINY, epochs=1, seed=seed, lr=lr)
+    out = tmp_path / f"model-{seed}.pt"
+    result = fit(data, cfg, out)
+    exports = ({"onnx": export_for_job(out, data, out.with_suffix(".onnx")).to_dict()}
+               if export else None)
+    with Session(engine) as s:
+        job = create_job(s, dataset_id=dataset_id, params=cfg.to_dict(), epochs=1)
+        s.commit()
+        claim_job(s, job.id, worker="w", lease_seconds=60)
+        assert result.evaluation is not None
+        finish_job(s, job.id, worker="w", status=JobStatus.SUCCEEDED, checkpoint_path=str(out),
+                   evaluation=result.evaluation.to_dict(), exports=exports)
+        s.commit()
+        job_id = job.id
+    engine.dispose()
+    return job_id

@@ -19,13 +19,12 @@ from sqlalchemy.orm import Session
 
 from app.api.app import create_app
 from app.core.config import Settings
-from app.db.models import Job, JobStatus
+from app.db.models import Job
 from app.db.session import make_engine, upgrade
-from app.engine import TrainConfig, fit
 from app.engine.config import params
-from app.engine.export import PARITY_TOLERANCE, OnnxModel, export_for_job
-from app.jobs.service import claim_job, finish_job
-from tests.helpers import TINY, embedded, upload, zip_tree
+from app.engine.export import PARITY_TOLERANCE, OnnxModel
+from app.jobs.service import claim_job
+from tests.helpers import TINY, embedded, finished_job, upload, zip_tree
 
 
 def make_zip(entries: dict[str, bytes], *, symlink: str | None = None) -> bytes:
@@ -247,37 +246,12 @@ def test_api_key_guards_every_route_but_health_and_ready(settings: Settings,
         assert c.get("/openapi.json", headers={"X-API-Key": "s3cret"}).status_code == 200
 
 
-def _finished_job(settings: Settings, dataset_id: str, tmp_path: Path, data: Path,
-                  seed: int = 0, lr: float | None = None, export: bool = False) -> str:
-    """A job run to success by the engine directly, recorded as a worker would (with its
-    verified ONNX export when ``export``)."""
-    engine = make_engine(settings.db_url)
-    cfg = TrainConfig(**TINY, epochs=1, seed=seed, lr=lr)
-    out = tmp_path / f"model-{seed}.pt"
-    result = fit(data, cfg, out)
-    exports = ({"onnx": export_for_job(out, data, out.with_suffix(".onnx")).to_dict()}
-               if export else None)
-    from app.jobs.service import create_job
-
-    with Session(engine) as s:
-        job = create_job(s, dataset_id=dataset_id, params=cfg.to_dict(), epochs=1)
-        s.commit()
-        claim_job(s, job.id, worker="w", lease_seconds=60)
-        assert result.evaluation is not None
-        finish_job(s, job.id, worker="w", status=JobStatus.SUCCEEDED, checkpoint_path=str(out),
-                   evaluation=result.evaluation.to_dict(), exports=exports)
-        s.commit()
-        job_id = job.id
-    engine.dispose()
-    return job_id
-
-
 def test_models_activation_and_predict(client: TestClient, settings: Settings,
                                        color_dataset: Path, tmp_path: Path) -> None:
     ds = upload(client, zip_tree(color_dataset)).json()["id"]
     assert client.post("/predict", files={"file": ("a.jpg", jpeg())}).status_code == 409
-    first = _finished_job(settings, ds, tmp_path, color_dataset, seed=0)
-    second = _finished_job(settings, ds, tmp_path, color_dataset, seed=1)
+    first = finished_job(settings, ds, tmp_path, color_dataset, seed=0)
+    second = finished_job(settings, ds, tmp_path, color_dataset, seed=1)
     models = client.get("/models").json()
     assert [m["id"] for m in models] == [second, first]  # the newest is active by default
     assert models[0]["active"] and not models[1]["active"]
@@ -320,8 +294,8 @@ def test_predict_runtimes_agree_and_exports_download(settings: Settings, color_d
                                                      tmp_path: Path) -> None:
     with TestClient(create_app(settings)) as c:
         ds = upload(c, zip_tree(color_dataset)).json()["id"]
-    plain = _finished_job(settings, ds, tmp_path, color_dataset, seed=1)
-    job = _finished_job(settings, ds, tmp_path, color_dataset, seed=0, lr=1e-3, export=True)
+    plain = finished_job(settings, ds, tmp_path, color_dataset, seed=1)
+    job = finished_job(settings, ds, tmp_path, color_dataset, seed=0, lr=1e-3, export=True)
     photos = [p for p in sorted((color_dataset / "test").rglob("*.jpg"))]
     files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in photos[:4]]
 
@@ -371,7 +345,7 @@ def test_predict_sheds_load_with_503_and_retry_after(settings: Settings, color_d
     full = settings.model_copy(update={"predict_queue_images": 1})
     with TestClient(create_app(full)) as c:
         ds = upload(c, zip_tree(color_dataset)).json()["id"]
-        _finished_job(full, ds, tmp_path, color_dataset)
+        finished_job(full, ds, tmp_path, color_dataset)
         files = [("file", (f"{i}.jpg", jpeg(), "image/jpeg")) for i in range(2)]
         r = c.post("/predict", files=files)  # 2 images never fit a queue of 1
         assert r.status_code == 503 and r.headers["retry-after"] == "1"

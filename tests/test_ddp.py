@@ -20,7 +20,7 @@ import torch
 from app.api.schemas import JobCreate
 from app.engine import Predictor, TrainConfig, fit, load_checkpoint
 from app.engine.distributed import epoch_shard
-from tests.helpers import TINY
+from tests.helpers import TINY, wait_for
 from worker.protocol import (
     Cancelled,
     Checkpoint,
@@ -54,14 +54,14 @@ class Run:
             self.events.append(event)
 
     def wait_for(self, kind: type[Event], timeout: float = 120, **fields: Any) -> Event:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.events:
-                if isinstance(e, kind) and all(getattr(e, k) == v for k, v in fields.items()):
-                    return e
-            assert self.thread.is_alive(), f"ended without {kind}: {self.events}"
-            time.sleep(0.05)
-        raise AssertionError(f"no {kind} event in {timeout}s: {self.events}")
+        def seen() -> Event | None:
+            match = next((e for e in self.events if isinstance(e, kind)
+                          and all(getattr(e, k) == v for k, v in fields.items())), None)
+            assert match is not None or self.thread.is_alive(), \
+                f"ended without {kind}: {self.events}"
+            return match
+
+        return wait_for(seen, timeout=timeout, what=lambda: f"a {kind}: {self.events}")
 
     def finish(self, timeout: float = 180) -> list[Event]:
         self.thread.join(timeout)
@@ -85,11 +85,8 @@ def alive(pid: int) -> bool:
 
 
 def wait_gone(pids: list[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while any(alive(p) for p in pids):
-        assert time.monotonic() < deadline, f"still alive after {timeout}s: " \
-            f"{[p for p in pids if alive(p)]}"
-        time.sleep(0.1)
+    wait_for(lambda: not any(alive(p) for p in pids), timeout=timeout, interval=0.1,
+             what=lambda: f"processes to end: {[p for p in pids if alive(p)]} still alive")
 
 
 def untimed(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -20,8 +20,7 @@ from app.core.config import Settings
 from app.core.logs import job_context, make_handler
 from app.db.session import make_engine, upgrade
 from app.jobs.service import claim_job, record_epoch
-from tests.helpers import TINY, Stack, embedded, embedded_stack, upload, zip_tree
-from tests.test_api import _finished_job
+from tests.helpers import TINY, Stack, embedded, embedded_stack, finished_job, upload, zip_tree
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -58,7 +57,7 @@ def test_predictions_are_counted_by_model_and_label(client: TestClient, settings
                                                      color_dataset: Path, tmp_path: Path
                                                      ) -> None:
     ds = upload(client, zip_tree(color_dataset)).json()["id"]
-    first = _finished_job(settings, ds, tmp_path, color_dataset, seed=0)
+    first = finished_job(settings, ds, tmp_path, color_dataset, seed=0)
     photos = [color_dataset / "test" / cls / f"00{i}.jpg"
               for cls in ("hotdog", "not-hotdog") for i in range(3)]
     r = client.post("/predict", data={"model": first},
@@ -72,7 +71,7 @@ def test_predictions_are_counted_by_model_and_label(client: TestClient, settings
     assert sum(counted.values()) == len(photos) == value(text, "hotdog_predict_images_total")
 
     # Bounded: a model's series go when it leaves the cache (MODELS_CACHED=1 here).
-    second = _finished_job(settings, ds, tmp_path, color_dataset, seed=1)
+    second = finished_job(settings, ds, tmp_path, color_dataset, seed=1)
     r = client.post("/predict", data={"model": second},
                     files=[("file", ("a.jpg", photos[0].read_bytes(), "image/jpeg"))])
     label = r.json()["predictions"][0]["label"]

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from app.db.session import make_engine, upgrade
 from app.engine import TrainConfig, load_checkpoint
 from app.jobs.broker import make_celery
 from app.jobs.service import claim_job, create_job, get_job, request_cancel
-from tests.helpers import TINY
+from tests.helpers import TINY, wait_for
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
@@ -57,16 +56,14 @@ class Service:
         return job_id
 
     def wait(self, job_id: str, statuses: set[JobStatus], timeout: float = 240) -> JobStatus:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def reached() -> JobStatus | None:
             with Session(self.engine) as s:
                 status = get_job(s, job_id).status
-            if status in statuses:
-                return status
             assert self.worker.poll() is None, self.log.read_text()[-3000:]
-            time.sleep(0.3)
-        raise AssertionError(f"job {job_id} still {status}; worker log:\n"
-                             + self.log.read_text()[-3000:])
+            return status if status in statuses else None
+
+        return wait_for(reached, timeout=timeout, interval=0.3, what=lambda: (
+            f"job {job_id} to reach {statuses}; worker log:\n" + self.log.read_text()[-3000:]))
 
 
 @pytest.fixture(params=["postgres+redis", "embedded"])
