@@ -21,16 +21,7 @@ from app.api.schemas import JobCreate
 from app.engine import Predictor, TrainConfig, fit, load_checkpoint
 from app.engine.distributed import epoch_shard
 from tests.helpers import TINY, wait_for
-from worker.protocol import (
-    Cancelled,
-    Checkpoint,
-    Done,
-    Epoch,
-    Error,
-    Event,
-    Progress,
-    Start,
-)
+from worker.protocol import Cancelled, Checkpoint, Done, Epoch, Error, Event, Progress, Start
 from worker.runner import NotEnoughDevices, TrainingProcess, training_processes
 
 # fp32: the sharded evaluation is compared with a one-process one to the last digits.
