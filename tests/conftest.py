@@ -5,14 +5,16 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.servers import ServerMissing, postgres_server, redis_server
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -60,9 +62,11 @@ def no_imagenet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "torch-home"
 
 
-# Postgres from DATABASE_URL (set by .ci/run), else the local server. Each test session works
-# in a database of its own, created and dropped here; an unreachable server fails the tests.
-POSTGRES_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+# The servers: DATABASE_URL / REDIS_URL (set by .ci/run) when given, else the default local
+# servers when they answer, else throwaway ones this session starts (tests/servers.py). Each
+# test session works in a database of its own, created and dropped here.
+CONFIGURED_POSTGRES = os.environ.get("DATABASE_URL")
+CONFIGURED_REDIS = os.environ.get("REDIS_URL")
 # Then the service settings are taken out of the environment, so that a test which forgets
 # to say where its data goes fails the same way everywhere instead of writing into .ci/run's
 # database (or this checkout's ./data): tests pass their URLs and folders explicitly.
@@ -72,7 +76,37 @@ os.environ["DATA_DIR"] = tempfile.mkdtemp(prefix="hotdog-tests-data-")
 atexit.register(shutil.rmtree, os.environ["DATA_DIR"], True)
 
 
-def _create_database(admin: Engine) -> str:
+@contextmanager
+def _server(resolve: Callable[[str | None], AbstractContextManager[str]],
+            configured: str | None) -> Iterator[str]:
+    """``resolve``'s server; a readable failure (naming the package) when there is none."""
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(resolve(configured))
+        except ServerMissing as exc:
+            missing = str(exc)
+        else:
+            yield url
+            return
+    pytest.fail(missing, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A PostgreSQL server on which the session creates its databases (see above)."""
+    with _server(postgres_server, CONFIGURED_POSTGRES) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The Redis server of the tests' brokers (see above); each stack uses a queue of its
+    own on it."""
+    with _server(redis_server, CONFIGURED_REDIS) as url:
+        yield url
+
+
+def _create_database(admin: Engine, server: str) -> str:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
@@ -81,20 +115,20 @@ def _create_database(admin: Engine) -> str:
     name = f"hotdog_test_{uuid.uuid4().hex[:12]}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    return make_url(normalize_url(POSTGRES_URL)).set(database=name).render_as_string(
+    return make_url(normalize_url(server)).set(database=name).render_as_string(
         hide_password=False)
 
 
 @contextmanager
-def _postgres_database() -> Iterator[str]:
+def _postgres_database(server: str) -> Iterator[str]:
     """A database of its own on the Postgres server, dropped at the end."""
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
     from app.db.session import make_engine
 
-    admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    url = _create_database(admin)
+    admin = make_engine(server, isolation_level="AUTOCOMMIT")
+    url = _create_database(admin, server)
     try:
         yield url
     finally:
@@ -104,18 +138,18 @@ def _postgres_database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """An empty database for the services under test, which migrate it themselves."""
-    with _postgres_database() as url:
+    with _postgres_database(postgres_server_url) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
-def migrated_postgres_url() -> Iterator[str]:
+def migrated_postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A second database, migrated to head once for every test that uses ``db_url``."""
     from app.db.session import upgrade
 
-    with _postgres_database() as url:
+    with _postgres_database(postgres_server_url) as url:
         upgrade(url)
         yield url
 

@@ -7,7 +7,6 @@ import asyncio
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,9 @@ from app.db.session import make_engine, upgrade
 from app.engine import TrainConfig, fit
 from app.engine.export import export_for_job
 from app.jobs.service import claim_job, create_job, finish_job
+from tests.servers import free_port
+
+__all__ = ["free_port"]  # tests take free_port from here with the other helpers
 
 
 class TrainingSize(TypedDict):
@@ -45,8 +47,6 @@ TINY: TrainingSize = {"init": "scratch", "image_size": 32, "batch_size": 8}
 # training when the test strikes (each epoch also writes a checkpoint), few enough to finish
 # soon after.
 INTERRUPTED_EPOCHS = 10
-
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 # Short heartbeats and leases, so that a lost worker's job is taken back within seconds; and
 # prediction on the CPU whatever the machine has.
@@ -78,12 +78,6 @@ async def wait_for_async(check: Callable[[], T | None], *, timeout: float, inter
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
     return value
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def status_of(url: str) -> int:
