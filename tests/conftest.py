@@ -10,38 +10,18 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from tests.servers import ServerMissing, postgres_server, redis_server
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-CLASSES = ("hotdog", "not-hotdog")
-
-
-def write_color_dataset(
-    root: Path, *, train: int = 8, test: int = 4, seed: int = 0, sizes: tuple[int, int] = (40, 72)
-) -> Path:
-    """A tiny two-class set that is easy to learn: warm vs green noisy JPEGs of varied sizes."""
-    rng = np.random.default_rng(seed)
-    base = {"hotdog": (190, 90, 40), "not-hotdog": (50, 150, 70)}
-    for split, n in (("train", train), ("test", test)):
-        for cls in CLASSES:
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                h, w = rng.integers(sizes[0], sizes[1], size=2)
-                noise = rng.normal(0, 25, size=(h, w, 3))
-                arr = np.clip(np.array(base[cls]) + noise, 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(d / f"{i:03d}.jpg", quality=90)
-    return root
-
 
 @pytest.fixture(scope="session")
 def color_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.helpers import write_color_dataset
+
     return write_color_dataset(tmp_path_factory.mktemp("colors"))
 
 

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
 import httpx
+import numpy as np
 from fastapi.testclient import TestClient
+from PIL import Image
 from sqlalchemy.orm import Session
 
 from app.client import Client
@@ -29,9 +31,28 @@ from app.db.session import make_engine, upgrade
 from app.engine import TrainConfig, fit
 from app.engine.export import export_for_job
 from app.jobs.service import claim_job, create_job, finish_job
-from tests.servers import free_port
+from tests.servers import free_port as free_port  # tests take it from here with the rest
 
-__all__ = ["free_port"]  # tests take free_port from here with the other helpers
+CLASSES = ("hotdog", "not-hotdog")
+
+
+def write_color_dataset(
+    root: Path, *, train: int = 8, test: int = 4, seed: int = 0, sizes: tuple[int, int] = (40, 72)
+) -> Path:
+    """A tiny two-class set that is easy to learn: warm vs green noisy JPEGs of varied sizes."""
+    rng = np.random.default_rng(seed)
+    base = {"hotdog": (190, 90, 40), "not-hotdog": (50, 150, 70)}
+    for split, n in (("train", train), ("test", test)):
+        for cls in CLASSES:
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = rng.integers(sizes[0], sizes[1], size=2)
+                noise = rng.normal(0, 25, size=(h, w, 3))
+                arr = np.clip(np.array(base[cls]) + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i:03d}.jpg", quality=90)
+    return root
+
 
 
 class TrainingSize(TypedDict):
