@@ -4,18 +4,13 @@ import atexit
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.servers import ServerMissing, postgres_server, redis_server
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
+from tests.servers import ServerMissing, postgres_database, postgres_server, redis_server
 
 
 @pytest.fixture(scope="session")
@@ -86,41 +81,10 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-def _create_database(admin: Engine, server: str) -> str:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    from app.db.session import normalize_url
-
-    name = f"hotdog_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    return make_url(normalize_url(server)).set(database=name).render_as_string(
-        hide_password=False)
-
-
-@contextmanager
-def _postgres_database(server: str) -> Iterator[str]:
-    """A database of its own on the Postgres server, dropped at the end."""
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    from app.db.session import make_engine
-
-    admin = make_engine(server, isolation_level="AUTOCOMMIT")
-    url = _create_database(admin, server)
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture(scope="session")
 def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """An empty database for the services under test, which migrate it themselves."""
-    with _postgres_database(postgres_server_url) as url:
+    with postgres_database(postgres_server_url) as url:
         yield url
 
 
@@ -129,7 +93,7 @@ def migrated_postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A second database, migrated to head once for every test that uses ``db_url``."""
     from app.db.session import upgrade
 
-    with _postgres_database(postgres_server_url) as url:
+    with postgres_database(postgres_server_url) as url:
         upgrade(url)
         yield url
 

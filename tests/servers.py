@@ -3,8 +3,8 @@ the environment says, else on their default local ports, else started here, on f
 a folder of their own, and removed afterwards. Also the faults' tools: a TCP proxy that can
 cut a connection, and a redis-server that can be killed and started again.
 
-Kept free of the service's imports: the test session resolves its servers before anything
-else, and the chaos harness uses the same pieces."""
+The service's modules are imported only where needed (the test session resolves its servers
+before anything else), and the chaos harness uses the same pieces."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -245,6 +246,28 @@ def redis_server(configured: str | None = None) -> Iterator[str]:
     finally:
         redis.kill()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def postgres_database(server: str) -> Iterator[str]:
+    """A database of its own on the PostgreSQL ``server`` (a URL whose role may create
+    databases), dropped at the end."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from app.db.session import make_engine, normalize_url
+
+    name = f"hotdog_test_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(normalize_url(server)).set(database=name).render_as_string(
+            hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 # ---------------------------------------------------------------------------- the proxy
