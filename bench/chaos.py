@@ -32,7 +32,7 @@ What it does
    no_stray_processes no training process, torchrun rank or DataLoader process is left
                       (nothing at all with the run's DATA_DIR once the stack is stopped)
    no_temp_files      no temporary file is left in DATA_DIR (names starting with "." or
-                      ending in .tmp/.part)
+                      ending in .tmp/.part, anything in DATA_DIR/tmp)
 
 It prints the result as one JSON line on stdout (the faults delivered by kind, the jobs'
 final statuses, and each invariant with what broke it) and exits 1 when an invariant fails,
@@ -135,8 +135,12 @@ def processes_of_run(data_dir: Path) -> list[str]:
 
 
 def temp_files(data_dir: Path) -> list[str]:
+    """Files written to be renamed or removed (a dot name, .tmp, .part) and anything left in
+    DATA_DIR/tmp (the uploads' spool)."""
+    spool = data_dir / "tmp"
     return sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*")
-                  if p.name.startswith(".") or p.name.endswith((".tmp", ".part")))
+                  if p.name.startswith(".") or p.name.endswith((".tmp", ".part"))
+                  or (p.is_file() and spool in p.parents))
 
 
 # ------------------------------------------------------------------------ the run
@@ -284,7 +288,7 @@ class Chaos:
         held = [j["id"] for j in self.client.jobs(status="running") if j["worker"] == holder]
         for held_id in held:
             self.spent[held_id] += 1
-        self.restart_at[name] = time.monotonic() + self.rng.uniform(0.5, 4)
+        self.restart_at[name] = time.monotonic() + self.rng.uniform(0.2, 2.5)
         say(f"SIGKILL worker {name} (jobs {[h[:8] for h in held]})")
         return True
 
@@ -298,7 +302,7 @@ class Chaos:
             self.stack.stop(name, signal.SIGTERM, timeout=60)
         except AssertionError:
             self.anomalies.append(f"worker {name} did not stop within 60 s of SIGTERM")
-        self.restart_at[name] = time.monotonic() + self.rng.uniform(0.5, 4)
+        self.restart_at[name] = time.monotonic() + self.rng.uniform(0.2, 2.5)
         say(f"SIGTERM worker {name} (job {job_id and job_id[:8]})")
         return True
 
