@@ -334,6 +334,8 @@ class Chaos:
     def db_cut(self) -> bool:
         assert self.proxy is not None
         running = [j["id"] for j in self.client.jobs(status="running")]
+        if not all(self.affordable(job_id) for job_id in running):
+            return False
         self.proxy.cut()
         self.pause(self.rng.uniform(0.5, 3))
         self.proxy.restore()
@@ -395,7 +397,7 @@ def check_jobs(chaos: Chaos, dataset: Path, tmp: Path) -> dict[str, list[str]]:
     broken: dict[str, list[str]] = {k: [] for k in (
         "terminal", "succeeded", "cancel_wins", "epoch_rows", "checkpoint", "attempts")}
     for job_id in chaos.job_ids:
-        job = c.job(job_id)
+        job: dict[str, Any] = dict(c.job(job_id))
         status, short = job["status"], f"{job_id} ({job['status']}, {job.get('error_kind')})"
         if status not in TERMINAL:
             broken["terminal"].append(short)
@@ -535,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds after the last fault for every job to end")
     p.add_argument("--keep", action="store_true", help="keep the run's folder (logs, data)")
     args = p.parse_args(argv)
+    # SIGTERM (a timeout, a CI job cancelled) stops the stack and drops its database too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="hotdog-chaos-"))
     try:
         result = run(args, tmp)

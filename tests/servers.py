@@ -233,7 +233,8 @@ def redis_server(configured: str | None = None) -> Iterator[str]:
     if configured:
         yield configured
         return
-    if not _own_servers() and redis_answers(*reversed(_host_port(DEFAULT_REDIS_URL, 6379))):
+    host, port = _host_port(DEFAULT_REDIS_URL, 6379)
+    if not _own_servers() and redis_answers(port, host):
         yield DEFAULT_REDIS_URL
         return
     if shutil.which("redis-server") is None:
