@@ -4,42 +4,19 @@ import atexit
 import os
 import shutil
 import tempfile
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
-from PIL import Image
 
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
-CLASSES = ("hotdog", "not-hotdog")
-
-
-def write_color_dataset(
-    root: Path, *, train: int = 8, test: int = 4, seed: int = 0, sizes: tuple[int, int] = (40, 72)
-) -> Path:
-    """A tiny two-class set that is easy to learn: warm vs green noisy JPEGs of varied sizes."""
-    rng = np.random.default_rng(seed)
-    base = {"hotdog": (190, 90, 40), "not-hotdog": (50, 150, 70)}
-    for split, n in (("train", train), ("test", test)):
-        for cls in CLASSES:
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                h, w = rng.integers(sizes[0], sizes[1], size=2)
-                noise = rng.normal(0, 25, size=(h, w, 3))
-                arr = np.clip(np.array(base[cls]) + noise, 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(d / f"{i:03d}.jpg", quality=90)
-    return root
+from tests.servers import ServerMissing, postgres_database, postgres_server, redis_server
 
 
 @pytest.fixture(scope="session")
 def color_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.helpers import write_color_dataset
+
     return write_color_dataset(tmp_path_factory.mktemp("colors"))
 
 
@@ -60,9 +37,11 @@ def no_imagenet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "torch-home"
 
 
-# Postgres from DATABASE_URL (set by .ci/run), else the local server. Each test session works
-# in a database of its own, created and dropped here; an unreachable server fails the tests.
-POSTGRES_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+# The servers: DATABASE_URL / REDIS_URL (set by .ci/run) when given, else the default local
+# servers when they answer, else throwaway ones this session starts (tests/servers.py). Each
+# test session works in a database of its own, created and dropped here.
+CONFIGURED_POSTGRES = os.environ.get("DATABASE_URL")
+CONFIGURED_REDIS = os.environ.get("REDIS_URL")
 # Then the service settings are taken out of the environment, so that a test which forgets
 # to say where its data goes fails the same way everywhere instead of writing into .ci/run's
 # database (or this checkout's ./data): tests pass their URLs and folders explicitly.
@@ -72,50 +51,49 @@ os.environ["DATA_DIR"] = tempfile.mkdtemp(prefix="hotdog-tests-data-")
 atexit.register(shutil.rmtree, os.environ["DATA_DIR"], True)
 
 
-def _create_database(admin: Engine) -> str:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    from app.db.session import normalize_url
-
-    name = f"hotdog_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    return make_url(normalize_url(POSTGRES_URL)).set(database=name).render_as_string(
-        hide_password=False)
-
-
 @contextmanager
-def _postgres_database() -> Iterator[str]:
-    """A database of its own on the Postgres server, dropped at the end."""
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    from app.db.session import make_engine
-
-    admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    url = _create_database(admin)
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-        admin.dispose()
+def _server(resolve: Callable[[str | None], AbstractContextManager[str]],
+            configured: str | None) -> Iterator[str]:
+    """``resolve``'s server; a readable failure (naming the package) when there is none."""
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(resolve(configured))
+        except ServerMissing as exc:
+            missing = str(exc)
+        else:
+            yield url
+            return
+    pytest.fail(missing, pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_server_url() -> Iterator[str]:
+    """A PostgreSQL server on which the session creates its databases (see above)."""
+    with _server(postgres_server, CONFIGURED_POSTGRES) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The Redis server of the tests' brokers (see above); each stack uses a queue of its
+    own on it."""
+    with _server(redis_server, CONFIGURED_REDIS) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """An empty database for the services under test, which migrate it themselves."""
-    with _postgres_database() as url:
+    with postgres_database(postgres_server_url) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
-def migrated_postgres_url() -> Iterator[str]:
+def migrated_postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A second database, migrated to head once for every test that uses ``db_url``."""
     from app.db.session import upgrade
 
-    with _postgres_database() as url:
+    with postgres_database(postgres_server_url) as url:
         upgrade(url)
         yield url
 

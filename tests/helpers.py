@@ -7,7 +7,6 @@ import asyncio
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,9 @@ from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
 import httpx
+import numpy as np
 from fastapi.testclient import TestClient
+from PIL import Image
 from sqlalchemy.orm import Session
 
 from app.client import Client
@@ -30,6 +31,28 @@ from app.db.session import make_engine, upgrade
 from app.engine import TrainConfig, fit
 from app.engine.export import export_for_job
 from app.jobs.service import claim_job, create_job, finish_job
+from tests.servers import free_port as free_port  # tests take it from here with the rest
+
+CLASSES = ("hotdog", "not-hotdog")
+
+
+def write_color_dataset(
+    root: Path, *, train: int = 8, test: int = 4, seed: int = 0, sizes: tuple[int, int] = (40, 72)
+) -> Path:
+    """A tiny two-class set that is easy to learn: warm vs green noisy JPEGs of varied sizes."""
+    rng = np.random.default_rng(seed)
+    base = {"hotdog": (190, 90, 40), "not-hotdog": (50, 150, 70)}
+    for split, n in (("train", train), ("test", test)):
+        for cls in CLASSES:
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = rng.integers(sizes[0], sizes[1], size=2)
+                noise = rng.normal(0, 25, size=(h, w, 3))
+                arr = np.clip(np.array(base[cls]) + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i:03d}.jpg", quality=90)
+    return root
+
 
 
 class TrainingSize(TypedDict):
@@ -45,8 +68,6 @@ TINY: TrainingSize = {"init": "scratch", "image_size": 32, "batch_size": 8}
 # training when the test strikes (each epoch also writes a checkpoint), few enough to finish
 # soon after.
 INTERRUPTED_EPOCHS = 10
-
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 # Short heartbeats and leases, so that a lost worker's job is taken back within seconds; and
 # prediction on the CPU whatever the machine has.
@@ -78,12 +99,6 @@ async def wait_for_async(check: Callable[[], T | None], *, timeout: float, inter
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
     return value
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def status_of(url: str) -> int:

@@ -21,7 +21,6 @@ from app.db.session import downgrade
 from app.engine.export import PARITY_TOLERANCE, OnnxModel
 from tests.helpers import (
     INTERRUPTED_EPOCHS,
-    REDIS_URL,
     TINY,
     Stack,
     free_port,
@@ -41,7 +40,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         return
     db_url = request.getfixturevalue("postgres_url")
     try:
-        with running_stack(tmp, db_url=db_url, broker=REDIS_URL) as stack:
+        with running_stack(tmp, db_url=db_url, broker=request.getfixturevalue("redis_url")
+                           ) as stack:
             yield stack
     finally:
         downgrade(db_url, "base")

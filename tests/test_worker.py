@@ -25,8 +25,6 @@ from app.jobs.broker import make_celery
 from app.jobs.service import claim_job, create_job, get_job, request_cancel
 from tests.helpers import TINY, wait_for
 
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-
 
 @dataclass
 class Service:
@@ -71,7 +69,8 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]
     if request.param == "embedded":
         db_url, broker = f"sqlite:///{tmp_path / 'data' / 'hotdog.db'}", ""
     else:
-        db_url, broker = request.getfixturevalue("postgres_url"), REDIS_URL
+        db_url = request.getfixturevalue("postgres_url")
+        broker = request.getfixturevalue("redis_url")
     env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": db_url,
            "BROKER_URL": broker, "HEARTBEAT_SECONDS": "0.3", "JOB_LEASE_SECONDS": "3"}
     # A queue of this test's own, so leftovers in a shared Redis never reach this worker.
