@@ -87,6 +87,24 @@ def test_missing_imagenet_weights_are_an_error_of_their_kind(
     assert error.text.startswith("PretrainedWeightsMissing: ") and proc.returncode == 1
 
 
+def test_a_truncated_imagenet_file_fails_at_once_as_missing_weights(
+        color_dataset: Path, tmp_path: Path, no_imagenet: Path) -> None:
+    """Not a RuntimeError crash that the worker would retry: the same file fails every time."""
+    import torch
+    from torchvision.models import resnet18
+
+    from app.engine.model import imagenet_weights_cache_path
+
+    cache = imagenet_weights_cache_path()  # under the TORCH_HOME the child inherits
+    cache.parent.mkdir(parents=True)
+    torch.save(resnet18().state_dict(), cache)
+    cache.write_bytes(cache.read_bytes()[:1 << 20])  # a copy cut off after 1 MB
+    proc = _process(color_dataset, tmp_path, epochs=1, init="imagenet").start()
+    error = list(proc.events())[-1]
+    assert isinstance(error, Error) and error.kind is ErrorKind.WEIGHTS_MISSING, error
+    assert f"{cache} is unreadable" in error.message and proc.returncode == 1
+
+
 def test_a_job_that_runs_out_of_memory_fails_at_once_saying_what_to_change(
         color_dataset: Path, tmp_path: Path) -> None:
     """A real allocation failure: the training process runs under an address-space limit
