@@ -24,6 +24,9 @@ from app.engine import TrainConfig, load_checkpoint
 from app.jobs.broker import make_celery
 from app.jobs.service import claim_job, create_job, get_job, request_cancel
 from tests.helpers import TINY, wait_for
+from worker.child import KILL_AFTER_CHECKPOINT_ENV
+from worker.runner import TrainingProcess
+from worker.tasks import run_job_now
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
@@ -161,3 +164,82 @@ def test_a_job_whose_worker_died_is_requeued_and_finished(service: Service,
     with Session(service.engine) as s:
         job = get_job(s, job_id)
         assert job.attempt == 2 and job.worker != "dead-host:1"
+
+
+# ------------------------------------------------- a job run in this process (run_job_now)
+
+@dataclass
+class Local:
+    """The embedded database and data folder of a test; jobs run by ``run_job_now`` here,
+    each in its real training process."""
+
+    settings: Settings
+    engine: Engine
+
+    def add_job(self, data: Path, **params: object) -> str:
+        dataset_id = uuid.uuid4().hex
+        shutil.copytree(data, self.settings.dataset_dir(dataset_id))
+        config = TrainConfig(**{**TINY, **params})  # type: ignore[arg-type]
+        with Session(self.engine) as s:
+            s.add(Dataset(id=dataset_id, name="colors", classes=["hotdog", "not-hotdog"],
+                          counts={}, warnings=[], size_bytes=0))
+            job = create_job(s, dataset_id=dataset_id, params=config.to_dict(),
+                             epochs=config.epochs)
+            s.commit()
+            return job.id
+
+    def training_process(self, job_id: str, env: dict[str, str]) -> TrainingProcess:
+        """The job's training process as its worker would start it."""
+        with Session(self.engine) as s:
+            job = get_job(s, job_id)
+            job_dir = self.settings.job_dir(job_id)
+            return TrainingProcess(
+                data_dir=self.settings.dataset_dir(job.dataset_id),
+                config=TrainConfig.from_dict(job.params), out=job_dir / "model.pt",
+                epoch_checkpoint=job_dir / "last.pt", export_onnx=False, env=env)
+
+    def recorded_epochs(self, job_id: str) -> list[int]:
+        with Session(self.engine) as s:
+            return list(s.scalars(select(EpochMetric.epoch).where(EpochMetric.job_id == job_id)
+                                  .order_by(EpochMetric.epoch)))
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[Local]:
+    settings = Settings(data_dir=tmp_path / "data", database_url=None, broker_url=None,
+                        heartbeat_seconds=0.3, job_lease_seconds=5, export_onnx=False)
+    settings.data_dir.mkdir()
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        yield Local(settings, engine)
+    finally:
+        engine.dispose()
+
+
+def test_a_kill_right_after_an_epoch_checkpoint_loses_no_epoch(
+        local: Local, color_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training process is SIGKILLed just after writing epoch 2's checkpoint (the worker
+    retries it, resuming after epoch 2): epoch 2 was reported before, so it is recorded."""
+    job_id = local.add_job(color_dataset, epochs=3)
+    monkeypatch.setenv(KILL_AFTER_CHECKPOINT_ENV, "2")
+    assert run_job_now(job_id, settings=local.settings) == JobStatus.SUCCEEDED.value
+    with Session(local.engine) as s:
+        job = get_job(s, job_id)
+        assert job.attempt == 2 and job.epoch == 3  # the kill spent an attempt
+    assert local.recorded_epochs(job_id) == [1, 2, 3]
+
+
+def test_epochs_whose_report_was_lost_are_recorded_on_resume(
+        local: Local, color_dataset: Path) -> None:
+    """A worker killed outright loses the events still in the pipe: here a first run's
+    events are never recorded at all; the resumed run fills every epoch of its checkpoint."""
+    job_id = local.add_job(color_dataset, epochs=3)
+    job_dir = local.settings.job_dir(job_id)
+    first = local.training_process(job_id, env={KILL_AFTER_CHECKPOINT_ENV: "2"}).start()
+    list(first.events())  # read, and lost
+    assert first.returncode == -signal.SIGKILL
+    assert load_checkpoint(job_dir / "last.pt")["epoch"] == 2
+    assert run_job_now(job_id, settings=local.settings) == JobStatus.SUCCEEDED.value
+    assert local.recorded_epochs(job_id) == [1, 2, 3]
+

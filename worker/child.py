@@ -3,9 +3,9 @@
 The worker starts it as a plain subprocess (Celery's prefork children are daemonic and may
 not start DataLoader processes themselves; a process of its own also frees all GPU memory
 when the job ends and gives cancellation something to signal). It reports on stdout, one
-event of :mod:`worker.protocol` per line: ``Start``, ``Progress`` (at most once a second),
-``Epoch`` and ``Checkpoint`` as it goes, then exactly one of ``Done``, ``Cancelled`` or
-``Error``.
+event of :mod:`worker.protocol` per line: ``Start`` (then, resuming, an ``Epoch`` for each
+epoch its checkpoint holds), ``Progress`` (at most once a second), ``Epoch`` and
+``Checkpoint`` as it goes, then exactly one of ``Done``, ``Cancelled`` or ``Error``.
 
 SIGTERM asks it to stop between batches (cancellation). Logs go to stderr.
 
@@ -80,6 +80,9 @@ def emit(event: Event) -> None:
 
 
 PROGRESS_INTERVAL = 1.0  # seconds between progress events
+# Fault tests: the training process kills itself (SIGKILL) right after writing the epoch
+# checkpoint of this epoch, the moment a worker's kill is most likely to lose something.
+KILL_AFTER_CHECKPOINT_ENV = "HOTDOG_TEST_KILL_AFTER_CHECKPOINT"
 
 
 class Reporter(Callback):
@@ -93,6 +96,10 @@ class Reporter(Callback):
                    test_count=info.test_count, device=info.device, precision=info.precision,
                    start_epoch=info.start_epoch, epochs=info.epochs,
                    batches_per_epoch=info.batches_per_epoch, world_size=info.world_size))
+        # The epochs the checkpoint holds, again: one whose report died with a killed worker
+        # (or the pipe) is recorded now; the worker ignores those it already has.
+        for metrics in info.history:
+            emit(Epoch(metrics=metrics))
 
     def on_batch(self, progress: BatchProgress) -> None:
         now = time.monotonic()
@@ -105,6 +112,8 @@ class Reporter(Callback):
 
     def on_checkpoint(self, path: Path, epoch: int) -> None:
         emit(Checkpoint(epoch=epoch, path=str(path)))
+        if os.environ.get(KILL_AFTER_CHECKPOINT_ENV) == str(epoch):
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def should_stop(self) -> bool:
         return self.stop_requested
