@@ -80,9 +80,22 @@ def emit(event: Event) -> None:
 
 
 PROGRESS_INTERVAL = 1.0  # seconds between progress events
-# Fault tests: the training process kills itself (SIGKILL) right after writing the epoch
-# checkpoint of this epoch, the moment a worker's kill is most likely to lose something.
-KILL_AFTER_CHECKPOINT_ENV = "HOTDOG_TEST_KILL_AFTER_CHECKPOINT"
+# Fault tests: a fault the training process acts out on itself. "kill-after-checkpoint:N":
+# SIGKILL right after epoch N's checkpoint is written (where a kill is most likely to lose
+# an epoch); "hang-after-checkpoint:N": hang there, deaf to SIGTERM; "wait-after-training:
+# PATH": after the last epoch, before the export, wait until the file PATH exists.
+FAULT_ENV = "HOTDOG_TEST_FAULT"
+
+
+def act_out_fault(point: str, arg: str = "") -> None:
+    """The fault ``$HOTDOG_TEST_FAULT`` asks for at ``point`` (with ``arg``, the epoch)."""
+    action, _, at = os.environ.get(FAULT_ENV, "").partition(":")
+    if action == f"kill-{point}" and at == arg:
+        os.kill(os.getpid(), signal.SIGKILL)
+    while action == f"hang-{point}" and at == arg:
+        time.sleep(3600)
+    while action == f"wait-{point}" and not Path(at).exists():
+        time.sleep(0.05)
 
 
 class Reporter(Callback):
@@ -112,8 +125,7 @@ class Reporter(Callback):
 
     def on_checkpoint(self, path: Path, epoch: int) -> None:
         emit(Checkpoint(epoch=epoch, path=str(path)))
-        if os.environ.get(KILL_AFTER_CHECKPOINT_ENV) == str(epoch):
-            os.kill(os.getpid(), signal.SIGKILL)
+        act_out_fault("after-checkpoint", str(epoch))
 
     def should_stop(self) -> bool:
         return self.stop_requested
@@ -178,6 +190,7 @@ def run(spec: dict[str, Any]) -> int:
     assert result.evaluation is not None
     if _rank() != 0:  # rank 0 wrote the checkpoint and exports it
         return EXIT_OK
+    act_out_fault("after-training")
     exports: dict[str, Any] = {}
     if spec.get("export_onnx", True):
         # Verified against PyTorch on the test images, or discarded with the reason: the job
