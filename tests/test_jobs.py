@@ -203,3 +203,36 @@ def test_a_cancelled_job_whose_training_died_ends_cancelled_by_user(engine: Engi
 def test_unknown_job(engine: Engine) -> None:
     with Session(engine) as s, pytest.raises(JobNotFound):
         get_job(s, "nope")
+
+
+def test_a_recorded_cancel_wins_over_a_late_success(engine: Engine) -> None:
+    """The cancel came while the training was in its final evaluation or export: the job
+    ends cancelled though its training finished."""
+    job_id = _new_job(engine)
+    with Session(engine) as s:
+        claim_job(s, job_id, worker="w1", lease_seconds=LEASE)
+        request_cancel(s, job_id)
+        assert not finish_job(s, job_id, worker="w1", status=JobStatus.SUCCEEDED,
+                              checkpoint_path="/x.pt")
+        assert finish_job(s, job_id, worker="w1", status=JobStatus.CANCELLED,
+                          error_kind=ErrorKind.CANCELLED_BY_USER)
+        s.commit()
+        job = get_job(s, job_id)
+        assert job.status is JobStatus.CANCELLED and job.checkpoint_path is None
+
+
+def test_a_cancel_of_a_job_that_ended_meanwhile_is_refused(engine: Engine) -> None:
+    """The API read the job running, then it succeeded before the cancel was written: the
+    cancel is refused (409), not accepted and then lost."""
+    job_id = _new_job(engine)
+    with Session(engine) as api, Session(engine) as worker:
+        claim_job(worker, job_id, worker="w1", lease_seconds=LEASE)
+        worker.commit()
+        seen = get_job(api, job_id)  # held: the API's session still takes it as running
+        assert seen.status is JobStatus.RUNNING
+        assert finish_job(worker, job_id, worker="w1", status=JobStatus.SUCCEEDED)
+        worker.commit()
+        with pytest.raises(JobConflict, match="already ended"):
+            request_cancel(api, job_id)
+        api.rollback()
+        assert not get_job(api, job_id).cancel_requested

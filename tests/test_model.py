@@ -129,3 +129,32 @@ def test_defaults_follow_init() -> None:
 def test_config_bounds(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value}).resolved()  # type: ignore[arg-type]
+
+
+def _truncated_imagenet(path: Path) -> None:
+    """The first half of a real weights file: a copy or download cut off midway."""
+    _fake_imagenet(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_cached_weights_file_is_missing_weights(no_imagenet: Path) -> None:
+    cache = imagenet_weights_cache_path()
+    _truncated_imagenet(cache)
+    with pytest.raises(PretrainedWeightsMissing) as err:
+        build_model(2, "imagenet")
+    message = str(err.value)
+    assert f"{cache} is unreadable" in message and "HOTDOG_PRETRAINED_PATH" in message
+
+
+@pytest.mark.parametrize("content", ["truncated", "garbage"])
+def test_a_corrupt_configured_weights_file_is_missing_weights(
+        no_imagenet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str) -> None:
+    path = tmp_path / "r18.pth"
+    if content == "truncated":
+        _truncated_imagenet(path)
+    else:
+        path.write_bytes(b"not a weights file\n" * 100)
+    monkeypatch.setenv("HOTDOG_PRETRAINED_PATH", str(path))
+    with pytest.raises(PretrainedWeightsMissing, match=f"{path} is unreadable"):
+        load_imagenet_state_dict()

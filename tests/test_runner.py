@@ -29,7 +29,8 @@ def test_events_of_a_successful_run(color_dataset: Path, tmp_path: Path) -> None
     proc = _process(color_dataset, tmp_path, epochs=2).start()
     events = list(proc.events())
     kinds = [type(e) for e in events if not isinstance(e, Progress)]  # progress is timed
-    assert kinds == [Start, Checkpoint, Epoch, Checkpoint, Epoch, Done]
+    # Each epoch reported before its checkpoint: none is ever on disk unreported.
+    assert kinds == [Start, Epoch, Checkpoint, Epoch, Checkpoint, Done]
     for e in events:
         if isinstance(e, Progress):
             assert e.epoch in (1, 2) and 0 < e.fraction < 1
@@ -64,9 +65,11 @@ def test_killed_process_resumes_from_its_last_epoch(color_dataset: Path, tmp_pat
     events = list(second.events())
     start, done = events[0], events[-1]
     assert isinstance(start, Start) and isinstance(done, Done)
-    resumed_epochs = [e.metrics.epoch for e in events if isinstance(e, Epoch)]
+    reported = [e.metrics.epoch for e in events if isinstance(e, Epoch)]
     assert start.start_epoch >= 1
-    assert resumed_epochs == list(range(start.start_epoch + 1, 4))
+    # The epochs it resumes after are repeated first (a record lost with the killed run is
+    # made up), then the rest.
+    assert reported == list(range(1, 4))
     assert second.returncode == 0
     assert len(load_checkpoint(done.checkpoint)["history"]) == 3
 
@@ -85,6 +88,24 @@ def test_missing_imagenet_weights_are_an_error_of_their_kind(
     error = list(proc.events())[-1]
     assert isinstance(error, Error) and error.kind is ErrorKind.WEIGHTS_MISSING, error
     assert error.text.startswith("PretrainedWeightsMissing: ") and proc.returncode == 1
+
+
+def test_a_truncated_imagenet_file_fails_at_once_as_missing_weights(
+        color_dataset: Path, tmp_path: Path, no_imagenet: Path) -> None:
+    """Not a RuntimeError crash that the worker would retry: the same file fails every time."""
+    import torch
+    from torchvision.models import resnet18
+
+    from app.engine.model import imagenet_weights_cache_path
+
+    cache = imagenet_weights_cache_path()  # under the TORCH_HOME the child inherits
+    cache.parent.mkdir(parents=True)
+    torch.save(resnet18().state_dict(), cache)
+    cache.write_bytes(cache.read_bytes()[:1 << 20])  # a copy cut off after 1 MB
+    proc = _process(color_dataset, tmp_path, epochs=1, init="imagenet").start()
+    error = list(proc.events())[-1]
+    assert isinstance(error, Error) and error.kind is ErrorKind.WEIGHTS_MISSING, error
+    assert f"{cache} is unreadable" in error.message and proc.returncode == 1
 
 
 def test_a_job_that_runs_out_of_memory_fails_at_once_saying_what_to_change(

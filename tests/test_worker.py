@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +19,15 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.db.models import Dataset, EpochMetric, ErrorKind, JobStatus
+from app.db.models import Dataset, EpochMetric, ErrorKind, Job, JobStatus
 from app.db.session import make_engine, upgrade
 from app.engine import TrainConfig, load_checkpoint
 from app.jobs.broker import make_celery
 from app.jobs.service import claim_job, create_job, get_job, request_cancel
 from tests.helpers import TINY, wait_for
+from worker.child import FAULT_ENV
+from worker.runner import TrainingProcess
+from worker.tasks import run_job_now
 
 
 @dataclass
@@ -160,3 +164,181 @@ def test_a_job_whose_worker_died_is_requeued_and_finished(service: Service,
     with Session(service.engine) as s:
         job = get_job(s, job_id)
         assert job.attempt == 2 and job.worker != "dead-host:1"
+
+
+# ------------------------------------------------- a job run in this process (run_job_now)
+
+@dataclass
+class Local:
+    """The embedded database and data folder of a test; jobs run by ``run_job_now`` here,
+    each in its real training process."""
+
+    settings: Settings
+    engine: Engine
+
+    def add_job(self, data: Path, max_attempts: int = 3, **params: object) -> str:
+        dataset_id = uuid.uuid4().hex
+        shutil.copytree(data, self.settings.dataset_dir(dataset_id))
+        config = TrainConfig(**{**TINY, **params})  # type: ignore[arg-type]
+        with Session(self.engine) as s:
+            s.add(Dataset(id=dataset_id, name="colors", classes=["hotdog", "not-hotdog"],
+                          counts={}, warnings=[], size_bytes=0))
+            job = create_job(s, dataset_id=dataset_id, params=config.to_dict(),
+                             epochs=config.epochs, max_attempts=max_attempts)
+            s.commit()
+            return job.id
+
+    def training_process(self, job_id: str, env: dict[str, str]) -> TrainingProcess:
+        """The job's training process as its worker would start it."""
+        with Session(self.engine) as s:
+            job = get_job(s, job_id)
+            job_dir = self.settings.job_dir(job_id)
+            return TrainingProcess(
+                data_dir=self.settings.dataset_dir(job.dataset_id),
+                config=TrainConfig.from_dict(job.params), out=job_dir / "model.pt",
+                epoch_checkpoint=job_dir / "last.pt", export_onnx=False, env=env)
+
+    def recorded_epochs(self, job_id: str) -> list[int]:
+        with Session(self.engine) as s:
+            return list(s.scalars(select(EpochMetric.epoch).where(EpochMetric.job_id == job_id)
+                                  .order_by(EpochMetric.epoch)))
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[Local]:
+    settings = Settings(data_dir=tmp_path / "data", database_url=None, broker_url=None,
+                        heartbeat_seconds=0.3, job_lease_seconds=5, export_onnx=False)
+    settings.data_dir.mkdir()
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        yield Local(settings, engine)
+    finally:
+        engine.dispose()
+
+
+def test_a_kill_right_after_an_epoch_checkpoint_loses_no_epoch(
+        local: Local, color_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training process is SIGKILLed just after writing epoch 2's checkpoint (the worker
+    retries it, resuming after epoch 2): epoch 2 was reported before, so it is recorded."""
+    job_id = local.add_job(color_dataset, epochs=3)
+    monkeypatch.setenv(FAULT_ENV, "kill-after-checkpoint:2")
+    assert run_job_now(job_id, settings=local.settings) == JobStatus.SUCCEEDED.value
+    with Session(local.engine) as s:
+        job = get_job(s, job_id)
+        assert job.attempt == 2 and job.epoch == 3  # the kill spent an attempt
+    assert local.recorded_epochs(job_id) == [1, 2, 3]
+
+
+def test_epochs_whose_report_was_lost_are_recorded_on_resume(
+        local: Local, color_dataset: Path) -> None:
+    """A worker killed outright loses the events still in the pipe: here a first run's
+    events are never recorded at all; the resumed run fills every epoch of its checkpoint."""
+    job_id = local.add_job(color_dataset, epochs=3)
+    job_dir = local.settings.job_dir(job_id)
+    first = local.training_process(job_id, env={FAULT_ENV: "kill-after-checkpoint:2"}).start()
+    list(first.events())  # read, and lost
+    assert first.returncode == -signal.SIGKILL
+    assert load_checkpoint(job_dir / "last.pt")["epoch"] == 2
+    assert run_job_now(job_id, settings=local.settings) == JobStatus.SUCCEEDED.value
+    assert local.recorded_epochs(job_id) == [1, 2, 3]
+
+
+
+def _tuned(local: Local, **settings: object) -> Local:
+    return Local(local.settings.model_copy(update=settings), local.engine)
+
+
+def _job(local: Local, job_id: str) -> Job:
+    with Session(local.engine) as s:
+        job = get_job(s, job_id)
+        s.expunge(job)
+        return job
+
+
+def test_a_hung_training_process_is_killed_and_the_job_resumes(
+        local: Local, color_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It hangs after epoch 1, deaf to SIGTERM, while the worker's lease stays fresh: the
+    watchdog kills it, the attempt is spent, and the next one resumes after epoch 1.
+    (STALL_SECONDS well above the second attempt's silent start on a loaded machine.)"""
+    local = _tuned(local, stall_seconds=15, stall_epochs=0)
+    job_id = local.add_job(color_dataset, epochs=2, max_attempts=2)
+    monkeypatch.setenv(FAULT_ENV, "hang-after-checkpoint:1")
+    assert run_job_now(job_id, settings=local.settings) == JobStatus.SUCCEEDED.value
+    assert _job(local, job_id).attempt == 2
+    assert local.recorded_epochs(job_id) == [1, 2]
+
+
+def test_a_job_that_hangs_on_its_last_attempt_fails_stalled(
+        local: Local, color_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(However short its silence lasts: this one fails the same, hung or slow to start.)"""
+    local = _tuned(local, stall_seconds=2, stall_epochs=0)
+    job_id = local.add_job(color_dataset, epochs=2, max_attempts=1)
+    monkeypatch.setenv(FAULT_ENV, "hang-after-checkpoint:1")
+    assert run_job_now(job_id, settings=local.settings) == JobStatus.FAILED.value
+    job = _job(local, job_id)
+    assert job.error_kind == ErrorKind.STALLED and "hung" in (job.error or "")
+    assert job.attempt == 1 and job.lease_expires_at is None
+
+
+def test_a_job_past_max_job_seconds_fails_as_timeout(local: Local, color_dataset: Path) -> None:
+    local = _tuned(local, max_job_seconds=3)
+    job_id = local.add_job(color_dataset, epochs=500)
+    assert run_job_now(job_id, settings=local.settings) == JobStatus.FAILED.value
+    job = _job(local, job_id)
+    assert job.error_kind == ErrorKind.TIMEOUT and "MAX_JOB_SECONDS" in (job.error or "")
+    assert job.attempt == 1 and job.epoch < 500
+    assert not list(local.settings.job_dir(job_id).glob(".*.tmp"))  # no half-written file
+
+
+def _cancel_when(local: Local, job_id: str, ready: Callable[[Job], bool],
+                 then: Callable[[], None] = lambda: None) -> str:
+    """Runs the job in a thread, cancels it once ``ready(job)``, then calls ``then``;
+    returns the job's final status."""
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(run_job_now, job_id, settings=local.settings)
+        wait_for(lambda: run.done() or ready(_job(local, job_id)), timeout=180,
+                 what=f"job {job_id} to be ready for its cancel")
+        with Session(local.engine) as s:
+            request_cancel(s, job_id)
+            s.commit()
+        then()
+        # far less than a heartbeat: the cancel does not wait for one
+        return run.result(timeout=60)
+
+
+def test_a_cancel_stops_training_without_waiting_for_a_heartbeat(
+        local: Local, color_dataset: Path) -> None:
+    local = _tuned(local, heartbeat_seconds=600, job_lease_seconds=1200,
+                   cancel_poll_seconds=0.2)
+    job_id = local.add_job(color_dataset, epochs=500)
+    status = _cancel_when(local, job_id, lambda job: job.epoch >= 1)
+    assert status == JobStatus.CANCELLED.value
+    assert _job(local, job_id).error_kind == ErrorKind.CANCELLED_BY_USER
+
+
+def test_a_cancel_reaches_a_process_that_does_not_listen(
+        local: Local, color_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hung after epoch 1 (as in a long evaluation, or loading): SIGTERM is not heard, so
+    the worker kills it."""
+    local = _tuned(local, cancel_poll_seconds=0.2)
+    job_id = local.add_job(color_dataset, epochs=3)
+    monkeypatch.setenv(FAULT_ENV, "hang-after-checkpoint:1")
+    status = _cancel_when(local, job_id, lambda job: job.epoch >= 1)
+    assert status == JobStatus.CANCELLED.value
+
+
+def test_a_cancel_during_the_final_evaluation_or_export_still_cancels(
+        local: Local, color_dataset: Path, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """The training holds after its last epoch until the cancel is recorded, then goes on
+    to export and report success: the job still ends cancelled."""
+    go_on = tmp_path / "go-on"
+    monkeypatch.setenv(FAULT_ENV, f"wait-after-training:{go_on}")
+    local = _tuned(local, cancel_poll_seconds=0.2)
+    job_id = local.add_job(color_dataset, epochs=1)
+    status = _cancel_when(local, job_id, lambda job: job.epoch == 1, then=go_on.touch)
+    assert status == JobStatus.CANCELLED.value
+    with Session(local.engine) as s:
+        job = get_job(s, job_id)
+        assert job.error_kind == ErrorKind.CANCELLED_BY_USER and job.evaluation is None

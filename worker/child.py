@@ -3,9 +3,9 @@
 The worker starts it as a plain subprocess (Celery's prefork children are daemonic and may
 not start DataLoader processes themselves; a process of its own also frees all GPU memory
 when the job ends and gives cancellation something to signal). It reports on stdout, one
-event of :mod:`worker.protocol` per line: ``Start``, ``Progress`` (at most once a second),
-``Epoch`` and ``Checkpoint`` as it goes, then exactly one of ``Done``, ``Cancelled`` or
-``Error``.
+event of :mod:`worker.protocol` per line: ``Start`` (then, resuming, an ``Epoch`` for each
+epoch its checkpoint holds), ``Progress`` (at most once a second), ``Epoch`` and
+``Checkpoint`` as it goes, then exactly one of ``Done``, ``Cancelled`` or ``Error``.
 
 SIGTERM asks it to stop between batches (cancellation). Logs go to stderr.
 
@@ -80,6 +80,22 @@ def emit(event: Event) -> None:
 
 
 PROGRESS_INTERVAL = 1.0  # seconds between progress events
+# Fault tests: a fault the training process acts out on itself. "kill-after-checkpoint:N":
+# SIGKILL right after epoch N's checkpoint is written (where a kill is most likely to lose
+# an epoch); "hang-after-checkpoint:N": hang there, deaf to SIGTERM; "wait-after-training:
+# PATH": after the last epoch, before the export, wait until the file PATH exists.
+FAULT_ENV = "HOTDOG_TEST_FAULT"
+
+
+def act_out_fault(point: str, arg: str = "") -> None:
+    """The fault ``$HOTDOG_TEST_FAULT`` asks for at ``point`` (with ``arg``, the epoch)."""
+    action, _, at = os.environ.get(FAULT_ENV, "").partition(":")
+    if action == f"kill-{point}" and at == arg:
+        os.kill(os.getpid(), signal.SIGKILL)
+    while action == f"hang-{point}" and at == arg:
+        time.sleep(3600)
+    while action == f"wait-{point}" and not Path(at).exists():
+        time.sleep(0.05)
 
 
 class Reporter(Callback):
@@ -93,6 +109,10 @@ class Reporter(Callback):
                    test_count=info.test_count, device=info.device, precision=info.precision,
                    start_epoch=info.start_epoch, epochs=info.epochs,
                    batches_per_epoch=info.batches_per_epoch, world_size=info.world_size))
+        # The epochs the checkpoint holds, again: one whose report died with a killed worker
+        # (or the pipe) is recorded now; the worker ignores those it already has.
+        for metrics in info.history:
+            emit(Epoch(metrics=metrics))
 
     def on_batch(self, progress: BatchProgress) -> None:
         now = time.monotonic()
@@ -105,6 +125,7 @@ class Reporter(Callback):
 
     def on_checkpoint(self, path: Path, epoch: int) -> None:
         emit(Checkpoint(epoch=epoch, path=str(path)))
+        act_out_fault("after-checkpoint", str(epoch))
 
     def should_stop(self) -> bool:
         return self.stop_requested
@@ -169,6 +190,7 @@ def run(spec: dict[str, Any]) -> int:
     assert result.evaluation is not None
     if _rank() != 0:  # rank 0 wrote the checkpoint and exports it
         return EXIT_OK
+    act_out_fault("after-training")
     exports: dict[str, Any] = {}
     if spec.get("export_onnx", True):
         # Verified against PyTorch on the test images, or discarded with the reason: the job

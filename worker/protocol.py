@@ -1,8 +1,10 @@
 """What a job's training process (:mod:`worker.child`) tells its worker: one event per line
 of its stdout, as JSON with an ``"event"`` name and the event's fields.
 
-A run says :class:`Start`, then :class:`Progress` (at most once a second), :class:`Epoch`
-and :class:`Checkpoint` as it goes, and ends with exactly one :class:`Done`,
+A run says :class:`Start`, then (resumed) an :class:`Epoch` for each epoch it resumes after,
+then :class:`Progress` (at most once a second), :class:`Epoch` and :class:`Checkpoint` as it
+goes (an epoch's ``Epoch`` before its ``Checkpoint``: a run killed in between repeats it, so
+no epoch is ever checkpointed unreported), and ends with exactly one :class:`Done`,
 :class:`Cancelled` or :class:`Error` (an :data:`Outcome`). Both sides use :func:`encode` and
 :func:`decode`, so the format lives here alone.
 """

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from app.jobs.service import (
     release_job,
     requeue_expired,
     source_job_id,
+    utcnow,
 )
 from worker.protocol import (
     Cancelled,
@@ -42,6 +44,7 @@ from worker.protocol import (
     Done,
     Epoch,
     Error,
+    Event,
     Outcome,
     Progress,
     Start,
@@ -112,9 +115,8 @@ def _attempt(engine: Engine, settings: Settings, job_id: str, name: str) -> str:
     if isinstance(claimed, str):
         return claimed
     proc = _launch(settings, claimed)
-    outcome, interrupted = _consume_events(engine, settings, claimed, proc)
-    return _record_outcome(engine, claimed, outcome, interrupted=interrupted,
-                           returncode=proc.returncode)
+    outcome, watcher = _consume_events(engine, settings, claimed, proc)
+    return _record_outcome(engine, claimed, outcome, watcher, proc.returncode)
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class Claim:
     config: TrainConfig  # a job:<id> start resolved to that job's model file
     dataset_dir: Path
     processes: int  # training processes (see worker.runner.training_processes)
+    started_at: datetime  # the job's first start: MAX_JOB_SECONDS counts from it
 
 
 def _claim(engine: Engine, settings: Settings, job_id: str, name: str) -> Claim | str:
@@ -153,7 +156,8 @@ def _claim(engine: Engine, settings: Settings, job_id: str, name: str) -> Claim 
             log.warning("job %s failed: %s", job_id, exc)
             return get_job(s, job_id).status.value
         return Claim(job_id=job_id, worker=name, attempt=job.attempt, config=config,
-                     dataset_dir=settings.dataset_dir(job.dataset_id), processes=processes)
+                     dataset_dir=settings.dataset_dir(job.dataset_id), processes=processes,
+                     started_at=job.started_at or utcnow())
 
 
 def _launch(settings: Settings, claim: Claim) -> TrainingProcess:
@@ -166,16 +170,17 @@ def _launch(settings: Settings, claim: Claim) -> TrainingProcess:
 
 
 def _consume_events(engine: Engine, settings: Settings, claim: Claim,
-                    proc: TrainingProcess) -> tuple[Outcome | None, bool]:
+                    proc: TrainingProcess) -> tuple[Outcome | None, _Watcher]:
     """Record the run's epochs and progress while the watcher holds the lease; returns how
-    the run ended (None: it died without saying) and whether this worker stopped it to
-    shut down."""
-    watcher = _Watcher(engine, settings, claim.job_id, claim.worker, proc)
+    the run ended (None: it died without saying) and the watcher, which says whether it
+    stopped the run, and why."""
+    watcher = _Watcher(engine, settings, claim, proc)
     watcher.start()
     outcome: Outcome | None = None
     try:
         with Session(engine) as s:
             for event in proc.events():
+                watcher.heard(event)
                 match event:
                     case Epoch(metrics=metrics):
                         record_epoch(s, claim.job_id, metrics.to_dict())
@@ -190,32 +195,49 @@ def _consume_events(engine: Engine, settings: Settings, claim: Claim,
                         pass
     finally:
         watcher.stop()
-    return outcome, watcher.interrupted
+        _remove_partial_files(settings.job_dir(claim.job_id))
+    return outcome, watcher
 
 
-def _record_outcome(engine: Engine, claim: Claim, outcome: Outcome | None, *,
-                    interrupted: bool, returncode: int | None) -> str:
+def _remove_partial_files(job_dir: Path) -> None:
+    """The temp files of writes a killed training process left half done (checkpoints and
+    exports are written to ``.<name>.*.tmp`` and renamed): nobody will finish them."""
+    for tmp in job_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _record_outcome(engine: Engine, claim: Claim, outcome: Outcome | None,
+                    watcher: _Watcher, returncode: int | None) -> str:
     """Write how the attempt ended; the job's status afterwards, or ``INTERRUPTED``."""
     job_id, name = claim.job_id, claim.worker
     with Session(engine) as s:
         match outcome:
-            case None if interrupted:
+            case None if watcher.interrupted:
                 released = release_job(s, job_id, worker=name, interrupted=True,
                                        error="its worker shut down; it resumes on the next one")
                 s.commit()
                 log.info("job %s handed back to the queue: this worker is shutting down", job_id)
                 if released is JobStatus.QUEUED:
                     return INTERRUPTED
-            case None:  # the training process died: another attempt, or crashed
-                released = release_job(s, job_id, worker=name, error_kind=ErrorKind.CRASHED,
-                                       error=f"training process exited with code {returncode}")
+            case None if watcher.killed_for is ErrorKind.TIMEOUT:
+                finish_job(s, job_id, worker=name, status=JobStatus.FAILED,
+                           error_kind=ErrorKind.TIMEOUT, error=watcher.reason)
+                s.commit()
+            case None:  # the training process died or hung: another attempt, or failed
+                released = release_job(
+                    s, job_id, worker=name, error_kind=watcher.killed_for or ErrorKind.CRASHED,
+                    error=watcher.reason or f"training process exited with code {returncode}")
                 s.commit()
                 if released is not None:
                     return released.value
             case Done():
-                finish_job(s, job_id, worker=name, status=JobStatus.SUCCEEDED,
-                           checkpoint_path=outcome.checkpoint, evaluation=outcome.evaluation,
-                           exports=outcome.exports)
+                # A cancel recorded while it evaluated or exported wins (finish_job refuses
+                # to mark a job with a cancel request succeeded).
+                if not finish_job(s, job_id, worker=name, status=JobStatus.SUCCEEDED,
+                                  checkpoint_path=outcome.checkpoint,
+                                  evaluation=outcome.evaluation, exports=outcome.exports):
+                    finish_job(s, job_id, worker=name, status=JobStatus.CANCELLED,
+                               error_kind=ErrorKind.CANCELLED_BY_USER)
                 s.commit()
             case Cancelled():
                 finish_job(s, job_id, worker=name, status=JobStatus.CANCELLED,
@@ -240,16 +262,32 @@ SHUTDOWN_POLL_SECONDS = 0.25
 
 
 class _Watcher(threading.Thread):
-    """Renews the job's lease, passes a cancel request on to the training process, and stops
-    that process when the worker shuts down."""
+    """Watches one attempt's training process: renews the job's lease every heartbeat;
+    every ``cancel_poll_seconds`` passes a cancel request on (and kills a process that has
+    not stopped by the next look) and kills a process that stalled or ran past
+    ``max_job_seconds``; stops it when the worker shuts down."""
 
-    def __init__(self, engine: Engine, settings: Settings, job_id: str, name: str,
+    def __init__(self, engine: Engine, settings: Settings, claim: Claim,
                  proc: TrainingProcess) -> None:
-        super().__init__(daemon=True, name=f"watch-{job_id}")
-        self.engine, self.settings, self.job_id, self.worker = engine, settings, job_id, name
-        self.proc = proc
+        super().__init__(daemon=True, name=f"watch-{claim.job_id}")
+        self.engine, self.settings, self.proc = engine, settings, proc
+        self.job_id, self.worker = claim.job_id, claim.worker
+        self.deadline = claim.started_at + timedelta(seconds=settings.max_job_seconds)
         self.stopped = threading.Event()
         self.interrupted = False
+        # Why the watcher killed the process (stalled, timeout), and the job's error then.
+        self.killed_for: ErrorKind | None = None
+        self.reason: str | None = None
+        self.last_heard = time.monotonic()
+        self.stall_after = settings.stall_seconds
+        self.cancel_sent: float | None = None
+
+    def heard(self, event: Event) -> None:
+        """The training process said something: it is alive (called by the event reader)."""
+        self.last_heard = time.monotonic()
+        if isinstance(event, Epoch):  # a slow job's epochs set how long a silence may last
+            self.stall_after = max(self.settings.stall_seconds,
+                                   self.settings.stall_epochs * event.metrics.seconds)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -273,21 +311,59 @@ class _Watcher(threading.Thread):
             self._watch()
 
     def _watch(self) -> None:
-        while not self._wait(self.settings.heartbeat_seconds):
+        next_beat = time.monotonic()
+        while not self._wait(self.settings.cancel_poll_seconds):
+            beat = time.monotonic() >= next_beat
             try:
-                with Session(self.engine) as s:
-                    held = heartbeat(s, self.job_id, worker=self.worker,
-                                     lease_seconds=self.settings.job_lease_seconds)
-                    cancel = get_job(s, self.job_id).cancel_requested
-                    s.commit()
+                held, cancel = self._poll(beat)
             except Exception:  # a database blip must not kill the job; the lease has slack
                 log.exception("heartbeat of job %s failed", self.job_id)
                 continue
+            if beat:
+                next_beat = time.monotonic() + self.settings.heartbeat_seconds
             if not held:
                 log.warning("job %s: lease lost, stopping its training", self.job_id)
                 self.proc.kill()
             elif cancel:
-                self.proc.cancel()
+                self._cancel()
+            else:
+                self._check_limits()
+
+    def _poll(self, beat: bool) -> tuple[bool, bool]:
+        """Renew the lease when ``beat``; whether the job is still this worker's, and
+        whether it was asked to cancel."""
+        with Session(self.engine) as s:
+            held = heartbeat(s, self.job_id, worker=self.worker,
+                             lease_seconds=self.settings.job_lease_seconds) if beat else True
+            job = get_job(s, self.job_id)
+            s.commit()
+            return held and job.worker == self.worker, job.cancel_requested
+
+    def _cancel(self) -> None:
+        """SIGTERM first (it stops cleanly between batches); a process still running at the
+        next look is somewhere it does not listen (loading, evaluating, exporting): killed."""
+        if self.cancel_sent is None:
+            self.cancel_sent = time.monotonic()
+            self.proc.cancel()
+        else:
+            log.info("job %s: cancelled, its training did not stop; killing it", self.job_id)
+            self.proc.kill()
+
+    def _check_limits(self) -> None:
+        silent = time.monotonic() - self.last_heard
+        if utcnow() >= self.deadline:
+            self._kill(ErrorKind.TIMEOUT, f"the job ran longer than MAX_JOB_SECONDS "
+                       f"({self.settings.max_job_seconds} s); its training was stopped")
+        elif silent >= self.stall_after:
+            self._kill(ErrorKind.STALLED, f"the training process said nothing for "
+                       f"{silent:.0f} s (STALL_SECONDS, or {self.settings.stall_epochs:g} "
+                       "times its last epoch) and was killed as hung")
+
+    def _kill(self, kind: ErrorKind, reason: str) -> None:
+        if self.killed_for is None:
+            log.warning("job %s: %s", self.job_id, reason)
+            self.killed_for, self.reason = kind, reason
+        self.proc.kill()
 
 
 def requeue_lost_jobs(engine: Engine, settings: Settings) -> list[str]:

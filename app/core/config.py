@@ -22,10 +22,19 @@ class Settings(BaseSettings):
     # means the worker died and the job is put back for another attempt.
     job_lease_seconds: float = 120.0
     heartbeat_seconds: float = 10.0
+    # How often a worker looks whether its running job was cancelled; a training process
+    # that has not stopped by the next look is killed (a cancel takes about two of these).
+    cancel_poll_seconds: float = 1.0
     max_attempts: int = 3
-    # Longest a job may run; the broker's visibility timeout is set above it so a long job's
-    # unacknowledged message is not redelivered while it is still running.
+    # Longest a job may run, from its first start: then its training is killed and it ends
+    # failed (error_kind timeout). The broker's visibility timeout is set above it so a long
+    # job's unacknowledged message is not redelivered while it is still running.
     max_job_seconds: int = 24 * 3600
+    # A training process that says nothing (no progress, no epoch) for the larger of
+    # stall_seconds and stall_epochs times its last epoch's time is hung: it is killed and
+    # the attempt spent (error_kind stalled once none is left).
+    stall_seconds: float = 15 * 60
+    stall_epochs: float = 10.0
     # Log lines of serve, worker and training processes: "text", or "json" (one object per
     # line, with job_id on every line about a job).
     log_format: Literal["text", "json"] = "text"

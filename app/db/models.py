@@ -52,6 +52,8 @@ class ErrorKind(str, enum.Enum):
     BAD_PARAMS = "bad_params"  # parameters the engine refused
     NOT_ENOUGH_DEVICES = "not_enough_devices"  # more GPUs asked for than the worker has
     CRASHED = "crashed"  # the training process died every attempt
+    STALLED = "stalled"  # the training process fell silent (STALL_SECONDS) every attempt
+    TIMEOUT = "timeout"  # the job ran longer than MAX_JOB_SECONDS
     QUEUE_UNREACHABLE = "queue_unreachable"  # the broker refused the job at submission
     CANCELLED_BY_USER = "cancelled_by_user"
 

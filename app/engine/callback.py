@@ -29,6 +29,9 @@ class StartInfo:
     cached_bytes: int  # decoded images held in memory
     decode_seconds: float  # the one-time decode that filled the cache
     world_size: int = 1  # training processes (torchrun); 1 for the plain single process
+    # A resumed run's epochs done before it (its checkpoint's history), so that a reporter
+    # can record any whose report was lost when the previous run was killed.
+    history: tuple[EpochMetrics, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ class Callback:
         pass
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
-        pass
+        """Epoch ``metrics.epoch`` is done; called before its checkpoint is written, so a
+        run killed at any moment has reported every epoch its checkpoint holds."""
 
     def on_checkpoint(self, path: Path, epoch: int) -> None:
         pass

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -49,6 +52,21 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
+@contextmanager
+def _unreadable_is_missing(path: Path) -> Iterator[None]:
+    """A truncated or corrupt weights file (an interrupted copy or download) is as good as
+    none: every attempt would fail the same way, so it fails the job at once, saying which
+    file to replace, instead of crashing into retries."""
+    try:
+        yield
+    except (RuntimeError, OSError, pickle.UnpicklingError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PretrainedWeightsMissing(_missing_message(
+            f"{path} is unreadable, probably truncated or corrupt ({first[:200]}); delete it "
+            "and provide it again"
+        )) from exc
+
+
 def load_imagenet_state_dict(path: str | Path | None = None) -> dict[str, torch.Tensor]:
     """The torchvision ImageNet state dict: from ``path``/``$HOTDOG_PRETRAINED_PATH``, else
     torchvision's cache, else a download (only when the host answers, so offline fails fast).
@@ -58,7 +76,8 @@ def load_imagenet_state_dict(path: str | Path | None = None) -> dict[str, torch.
         path = Path(path)
         if not path.is_file():
             raise PretrainedWeightsMissing(_missing_message(f"{path} does not exist"))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with _unreadable_is_missing(path):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     else:
         weights = ResNet18_Weights.IMAGENET1K_V1
         cached = imagenet_weights_cache_path()
@@ -66,12 +85,18 @@ def load_imagenet_state_dict(path: str | Path | None = None) -> dict[str, torch.
             raise PretrainedWeightsMissing(
                 _missing_message(f"{cached} is missing and the download host is unreachable")
             )
-        try:
-            state = weights.get_state_dict(
-                progress=False, check_hash=not cached.is_file(), weights_only=True
-            )
-        except OSError as exc:  # URLError, connection reset, disk full...
-            raise PretrainedWeightsMissing(_missing_message(f"download failed ({exc})")) from exc
+        if cached.is_file():
+            with _unreadable_is_missing(cached):
+                state = weights.get_state_dict(progress=False, check_hash=False,
+                                               weights_only=True)
+        else:
+            try:
+                state = weights.get_state_dict(progress=False, check_hash=True,
+                                               weights_only=True)
+            # URLError, connection reset, disk full, a download that fails its hash...
+            except (OSError, RuntimeError) as exc:
+                raise PretrainedWeightsMissing(
+                    _missing_message(f"download failed ({exc})")) from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a hotdog checkpoint or a {"model": ...} wrapper
     if not isinstance(state, dict):

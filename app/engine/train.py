@@ -239,7 +239,7 @@ class _Run:
             device=str(plan.device), precision=plan.precision, start_epoch=self.start_epoch,
             epochs=cfg.epochs, batches_per_epoch=self.batches, config=cfg,
             cached_bytes=cached_bytes, decode_seconds=decode_seconds,
-            world_size=strategy.world_size,
+            world_size=strategy.world_size, history=tuple(self.history),
         ))
         log.info(
             "training %s on %d images (%d classes), testing on %d, %s %s, epochs %d..%d%s",
@@ -253,10 +253,13 @@ class _Run:
         for epoch in range(self.start_epoch + 1, self.cfg.epochs + 1):
             metrics, evaluation = self.epoch(epoch)
             self.history.append(metrics)
+            # Reported before the checkpoint is written: a run killed between the two then
+            # repeats the epoch (and reports it again) instead of resuming past an epoch it
+            # never reported.
+            self.callback.on_epoch(metrics)
             if epoch_checkpoint is not None and self.strategy.writes:
                 save_checkpoint(self.payload(epoch, None), epoch_checkpoint)
                 self.callback.on_checkpoint(epoch_checkpoint, epoch)
-            self.callback.on_epoch(metrics)
         if evaluation is None:  # resumed a run that had already finished its epochs
             evaluation = self.evaluate()
         if self.strategy.writes:

@@ -197,16 +197,19 @@ def finish_job(
     exports: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """End a running job held by ``worker``. False if the worker had lost it meanwhile.
+    """End a running job held by ``worker``. False if the worker had lost it meanwhile, or
+    for ``succeeded`` when a cancel was recorded first: a cancel the API accepted always
+    wins, so the caller ends the job ``cancelled`` instead.
     ``error_kind``: why it did not succeed (required then, and only then)."""
     if not status.is_terminal:
         raise ValueError(f"{status.value} is not a final status")
     if (status is JobStatus.SUCCEEDED) != (error_kind is None):
         raise ValueError(f"a {status.value} job takes "
                          + ("no error_kind" if error_kind else "an error_kind"))
+    not_cancelled = [Job.cancel_requested.is_(False)] if status is JobStatus.SUCCEEDED else []
     done = _transition(
         session, job_id, to=status,
-        where=[Job.status == JobStatus.RUNNING, Job.worker == worker],
+        where=[Job.status == JobStatus.RUNNING, Job.worker == worker, *not_cancelled],
         values={"finished_at": now or utcnow(), "error": error,
                 "error_kind": error_kind.value if error_kind else None,
                 "checkpoint_path": checkpoint_path, "lease_expires_at": None,
@@ -254,7 +257,9 @@ def release_job(
 
 
 def request_cancel(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
-    """A queued job ends ``cancelled`` at once; a running one is flagged for its worker."""
+    """A queued job ends ``cancelled`` at once; a running one is flagged for its worker,
+    which then ends it ``cancelled`` whatever it was doing (even its final evaluation or
+    export). :class:`JobConflict` when it ended first: a cancel is never accepted and lost."""
     job = get_job(session, job_id)
     if job.status.is_terminal:
         raise JobConflict(f"job {job_id} has already ended ({job.status.value})")
@@ -264,12 +269,14 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
                 "error_kind": ErrorKind.CANCELLED_BY_USER.value},
     ):
         return get_job(session, job_id)
-    session.execute(
-        update(Job).where(Job.id == job_id).values(cancel_requested=True)
-        .execution_options(synchronize_session=False)
-    )
+    flagged = _rowcount(session, update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE))
+                        .values(cancel_requested=True)
+                        .execution_options(synchronize_session=False))
     session.expire_all()
-    return get_job(session, job_id)
+    job = get_job(session, job_id)
+    if not flagged:  # it ended between the read above and this write
+        raise JobConflict(f"job {job_id} has already ended ({job.status.value})")
+    return job
 
 
 def requeue_expired(session: Session, *, now: datetime | None = None) -> list[str]:
