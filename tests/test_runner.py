@@ -42,6 +42,17 @@ def test_events_of_a_successful_run(color_dataset: Path, tmp_path: Path) -> None
     assert not list((tmp_path / "job").glob(".spec-*"))
 
 
+def test_a_killed_attempts_spec_is_removed_by_the_next(color_dataset: Path,
+                                                       tmp_path: Path) -> None:
+    """A worker SIGKILLed mid-job cannot remove its training's spec file; the job's next
+    attempt does, so no temporary file outlives the job in DATA_DIR (found by bench/chaos)."""
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / ".spec-killed.json").write_text("{}")
+    proc = _process(color_dataset, tmp_path, epochs=1).start()
+    assert isinstance(list(proc.events())[-1], Done)
+    assert not list((tmp_path / "job").glob(".spec-*"))
+
+
 def test_cancel_stops_between_batches(color_dataset: Path, tmp_path: Path) -> None:
     proc = _process(color_dataset, tmp_path, epochs=50).start()
     events = []

@@ -118,6 +118,10 @@ class TrainingProcess:
             "export_onnx": self.export_onnx,
         }
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        # One attempt of a job runs at a time (the claim is atomic), so a spec already here
+        # is an earlier attempt's whose worker was killed before it could remove it.
+        for stale in self.out.parent.glob(".spec-*.json"):
+            stale.unlink(missing_ok=True)
         fd, spec_path = tempfile.mkstemp(prefix=".spec-", suffix=".json", dir=self.out.parent)
         with os.fdopen(fd, "w") as fh:
             json.dump(spec, fh)
