@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     job_lease_seconds: float = 120.0
     heartbeat_seconds: float = 10.0
     max_attempts: int = 3
+    # A worker renews its row in the workers table every few seconds; one not seen for this
+    # long counts as gone (POST /jobs refuses a job that no live worker would take).
+    worker_seen_seconds: float = 30.0
     # Longest a job may run; the broker's visibility timeout is set above it so a long job's
     # unacknowledged message is not redelivered while it is still running.
     max_job_seconds: int = 24 * 3600
