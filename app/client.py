@@ -72,6 +72,21 @@ class Job(TypedDict):
     started_at: str | None
     finished_at: str | None
     heartbeat_at: str | None
+    # A queued job that no live worker would take: the worker it waits for, in words.
+    waiting_for: str | None
+
+
+class Worker(TypedDict):
+    name: str  # host:pid
+    kind: Literal["gpu", "cpu"]
+    gpus: int
+    queues: list[str]
+    version: str
+    has_imagenet: bool  # it can run init: imagenet jobs
+    started_at: str
+    last_seen: str
+    stopped_at: str | None
+    alive: bool
 
 
 class ClassReport(TypedDict):
@@ -206,9 +221,15 @@ class Client:
         return cast(list[Dataset], self._json("GET", "/datasets"))
 
     def submit(self, dataset_id: str, **params: ParamValue) -> Job:
-        """Start a job; a parameter left out or ``None`` takes the service's default."""
+        """Start a job; a parameter left out or ``None`` takes the service's default.
+        ``queue_anyway=True`` queues it even when no live worker would take it now (without
+        it, such a job is refused: ServiceError 409)."""
         body = {"dataset_id": dataset_id, **{k: v for k, v in params.items() if v is not None}}
         return cast(Job, self._json("POST", "/jobs", json=body))
+
+    def workers(self) -> list[Worker]:
+        """The workers on record, most recently seen first, with whether each is alive."""
+        return cast(list[Worker], self._json("GET", "/workers"))
 
     def job(self, job_id: str) -> Job:
         return cast(Job, self._json("GET", f"/jobs/{job_id}"))

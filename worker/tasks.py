@@ -36,6 +36,7 @@ from app.jobs.service import (
     requeue_expired,
     source_job_id,
 )
+from worker import presence
 from worker.protocol import (
     Cancelled,
     Checkpoint,
@@ -328,5 +329,6 @@ class Reaper(threading.Thread):
 
 
 @worker_ready.connect
-def _start_reaper(**_kwargs: Any) -> None:
+def _start_reaper(sender: Any = None, **_kwargs: Any) -> None:
     Reaper(get_settings()).start()
+    presence.start(get_settings(), worker_name(), sender)

@@ -349,8 +349,10 @@ def _serialize_submissions(session: Session) -> None:
     conn = session.connection()
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SUBMISSION_LOCK_KEY})
-    elif conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "sqlite":
+        driver = conn.connection.dbapi_connection
+        if driver is not None and not driver.in_transaction:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _check_init(session: Session, init: str) -> None:

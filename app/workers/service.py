@@ -58,12 +58,14 @@ def utcnow() -> datetime:
 def _upsert(session: Session, values: dict[str, Any], *, keep: set[str]) -> None:
     """Insert the row, or update every column but ``keep`` on the one with that name: one
     statement on Postgres and SQLite, so two heartbeats never collide."""
-    dialect = session.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    stmt = insert(Worker).values(**values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[Worker.name],
-        set_={k: v for k, v in values.items() if k not in keep and k != "name"})
+    changed = {k: v for k, v in values.items() if k not in keep and k != "name"}
+    stmt: postgresql.Insert | sqlite.Insert
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = postgresql.insert(Worker).values(**values)
+        stmt = stmt.on_conflict_do_update(index_elements=[Worker.name], set_=changed)
+    else:
+        stmt = sqlite.insert(Worker).values(**values)
+        stmt = stmt.on_conflict_do_update(index_elements=[Worker.name], set_=changed)
     session.execute(stmt)
 
 
