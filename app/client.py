@@ -130,11 +130,14 @@ class Predictions(TypedDict):
 
 
 class ServiceError(RuntimeError):
-    """The service answered with an error; ``status`` is its HTTP status."""
+    """The service answered with an error; ``status`` is its HTTP status, ``kind`` the
+    refusal's kind where it gives one (POST /jobs's 409: ``no_live_worker``,
+    ``weights_missing``)."""
 
-    def __init__(self, status: int, detail: object) -> None:
+    def __init__(self, status: int, detail: object, kind: str | None = None) -> None:
         self.status = status
         self.detail = detail
+        self.kind = kind
         super().__init__(f"{status}: {_detail_text(detail)}")
 
 
@@ -150,12 +153,14 @@ def _detail_text(detail: object) -> str:
 def _raise_for_status(r: httpx.Response) -> None:
     if r.status_code < 400:
         return
+    kind = None
     try:
         body = r.json()
         detail = body.get("detail", r.text) if isinstance(body, dict) else r.text
+        kind = body.get("kind") if isinstance(body, dict) else None
     except ValueError:
         detail = r.text
-    raise ServiceError(r.status_code, detail)
+    raise ServiceError(r.status_code, detail, kind if isinstance(kind, str) else None)
 
 
 class Client:

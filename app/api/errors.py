@@ -63,7 +63,11 @@ def install(app: FastAPI) -> None:
 def _handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         headers = {"Retry-After": RETRY_AFTER[status]} if status in RETRY_AFTER else None
-        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+        body = {"detail": str(exc)}
+        kind = getattr(exc, "kind", None)  # a refusal clients branch on (ErrorOut.kind)
+        if isinstance(kind, str):
+            body["kind"] = kind
+        return JSONResponse(body, status_code=status, headers=headers)
 
     return handle
 

@@ -210,6 +210,10 @@ class PredictOut(BaseModel):
 class ErrorOut(BaseModel):
     detail: str | list[dict[str, Any]] = Field(
         description="what is wrong: a sentence, or FastAPI's list of invalid fields")
+    kind: str | None = Field(
+        None, description="for clients to branch on (the detail's words may change), on a "
+        "409 from POST /jobs: `no_live_worker` (no running worker takes the job) or "
+        "`weights_missing` (none of them has the ImageNet weights)")
 
 
 _ERROR_TEXT = {

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from torchvision.models import ResNet18_Weights
 
-from app.db.models import Worker
+from app.db.models import ErrorKind, Worker
 from app.engine.model import PRETRAINED_ENV, imagenet_weights_cache_path
 
 # Rows of workers not seen for this long are removed when another worker starts (each
@@ -31,9 +31,13 @@ FORGET_AFTER = timedelta(days=7)
 class NoLiveWorker(RuntimeError):
     """No live worker takes the job's queue (409: start one, or pass ``queue_anyway``)."""
 
+    kind = "no_live_worker"  # the answer's ``kind``, for clients to branch on
+
 
 class WeightsUnavailable(RuntimeError):
     """An ``imagenet`` start, and no live worker for its queue has the weights (409)."""
+
+    kind = ErrorKind.WEIGHTS_MISSING.value
 
 
 @dataclass(frozen=True)
