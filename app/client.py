@@ -72,6 +72,21 @@ class Job(TypedDict):
     started_at: str | None
     finished_at: str | None
     heartbeat_at: str | None
+    # A queued job that no live worker would take: the worker it waits for, in words.
+    waiting_for: str | None
+
+
+class Worker(TypedDict):
+    name: str  # host:pid
+    kind: Literal["gpu", "cpu"]
+    gpus: int
+    queues: list[str]
+    version: str
+    has_imagenet: bool  # it can run init: imagenet jobs
+    started_at: str
+    last_seen: str
+    stopped_at: str | None
+    alive: bool
 
 
 class ClassReport(TypedDict):
@@ -115,11 +130,14 @@ class Predictions(TypedDict):
 
 
 class ServiceError(RuntimeError):
-    """The service answered with an error; ``status`` is its HTTP status."""
+    """The service answered with an error; ``status`` is its HTTP status, ``kind`` the
+    refusal's kind where it gives one (POST /jobs's 409: ``no_live_worker``,
+    ``weights_missing``)."""
 
-    def __init__(self, status: int, detail: object) -> None:
+    def __init__(self, status: int, detail: object, kind: str | None = None) -> None:
         self.status = status
         self.detail = detail
+        self.kind = kind
         super().__init__(f"{status}: {_detail_text(detail)}")
 
 
@@ -135,12 +153,14 @@ def _detail_text(detail: object) -> str:
 def _raise_for_status(r: httpx.Response) -> None:
     if r.status_code < 400:
         return
+    kind = None
     try:
         body = r.json()
         detail = body.get("detail", r.text) if isinstance(body, dict) else r.text
+        kind = body.get("kind") if isinstance(body, dict) else None
     except ValueError:
         detail = r.text
-    raise ServiceError(r.status_code, detail)
+    raise ServiceError(r.status_code, detail, kind if isinstance(kind, str) else None)
 
 
 class Client:
@@ -206,9 +226,15 @@ class Client:
         return cast(list[Dataset], self._json("GET", "/datasets"))
 
     def submit(self, dataset_id: str, **params: ParamValue) -> Job:
-        """Start a job; a parameter left out or ``None`` takes the service's default."""
+        """Start a job; a parameter left out or ``None`` takes the service's default.
+        ``queue_anyway=True`` queues it even when no live worker would take it now (without
+        it, such a job is refused: ServiceError 409)."""
         body = {"dataset_id": dataset_id, **{k: v for k, v in params.items() if v is not None}}
         return cast(Job, self._json("POST", "/jobs", json=body))
+
+    def workers(self) -> list[Worker]:
+        """The workers on record, most recently seen first, with whether each is alive."""
+        return cast(list[Worker], self._json("GET", "/workers"))
 
     def job(self, job_id: str) -> Job:
         return cast(Job, self._json("GET", f"/jobs/{job_id}"))

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.client import TERMINAL, Client, Dataset, EpochRecord, Job, ParamValue
+from app.client import TERMINAL, Client, Dataset, EpochRecord, Job, ParamValue, ServiceError
 from app.db.models import ErrorKind
 from app.engine.config import INIT_IMAGENET, INIT_SCRATCH, TrainConfig, params
 
@@ -306,6 +306,21 @@ class _ServiceRuns:
         return self.client.submit(dataset["id"], **{
             **self.params, "init": init, "epochs": epochs or self.cfg.epochs})
 
+    def start_imagenet(self) -> None:
+        """The fine-tune from ImageNet weights. The service refuses it when none of its
+        running workers has them: then the pretext route (or, asked for imagenet, the
+        error)."""
+        try:
+            self.jobs[FINE_TUNE] = self.submit(self.dataset, INIT_IMAGENET)
+        except ServiceError as exc:
+            if exc.kind != ErrorKind.WEIGHTS_MISSING:
+                raise
+            if self.cfg.start == "imagenet":
+                from app.engine.model import PretrainedWeightsMissing
+
+                raise PretrainedWeightsMissing(f"{FINE_TUNE} job refused: {exc.detail}") from exc
+            self.start_pretext("no running worker of the service has them")
+
     def start_pretext(self, reason: str | None) -> None:
         self.note = pretext_note(reason)
         self.out.say(self.note)
@@ -364,7 +379,7 @@ def run_service(cfg: DemoConfig, client: Client, out: DemoOutput, *, interval: f
     if cfg.start == "pretext":
         runs.start_pretext(None)
     else:
-        runs.jobs[FINE_TUNE] = runs.submit(runs.dataset, INIT_IMAGENET)
+        runs.start_imagenet()
     out.say("jobs submitted: " + ", ".join(f"{k} {j['id']}" for k, j in runs.jobs.items()))
     with out.bar(total=1000, bar_format="{l_bar}{bar}| {postfix}") as bar:
         while not runs.step():

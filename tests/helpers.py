@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from app.client import Client
+from app.client import Client, Worker
 from app.core.config import Settings
 from app.db.models import JobStatus
 from app.db.session import make_engine, upgrade
@@ -165,6 +165,18 @@ class Stack:
         wait_for(ready, timeout=timeout, interval=0.2,
                  what=lambda: f"worker {name} to start\n{self.logs()}")
 
+    def wait_workers(self, count: int = 1, timeout: float = 120) -> list[Worker]:
+        """Until ``count`` workers are alive in ``GET /workers`` (before that, ``POST /jobs``
+        refuses jobs that no live worker would take)."""
+        with Client(self.url, api_key=self.env.get("API_KEY") or None, timeout=60) as c:
+            def alive() -> list[Worker] | None:
+                self.assert_alive()
+                live = [w for w in c.workers() if w["alive"]]
+                return live if len(live) >= count else None
+
+            return wait_for(alive, timeout=timeout, interval=0.2,
+                            what=lambda: f"{count} live worker(s)\n{self.logs()}")
+
     def wait_ready(self, timeout: float = 60) -> None:
         """Until /ready answers 200; fails with the logs if the API exits or never does."""
         def ready() -> bool:
@@ -201,7 +213,8 @@ def running_stack(tmp: Path, *, db_url: str = "", broker: str = "", worker: bool
                   **env: str) -> Iterator[Stack]:
     """``hotdog serve`` (and ``hotdog worker`` unless ``worker=False``) on ``db_url`` and
     ``broker``, by default the embedded SQLite and file-system broker in ``tmp/data``;
-    ``env``: extra settings of both processes (e.g. LOG_FORMAT, TORCH_HOME, API_KEY)."""
+    ``env``: extra settings of both processes (e.g. LOG_FORMAT, TORCH_HOME, API_KEY). With a
+    worker, it returns once the worker has announced itself."""
     db_url = db_url or f"sqlite:///{tmp / 'data' / 'hotdog.db'}"
     (tmp / "data").mkdir(parents=True, exist_ok=True)
     upgrade(db_url)
@@ -212,6 +225,8 @@ def running_stack(tmp: Path, *, db_url: str = "", broker: str = "", worker: bool
         stack.start("worker", "worker")
     try:
         stack.wait_ready(120)
+        if worker:  # jobs are refused until a worker has announced itself
+            stack.wait_workers(1)
         yield stack
     finally:
         stack.stop_all()

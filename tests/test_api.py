@@ -26,6 +26,10 @@ from app.engine.export import PARITY_TOLERANCE, OnnxModel
 from app.jobs.service import claim_job
 from tests.helpers import TINY, embedded, finished_job, upload, zip_tree
 
+# No worker runs here: jobs are queued regardless (without it, POST /jobs refuses a job that
+# no live worker would take; tests/test_workers.py).
+NO_WORKER = {"queue_anyway": True}
+
 
 def make_zip(entries: dict[str, bytes], *, symlink: str | None = None) -> bytes:
     buf = io.BytesIO()
@@ -174,14 +178,14 @@ def test_job_parameters_are_checked(client: TestClient, color_dataset: Path) -> 
     assert r.status_code == 404 and "not found" in r.json()["detail"]
     r = client.post("/jobs", json={"dataset_id": ds, "init": "job:" + "0" * 32})
     assert r.status_code == 422 and "not found" in r.json()["detail"]
-    r = client.post("/jobs", json={"dataset_id": ds, "init": "scratch", "epochs": 2})
+    r = client.post("/jobs", json={"dataset_id": ds, "init": "scratch", "epochs": 2, **NO_WORKER})
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["status"] == "queued" and job["progress"] == {
         "epoch": 0, "epochs": 2, "fraction": 0.0, "eta_seconds": None}
     # The defaults by init are filled in and shown.
     assert job["params"]["lr"] == 0.064 and job["params"]["head_lr_mult"] == 1.0
-    pretrained = client.post("/jobs", json={"dataset_id": ds}).json()["params"]
+    pretrained = client.post("/jobs", json={"dataset_id": ds, **NO_WORKER}).json()["params"]
     assert pretrained["lr"] == 0.0064 and pretrained["head_lr_mult"] == 10.0
 
 
@@ -189,13 +193,13 @@ def test_active_jobs_are_capped_with_429(settings: Settings, color_dataset: Path
     capped = settings.model_copy(update={"max_active_jobs": 2})
     with TestClient(create_app(capped)) as c:
         ds = upload(c, zip_tree(color_dataset)).json()["id"]
-        first = c.post("/jobs", json={"dataset_id": ds, **TINY}).json()["id"]
-        assert c.post("/jobs", json={"dataset_id": ds, **TINY}).status_code == 202
-        r = c.post("/jobs", json={"dataset_id": ds, **TINY})
+        first = c.post("/jobs", json={"dataset_id": ds, **TINY, **NO_WORKER}).json()["id"]
+        assert c.post("/jobs", json={"dataset_id": ds, **TINY, **NO_WORKER}).status_code == 202
+        r = c.post("/jobs", json={"dataset_id": ds, **TINY, **NO_WORKER})
         assert r.status_code == 429 and r.headers["retry-after"] == "30"
         assert "MAX_ACTIVE_JOBS" in r.json()["detail"]
         c.post(f"/jobs/{first}/cancel")  # an ended job frees its slot
-        assert c.post("/jobs", json={"dataset_id": ds, **TINY}).status_code == 202
+        assert c.post("/jobs", json={"dataset_id": ds, **TINY, **NO_WORKER}).status_code == 202
 
 
 def test_unknown_ids_are_404(client: TestClient) -> None:
@@ -240,7 +244,7 @@ def test_api_key_guards_every_route_but_health_and_ready(settings: Settings,
         r = c.post("/datasets", files={"file": ("x.zip", data)},
                    headers={"Authorization": "Bearer s3cret"})
         assert r.status_code == 201
-        assert c.post("/jobs", json={"dataset_id": r.json()["id"]},
+        assert c.post("/jobs", json={"dataset_id": r.json()["id"], **NO_WORKER},
                       headers={"X-API-Key": "s3cret"}).status_code == 202
         assert c.get("/jobs", headers={"X-API-Key": "s3cret"}).status_code == 200
         assert c.get("/openapi.json", headers={"X-API-Key": "s3cret"}).status_code == 200
@@ -362,7 +366,7 @@ def _png(color: tuple[int, int, int]) -> bytes:
 def test_delete_dataset_refused_while_a_job_uses_it(client: TestClient, settings: Settings,
                                                    color_dataset: Path) -> None:
     ds = upload(client, zip_tree(color_dataset)).json()["id"]
-    job = client.post("/jobs", json={"dataset_id": ds, **TINY}).json()["id"]
+    job = client.post("/jobs", json={"dataset_id": ds, **TINY, **NO_WORKER}).json()["id"]
     r = client.delete(f"/datasets/{ds}")
     assert r.status_code == 409 and job in r.json()["detail"]
     assert client.post(f"/jobs/{job}/cancel").json()["status"] == "cancelled"
@@ -378,7 +382,7 @@ def test_delete_dataset_refused_while_a_job_uses_it(client: TestClient, settings
 def test_checkpoint_and_evaluation_wait_for_success(client: TestClient,
                                                     color_dataset: Path) -> None:
     ds = upload(client, zip_tree(color_dataset)).json()["id"]
-    job = client.post("/jobs", json={"dataset_id": ds, **TINY}).json()["id"]
+    job = client.post("/jobs", json={"dataset_id": ds, **TINY, **NO_WORKER}).json()["id"]
     for path in ("checkpoint", "evaluation"):
         r = client.get(f"/jobs/{job}/{path}")
         assert r.status_code == 409 and "queued" in r.json()["detail"]
@@ -400,7 +404,8 @@ def test_the_job_schema_comes_from_train_config(client: TestClient) -> None:
     OpenAPI schema (the web page builds its form from it)."""
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     fields = schemas["JobCreate"]["properties"]
-    assert list(fields) == ["dataset_id"] + [f.name for f, _ in params("api")]
+    assert list(fields) == ["dataset_id", "queue_anyway"] + [f.name for f, _ in params("api")]
+    assert fields["queue_anyway"]["default"] is False
     for f, p in params("api"):
         assert fields[f.name]["description"] == p.help
         assert fields[f.name].get("default") == f.default, f.name
@@ -427,7 +432,7 @@ def test_a_job_that_cannot_be_queued_is_failed_not_lost(settings: Settings,
     down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     with TestClient(create_app(down)) as c:
         ds = upload(c, zip_tree(color_dataset)).json()["id"]
-        r = c.post("/jobs", json={"dataset_id": ds})
+        r = c.post("/jobs", json={"dataset_id": ds, **NO_WORKER})
         assert r.status_code == 503 and "broker" in r.json()["detail"]
         (job,) = c.get("/jobs").json()
         assert job["status"] == "failed" and "broker" in job["error"]
@@ -448,7 +453,8 @@ def test_progress_and_eta_while_running(client: TestClient, settings: Settings,
     from app.jobs.service import record_epoch, record_progress
 
     ds = upload(client, zip_tree(color_dataset)).json()["id"]
-    job_id = client.post("/jobs", json={"dataset_id": ds, **TINY, "epochs": 4}).json()["id"]
+    job_id = client.post("/jobs", json={"dataset_id": ds, **TINY, "epochs": 4,
+                                         **NO_WORKER}).json()["id"]
     engine = make_engine(settings.db_url)
     with Session(engine) as s:
         claim_job(s, job_id, worker="w", lease_seconds=60)

@@ -397,6 +397,22 @@ def test_bad_uploads_are_explained_in_words(browser: WebDriver, service: Stack, 
     assert_no_script_errors(browser)
 
 
+def test_the_page_shows_the_workers(browser: WebDriver, service: Stack) -> None:
+    open_page(browser, service)
+    (worker,) = service.wait_workers(1)
+    item = f'#workers-list li[data-worker="{worker["name"]}"]'
+    shown = wait_on_page(browser, "the worker", lambda d: d.find_elements(
+        By.CSS_SELECTOR, item))[0].text
+    assert "CPU only" in shown and ", ".join(worker["queues"]) in shown
+    assert not browser.find_element(By.ID, "workers-empty").is_displayed()
+    # "Start from: ImageNet weights" is offered only if the worker has them.
+    imagenet = browser.find_element(By.CSS_SELECTOR, "#job-init option[value=imagenet]")
+    assert imagenet.is_enabled() is worker["has_imagenet"]
+    assert ("has the ImageNet weights" if worker["has_imagenet"] else "no ImageNet weights"
+            ) in shown
+    assert_no_script_errors(browser)
+
+
 def test_the_page_works_with_an_api_key(browser: WebDriver, keyed_service: Stack,
                                         color_dataset: Path, tmp_path: Path) -> None:
     url = keyed_service.url
@@ -424,13 +440,29 @@ def test_the_page_works_with_an_api_key(browser: WebDriver, keyed_service: Stack
         assert visible_text(browser, section) == "", section
     assert browser.execute_script("return sessionStorage.getItem('hotdog.apiKey')") == KEY
 
-    # Writes work with the key: a dataset, a job (queued: no worker here), its cancel.
+    # No worker runs here: the page says so, and offers no ImageNet start.
+    assert browser.find_element(By.ID, "workers-empty").is_displayed()
+    assert not browser.find_elements(By.CSS_SELECTOR, "#workers-list li")
+    imagenet = browser.find_element(By.CSS_SELECTOR, "#job-init option[value=imagenet]")
+    assert not imagenet.is_enabled() and "unavailable" in imagenet.text
+    assert Select(browser.find_element(By.ID, "job-init")).first_selected_option.get_attribute(
+        "value") == "scratch"
+
+    # Writes work with the key: a dataset, a job (refused while no worker runs, then queued
+    # anyway), its cancel.
     upload_dataset(browser, zip_folder(color_dataset, tmp_path / "colors.zip"), "keyed")
     report = wait_on_page(browser, "the dataset report", lambda d: d.find_elements(
         By.CSS_SELECTOR, "#dataset-result .dataset-report"))[0]
     assert "hotdog, not-hotdog" in report.text
+    browser.find_element(By.ID, "job-submit").click()
+    refusal = wait_on_page(browser, "the refusal", lambda d: visible_text(d, "job-error"))
+    assert "no live worker" in refusal and "hotdog worker" in refusal
+    browser.find_element(By.ID, "job-queue_anyway").click()
     job_id = submit_tiny_job(browser, 2)
     wait_on_page(browser, "the queued job", lambda d: row_status(d, job_id) == "queued")
+    progress = browser.find_element(
+        By.CSS_SELECTOR, f'#jobs-body tr[data-job="{job_id}"] .progress-text').text
+    assert progress == "waiting for a worker (none is running)"
     browser.find_element(By.CSS_SELECTOR,
                          f'#jobs-body tr[data-job="{job_id}"] button.cancel').click()
     wait_on_page(browser, "the cancelled job", lambda d: row_status(d, job_id) == "cancelled")

@@ -203,8 +203,23 @@ def test_client_exit_codes_say_what_went_wrong(stack: Stack, color_dataset: Path
     assert proc.returncode == 2 and "epochs" in proc.stderr  # bad parameter
     proc = hotdog("watch", "0" * 32, env=env)
     assert proc.returncode == 3 and "404" in proc.stderr  # unknown id
+    # No running worker has the ImageNet weights: refused, saying how to provide them.
     proc = hotdog("submit", ds, "--init", "imagenet", "--image-size", "32", "--epochs", "1",
                   "--watch", "--interval", "0.2", env=env)
-    assert proc.returncode == 4 and "PretrainedWeightsMissing" in proc.stdout  # no weights
+    assert proc.returncode == 4 and "HOTDOG_PRETRAINED_PATH" in proc.stderr
+    # Queued anyway, the worker fails it at once for want of them (the same exit code).
+    proc = hotdog("submit", ds, "--init", "imagenet", "--image-size", "32", "--epochs", "1",
+                  "--queue-anyway", "--watch", "--interval", "0.2", env=env)
+    assert proc.returncode == 4 and "PretrainedWeightsMissing" in proc.stdout
     proc = hotdog("jobs", "--url", f"http://127.0.0.1:{free_port()}")
     assert proc.returncode == 5 and "cannot reach the hotdog service" in proc.stderr
+
+
+def test_workers_lists_the_running_worker(stack: Stack) -> None:
+    (live,) = stack.wait_workers(1)
+    proc = hotdog("workers", "--url", stack.url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    (shown,) = [w for w in json.loads(proc.stdout)["workers"] if w["alive"]]
+    assert shown["name"] == live["name"] and shown["has_imagenet"] is False
+    proc = hotdog("workers", "--url", stack.url)
+    assert proc.returncode == 0 and live["name"] in proc.stdout, proc.stderr

@@ -88,7 +88,9 @@ def test_queue_depth_and_training_speed_come_from_the_database_and_broker(
     assert value(text, "hotdog_training_epoch_seconds_count") == 0
 
     ds = upload(client, zip_tree(color_dataset)).json()["id"]
-    a, b = (client.post("/jobs", json={"dataset_id": ds, **TINY, "epochs": 3}).json()["id"]
+    # queue_anyway: no worker runs here (without it, POST /jobs refuses the jobs).
+    a, b = (client.post("/jobs", json={"dataset_id": ds, **TINY, "epochs": 3,
+                                       "queue_anyway": True}).json()["id"]
             for _ in range(2))
     text = client.get("/metrics").text  # no worker runs: both wait, in the database and broker
     assert value(text, "hotdog_queue_jobs") == 2

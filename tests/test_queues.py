@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.app import create_app
+from app.client import ServiceError
 from app.db.session import upgrade
 from app.jobs.queues import queue_for, worker_queues
 from tests.helpers import (
@@ -58,7 +59,9 @@ def test_jobs_are_sent_to_their_devices_queue(tmp_path: Path, color_dataset: Pat
         ds = upload(c, zip_tree(color_dataset)).json()["id"]
         assert _messages(c) == {"training": 0, "training.gpu": 0, "training.cpu": 0}
         for device in ("cuda", "cpu", "cpu", "auto"):
-            r = c.post("/jobs", json={"dataset_id": ds, **TINY, "device": device})
+            # No worker runs here: queued regardless (else refused, tests/test_workers.py).
+            r = c.post("/jobs", json={"dataset_id": ds, **TINY, "device": device,
+                                      "queue_anyway": True})
             assert r.status_code == 202, r.text
             assert r.json()["params"]["device"] == device
         assert _messages(c) == {"training": 1, "training.gpu": 1, "training.cpu": 2}
@@ -75,14 +78,22 @@ def cpu_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def test_a_cpu_worker_takes_cpu_and_shared_jobs_but_not_gpu_ones(cpu_worker: Stack,
                                                                   color_dataset: Path) -> None:
     with cpu_worker.client() as c:
+        (worker,) = [w for w in c.workers() if w["alive"]]
+        assert (worker["kind"], worker["queues"]) == ("cpu", ["training", "training.cpu"])
         ds = c.upload(color_dataset)["id"]
-        gpu = c.submit(ds, **TINY, epochs=1, device="cuda")
+        with pytest.raises(ServiceError) as refused:  # no worker with a GPU is running
+            c.submit(ds, **TINY, epochs=1, device="cuda")
+        assert refused.value.status == 409 and "a worker with a GPU" in str(refused.value)
+        gpu = c.submit(ds, **TINY, epochs=1, device="cuda", queue_anyway=True)
         cpu = c.submit(ds, **TINY, epochs=1, device="cpu")
         shared = c.submit(ds, **TINY, epochs=1)
         for job in (cpu, shared):
             done = cpu_worker.wait(job["id"], {"succeeded", "failed", "cancelled"})
             assert done["status"] == "succeeded", done["error"]
-        assert c.job(gpu["id"])["status"] == "queued"  # waits for a GPU worker
+            assert done["waiting_for"] is None
+        gpu = c.job(gpu["id"])
+        assert gpu["status"] == "queued"  # waits for a GPU worker, and says so
+        assert gpu["waiting_for"] == "a worker with a GPU (none is running)"
         metrics = httpx.get(cpu_worker.url + "/metrics").text
         assert 'hotdog_queue_messages{queue="training.gpu"} 1.0' in metrics
         assert c.cancel(gpu["id"])["status"] == "cancelled"

@@ -38,6 +38,7 @@ from app.jobs.service import (
     source_job_id,
     utcnow,
 )
+from worker import presence
 from worker.protocol import (
     Cancelled,
     Checkpoint,
@@ -404,5 +405,6 @@ class Reaper(threading.Thread):
 
 
 @worker_ready.connect
-def _start_reaper(**_kwargs: Any) -> None:
+def _start_reaper(sender: Any = None, **_kwargs: Any) -> None:
     Reaper(get_settings()).start()
+    presence.start(get_settings(), worker_name(), sender)

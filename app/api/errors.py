@@ -17,6 +17,7 @@ from app.engine.images import ImageDecodeError
 from app.jobs.broker import QueueUnreachable
 from app.jobs.service import InvalidParams, JobConflict, JobNotFound, TooManyActiveJobs
 from app.models.service import ModelNotFound, ModelUnavailable, NoModelYet
+from app.workers.service import NoLiveWorker, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ STATUS: list[tuple[type[Exception], int]] = [
     (JobConflict, 409),
     (ModelUnavailable, 409),
     (NoModelYet, 409),
+    (NoLiveWorker, 409),
+    (WeightsUnavailable, 409),
     (CheckpointError, 409),  # a stored checkpoint that cannot serve: the job's state
     (Unprocessable, 422),
     (InvalidParams, 422),
@@ -60,7 +63,11 @@ def install(app: FastAPI) -> None:
 def _handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         headers = {"Retry-After": RETRY_AFTER[status]} if status in RETRY_AFTER else None
-        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+        body = {"detail": str(exc)}
+        kind = getattr(exc, "kind", None)  # a refusal clients branch on (ErrorOut.kind)
+        if isinstance(kind, str):
+            body["kind"] = kind
+        return JSONResponse(body, status_code=status, headers=headers)
 
     return handle
 

@@ -35,11 +35,15 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(min_length=1, max_length=64)
+    queue_anyway: bool = Field(
+        False, description="queue the job even when no live worker would take it now (no "
+        "worker for its queue, or none with the ImageNet weights for an `imagenet` start); "
+        "it waits until one starts. Without it such a job is refused with 409")
 
     def train_config(self) -> TrainConfig:
         """The engine's config as asked for (``jobs.service.submit`` fills in the defaults
         that depend on ``init`` and checks the ranges)."""
-        return TrainConfig(**self.model_dump(exclude={"dataset_id"}))
+        return TrainConfig(**self.model_dump(exclude={"dataset_id", "queue_anyway"}))
 
 
 def _full_match(pattern: str, message: str) -> Any:
@@ -143,6 +147,23 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    waiting_for: str | None = Field(
+        None, description="a queued job that no live worker would take: the worker it "
+        "waits for, e.g. 'a worker with a GPU (none is running)'; null otherwise")
+
+
+class WorkerOut(BaseModel):
+    name: str = Field(description="host:pid, as a running job's `worker`")
+    kind: Literal["gpu", "cpu"]
+    gpus: int
+    queues: list[str] = Field(description="the broker queues it takes jobs from")
+    version: str
+    has_imagenet: bool = Field(description="whether it has the ImageNet weights file, so "
+                               "that it can run `init: imagenet` jobs")
+    started_at: datetime
+    last_seen: datetime
+    stopped_at: datetime | None = Field(description="when it shut down cleanly")
+    alive: bool = Field(description="seen within WORKER_SEEN_SECONDS and not stopped")
 
 
 class ClassReportOut(BaseModel):
@@ -189,13 +210,18 @@ class PredictOut(BaseModel):
 class ErrorOut(BaseModel):
     detail: str | list[dict[str, Any]] = Field(
         description="what is wrong: a sentence, or FastAPI's list of invalid fields")
+    kind: str | None = Field(
+        None, description="for clients to branch on (the detail's words may change), on a "
+        "409 from POST /jobs: `no_live_worker` (no running worker takes the job) or "
+        "`weights_missing` (none of them has the ImageNet weights)")
 
 
 _ERROR_TEXT = {
     400: "the body is malformed (not JSON, broken multipart)",
     401: "the API key is missing or wrong (when API_KEY is set)",
     404: "no such dataset, job or model",
-    409: "not possible in the resource's state (e.g. a job that has not succeeded)",
+    409: "not possible in the resource's state (e.g. a job that has not succeeded), or no "
+         "live worker would take the job",
     413: "the request body is over its limit",
     422: "invalid parameters or unusable content (the detail names them)",
     429: "too many jobs queued or running; retry after Retry-After seconds",

@@ -25,6 +25,9 @@ EXIT_INTERRUPTED = 130
 # ``unusable_422`` (an upload's dataset, a photo to classify): then it is about the input.
 SERVICE_EXIT = {422: EXIT_USAGE, 401: EXIT_USAGE, 404: EXIT_INPUT, 413: EXIT_INPUT,
                 429: EXIT_UNAVAILABLE, 503: EXIT_UNAVAILABLE}
+# Refusals of a job at submission, by the answer's kind: no running worker has the ImageNet
+# weights; no running worker would take the job (start one, or submit --queue-anyway).
+SERVICE_KIND_EXIT = {"weights_missing": EXIT_WEIGHTS, "no_live_worker": EXIT_UNAVAILABLE}
 # Errors of this process, most specific first (the first match wins).
 ERROR_EXIT: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
     (DemoFailed, EXIT_FAILED),
@@ -43,7 +46,8 @@ EXIT_CODES_HELP = """exit codes:
   2  bad arguments or parameter values, or a missing or wrong API key
   3  unusable input (dataset, image file, checkpoint) or an unknown id
   4  ImageNet weights are not available (here, or to the service's worker)
-  5  the service cannot be reached or is busy (503, 429): try again later
+  5  the service cannot be reached or is busy (503, 429), or no worker is running that
+     would take the job: try again later
   130  interrupted (Ctrl-C)
 """
 
@@ -52,6 +56,8 @@ def error_exit_code(exc: BaseException, *, unusable_422: bool = False) -> int | 
     """The exit code for ``exc``, or None when it is no error the command line expects
     (then it propagates, with its traceback)."""
     if isinstance(exc, ServiceError):
+        if exc.kind in SERVICE_KIND_EXIT:
+            return SERVICE_KIND_EXIT[exc.kind]
         if exc.status == 422 and unusable_422:
             return EXIT_INPUT
         return SERVICE_EXIT.get(exc.status, EXIT_FAILED)

@@ -50,7 +50,8 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        job = c.submit(args.dataset_id, **given(args, "api"))
+        job = c.submit(args.dataset_id, **given(args, "api"),
+                       queue_anyway=True if args.queue_anyway else None)
         if not args.json:
             print(f"job {job['id']} {job['status']}")
         if args.watch:
@@ -116,6 +117,20 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_workers(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.workers()
+    if args.json:
+        emit_json({"workers": rows})
+        return EXIT_OK
+    print(f"{'name':<32} {'alive':<5} {'kind':<4} {'gpus':>4} {'imagenet':<8}  queues")
+    for w in rows:
+        print(f"{w['name']:<32} {'yes' if w['alive'] else 'no':<5} {w['kind']:<4} "
+              f"{w['gpus']:>4} {'yes' if w['has_imagenet'] else 'no':<8}  "
+              f"{', '.join(w['queues'])}")
+    return EXIT_OK
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _client(args) as c:
         job = c.cancel(args.job_id)
@@ -159,6 +174,9 @@ def register(command: AddCommand) -> None:
                        "--batch-size 16 --lr 0.05\n\n")
     p.add_argument("dataset_id", metavar="DATASET_ID")
     add_train_options(p, "api", None)
+    p.add_argument("--queue-anyway", action="store_true",
+                   help="queue it even when no running worker would take it now (else the "
+                   "service refuses it: exit 5, or 4 for want of ImageNet weights)")
     p.add_argument("--watch", action="store_true", help="then show progress until it ends")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
 
@@ -170,6 +188,9 @@ def register(command: AddCommand) -> None:
     p = client_command("jobs", cmd_jobs, "list the service's jobs, newest first",
                        "examples:\n  hotdog jobs\n  hotdog jobs --status running\n\n")
     p.add_argument("--status", default=None, choices=JOB_STATUSES)
+
+    client_command("workers", cmd_workers, "list the service's workers: alive or not, GPUs, "
+                   "ImageNet weights, queues", "examples:\n  hotdog workers\n\n")
 
     p = client_command("cancel", cmd_cancel, "cancel a queued or running job",
                        "examples:\n  hotdog cancel JOB_ID\n\n")

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # that has not stopped by the next look is killed (a cancel takes about two of these).
     cancel_poll_seconds: float = 1.0
     max_attempts: int = 3
+    # A worker renews its row in the workers table every few seconds; one not seen for this
+    # long counts as gone (POST /jobs refuses a job that no live worker would take).
+    worker_seen_seconds: float = 30.0
     # Longest a job may run, from its first start: then its training is killed and it ends
     # failed (error_kind timeout). The broker's visibility timeout is set above it so a long
     # job's unacknowledged message is not redelivered while it is still running.

@@ -184,3 +184,22 @@ class Evaluation(Base):
     created_at: Mapped[datetime] = _created()
 
     job: Mapped[Job] = relationship(back_populates="evaluation")
+
+
+class Worker(Base):
+    """A worker process as it last described itself; it renews ``last_seen`` every few
+    seconds while it runs (``worker.presence``), so the API can tell which routes some live
+    worker serves and whether any of them has the ImageNet weights."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid, as jobs.worker
+    kind: Mapped[str] = mapped_column(String(8))  # "gpu" or "cpu"
+    gpus: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[Any]]  # the broker queues it takes jobs from
+    version: Mapped[str] = mapped_column(String(40))
+    has_imagenet: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # Set when it shut down cleanly: it is gone at once, not WORKER_SEEN_SECONDS later.
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

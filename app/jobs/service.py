@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Executable, func, select, update
+from sqlalchemy import CursorResult, Executable, func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.datasets import service as datasets
@@ -331,6 +331,7 @@ def submit(
         config = config.resolved()
     except ValueError as exc:
         raise InvalidParams(str(exc)) from exc
+    _serialize_submissions(session)
     datasets.get_live(session, dataset_id)
     active = session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE)))
     if active is not None and active >= max_active_jobs:
@@ -340,6 +341,25 @@ def submit(
     _check_init(session, config.init)
     return create_job(session, dataset_id=dataset_id, params=config.to_dict(),
                       epochs=config.epochs, max_attempts=max_attempts)
+
+
+# Any number, the same for every API process: the key of Postgres's submission lock.
+SUBMISSION_LOCK_KEY = 0x686F74646F67  # "hotdog"
+
+
+def _serialize_submissions(session: Session) -> None:
+    """Make the cap's count-then-insert atomic: one submission at a time holds this until
+    its transaction ends, so a second one counts after the first one's row is committed.
+    Postgres: a transaction-scoped advisory lock. SQLite: ``BEGIN IMMEDIATE``, its write
+    lock (the driver opens a transaction only at the first write, so none is open here
+    unless the caller already wrote, which took that lock too)."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SUBMISSION_LOCK_KEY})
+    elif conn.dialect.name == "sqlite":
+        driver = conn.connection.dbapi_connection
+        if driver is not None and not driver.in_transaction:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _check_init(session: Session, init: str) -> None:

@@ -14,7 +14,7 @@
     dataset_id: "dataset", init: "start from", epochs: "epochs", lr: "learning rate",
     batch_size: "batch size", image_size: "image size", head_lr_mult: "head lr multiplier",
     weight_decay: "weight decay", momentum: "momentum", seed: "seed", file: "file",
-    name: "name", model: "model",
+    name: "name", model: "model", queue_anyway: "queue anyway",
   };
   const STATUS_TEXT = {
     400: "bad request", 401: "API key needed", 403: "forbidden", 404: "not found",
@@ -34,6 +34,7 @@
     pollTimer: null,
     keyDeclined: false, // the person closed the key prompt: don't ask again until they click
     jobFormLoaded: false, // the job form's ranges and defaults came from /openapi.json
+    workers: [], // GET /workers
   };
 
   // ---------------------------------------------------------------- errors in words
@@ -518,6 +519,7 @@
       const raw = input.value.trim();
       if (raw !== "") body[input.name] = Number(raw);
     }
+    if ($("job-queue_anyway").checked) body.queue_anyway = true;
     const button = $("job-submit");
     button.disabled = true;
     try {
@@ -550,6 +552,7 @@
     const p = job.progress;
     if (job.status === "queued") {
       const tries = job.attempt > 0 ? `, attempt ${job.attempt + 1} of ${job.max_attempts}` : "";
+      if (job.waiting_for) return `waiting for ${job.waiting_for}${tries}`;
       return p.epoch ? `waiting to resume after epoch ${p.epoch} of ${p.epochs}${tries}`
         : `waiting for a worker${tries}`;
     }
@@ -670,7 +673,41 @@
     }
     state.chartJobs = state.chartJobs.filter((id) => jobs.some((j) => j.id === id));
     renderJobs();
+    await refreshWorkers();
     await refreshCurves();
+  }
+
+  // ---------------------------------------------------------------- workers
+
+  function workerText(w) {
+    const kind = w.kind === "gpu" ? `${w.gpus} GPU${w.gpus === 1 ? "" : "s"}` : "CPU only";
+    const weights = w.has_imagenet ? "has the ImageNet weights" : "no ImageNet weights";
+    return `${w.name}: ${kind}, queues ${w.queues.join(", ")}, ${weights}, version ${w.version}`;
+  }
+
+  // The live workers, and whether "Start from: ImageNet weights" can run anywhere.
+  async function refreshWorkers() {
+    try {
+      state.workers = await api("GET", "workers");
+    } catch (err) {
+      showError("workers-error", err);
+      return;
+    }
+    showError("workers-error", null);
+    const live = state.workers.filter((w) => w.alive);
+    $("workers-list").replaceChildren(...live.map((w) =>
+      el("li", { "data-worker": w.name, text: workerText(w) })));
+    $("workers-empty").hidden = live.length > 0;
+    const gone = state.workers.length - live.length;
+    $("workers-gone").hidden = gone === 0;
+    $("workers-gone").textContent = `${gone} stopped or unseen worker${gone === 1 ? "" : "s"}`
+      + " not shown.";
+    const imagenet = $("job-init").querySelector("option[value=imagenet]");
+    const usable = live.some((w) => w.has_imagenet);
+    imagenet.disabled = !usable;
+    imagenet.textContent = usable ? "ImageNet weights (fine-tune)"
+      : "ImageNet weights (unavailable: no running worker has them)";
+    if (!usable && $("job-init").value === "imagenet") $("job-init").value = "scratch";
   }
 
   function schedulePoll() {

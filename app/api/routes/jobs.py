@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from app.api.deps import GUARDED, SessionDep, StateDep
+from app.api.deps import GUARDED, SessionDep, SettingsDep, StateDep
 from app.api.schemas import (
     ERRORS,
     MAX_OFFSET,
@@ -18,11 +18,15 @@ from app.api.schemas import (
     JobOut,
     Progress,
 )
+from app.core.config import Settings
 from app.db.models import EpochMetric, Job, JobStatus
+from app.engine.config import INIT_IMAGENET
 from app.engine.export import SUFFIXES
 from app.jobs import service as jobs
 from app.jobs.broker import QueueUnreachable
+from app.jobs.queues import queue_for
 from app.models import service as models
+from app.workers import service as workers
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=GUARDED, responses=ERRORS)
 DOWNLOAD: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-stream": {}}}}
@@ -45,7 +49,7 @@ def _progress(job: Job, epochs_done: list[EpochMetric]) -> Progress:
     return Progress(epoch=job.epoch, epochs=job.epochs, fraction=fraction, eta_seconds=eta)
 
 
-def job_out(job: Job, metrics: list[EpochMetric]) -> JobOut:
+def job_out(job: Job, metrics: list[EpochMetric], waiting_for: str | None = None) -> JobOut:
     epochs_done = [m for m in metrics if m.epoch <= job.epochs]
     latest = EpochOut.model_validate(epochs_done[-1]) if epochs_done else None
     best = (EpochOut.model_validate(max(epochs_done, key=lambda m: (m.test_acc, -m.epoch)))
@@ -56,12 +60,26 @@ def job_out(job: Job, metrics: list[EpochMetric]) -> JobOut:
         attempt=job.attempt, max_attempts=job.max_attempts, worker=job.worker,
         cancel_requested=job.cancel_requested, error=job.error, error_kind=job.error_kind,
         exports=job.exports or {}, created_at=job.created_at, started_at=job.started_at,
-        finished_at=job.finished_at, heartbeat_at=job.heartbeat_at,
+        finished_at=job.finished_at, heartbeat_at=job.heartbeat_at, waiting_for=waiting_for,
     )
 
 
-def _show(session: Session, job: Job) -> JobOut:
-    return job_out(job, jobs.epoch_metrics(session, [job.id])[job.id])
+class _Waiting:
+    """What queued jobs wait for: the queues some live worker takes, read once per request."""
+
+    def __init__(self, session: Session, settings: Settings) -> None:
+        self.base = settings.training_queue
+        self.live = workers.live_queues(session, seen_seconds=settings.worker_seen_seconds)
+
+    def of(self, job: Job) -> str | None:
+        if job.status is not JobStatus.QUEUED:
+            return None
+        return workers.waiting_for(queue_for(self.base, job.params), self.live)
+
+
+def _show(session: Session, settings: Settings, job: Job) -> JobOut:
+    return job_out(job, jobs.epoch_metrics(session, [job.id])[job.id],
+                   _Waiting(session, settings).of(job))
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
@@ -71,6 +89,10 @@ def submit_job(session: SessionDep, state: StateDep, body: JobCreate) -> JobOut:
     job = jobs.submit(session, dataset_id=body.dataset_id, config=body.train_config(),
                       max_active_jobs=settings.max_active_jobs,
                       max_attempts=settings.max_attempts)
+    if not body.queue_anyway:  # refused: the row is rolled back with the request
+        workers.check_can_run(session, queue=queue_for(settings.training_queue, job.params),
+                              imagenet=job.params["init"] == INIT_IMAGENET,
+                              seen_seconds=settings.worker_seen_seconds)
     session.commit()  # the worker must find the row before the message
     try:
         state.enqueue(job.id, job.params)
@@ -79,12 +101,13 @@ def submit_job(session: SessionDep, state: StateDep, body: JobCreate) -> JobOut:
                            error="could not be queued: the message broker was unreachable")
         session.commit()  # the 503 that follows must not roll this back
         raise
-    return _show(session, job)
+    return _show(session, settings, job)
 
 
 @router.get("", response_model=list[JobOut])
 def list_jobs(
     session: SessionDep,
+    settings: SettingsDep,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     dataset_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -93,12 +116,13 @@ def list_jobs(
     rows = jobs.list_jobs(session, status=status_, dataset_id=dataset_id, limit=limit,
                           offset=offset)
     metrics = jobs.epoch_metrics(session, [j.id for j in rows])
-    return [job_out(j, metrics[j.id]) for j in rows]
+    waiting = _Waiting(session, settings)
+    return [job_out(j, metrics[j.id], waiting.of(j)) for j in rows]
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def show_job(session: SessionDep, job_id: str) -> JobOut:
-    return _show(session, jobs.get_job(session, job_id))
+def show_job(session: SessionDep, settings: SettingsDep, job_id: str) -> JobOut:
+    return _show(session, settings, jobs.get_job(session, job_id))
 
 
 @router.get("/{job_id}/metrics", response_model=list[EpochOut])
@@ -119,10 +143,10 @@ def job_evaluation(session: SessionDep, job_id: str) -> EvaluationOut:
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(session: SessionDep, job_id: str) -> JobOut:
+def cancel_job(session: SessionDep, settings: SettingsDep, job_id: str) -> JobOut:
     """A queued job ends ``cancelled`` at once; a running one stops at its next batch
     (``cancel_requested`` is true until then). 409 for a job that has ended."""
-    return _show(session, jobs.request_cancel(session, job_id))
+    return _show(session, settings, jobs.request_cancel(session, job_id))
 
 
 @router.get("/{job_id}/checkpoint", response_class=FileResponse, responses=DOWNLOAD)
