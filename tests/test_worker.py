@@ -80,6 +80,8 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]
     # A queue of this test's own, so leftovers in a shared Redis never reach this worker.
     queue = f"training-{uuid.uuid4().hex[:8]}"
     env["TRAINING_QUEUE"] = queue
+    marker = request.node.get_closest_marker("worker_env")
+    env.update(marker.kwargs if marker else {})
     settings = Settings(data_dir=tmp_path / "data", database_url=db_url,
                         broker_url=broker or None, heartbeat_seconds=0.3, job_lease_seconds=3,
                         training_queue=queue)
@@ -119,6 +121,20 @@ def test_job_runs_to_success_on_a_real_worker(service: Service, color_dataset: P
         assert job.evaluation is not None and sum(map(sum, job.evaluation.confusion)) == 8
         ckpt = load_checkpoint(job.checkpoint_path or "")
         assert ckpt["evaluation"]["confusion"] == job.evaluation.confusion
+
+
+@pytest.mark.worker_env(QUEUED_RESEND_SECONDS="1")
+def test_a_queued_job_whose_message_was_lost_is_sent_again(service: Service,
+                                                           color_dataset: Path) -> None:
+    """A broker restarted without persistence loses the messages of queued jobs (found by
+    bench/chaos.py on Redis): the worker's reaper sends a job again once it has gone
+    unclaimed for QUEUED_RESEND_SECONDS."""
+    ds = service.add_dataset(color_dataset)
+    job_id = service.submit(ds, enqueue=False, epochs=1)  # as if its message were lost
+    assert service.wait(job_id, {JobStatus.SUCCEEDED}) is JobStatus.SUCCEEDED
+    with Session(service.engine) as s:
+        job = get_job(s, job_id)
+        assert job.attempt == 1 and job.sent_at is not None
 
 
 def test_cancel_a_running_job(service: Service, color_dataset: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ from app.jobs.queues import queue_for
 from app.jobs.service import (
     JobNotFound,
     claim_job,
+    claim_resend,
     finish_job,
     get_job,
     heartbeat,
@@ -367,26 +369,39 @@ class _Watcher(threading.Thread):
         self.proc.kill()
 
 
-def requeue_lost_jobs(engine: Engine, settings: Settings) -> list[str]:
-    """Put back the jobs whose worker stopped renewing its lease, and enqueue them again."""
+def requeue_lost_jobs(engine: Engine, settings: Settings, serving: Collection[str] = ()
+                      ) -> list[str]:
+    """Put back the jobs whose worker stopped renewing its lease and enqueue them again;
+    and send again the queued jobs of the queues in ``serving`` whose message went unclaimed
+    for ``QUEUED_RESEND_SECONDS`` (a broker that restarted may have lost it)."""
+    cutoff = utcnow() - timedelta(seconds=settings.queued_resend_seconds)
     with Session(engine) as s:
         ids = requeue_expired(s)
+        resend = [j.id for j in claim_resend(s, queued_before=cutoff, serving=serving,
+                                             training_queue=settings.training_queue)]
         s.commit()
-        params = {job_id: get_job(s, job_id).params for job_id in ids}
-    for job_id in ids:
-        log.warning("job %s lost its worker; queued again", job_id, extra={"job_id": job_id})
+        params = {job_id: get_job(s, job_id).params for job_id in ids + resend}
+    for job_id in ids + resend:
+        if job_id in ids:
+            log.warning("job %s lost its worker; queued again", job_id,
+                        extra={"job_id": job_id})
+        else:
+            log.warning("job %s still queued %.0f s after its message was sent; sending it "
+                        "again", job_id, settings.queued_resend_seconds,
+                        extra={"job_id": job_id})
         run_job.apply_async(args=[job_id],
                             queue=queue_for(settings.training_queue, params[job_id]))
-    return ids
+    return ids + resend
 
 
 class Reaper(threading.Thread):
     """Runs in every worker: requeues lost jobs every half lease, so a job whose worker
     died is picked up again within about one lease."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, serving: Collection[str] = ()) -> None:
         super().__init__(daemon=True, name="hotdog-reaper")
         self.settings = settings
+        self.serving = list(serving)  # this worker's queues: their unclaimed jobs are resent
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -395,7 +410,7 @@ class Reaper(threading.Thread):
         try:
             while True:
                 try:
-                    requeue_lost_jobs(engine, self.settings)
+                    requeue_lost_jobs(engine, self.settings, self.serving)
                 except Exception:
                     log.exception("requeueing lost jobs failed; will retry")
                 if self.stopped.wait(interval):
@@ -406,5 +421,6 @@ class Reaper(threading.Thread):
 
 @worker_ready.connect
 def _start_reaper(sender: Any = None, **_kwargs: Any) -> None:
-    Reaper(get_settings()).start()
+    Reaper(get_settings(), presence.consumed_queues(sender) if sender is not None else ()
+           ).start()
     presence.start(get_settings(), worker_name(), sender)

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # that has not stopped by the next look is killed (a cancel takes about two of these).
     cancel_poll_seconds: float = 1.0
     max_attempts: int = 3
+    # A queued job not claimed this long after its message was sent is sent again by a
+    # worker that serves its queue (a broker restarted without persistence loses messages).
+    queued_resend_seconds: float = 300.0
     # A worker renews its row in the workers table every few seconds; one not seen for this
     # long counts as gone (POST /jobs refuses a job that no live worker would take).
     worker_seen_seconds: float = 30.0

@@ -129,6 +129,9 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # When the job's message was last sent (NULL: when it was created). A queued job not
+    # claimed long after is sent again: a broker that restarted may have lost the message.
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
     # Why the job ended when it did not succeed (ErrorKind's values); NULL otherwise.
     error_kind: Mapped[str | None] = mapped_column(String(32))

@@ -13,7 +13,7 @@ request or the task) commits right after.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from app.datasets import service as datasets
 from app.db.models import EpochMetric, ErrorKind, Evaluation, Job, JobStatus
 from app.engine.config import TrainConfig
+from app.jobs.queues import queue_for
 
 DEFAULT_MAX_ATTEMPTS = 3
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
@@ -302,9 +303,34 @@ def requeue_expired(session: Session, *, now: datetime | None = None) -> list[st
                                 "error_kind": ErrorKind.CRASHED.value,
                                 "error": f"{reason}; gave up after {job.attempt} attempts"})
         elif _transition(session, job.id, to=JobStatus.QUEUED, where=guard,
-                         values={"worker": None, "lease_expires_at": None, "error": reason}):
+                         values={"worker": None, "lease_expires_at": None, "error": reason,
+                                 "sent_at": now}):
             requeued.append(job.id)
     return requeued
+
+
+def claim_resend(session: Session, *, queued_before: datetime, training_queue: str,
+                 serving: Collection[str], now: datetime | None = None) -> list[Job]:
+    """Queued jobs whose message was last sent before ``queued_before`` and that nobody has
+    claimed since: a broker restarted without persistence (Redis, by default) loses its
+    messages, and nothing else would ever send them again. Each is marked sent ``now`` by a
+    guarded update, so of several workers looking at once one sends it; the caller sends
+    the returned jobs. Only jobs routed to a queue in ``serving`` (the caller's) are taken.
+    A duplicate message is harmless: only one claim of a job succeeds."""
+    now = now or utcnow()
+    last_sent = func.coalesce(Job.sent_at, Job.created_at)
+    due = session.scalars(select(Job).where(Job.status == JobStatus.QUEUED,
+                                            last_sent < queued_before)).all()
+    won = []
+    for job in due:
+        if queue_for(training_queue, job.params) not in serving:
+            continue
+        same = Job.sent_at.is_(None) if job.sent_at is None else Job.sent_at == job.sent_at
+        stmt = (update(Job).where(Job.id == job.id, Job.status == JobStatus.QUEUED, same)
+                .values(sent_at=now).execution_options(synchronize_session=False))
+        if _rowcount(session, stmt) == 1:
+            won.append(job)
+    return won
 
 
 # ---------------------------------------------------------------------------- submission
