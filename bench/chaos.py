@@ -479,8 +479,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     kinds = {k: w for k, w in FAULTS.items()
              if args.stack == "postgres" or k not in SERVER_FAULTS}
     # One thread per process: two trainings on a small machine, not four threads fighting
-    # over two cores.
-    env = {"MAX_ATTEMPTS": str(MAX_ATTEMPTS), "OMP_NUM_THREADS": "1"}
+    # over two cores. A queued job whose message a broker restart lost is sent again after
+    # 10 s, not 300, so that the run ends within its deadline.
+    env = {"MAX_ATTEMPTS": str(MAX_ATTEMPTS), "OMP_NUM_THREADS": "1",
+           "QUEUED_RESEND_SECONDS": "10"}
     with stack_of(args.stack, tmp, **env) as (stack, proxy, redis), stack.client() as client:
         data_dir = Path(stack.env["DATA_DIR"]).resolve()
         ds = client.upload(dataset)["id"]
