@@ -43,17 +43,7 @@ from app.engine import (
     fit,
 )
 from app.engine.export import export_for_job
-from worker.protocol import (
-    Cancelled,
-    Checkpoint,
-    Done,
-    Epoch,
-    Error,
-    Event,
-    Progress,
-    Start,
-    encode,
-)
+from worker import protocol as ev
 
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
 # The errors that fail a job at once (another attempt would fail the same way), and what
@@ -72,10 +62,10 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
-def emit(event: Event) -> None:
+def emit(event: ev.Event) -> None:
     if _rank() != 0:  # several processes: rank 0 speaks for all
         return
-    sys.stdout.write(encode(event) + "\n")
+    sys.stdout.write(ev.encode(event) + "\n")
     sys.stdout.flush()
 
 
@@ -105,26 +95,26 @@ class Reporter(Callback):
 
     def on_start(self, info: StartInfo) -> None:
         self.last_progress = time.monotonic()
-        emit(Start(classes=info.classes, train_count=info.train_count,
+        emit(ev.Start(classes=info.classes, train_count=info.train_count,
                    test_count=info.test_count, device=info.device, precision=info.precision,
                    start_epoch=info.start_epoch, epochs=info.epochs,
                    batches_per_epoch=info.batches_per_epoch, world_size=info.world_size))
         # The epochs the checkpoint holds, again: one whose report died with a killed worker
         # (or the pipe) is recorded now; the worker ignores those it already has.
         for metrics in info.history:
-            emit(Epoch(metrics=metrics))
+            emit(ev.Epoch(metrics=metrics))
 
     def on_batch(self, progress: BatchProgress) -> None:
         now = time.monotonic()
         if now - self.last_progress >= PROGRESS_INTERVAL and progress.batch < progress.batches:
             self.last_progress = now
-            emit(Progress(epoch=progress.epoch, fraction=progress.batch / progress.batches))
+            emit(ev.Progress(epoch=progress.epoch, fraction=progress.batch / progress.batches))
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
-        emit(Epoch(metrics=metrics))
+        emit(ev.Epoch(metrics=metrics))
 
     def on_checkpoint(self, path: Path, epoch: int) -> None:
-        emit(Checkpoint(epoch=epoch, path=str(path)))
+        emit(ev.Checkpoint(epoch=epoch, path=str(path)))
         act_out_fault("after-checkpoint", str(epoch))
 
     def should_stop(self) -> bool:
@@ -144,17 +134,17 @@ def out_of_memory_message(exc: BaseException, config: TrainConfig) -> str:
             f"batch_size (now {config.batch_size}) or image_size (now {config.image_size})")
 
 
-def job_failure(exc: Exception, config: dict[str, Any]) -> Error | None:
+def job_failure(exc: Exception, config: dict[str, Any]) -> ev.Error | None:
     """The ``Error`` that fails the job at once for ``exc``; None when another attempt could
     go better (the process then crashes and the worker retries it). ``config``: the spec's
     fields, parsed only for the out-of-memory advice (they may be what was refused)."""
     for cls, kind in USER_ERRORS:
         if isinstance(exc, cls):
-            return Error(kind=kind, exception=type(exc).__name__, message=str(exc))
+            return ev.Error(kind=kind, exception=type(exc).__name__, message=str(exc))
     # The same job would run out of memory again on every attempt: fail it now, saying
     # what to change, instead of crashing into a retry.
     if is_out_of_memory(exc):
-        return Error(kind=ErrorKind.OUT_OF_MEMORY, exception="OutOfMemory",
+        return ev.Error(kind=ErrorKind.OUT_OF_MEMORY, exception="OutOfMemory",
                      message=out_of_memory_message(exc, TrainConfig.from_dict(config)))
     return None
 
@@ -179,7 +169,7 @@ def run(spec: dict[str, Any]) -> int:
             resume_from=resume if resume and Path(resume).is_file() else None,
         )
     except TrainingCancelled:
-        emit(Cancelled())
+        emit(ev.Cancelled())
         return EXIT_CANCELLED
     except (ValueError, RuntimeError, MemoryError) as exc:
         error = job_failure(exc, spec["config"])
@@ -198,7 +188,7 @@ def run(spec: dict[str, Any]) -> int:
         record = export_for_job(result.checkpoint, spec["data_dir"],
                                 Path(result.checkpoint).with_suffix(".onnx"))
         exports["onnx"] = record.to_dict()
-    emit(Done(checkpoint=str(result.checkpoint), test_acc=result.test_acc,
+    emit(ev.Done(checkpoint=str(result.checkpoint), test_acc=result.test_acc,
               evaluation=result.evaluation.to_dict(), exports=exports))
     return EXIT_OK
 

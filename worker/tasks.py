@@ -41,17 +41,7 @@ from app.jobs.service import (
     utcnow,
 )
 from worker import presence
-from worker.protocol import (
-    Cancelled,
-    Checkpoint,
-    Done,
-    Epoch,
-    Error,
-    Event,
-    Outcome,
-    Progress,
-    Start,
-)
+from worker import protocol as ev
 from worker.runner import (
     NotEnoughDevices,
     TrainingProcess,
@@ -173,28 +163,28 @@ def _launch(settings: Settings, claim: Claim) -> TrainingProcess:
 
 
 def _consume_events(engine: Engine, settings: Settings, claim: Claim,
-                    proc: TrainingProcess) -> tuple[Outcome | None, _Watcher]:
+                    proc: TrainingProcess) -> tuple[ev.Outcome | None, _Watcher]:
     """Record the run's epochs and progress while the watcher holds the lease; returns how
     the run ended (None: it died without saying) and the watcher, which says whether it
     stopped the run, and why."""
     watcher = _Watcher(engine, settings, claim, proc)
     watcher.start()
-    outcome: Outcome | None = None
+    outcome: ev.Outcome | None = None
     try:
         with Session(engine) as s:
             for event in proc.events():
                 watcher.heard(event)
                 match event:
-                    case Epoch(metrics=metrics):
+                    case ev.Epoch(metrics=metrics):
                         record_epoch(s, claim.job_id, metrics.to_dict())
                         s.commit()
-                    case Progress(epoch=epoch, fraction=fraction):
+                    case ev.Progress(epoch=epoch, fraction=fraction):
                         record_progress(s, claim.job_id, worker=claim.worker, epoch=epoch,
                                         fraction=fraction)
                         s.commit()
-                    case Done() | Cancelled() | Error():
+                    case ev.Done() | ev.Cancelled() | ev.Error():
                         outcome = event
-                    case Start() | Checkpoint():
+                    case ev.Start() | ev.Checkpoint():
                         pass
     finally:
         watcher.stop()
@@ -209,7 +199,7 @@ def _remove_partial_files(job_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _record_outcome(engine: Engine, claim: Claim, outcome: Outcome | None,
+def _record_outcome(engine: Engine, claim: Claim, outcome: ev.Outcome | None,
                     watcher: _Watcher, returncode: int | None) -> str:
     """Write how the attempt ended; the job's status afterwards, or ``INTERRUPTED``."""
     job_id, name = claim.job_id, claim.worker
@@ -233,7 +223,7 @@ def _record_outcome(engine: Engine, claim: Claim, outcome: Outcome | None,
                 s.commit()
                 if released is not None:
                     return released.value
-            case Done():
+            case ev.Done():
                 # A cancel recorded while it evaluated or exported wins (finish_job refuses
                 # to mark a job with a cancel request succeeded).
                 if not finish_job(s, job_id, worker=name, status=JobStatus.SUCCEEDED,
@@ -242,11 +232,11 @@ def _record_outcome(engine: Engine, claim: Claim, outcome: Outcome | None,
                     finish_job(s, job_id, worker=name, status=JobStatus.CANCELLED,
                                error_kind=ErrorKind.CANCELLED_BY_USER)
                 s.commit()
-            case Cancelled():
+            case ev.Cancelled():
                 finish_job(s, job_id, worker=name, status=JobStatus.CANCELLED,
                            error_kind=ErrorKind.CANCELLED_BY_USER)
                 s.commit()
-            case Error():
+            case ev.Error():
                 finish_job(s, job_id, worker=name, status=JobStatus.FAILED, error=outcome.text,
                            error_kind=outcome.kind)
                 s.commit()
@@ -285,10 +275,10 @@ class _Watcher(threading.Thread):
         self.stall_after = settings.stall_seconds
         self.cancel_sent: float | None = None
 
-    def heard(self, event: Event) -> None:
+    def heard(self, event: ev.Event) -> None:
         """The training process said something: it is alive (called by the event reader)."""
         self.last_heard = time.monotonic()
-        if isinstance(event, Epoch):  # a slow job's epochs set how long a silence may last
+        if isinstance(event, ev.Epoch):  # a slow job's epochs set how long a silence may last
             self.stall_after = max(self.settings.stall_seconds,
                                    self.settings.stall_epochs * event.metrics.seconds)
 

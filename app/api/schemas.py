@@ -113,13 +113,13 @@ class Progress(BaseModel):
 class EpochOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    epoch: int
-    train_loss: float
-    train_acc: float
-    test_loss: float
-    test_acc: float
-    images_per_s: float
-    seconds: float
+    epoch: int = Field(description="1-based")
+    train_loss: float = Field(description="mean cross-entropy over the epoch's training pass")
+    train_acc: float = Field(description="accuracy on the (augmented) training images")
+    test_loss: float = Field(description="mean cross-entropy on the test split")
+    test_acc: float = Field(description="accuracy on the test split")
+    images_per_s: float = Field(description="training images per second, loading included")
+    seconds: float = Field(description="the whole epoch: training pass and evaluation")
 
 
 class JobOut(BaseModel):
