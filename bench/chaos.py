@@ -486,7 +486,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with stack_of(args.stack, tmp, **env) as (stack, proxy, redis), stack.client() as client:
         data_dir = Path(stack.env["DATA_DIR"]).resolve()
         ds = client.upload(dataset)["id"]
-        job_ids = [client.submit(ds, **TINY, epochs=args.epochs, seed=i)["id"]
+        # Queued before the workers start (and while they are killed): queue_anyway.
+        job_ids = [client.submit(ds, **TINY, epochs=args.epochs, seed=i,
+                                 queue_anyway=True)["id"]
                    for i in range(args.jobs)]
         chaos = Chaos(stack, client, rng, data_dir, job_ids, redis=redis, proxy=proxy)
         for name in WORKERS:

@@ -120,12 +120,12 @@ def test_fit_under_torchrun_shards_reduces_and_reports_on_rank0(color_dataset: P
         assert (a["acc"] * train_count) == pytest.approx(round(a["acc"] * train_count))
     # A new permutation each epoch.
     assert r0["epochs"][0]["indices"] != r0["epochs"][1]["indices"]
-    # Rank 0 alone reports: start, every batch with the global image count, each
-    # checkpoint and epoch; rank 1's callback is only asked whether to stop.
+    # Rank 0 alone reports: start, every batch with the global image count, each epoch
+    # and then its checkpoint; rank 1's callback is only asked whether to stop.
     assert r1["callback"] == []
     kinds = [c[0] for c in r0["callback"]]
-    assert kinds == ["start", "batch", "batch", "checkpoint", "epoch",
-                     "batch", "batch", "checkpoint", "epoch"]
+    assert kinds == ["start", "batch", "batch", "epoch", "checkpoint",
+                     "batch", "batch", "epoch", "checkpoint"]
     assert r0["callback"][0] == ["start", train_count, 2]
     assert [c[3] for c in r0["callback"] if c[0] == "batch"] == [8, 16, 8, 16]
     history = r0["history"]
