@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
-from app.db.models import Job, JobStatus
+from app.db.models import Dataset, Evaluation, Job, JobStatus
 from app.engine.export import SUFFIXES, export_model
 
 # Activations are ordered strictly, even two within one clock tick.
@@ -26,6 +26,11 @@ USABLE = (
     .order_by(Job.activated_at.is_(None), Job.activated_at.desc(), Job.finished_at.desc(),
               Job.id)
 )
+
+# What a model's summary reads besides the job: its evaluation's accuracy and classes (not the
+# C x C confusion matrix nor the per-class figures), else its dataset's classes.
+SUMMARY = (selectinload(Job.evaluation).load_only(Evaluation.accuracy, Evaluation.classes),
+           selectinload(Job.dataset).load_only(Dataset.classes))
 
 
 class ModelNotFound(LookupError):
@@ -50,8 +55,9 @@ def get(session: Session, job_id: str) -> Job:
 
 
 def list_usable(session: Session) -> Sequence[Job]:
-    """Succeeded jobs with a checkpoint, the active one first."""
-    return session.scalars(USABLE).all()
+    """Succeeded jobs with a checkpoint, the active one first, with what their summaries
+    need (:data:`SUMMARY`)."""
+    return session.scalars(USABLE.options(*SUMMARY)).all()
 
 
 def active(session: Session) -> Job | None:
@@ -89,7 +95,7 @@ def activate(session: Session, *, job_id: str) -> Job:
     session.execute(update(Job).where(Job.id == job_id).values(activated_at=now)
                     .execution_options(synchronize_session=False))
     session.expire_all()
-    return get(session, job_id)
+    return session.scalars(select(Job).where(Job.id == job_id).options(*SUMMARY)).one()
 
 
 def export_file(job: Job, format: str) -> Path:
