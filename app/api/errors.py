@@ -10,7 +10,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app.api.serving import Overloaded
+from app.datasets.archive import StorageFull
 from app.datasets.service import DatasetBusy, DatasetNotFound
+from app.datasets.uploads import UploadsBusy
 from app.engine.checkpoint import CheckpointError
 from app.engine.data import DatasetError
 from app.engine.images import ImageDecodeError
@@ -45,6 +47,8 @@ STATUS: list[tuple[type[Exception], int]] = [
     (TooManyActiveJobs, 429),
     (Overloaded, 503),  # shed load; Retry-After tells clients when to try again
     (QueueUnreachable, 503),
+    (UploadsBusy, 503),  # MAX_CONCURRENT_UPLOADS in progress
+    (StorageFull, 507),  # the upload would eat into MIN_FREE_DISK_BYTES
 ]
 
 

@@ -226,6 +226,7 @@ _ERROR_TEXT = {
     422: "invalid parameters or unusable content (the detail names them)",
     429: "too many jobs queued or running; retry after Retry-After seconds",
     503: "overloaded or a dependency is unreachable; retry after Retry-After seconds",
+    507: "not enough free storage for the upload; retry later",
 }
 # Every route documents the errors the API can answer (the same JSON shape for all).
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.api.serving import ModelCache, ServingMetrics
 from app.core.config import Settings
+from app.datasets.uploads import Uploads
 from app.jobs.broker import make_celery, send_job
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class State:
     celery: Celery
     models: ModelCache
     registry: CollectorRegistry
+    uploads: Uploads  # dataset uploads: admission, and their own bounded executor
 
     @classmethod
     def create(cls, settings: Settings) -> State:
@@ -43,10 +45,11 @@ class State:
             threads=settings.predict_threads, runtime=settings.predict_runtime,
         )
         return cls(settings, make_engine(settings.db_url), make_celery(settings), models,
-                   registry)
+                   registry, Uploads(settings.max_concurrent_uploads))
 
     def close(self) -> None:
         self.models.close()
+        self.uploads.close()
         self.engine.dispose()
 
     def session(self) -> Session:

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 2 << 30  # one dataset zip
     max_dataset_bytes: int = 8 << 30  # its extracted size
     max_dataset_files: int = 200_000
+    # Class folders in one dataset (training time and the C x C confusion matrix grow with it).
+    max_classes: int = 1000
+    # Free space an upload must leave in DATA_DIR's file system, checked against what its zip
+    # headers say it expands to and again while it is written; else 507.
+    min_free_disk_bytes: int = 1 << 30
+    # Uploads received and ingested at once (each holds a spooled body and an extraction); one
+    # more gets 503 with Retry-After before its body is read.
+    max_concurrent_uploads: int = 2
     # /predict: files per request, bytes per request, and the batcher that pools the images
     # of concurrent requests into one forward pass.
     predict_max_files: int = 64

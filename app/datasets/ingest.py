@@ -105,6 +105,18 @@ def _renamed(splits: ImageFolderSplits, out: Path) -> Path:
     return out
 
 
+def _check_class_count(root: Path, limit: int | None) -> None:
+    """Refuse more class folders than ``limit`` before any image is decoded (training's
+    cost and its confusion matrix grow with the classes)."""
+    if limit is None:
+        return
+    classes = {d.name for split in SPLITS if (root / split).is_dir()
+               for d in (root / split).iterdir()
+               if d.is_dir() and not d.name.startswith((".", "__"))}
+    if len(classes) > limit:
+        raise DatasetError(f"the dataset has {len(classes)} classes; the limit is {limit}")
+
+
 def ingest_zip(
     source: str | Path | BinaryIO, dest: Path, limits: Limits, *, workdir: Path
 ) -> IngestResult:
@@ -113,6 +125,7 @@ def ingest_zip(
     try:
         size = extract_zip(source, workdir, limits)
         root = find_root(workdir)
+        _check_class_count(root, limits.max_classes)
         splits, warnings = validate(root)
         os.replace(_renamed(splits, workdir / ".dataset"), dest)
     finally:
