@@ -5,7 +5,7 @@ them together take a few seconds to write. The PNGs and the big zip are crafted 
 byte (zlib and struct), so that writing them never holds their decoded size in memory.
 
     gray16_png      a 16-bit grayscale PNG, constant gray: 8000x8000 is 128 MB of pixels in
-                    ~125 KB of file (a decoder that goes through float64 needs ~1.5 GiB)
+                    ~135 KB of file (a decoder that goes through float64 needs ~1.5 GiB)
     rgba_png        a fully transparent RGBA PNG: 4000x4000 (16 MP) is 64 MB in ~62 KB
     entries_zip     a zip of many empty entries: 400,000 central-directory records (~20 MB);
                     zipfile builds all of them before anyone can count them
