@@ -38,7 +38,8 @@ It prints one JSON line on stdout:
 - ``disk_peak_mib``: the most ``DATA_DIR`` grew, its unlinked files still open included
   (sampled: a short-lived file may be missed); ``disk_written_mib``: the bytes the server
   wrote (files, its log, its sockets);
-- ``slowest_health_ms`` and ``health`` (answered, over 100 ms, failed);
+- ``slowest_health_ms`` and ``health`` (answered, over 100 ms, failed); a /health left
+  unanswered for 10 s is given up ("timeout") and counts as 10 s;
 - ``server_alive``, ``server_exit``, ``guard_tripped``, ``held``, and the inputs' sizes.
 ``held`` is true when the server survived and answered every request with a 2xx, a 4xx, a
 503 or a 507 (the answers the service is designed to give; any other 5xx is a bug).
@@ -252,7 +253,7 @@ def warm_up(port: int) -> None:
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of a process, in bytes."""
+    """VmRSS and VmHWM of a process, in bytes (neither for a process that died)."""
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
@@ -350,9 +351,9 @@ class Watch:
     def watch_rss(self) -> None:
         while not self.stop.is_set() and self.alive():
             with contextlib.suppress(OSError):
-                rss = proc_status(self.server.pid)["VmRSS"]
+                rss = proc_status(self.server.pid).get("VmRSS", 0)  # none once it died
                 self.peak_rss = max(self.peak_rss, rss)
-                self.written = proc_written(self.server.pid)
+                self.written = max(self.written, proc_written(self.server.pid))
                 if self.max_rss and rss > self.max_rss:
                     self.guard_tripped = True
                     self.server.send_signal(signal.SIGKILL)
@@ -371,11 +372,11 @@ class Watch:
     def poll_health(self) -> None:
         while not self.stop.is_set() and self.alive():
             status, seconds = request(self.port, "GET", "/health", timeout=HEALTH_TIMEOUT)
-            if status == "200":
-                self.health.append(seconds)
-            elif self.alive():  # not a server that the guard or the kernel just killed
+            if status == "conn_error" and self.gone():
+                return  # the guard or the kernel killed it: not a /health failure
+            if status != "200":
                 self.health_failures[status] += 1
-                self.health.append(seconds)
+            self.health.append(seconds)
             self.stop.wait(HEALTH_EVERY)
 
 
@@ -454,13 +455,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         say(f"attacking: {', '.join(f'{c.name} x{c.clients}' for c in attack_cases)}")
         tally = attack(port, attack_cases, args.rounds, args.deadline, watch)
         attack_s = time.monotonic() - started - setup_s
-        alive = watch.alive()
+        # The kernel's own figures: nothing since the last sample is missed. (A process
+        # that just died has neither: its last samples stand.)
         peak_rss, written = watch.peak_rss, watch.written
-        if alive:  # the kernel's own figures: nothing since the last sample is missed
-            with contextlib.suppress(OSError):
-                if hwm_reset:
-                    peak_rss = max(peak_rss, proc_status(pid)["VmHWM"])
-                written = proc_written(pid)
+        with contextlib.suppress(OSError):
+            if hwm_reset:
+                peak_rss = max(peak_rss, proc_status(pid).get("VmHWM", 0))
+            written = max(written, proc_written(pid))
+        alive = watch.alive()
         watch.finish()
     finally:
         if server.poll() is None:
