@@ -1,13 +1,20 @@
 """The benchmarks stay runnable: bench/gpu_check.sh --quick runs the GPU check's every step
-on the CPU (the gpu tests, then a seconds-long run of both benchmarks). No timing asserted."""
+on the CPU (the gpu tests, then a seconds-long run of both benchmarks), and
+bench/hostile_load.py --quick attacks a real service with small hostile inputs. No timing
+asserted."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+from typing import Any
+
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,3 +43,70 @@ def test_the_gpu_check_runs_end_to_end_quick(tmp_path: Path) -> None:
         assert r[runtime]["c1"]["requests"] == 10 and r[runtime]["cn"]["requests"] > 0
         assert r[runtime]["cn"]["mean_batch"] >= 1
     assert predict["summary"]["onnx_throughput_vs_eager_fp32"] > 0
+
+
+def _hostile_inputs() -> Any:
+    spec = importlib.util.spec_from_file_location("hostile_inputs",
+                                                  ROOT / "bench" / "hostile_inputs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_hostile_inputs_are_what_they_claim(tmp_path: Path) -> None:
+    h = _hostile_inputs()
+    h.write_gray16_png(tmp_path / "gray.png", 300)
+    h.write_rgba_png(tmp_path / "rgba.png", 200)
+    with Image.open(tmp_path / "gray.png") as gray, Image.open(tmp_path / "rgba.png") as rgba:
+        assert (gray.mode, gray.size) == ("I;16", (300, 300))
+        assert gray.getextrema() == (32768, 32768)
+        assert (rgba.mode, rgba.size) == ("RGBA", (200, 200))
+        assert rgba.getextrema()[3] == (0, 0)  # fully transparent
+    h.write_entries_zip(tmp_path / "entries.zip", 70_000)  # past the 16-bit count: zip64
+    with zipfile.ZipFile(tmp_path / "entries.zip") as zf:
+        names = zf.namelist()
+    assert len(names) == len(set(names)) == 70_000
+    h.write_classes_zip(tmp_path / "classes.zip", 30)
+    with zipfile.ZipFile(tmp_path / "classes.zip") as zf:
+        assert zf.testzip() is None
+        classes = {split: {n.split("/")[1] for n in zf.namelist() if n.startswith(split)}
+                   for split in ("train", "test")}
+    assert len(classes["train"]) == 30 and classes["train"] == classes["test"]
+    h.write_zeros_zip(tmp_path / "zeros.zip", 3, 8 << 20)
+    with zipfile.ZipFile(tmp_path / "zeros.zip") as zf:
+        assert [i.file_size for i in zf.infolist()] == [8 << 20] * 3
+        assert all(i.compress_size < 16 << 10 for i in zf.infolist())
+        assert zf.read(zf.infolist()[0]) == bytes(8 << 20)
+
+
+HOSTILE_FIELDS = {"quick", "statuses", "slowest_ms", "peak_rss_mib", "baseline_rss_mib",
+                  "rss_growth_mib", "disk_peak_mib", "disk_written_mib", "slowest_health_ms",
+                  "health", "server_alive", "server_exit", "guard_tripped", "max_rss_mib",
+                  "held", "inputs", "seconds"}
+
+
+def test_the_hostile_load_bench_runs_quick_and_the_server_holds(tmp_path: Path) -> None:
+    """bench/hostile_load.py --quick against a real `hotdog serve`: every case answered,
+    the server alive, and every answer a 2xx, a 4xx, a 503 (busy) or a 507 (no room on
+    disk): any other 5xx is a bug."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "hostile_load.py"), "--quick",
+                           "--cache", str(tmp_path / "inputs")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode in (0, 1), proc.stderr[-5000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) == HOSTILE_FIELDS, result
+    assert result["quick"] is True
+    assert result["server_alive"] and result["server_exit"] is None, result
+    assert not result["guard_tripped"], result
+    for case, clients in (("predict_16bit", 2), ("predict_rgba", 1), ("zip_directory", 1),
+                          ("class_count", 1), ("disk_zeros", 1)):
+        answers = result["statuses"][case]
+        assert sum(answers.values()) == clients, (case, answers)
+        unexpected = {s for s in answers if not (s[0] in "24" or s in ("503", "507"))}
+        assert not unexpected, (case, answers, result)
+    assert result["peak_rss_mib"] >= result["baseline_rss_mib"] > 0
+    assert result["health"]["answered"] > 0 and result["slowest_health_ms"] > 0
+    assert result["disk_written_mib"] > 0  # its figures are read, whatever they are
+    assert result["held"] is True and proc.returncode == 0, result
