@@ -30,6 +30,11 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 # sizes a decompression bomb needs. PIL raises DecompressionBombError at twice this.
 MAX_IMAGE_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# PIL allocates a picture in blocks of up to this size. Above glibc's largest mmap threshold
+# (32 MiB), every such block is mapped on its own and given back to the system when freed;
+# PIL's default 16 MiB blocks came from malloc's heaps once a first one was freed, which
+# kept the peak of past decodes resident in every thread's arena.
+Image.core.set_block_size(64 << 20)
 
 # What transparent pixels become: white, as an image viewer shows them on a page.
 _BACKGROUND = (255, 255, 255)
@@ -40,7 +45,7 @@ MAX_DECODE_BYTES = 1 << 30
 # Conversions to RGB work on bands of rows of about this many pixels: their float64 and
 # 8-bit pieces are all the memory they need besides the source and the result.
 STRIP_PIXELS = 1 << 19
-_STRIP_BYTES = 24 * STRIP_PIXELS
+_STRIP_BYTES_A_PIXEL = 24  # a float64 copy, its source and 8-bit pieces, the RGBA composite
 # Formats whose decoder holds a second full-size buffer while it decodes (bytes a pixel):
 # libwebp's RGBA output; a TIFF of a single strip read through libtiff's RGBA interface.
 _DECODER_BUFFER = {"WEBP": 4, "TIFF": 4}
@@ -170,7 +175,8 @@ def decode_cost(img: Image.Image, *, undrafted: tuple[int, int] | None = None) -
     if _transposition(img) is not None:
         cost += source
     if img.mode != "RGB":
-        cost += 4 * pixels + _STRIP_BYTES
+        strip = min(pixels, max(STRIP_PIXELS, img.width))  # at least one row
+        cost += 4 * pixels + _STRIP_BYTES_A_PIXEL * strip
     return cost
 
 
@@ -301,8 +307,9 @@ class DecodeBudget:
 
 
 def default_decode_budget() -> int:
-    """1 GiB, or a quarter of the memory this process may use when that is less."""
-    return min(1 << 30, _memory_bytes() // 4)
+    """512 MiB, or a quarter of the memory this process may use when that is less: enough
+    for any image within MAX_IMAGE_PIXELS but a rotated transparent one (see decode_cost)."""
+    return min(512 << 20, _memory_bytes() // 4)
 
 
 def _memory_bytes() -> int:
