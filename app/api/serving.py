@@ -1,7 +1,7 @@
 """Serving predictions: loaded models (cached) and the batcher that pools the images of
 concurrent requests into one forward pass.
 
-The event loop never runs model code. Decoding happens in the request's worker thread; the
+The event loop never runs model code. Decoding happens on the decode threads (``State``); the
 forward pass runs on one thread per process (the device's), fed by a :class:`Batcher`
 per model: the first image waiting starts a batch, which waits up to ``max_delay`` for
 more (never beyond ``max_batch``); while a batch is computing, new images queue up and form

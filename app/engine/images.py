@@ -2,6 +2,8 @@
 
 Training, evaluation and prediction all go through :func:`open_rgb`, so an odd file
 (CMYK, 16-bit, palette with transparency, EXIF-rotated, ...) is seen identically by each.
+What a decode will hold is estimated from the header first (:func:`decode_cost`): an image
+over the limit is refused, and a :class:`DecodeBudget` bounds the decodes in flight.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ Image.core.set_block_size(64 << 20)
 _BACKGROUND = (255, 255, 255)
 
 # The most memory one decode may need, whoever asks (a budgeted caller: at most its whole
-# budget). Every image within MAX_IMAGE_PIXELS fits, a rotated RGBA TIFF being the largest.
+# budget): 16 bytes a pixel at MAX_IMAGE_PIXELS, what a rotated transparent TIFF needs.
 MAX_DECODE_BYTES = 1 << 30
 # Conversions to RGB work on bands of rows of about this many pixels: their float64 and
 # 8-bit pieces are all the memory they need besides the source and the result.
