@@ -10,6 +10,7 @@ import re
 import stat
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,9 @@ from app.db.models import Job
 from app.db.session import make_engine, upgrade
 from app.engine.config import params
 from app.engine.export import PARITY_TOLERANCE, OnnxModel
+from app.engine.images import set_decode_budget
 from app.jobs.service import claim_job
-from tests.helpers import TINY, embedded, finished_job, upload, zip_tree
+from tests.helpers import TINY, embedded, finished_job, upload, wait_for, zip_tree
 
 # No worker runs here: jobs are queued regardless (without it, POST /jobs refuses a job that
 # no live worker would take; tests/test_workers.py).
@@ -355,6 +357,70 @@ def test_predict_sheds_load_with_503_and_retry_after(settings: Settings, color_d
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert "retry" in r.json()["detail"]
         assert c.post("/predict", files=files[:1]).status_code == 200
+
+
+def test_predict_counts_images_being_decoded_and_sheds_before_parsing(
+        settings: Settings, color_dataset: Path, tmp_path: Path) -> None:
+    held = settings.model_copy(update={"predict_queue_images": 4,
+                                       "predict_decode_wait_seconds": 60})
+    app = create_app(held)
+    state = app.state.hotdog
+    with TestClient(app) as c:
+        ds = upload(c, zip_tree(color_dataset)).json()["id"]
+        finished_job(held, ds, tmp_path, color_dataset)
+        files = [("file", (f"{i}.jpg", jpeg(), "image/jpeg")) for i in range(3)]
+        with ThreadPoolExecutor(2) as pool:
+            with state.decode_budget.reserve(state.decode_budget.capacity):  # decoding stalls
+                first = pool.submit(c.post, "/predict", files=files)
+                wait_for(lambda: state.intake.decoding == 3, timeout=30,
+                         what="3 images waiting to be decoded")
+                # The model's queue is empty, but 3 images wait to be decoded: 2 more are 503.
+                r = c.post("/predict", files=files[:2])
+                assert r.status_code == 503 and r.headers["retry-after"] == "1"
+                assert "3 images are waiting to be decoded or for the model" in r.json()["detail"]
+                second = pool.submit(c.post, "/predict", files=files[:1])
+                wait_for(lambda: state.intake.decoding == 4, timeout=30, what="4 images")
+                # Full: refused before its body is parsed (a body that is no form at all).
+                r = c.post("/predict", content=b"junk", headers={
+                    "content-type": "multipart/form-data; boundary=x"})
+                assert r.status_code == 503 and r.headers["retry-after"] == "1"
+                assert "4 images are waiting to be decoded" in r.json()["detail"]
+            assert first.result(30).status_code == 200 and second.result(30).status_code == 200
+    # A request whose images cannot start decoding within the wait is shed, not left waiting.
+    with TestClient(create_app(held.model_copy(
+            update={"predict_decode_wait_seconds": 0.2}))) as c:
+        with state.decode_budget.reserve(state.decode_budget.capacity):
+            r = c.post("/predict", files=files[:1])
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "decoding is at capacity" in r.json()["detail"]
+        assert c.post("/predict", files=files[:1]).status_code == 200
+
+
+def test_an_image_over_the_decode_budget_is_422_naming_it(
+        settings: Settings, color_dataset: Path, tmp_path: Path) -> None:
+    small = settings.model_copy(update={"decode_budget_bytes": 4 << 20})
+    buf = io.BytesIO()
+    Image.new("RGB", (1200, 1200), (200, 80, 40)).save(buf, "PNG")  # 5.5 MiB decoded
+    big = buf.getvalue()
+    try:
+        with TestClient(create_app(small)) as c:
+            # Upload checks share the budget: the same image in a dataset is refused.
+            entries = {str(p.relative_to(color_dataset)): p.read_bytes()
+                       for p in color_dataset.rglob("*.jpg")}
+            r = upload(c, make_zip({**entries, "train/hotdog/big.png": big}))
+            assert r.status_code == 422
+            assert re.search(r"big\.png: .*1200x1200 RGB .* needs about \d+ MiB .* 4 MiB",
+                             r.json()["detail"])
+            ds = upload(c, zip_tree(color_dataset)).json()["id"]
+            finished_job(small, ds, tmp_path, color_dataset)
+            files = [("file", ("fine.jpg", jpeg(), "image/jpeg")),
+                     ("file", ("big.png", big, "image/png"))]
+            r = c.post("/predict", files=files)
+            assert r.status_code == 422
+            assert re.match(r"big\.png: .* needs about \d+ MiB", r.json()["detail"])
+            assert c.post("/predict", files=files[:1]).status_code == 200
+    finally:
+        set_decode_budget(None)  # the process's budget, for the tests that follow
 
 
 def _png(color: tuple[int, int, int]) -> bytes:

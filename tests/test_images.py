@@ -1,14 +1,26 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+import threading
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from app.engine.images import MAX_IMAGE_PIXELS, ImageDecodeError, open_rgb
+from app.engine.images import (
+    MAX_IMAGE_PIXELS,
+    DecodeBudget,
+    DecodeBusy,
+    ImageDecodeError,
+    open_rgb,
+)
 from app.engine.presets import Preprocessing, load_eval_image
+from tests.helpers import wait_for
 
 
 def _save(img: Image.Image, path: Path, **kw: object) -> Path:
@@ -172,3 +184,99 @@ def test_eval_image_is_same_through_path_bytes_and_file(tmp_path: Path) -> None:
         c = load_eval_image(fh, pre)
     assert a.shape == (3, 32, 32) and a.dtype.is_floating_point is False
     assert (a == b).all() and (a == c).all()
+
+
+# ------------------------------------------------------------------ memory of decoding
+
+def _png_16_bit(path: Path, side: int) -> Path:
+    arr = np.zeros((side, side), dtype=np.uint16)
+    arr[::7, ::5] = 40000
+    return _save(Image.fromarray(arr), path)
+
+
+def _png_transparent(path: Path, side: int) -> Path:
+    return _save(Image.new("RGBA", (side, side), (0, 0, 0, 0)), path)
+
+
+PEAK_SCRIPT = """
+import resource, sys
+from PIL import Image
+from app.engine.images import decode_cost
+from app.engine.presets import Preprocessing, load_eval_image
+from tests.helpers import wait_for
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+load_eval_image(data, Preprocessing.for_size(224))
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+print(grown, decode_cost(Image.open(sys.argv[1])))
+"""
+
+
+@pytest.mark.parametrize("make", [_png_16_bit, _png_transparent], ids=["16-bit", "alpha"])
+def test_decoding_holds_what_its_estimate_says_and_few_bytes_a_pixel(
+        tmp_path: Path, make: Callable[[Path, int], Path]) -> None:
+    # A 4000x4000 picture compresses to a few KB. Decoding it for /predict held 25 (16-bit
+    # gray) and 19 (transparent) bytes a pixel in float64 and full-size RGBA copies; now it
+    # holds the file's pixels and the RGB result (with a band of rows being converted).
+    side = 4000
+    png = make(tmp_path / "big.png", side)
+    assert png.stat().st_size < 200_000
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(png)], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).parents[1]).stdout
+    grown, estimate = map(int, out.split())
+    assert grown < 12 * side * side, f"peak grew by {grown >> 20} MiB"
+    assert grown <= estimate + (8 << 20), f"{grown >> 20} MiB held, {estimate >> 20} estimated"
+    assert estimate < 12 * side * side
+
+
+def test_an_image_over_the_budget_is_refused_from_its_header(tmp_path: Path) -> None:
+    png = _png_16_bit(tmp_path / "deep.png", 8000)
+    cut = tmp_path / "deep-cut.png"  # the header, then a fraction of the pixel data
+    cut.write_bytes(png.read_bytes()[:5000])
+    budget = DecodeBudget(256 << 20)
+    for p in (png, cut):  # refused before decoding: the cut file is not called corrupt
+        with pytest.raises(ImageDecodeError, match=rf"{p.name}: .*8000x8000 I;16.* needs "
+                                                   r"about 37\d MiB.* limit .* 256 MiB"):
+            open_rgb(p, budget=budget)
+    assert budget.in_use == 0
+    assert open_rgb(_png_16_bit(tmp_path / "small.png", 64), budget=budget).size == (64, 64)
+
+
+def test_float_images_convert_without_full_size_float64_copies(tmp_path: Path) -> None:
+    # tracemalloc sees numpy's allocations (not PIL's): the conversion holds less than one
+    # float32 copy of the picture (a float64 copy of this 2000x2000 one would be 32 MB).
+    arr = np.random.default_rng(0).random((2000, 2000), dtype=np.float32) * 3
+    p = _save(Image.fromarray(arr), tmp_path / "f.tif")
+    tracemalloc.start()
+    try:
+        img = open_rgb(p)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2000 * 2000 * 4, f"numpy held {peak >> 20} MiB"
+    expected = np.clip(np.rint(arr.astype(np.float64) * (255 / float(arr.max()))), 0, 255)
+    assert (np.asarray(img)[..., 0] == expected.astype(np.uint8)).all()
+
+
+def test_a_reservation_waits_while_the_budget_is_held_first_come_first_served() -> None:
+    budget = DecodeBudget(100)
+    got = threading.Event()
+
+    def second() -> None:
+        with budget.reserve(60):
+            got.set()
+
+    with budget.reserve(60):
+        with pytest.raises(DecodeBusy, match="retry"), budget.reserve(60, timeout=0):
+            pass
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        wait_for(lambda: budget._turns, timeout=10, what="the second reservation to queue")
+        # 30 more would fit, but the reservation of 60 came first: this one is refused.
+        with pytest.raises(DecodeBusy), budget.reserve(30, timeout=0.2):
+            pass
+        assert not got.is_set()
+    waiter.join(10)
+    assert got.is_set() and budget.in_use == 0
+    with budget.reserve(10**9, timeout=0):  # more than the whole budget: all of it
+        assert budget.in_use == 100

@@ -15,7 +15,7 @@ from app.datasets.service import DatasetBusy, DatasetNotFound
 from app.datasets.uploads import UploadsBusy
 from app.engine.checkpoint import CheckpointError
 from app.engine.data import DatasetError
-from app.engine.images import ImageDecodeError
+from app.engine.images import DecodeBusy, ImageDecodeError
 from app.jobs.broker import QueueUnreachable
 from app.jobs.service import InvalidParams, JobConflict, JobNotFound, TooManyActiveJobs
 from app.models.service import ModelNotFound, ModelUnavailable, NoModelYet
@@ -46,14 +46,15 @@ STATUS: list[tuple[type[Exception], int]] = [
     (ImageDecodeError, 422),
     (TooManyActiveJobs, 429),
     (Overloaded, 503),  # shed load; Retry-After tells clients when to try again
+    (DecodeBusy, 503),
     (QueueUnreachable, 503),
     (UploadsBusy, 503),  # MAX_CONCURRENT_UPLOADS in progress
     (StorageFull, 507),  # the upload would eat into MIN_FREE_DISK_BYTES
 ]
 
 
-# Seconds a client should wait: a full predict queue drains in about a second; a job slot
-# frees when a job ends, which takes minutes.
+# Seconds a client should wait: a full predict queue (or decode budget) drains in about a
+# second; a job slot frees when a job ends, which takes minutes.
 RETRY_AFTER = {429: "30", 503: "1"}
 
 

@@ -1,12 +1,14 @@
 """Serving predictions: loaded models (cached) and the batcher that pools the images of
 concurrent requests into one forward pass.
 
-The event loop never runs model code. Decoding happens in the request's worker thread; the
+The event loop never runs model code. Decoding happens on the decode threads (``State``); the
 forward pass runs on one thread per process (the device's), fed by a :class:`Batcher`
 per model: the first image waiting starts a batch, which waits up to ``max_delay`` for
 more (never beyond ``max_batch``); while a batch is computing, new images queue up and form
 the next one. The queue is bounded: past ``max_queue`` waiting images a request is refused
-at once (503 with Retry-After) rather than left to time out.
+at once (503 with Retry-After) rather than left to time out. Images being decoded count
+too: a request is admitted (``Batcher.admit``) before its images are decoded, so a flood
+is refused before it costs any decoding.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,7 +36,47 @@ LOOKUP_SECONDS = 1.0
 
 
 class Overloaded(RuntimeError):
-    """More images are waiting than the queue holds (503 with Retry-After)."""
+    """More images are waiting (to be decoded, or for the model) than the queue holds (503
+    with Retry-After)."""
+
+
+class Intake:
+    """What /predict holds across the process: the bytes of the requests being received or
+    answered (as declared; the request limit when not declared), and the images being
+    decoded. A request that arrives while either is at its limit is refused before its body
+    is parsed: under a flood, refusing costs neither memory nor the event loop's time.
+    Used on the event loop only."""
+
+    def __init__(self, *, max_bytes: int, max_images: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_images = max_images
+        self.bytes = 0
+        self.decoding = 0
+
+    def refusal(self, declared: int) -> str | None:
+        """Why a request of ``declared`` bytes arriving now is refused, or None."""
+        if self.decoding >= self.max_images:
+            return f"{self.decoding} images are waiting to be decoded; retry shortly"
+        if self.bytes and self.bytes + declared > self.max_bytes:
+            return (f"{self.bytes} bytes of /predict requests are being received or answered; "
+                    "retry shortly")
+        return None
+
+    @contextmanager
+    def receive(self, declared: int) -> Iterator[None]:
+        self.bytes += declared
+        try:
+            yield
+        finally:
+            self.bytes -= declared
+
+    @contextmanager
+    def decode(self, images: int) -> Iterator[None]:
+        self.decoding += images
+        try:
+            yield
+        finally:
+            self.decoding -= images
 
 
 class Batcher:
@@ -56,17 +99,33 @@ class Batcher:
         self.lanes = lanes  # batches computed at the same time (one per forward thread)
         self.on_batch = on_batch
         self.pending: deque[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] = deque()
+        self.decoding = 0  # images of admitted requests not submitted yet (see admit)
         self.task: asyncio.Task[None] | None = None
         self.wakeup: asyncio.Event | None = None
         self.free: asyncio.Semaphore | None = None
         self.last_batch = 1
 
+    @contextmanager
+    def admit(self, images: int) -> Iterator[None]:
+        """Count ``images`` against the queue while the block decodes them, or refuse them
+        at once (Overloaded) when those being decoded plus those waiting for the model would
+        pass ``max_queue``. Submit them after the block: they stay within the bound."""
+        self._check(images)
+        self.decoding += images
+        try:
+            yield
+        finally:
+            self.decoding -= images
+
+    def _check(self, images: int) -> None:
+        waiting = len(self.pending) + self.decoding
+        if waiting + images > self.max_queue:
+            raise Overloaded(f"{waiting} images are waiting to be decoded or for the model; "
+                             "retry shortly")
+
     async def submit(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each image's output row, computed in whichever batches they land in."""
-        if len(self.pending) + len(images) > self.max_queue:
-            raise Overloaded(
-                f"{len(self.pending)} images are waiting for the model; retry shortly"
-            )
+        self._check(len(images))
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in images]
         self.pending.extend(zip(images, futures, strict=True))

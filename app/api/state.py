@@ -1,10 +1,13 @@
-"""What the API process holds: settings, database engine, Celery producer, loaded models."""
+"""What the API process holds: settings, database engine, Celery producer, loaded models,
+and the threads and memory budget that decode images."""
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +16,10 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from app.api.serving import ModelCache, ServingMetrics
+from app.api.serving import Intake, ModelCache, ServingMetrics
 from app.core.config import Settings
 from app.datasets.uploads import Uploads
+from app.engine.images import DecodeBudget, set_decode_budget
 from app.jobs.broker import make_celery, send_job
 
 log = logging.getLogger(__name__)
@@ -31,12 +35,21 @@ class State:
     models: ModelCache
     registry: CollectorRegistry
     uploads: Uploads  # dataset uploads: admission, and their own bounded executor
+    # /predict admits requests (intake) before parsing them, and decodes on threads of its
+    # own (not the handlers' shared pool), each image within the process's decode budget,
+    # which upload checks share.
+    intake: Intake
+    decode_pool: ThreadPoolExecutor
+    decode_budget: DecodeBudget
 
     @classmethod
     def create(cls, settings: Settings) -> State:
         from app.db.session import make_engine
 
         registry = CollectorRegistry()
+        decode_pool = ThreadPoolExecutor(
+            max_workers=settings.predict_decode_threads or os.cpu_count() or 1,
+            thread_name_prefix="decode")
         models = ModelCache(
             size=settings.models_cached, device=settings.predict_device,
             precision=settings.predict_precision, max_batch=settings.predict_max_batch,
@@ -44,10 +57,14 @@ class State:
             metrics=ServingMetrics(registry), lanes=_lanes(settings),
             threads=settings.predict_threads, runtime=settings.predict_runtime,
         )
+        intake = Intake(max_bytes=settings.predict_intake_bytes,
+                        max_images=settings.predict_queue_images)
         return cls(settings, make_engine(settings.db_url), make_celery(settings), models,
-                   registry, Uploads(settings.max_concurrent_uploads))
+                   registry, Uploads(settings.max_concurrent_uploads), intake, decode_pool,
+                   set_decode_budget(settings.decode_budget_bytes))
 
     def close(self) -> None:
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
         self.models.close()
         self.uploads.close()
         self.engine.dispose()

@@ -69,8 +69,22 @@ class Settings(BaseSettings):
     predict_max_bytes: int = 64 << 20
     predict_max_batch: int = 32
     predict_max_delay_ms: float = 2.0
-    # Images waiting for a forward pass at most; a request beyond it gets 503 with Retry-After.
+    # Images waiting to be decoded or for a forward pass at most; a request beyond it gets
+    # 503 with Retry-After before any of its images is decoded.
     predict_queue_images: int = 512
+    # Memory of image decoding in flight in the API (predictions and upload checks share
+    # it), as estimated from each image's header. None: 512 MiB, or a quarter of the machine's
+    # (or container's) memory when that is less. An image that alone needs more is 422.
+    decode_budget_bytes: int | None = None
+    # How long a /predict request's images may wait to start decoding (for a decode thread
+    # and their share of that budget) before the request gets 503 with Retry-After (upload
+    # checks wait their turn), and the threads that decode them (None: one per core).
+    predict_decode_wait_seconds: float = 2.0
+    predict_decode_threads: int | None = None
+    # Bytes of /predict requests being received or answered at once (as declared); a request
+    # beyond it, or one arriving while PREDICT_QUEUE_IMAGES images wait to be decoded, gets
+    # 503 with Retry-After before its body is parsed.
+    predict_intake_bytes: int = 256 << 20
     # Forward passes computed at once (None: 2 on a CPU with 2+ cores, 1 on a GPU) and the
     # torch threads they share (None: torch's default, one per core).
     predict_lanes: int | None = None

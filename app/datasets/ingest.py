@@ -13,13 +13,20 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
 from app.datasets.archive import Limits, extract_zip
 from app.datasets.layout import MAX_LISTED, SPLITS, find_root, is_hidden
 from app.engine.data import DatasetError, ImageFolderSplits, load_image_folder
-from app.engine.images import ImageDecodeError, is_image_file, open_rgb
+from app.engine.images import (
+    DecodeBudget,
+    ImageDecodeError,
+    decode_budget,
+    is_image_file,
+    open_rgb,
+)
 
 MIN_TRAIN_PER_CLASS = 10
 IMBALANCE_RATIO = 4
@@ -34,22 +41,26 @@ class IngestResult:
     size_bytes: int = 0
 
 
-def _check_image(path: Path) -> tuple[int, int] | str:
+def _check_image(path: Path, budget: DecodeBudget) -> tuple[int, int] | str:
     try:
-        # Small draft decodes are enough to prove the file decodes (truncation included).
-        img = open_rgb(path, min_short_side=SMALL_SIDE)
-        return img.size
+        # Small draft decodes are enough to prove the file decodes (truncation included);
+        # each waits for its share of the decode budget, which /predict shares.
+        return open_rgb(path, min_short_side=SMALL_SIDE, then=lambda img: img.size,
+                        budget=budget)
     except ImageDecodeError as exc:
         return str(exc)
 
 
-def validate(root: Path, *, threads: int | None = None) -> tuple[ImageFolderSplits, list[str]]:
-    """Check the layout and decode every image. Returns the splits and warnings."""
+def validate(root: Path, *, threads: int | None = None, budget: DecodeBudget | None = None
+             ) -> tuple[ImageFolderSplits, list[str]]:
+    """Check the layout and decode every image, within ``budget`` (default: the process's
+    decode budget). Returns the splits and warnings."""
     splits = load_image_folder(root)
     samples = [p for p, _ in splits.train] + [p for p, _ in splits.test]
     threads = threads or min(8, os.cpu_count() or 1)
+    check = partial(_check_image, budget=budget or decode_budget())
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        results = list(pool.map(_check_image, samples))
+        results = list(pool.map(check, samples))
     bad = [(p, r) for p, r in zip(samples, results, strict=True) if isinstance(r, str)]
     if bad:
         listed = "; ".join(f"{p.relative_to(root)}: {msg}" for p, msg in bad[:MAX_LISTED])

@@ -23,6 +23,7 @@ from app.engine.data import eval_dataset, load_image_folder, make_loader
 from app.engine.device import plan_device
 from app.engine.evaluate import evaluation_from_logits, run_inference
 from app.engine.export import OnnxModel, export_onnx_bytes, onnxruntime_available
+from app.engine.images import DecodeBudget
 from app.engine.metrics import Evaluation
 from app.engine.presets import Preprocessing, load_eval_image, normalize_batch
 
@@ -104,9 +105,11 @@ class Predictor:
     def precision(self) -> str:
         return "fp32" if self.onnx is not None else self.plan.precision
 
-    def load(self, source: ImageSource, *, name: str | None = None) -> torch.Tensor:
-        """Decode and crop one image: uint8 (3, S, S). Raises ImageDecodeError naming it."""
-        return load_eval_image(source, self.preprocessing, name=name)
+    def load(self, source: ImageSource, *, name: str | None = None,
+             budget: DecodeBudget | None = None, wait: float | None = None) -> torch.Tensor:
+        """Decode and crop one image: uint8 (3, S, S). Raises ImageDecodeError naming it
+        (DecodeBusy when ``budget`` stays taken longer than ``wait``: see ``open_rgb``)."""
+        return load_eval_image(source, self.preprocessing, name=name, budget=budget, wait=wait)
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor, *, threads: int | None = None) -> torch.Tensor:

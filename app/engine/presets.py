@@ -23,7 +23,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from app.engine.images import open_rgb
+from app.engine.images import DecodeBudget, open_rgb
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -116,14 +116,17 @@ def pil_to_uint8(img: Image.Image) -> torch.Tensor:
 
 
 def load_eval_image(
-    source: str | Path | bytes | BinaryIO, pre: Preprocessing, *, name: str | None = None
+    source: str | Path | bytes | BinaryIO, pre: Preprocessing, *, name: str | None = None,
+    budget: DecodeBudget | None = None, wait: float | None = None,
 ) -> torch.Tensor:
     """Decode + resize + centre-crop one image to a uint8 (3, S, S) tensor.
 
     The single path for evaluation during training, ``hotdog evaluate`` and prediction.
+    ``budget``, ``wait``: see ``open_rgb``.
     """
     img = open_rgb(source, name=name, min_short_side=pre.resize_size,
-                   then=lambda decoded: resize_center_crop(decoded, pre))
+                   then=lambda decoded: resize_center_crop(decoded, pre),
+                   budget=budget, wait=wait)
     # The result is a (3, S, S) view of the (S, S, 3) pixels: batches stacked from such views
     # come out channels_last without another copy (see normalize_batch).
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)

@@ -1,27 +1,60 @@
 """``/predict``: classify photos with the active model or a named one.
 
-The handler is ``async``: decoding and the forward pass run on threads, and the images of
-concurrent requests share forward passes (``app.api.serving``). It takes no SessionDep: the
-model is looked up (in a session of its own) only when the lookup cache has no answer.
+The handler is ``async``. A request is admitted against the queue of images waiting to be
+decoded or computed before any of its images is decoded (503 with Retry-After past
+``PREDICT_QUEUE_IMAGES``); its images are then decoded on the decode threads, each within
+the process's decode budget, and the images of concurrent requests share forward passes
+(``app.api.serving``). It takes no SessionDep: the model is looked up (in a session of its
+own) only when the lookup cache has no answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
 
 from app.api.deps import GUARDED, StateDep
 from app.api.errors import Unprocessable
 from app.api.schemas import ERRORS, PredictOut
-from app.api.serving import LoadedModel
+from app.api.serving import LoadedModel, Overloaded
 from app.api.state import State
+from app.engine.images import DecodeBusy
 from app.models import service as models
 
-router = APIRouter(tags=["predict"], dependencies=GUARDED, responses=ERRORS)
+
+class AdmittedRoute(APIRoute):
+    """A route whose request is admitted (``State.intake``) before FastAPI parses its body:
+    refused, its body is read and dropped unparsed, then answered 503 with Retry-After."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def admitted(request: Request) -> Response:
+            state: State = request.app.state.hotdog
+            declared = request.headers.get("content-length", "")
+            size = int(declared) if declared.isdigit() else state.settings.predict_max_bytes
+            refusal = state.intake.refusal(size)
+            if refusal is not None:
+                async for _chunk in request.stream():  # the client then reads the answer
+                    pass
+                raise Overloaded(refusal)
+            with state.intake.receive(size):
+                return await handle(request)
+
+        return admitted
+
+
+router = APIRouter(tags=["predict"], dependencies=GUARDED, responses=ERRORS,
+                   route_class=AdmittedRoute)
 
 
 def _find(state: State, model: str | None) -> tuple[str, Path]:
@@ -29,16 +62,37 @@ def _find(state: State, model: str | None) -> tuple[str, Path]:
         return models.find(session, model)
 
 
-def _prepare(state: State, model: str | None, files: list[UploadFile]
-             ) -> tuple[LoadedModel, list[torch.Tensor]]:
-    """Find and load the model, then decode and crop every file for it (one thread hop)."""
+def _model(state: State, model: str | None) -> LoadedModel:
     job_id, path = state.models.lookup(model, lambda: _find(state, model))
-    loaded = state.models.get(job_id, path)
-    images = []
-    for i, f in enumerate(files):
-        f.file.seek(0)
-        images.append(loaded.predictor.load(f.file, name=f.filename or f"file {i + 1}"))
-    return loaded, images
+    return state.models.get(job_id, path)
+
+
+def _load(state: State, loaded: LoadedModel, file: UploadFile, name: str, deadline: float
+          ) -> torch.Tensor:
+    wait = deadline - time.monotonic()
+    if wait <= 0:
+        raise DecodeBusy("images are decoded slower than they arrive; retry shortly")
+    file.file.seek(0)
+    return loaded.predictor.load(file.file, name=name, budget=state.decode_budget, wait=wait)
+
+
+async def _decode(state: State, loaded: LoadedModel, files: list[UploadFile],
+                  names: list[str]) -> list[torch.Tensor]:
+    """Every file decoded and cropped on the decode threads, in parallel. Each image must
+    start (have a thread and its share of the decode budget) within the request's wait,
+    or the request is shed: a backlog of slow decodes is refused, not left to pile up. The
+    first failure fails the request, and its images not started yet are dropped."""
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + state.settings.predict_decode_wait_seconds
+    decodes = [loop.run_in_executor(state.decode_pool,
+                                    partial(_load, state, loaded, f, n, deadline))
+               for f, n in zip(files, names, strict=True)]
+    try:
+        return list(await asyncio.gather(*decodes))
+    except BaseException:
+        for d in decodes:
+            d.cancel()
+        raise
 
 
 @router.post("/predict", response_model=PredictOut)
@@ -51,9 +105,11 @@ async def predict_images(
     limit = state.settings.predict_max_files
     if len(file) > limit:
         raise Unprocessable(f"{len(file)} files in one request; the limit is {limit}")
-    loaded, images = await run_in_threadpool(_prepare, state, model, file)
-    rows = await loaded.batcher.submit(images)
+    loaded = await run_in_threadpool(_model, state, model)
     names = [f.filename or f"file {i + 1}" for i, f in enumerate(file)]
+    with loaded.batcher.admit(len(file)), state.intake.decode(len(file)):
+        images = await _decode(state, loaded, file, names)
+    rows = await loaded.batcher.submit(images)
     predictions = loaded.predictor.report(torch.stack(rows), names)
     state.models.metrics.images.inc(len(predictions))
     state.models.metrics.predicted(loaded.job_id, [p.label for p in predictions])
