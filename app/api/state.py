@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from app.api.readiness import PROBE_SECONDS, Readiness
 from app.api.serving import ModelCache, ServingMetrics
 from app.core.config import Settings
 from app.jobs.broker import make_celery, send_job
@@ -29,6 +30,16 @@ class State:
     celery: Celery
     models: ModelCache
     registry: CollectorRegistry
+    # /ready's: an engine of its own with short timeouts, probed on threads of its own.
+    probe_engine: Engine = field(init=False)
+    readiness: Readiness = field(init=False)
+
+    def __post_init__(self) -> None:
+        from app.db.session import make_probe_engine
+
+        self.probe_engine = make_probe_engine(self.settings.db_url, PROBE_SECONDS)
+        self.readiness = Readiness({"database": self.check_database,
+                                    "broker": self.check_broker})
 
     @classmethod
     def create(cls, settings: Settings) -> State:
@@ -47,7 +58,9 @@ class State:
 
     def close(self) -> None:
         self.models.close()
+        self.readiness.close()
         self.engine.dispose()
+        self.probe_engine.dispose()
 
     def session(self) -> Session:
         # Objects stay readable after a commit: handlers commit, then shape their answer.
@@ -57,7 +70,7 @@ class State:
         send_job(self.celery, self.settings, job_id, params)
 
     def check_database(self) -> None:
-        with self.engine.connect() as conn:
+        with self.probe_engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     def check_broker(self) -> None:
@@ -66,8 +79,10 @@ class State:
             if not folder.is_dir():
                 raise OSError(f"broker folder {folder} is missing")
             return
-        with self.celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=3)
+        with self.celery.connection_for_write(
+                connect_timeout=PROBE_SECONDS,
+                transport_options={"socket_timeout": PROBE_SECONDS}) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=PROBE_SECONDS)
 
     def sweep_incoming(self) -> None:
         """Remove what uploads interrupted by a crash left in the datasets folder."""
