@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     @property
     def host_names(self) -> list[str]:
         """The Host header values the API answers (see ``allowed_hosts``)."""
-        if self.allowed_hosts is not None:
+        if self.allowed_hosts:  # (empty: unset, as compose passes an unset variable)
             return [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
         if not is_loopback(self.host):
             return ["*"]
