@@ -52,6 +52,7 @@ class State:
             max_delay=settings.predict_max_delay_ms / 1000, max_queue=settings.predict_queue_images,
             metrics=ServingMetrics(registry), lanes=_lanes(settings),
             threads=settings.predict_threads, runtime=settings.predict_runtime,
+            loads_per_second=settings.model_loads_per_second,
         )
         return cls(settings, make_engine(settings.db_url), make_celery(settings), models,
                    registry)
