@@ -138,3 +138,10 @@ def test_ready_names_no_server_paths(settings: Settings) -> None:
         assert r.json()["checks"]["broker"].startswith("unreachable")
         assert str(settings.data_dir.resolve()) not in r.text
         assert r.headers["x-request-id"]
+
+
+def test_ready_works_again_when_the_app_is_started_again(settings: Settings) -> None:
+    app = create_app(settings)
+    for _ in range(2):  # the second start follows a shutdown that stopped the probe threads
+        with TestClient(app) as client:
+            assert client.get("/ready").status_code == 200

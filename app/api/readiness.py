@@ -32,7 +32,7 @@ class Readiness:
         self.probes = probes
         self.cache_seconds = cache_seconds
         self.round_seconds = round_seconds
-        self.executor = ThreadPoolExecutor(max_workers=len(probes), thread_name_prefix="ready")
+        self.executor: ThreadPoolExecutor | None = None  # started on first use, after close
         self.result: tuple[float, dict[str, str]] | None = None
         self.round: asyncio.Task[dict[str, str]] | None = None
 
@@ -52,6 +52,9 @@ class Readiness:
 
     async def _probe_all(self) -> dict[str, str]:
         loop = asyncio.get_running_loop()
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=len(self.probes),
+                                               thread_name_prefix="ready")
         names = list(self.probes)
         answers = await asyncio.gather(*(
             # in the caller's context: the probe's log lines carry its request id
@@ -71,4 +74,9 @@ class Readiness:
         return OK
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the threads and forget the answer (an app started again, as tests do,
+        probes anew on new threads)."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
+        self.result = self.round = None
