@@ -60,12 +60,14 @@ def test_a_loopback_service_answers_only_loopback_names(defaults: Settings) -> N
             assert c.get("/datasets").status_code == 200, base
     for base in ("http://evil.example:8000", "http://testserver", "http://127.0.0.1.nip.io"):
         with TestClient(app, base_url=base) as c:
-            for path in ("/datasets", "/health", "/"):
+            for path in ("/datasets", "/", "/ui/app.js", "/openapi.json"):
                 r = c.get(path)
                 assert r.status_code == 400, (base, path)
                 detail = r.json()["detail"]
                 assert "Host header" in detail and "not allowed" in detail
                 assert "ALLOWED_HOSTS" in detail
+            # Probes by address (an orchestrator's) still reach liveness and readiness.
+            assert c.get("/health").status_code == c.get("/ready").status_code == 200
 
 
 def test_allowed_hosts_is_the_list_when_set(defaults: Settings) -> None:
@@ -147,7 +149,7 @@ def test_serve_answers_the_names_of_the_address_it_listens_on(tmp_path: Path, ho
     stack = _serve(tmp_path, host)
     try:
         stack.wait_ready(60)
-        assert httpx.get(stack.url + "/health", headers={"Host": "evil.example"}
+        assert httpx.get(stack.url + "/datasets", headers={"Host": "evil.example"}
                          ).status_code == foreign
     finally:
         stack.stop_all()

@@ -242,7 +242,7 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
     if not settings.api_key:  # with a key, a page on another site cannot send it
         api.add_middleware(CrossSiteGuard)
     api.add_middleware(ApiKeyGate, key=settings.api_key)
-    api.add_middleware(HostCheck, allowed_hosts=settings.host_names)
+    api.add_middleware(HostCheck, allowed_hosts=settings.host_names, exempt=PUBLIC_PATHS)
     api.add_middleware(HttpMetrics, state=state)
     api.add_middleware(RequestId)  # outermost: every line logged for a request has its id
     return api

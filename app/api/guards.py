@@ -62,15 +62,20 @@ class RequestId:
 
 class HostCheck:
     """Refuses a request whose ``Host`` is not one of ``allowed_hosts`` (``ALLOWED_HOSTS``)
-    with a JSON 400 that names the header. Starlette's TrustedHostMiddleware decides."""
+    with a JSON 400 that names the header. Starlette's TrustedHostMiddleware decides.
+    ``exempt`` paths pass whatever their Host: liveness and readiness, which orchestrators
+    probe by address (they reveal nothing)."""
 
-    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str],
+                 exempt: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.exempt = exempt
         self.trusted = TrustedHostMiddleware(_mark_allowed, allowed_hosts=allowed_hosts,
                                              www_redirect=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.trusted.allow_any:
+        if (scope["type"] != "http" or self.trusted.allow_any
+                or scope["path"] in self.exempt):
             await self.app(scope, receive, send)
             return
         await self.trusted(scope, receive, _discard)
