@@ -104,6 +104,9 @@ def test_cross_site_writes_are_refused_without_a_key(settings: Settings,
         assert c.post("/datasets", files={"file": ("a.zip", data)}).status_code == 201
         typed = {"Sec-Fetch-Site": "none"}  # typed into the address bar
         assert c.delete("/datasets/nope", headers=typed).status_code == 404
+        # The browser's word decides: same-origin behind a proxy that rewrote the Host.
+        proxied = {"Sec-Fetch-Site": "same-origin", "Origin": "https://hotdog.example.com"}
+        assert c.delete("/datasets/nope", headers=proxied).status_code == 404
 
 
 def test_with_a_key_the_key_decides(settings: Settings, color_dataset: Path) -> None:

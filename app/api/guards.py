@@ -99,10 +99,11 @@ async def _discard(_message: Message) -> None:
 
 def cross_site(headers: Headers) -> str | None:
     """Why a browser's request comes from another site (None: it does not, or no browser
-    sent it)."""
+    sent it). A browser's own ``Sec-Fetch-Site`` decides where it is sent (pages cannot set
+    it, and it holds behind a proxy that rewrites Host); else ``Origin`` against ``Host``."""
     site = headers.get("sec-fetch-site")
-    if site is not None and site not in SAME_ORIGIN_SITES:
-        return f"Sec-Fetch-Site is {_quoted(site)}"
+    if site is not None:
+        return None if site in SAME_ORIGIN_SITES else f"Sec-Fetch-Site is {_quoted(site)}"
     origin = headers.get("origin")
     if origin is not None and not _same_origin(origin, headers.get("host", "")):
         return f"Origin {_quoted(origin)} is not this service's"
