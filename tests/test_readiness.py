@@ -145,3 +145,18 @@ def test_ready_works_again_when_the_app_is_started_again(settings: Settings) -> 
     for _ in range(2):  # the second start follows a shutdown that stopped the probe threads
         with TestClient(app) as client:
             assert client.get("/ready").status_code == 200
+
+
+def test_the_probe_engine_bounds_postgres_statements(settings: Settings, postgres_url: str,
+                                                     redis_url: str) -> None:
+    real = settings.model_copy(update={"database_url": postgres_url, "broker_url": redis_url})
+    state = State.create(real)
+    try:
+        state.check_database()
+        state.check_broker()
+        with state.probe_engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "2s"
+            with pytest.raises(Exception, match="statement timeout"):
+                conn.exec_driver_sql("SELECT pg_sleep(10)")
+    finally:
+        state.close()
