@@ -29,7 +29,7 @@ def main() -> int:
     from app.api.app import create_app
 
     settings = get_settings()
-    host = os.environ.get("HOST", "127.0.0.1")
+    host = settings.host
     port = int(os.environ.get("PORT", "8000"))
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

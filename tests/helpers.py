@@ -250,9 +250,13 @@ def stack_without_weights(tmp: Path) -> Iterator[Stack]:
 
 # ----------------------------------------------------------------- the API in process
 
+TEST_HOST = "testserver"  # the Host header of TestClient's requests
+
 def embedded(data_dir: Path, **overrides: Any) -> Settings:
     """The embedded default in ``data_dir``, whatever DATABASE_URL/BROKER_URL say (.ci/run
-    exports DATABASE_URL for the Postgres tests)."""
+    exports DATABASE_URL for the Postgres tests). It answers the Host of TestClient's
+    requests (``testserver``) besides the loopback names."""
+    overrides.setdefault("allowed_hosts", f"{TEST_HOST},localhost,127.0.0.1,[::1]")
     return Settings(data_dir=data_dir, database_url=None, broker_url=None,
                     api_key=None, **overrides)
 

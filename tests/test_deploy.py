@@ -3,6 +3,7 @@ run exists, every variable they set is a setting, every setting is documented.""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -48,6 +49,14 @@ def test_compose_has_every_part_and_runs_real_commands() -> None:
     assert env["DATABASE_URL"].startswith("postgresql://")
 
 
+def test_compose_refuses_to_publish_the_api_without_a_key() -> None:
+    """The API's port is published: its API_KEY must be set and not empty (``:?``)."""
+    api = _compose()["services"]["api"]
+    assert api["ports"] and api["command"][api["command"].index("--host") + 1] == "0.0.0.0"
+    assert re.fullmatch(r"\$\{API_KEY:\?[^}]+\}", api["environment"]["API_KEY"])
+    assert "API_KEY" not in _compose()["x-hotdog-env"]  # no empty default for anyone
+
+
 def test_compose_variables_are_settings() -> None:
     fields = {name.upper() for name in Settings.model_fields}
     env = dict(_compose()["x-hotdog-env"])
@@ -72,9 +81,19 @@ def test_the_image_runs_hotdog_and_ships_the_migrations() -> None:
     assert "-c constraints.txt" in dockerfile
 
 
-def test_compose_file_validates_where_docker_compose_is_installed() -> None:
+def test_compose_file_validates_where_docker_compose_is_installed(tmp_path: Path) -> None:
     tool = shutil.which("docker-compose")
     if tool is None:  # only the client-less CI image lacks it; the checks above still run
         return
-    proc = subprocess.run([tool, "config", "-q"], cwd=ROOT, capture_output=True, text=True)
+    env_file = tmp_path / "empty.env"  # not the checkout's own .env, if it has one
+    env_file.write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "API_KEY"}
+
+    def config(**given: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([tool, "--env-file", str(env_file), "config", "-q"], cwd=ROOT,
+                              capture_output=True, text=True, env={**env, **given})
+
+    proc = config(API_KEY="a-key")
     assert proc.returncode == 0, proc.stderr
+    for proc in (config(), config(API_KEY="")):  # missing or empty: compose refuses
+        assert proc.returncode != 0 and "set API_KEY" in proc.stderr, proc.stderr

@@ -19,13 +19,15 @@ from schemathesis.specs.openapi.checks import (
 from app.api.app import create_app
 from app.core.config import Settings
 from app.db.session import upgrade
+from tests.helpers import TEST_HOST
 
 KEY = "schema-test-key"
 
 
 def _app(key: str | None):  # type: ignore[no-untyped-def]
     data = Path(tempfile.mkdtemp(prefix="hotdog-schema-"))
-    settings = Settings(data_dir=data, database_url=None, broker_url=None, api_key=key)
+    settings = Settings(data_dir=data, database_url=None, broker_url=None, api_key=key,
+                        allowed_hosts=TEST_HOST)
     upgrade(settings.db_url)
     return create_app(settings, check=False)
 

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import app as package
 from app.api import errors
 from app.api.deps import MISSING_KEY, key_matches
+from app.api.guards import CrossSiteGuard, HostCheck, RequestId
 from app.api.metrics import register as register_collectors
 from app.api.routes import datasets, jobs, models, ops, predict, workers
 from app.api.routes.ops import WEB_DIR, WEB_PREFIX
@@ -238,6 +239,10 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
         ("POST", "/datasets"): settings.max_upload_bytes,
         ("POST", "/predict"): settings.predict_max_bytes,
     })
+    if not settings.api_key:  # with a key, a page on another site cannot send it
+        api.add_middleware(CrossSiteGuard)
     api.add_middleware(ApiKeyGate, key=settings.api_key)
+    api.add_middleware(HostCheck, allowed_hosts=settings.host_names, exempt=PUBLIC_PATHS)
     api.add_middleware(HttpMetrics, state=state)
+    api.add_middleware(RequestId)  # outermost: every line logged for a request has its id
     return api

@@ -9,7 +9,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from app.api.redact import public_message
 from app.api.serving import Overloaded
+from app.core.logs import REQUEST_ID
 from app.datasets.archive import StorageFull
 from app.datasets.service import DatasetBusy, DatasetNotFound
 from app.datasets.uploads import UploadsBusy
@@ -66,15 +68,23 @@ def install(app: FastAPI) -> None:
 
 
 def _handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
         headers = {"Retry-After": RETRY_AFTER[status]} if status in RETRY_AFTER else None
-        body = {"detail": str(exc)}
+        body = {"detail": _public(request, status, str(exc))}
         kind = getattr(exc, "kind", None)  # a refusal clients branch on (ErrorOut.kind)
         if isinstance(kind, str):
             body["kind"] = kind
         return JSONResponse(body, status_code=status, headers=headers)
 
     return handle
+
+
+def _public(request: Request, status: int, message: str) -> str:
+    """``message`` without server paths; the full one is logged (with the request id)."""
+    shown = public_message(message, request.app.state.hotdog.settings.data_dir)
+    if shown != message:
+        log.info("%s %s answered %d: %s", request.method, request.url.path, status, message)
+    return shown
 
 
 async def _database_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -92,6 +102,7 @@ async def _database_handler(request: Request, exc: Exception) -> JSONResponse:
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
-        {"detail": f"internal error ({type(exc).__name__}); this is a bug, please report it"},
+        {"detail": f"internal error ({type(exc).__name__}, request id {REQUEST_ID.get()}); "
+                   "this is a bug, please report it"},
         status_code=500,
     )

@@ -227,11 +227,21 @@ class ForwardThreads:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-@dataclass
+class TooManyLoads(Overloaded):
+    """More checkpoints asked for in a second than ``MODEL_LOADS_PER_SECOND`` (503 with
+    Retry-After)."""
+
+
+@dataclass(eq=False)
 class LoadedModel:
     job_id: str
     predictor: Predictor
     batcher: Batcher
+    # Requests using it now (``ModelCache.held``): an evicted model's metric series go when
+    # the last of them is done, and are never re-created after that.
+    users: int = 0
+    evicted: bool = False
+    forgotten: bool = False
 
 
 class ServingMetrics:
@@ -246,7 +256,7 @@ class ServingMetrics:
         self.loads = Counter("hotdog_model_loads", "checkpoints loaded for serving",
                              registry=registry)
         # Labels stay bounded: a model's class names, for the models held in the cache (a
-        # model's series are removed when it is unloaded).
+        # model's series are removed once it is unloaded and no request uses it).
         self.predictions = Counter(
             "hotdog_predictions", "images classified, by model (job id) and predicted label",
             ["model", "label"], registry=registry)
@@ -269,7 +279,9 @@ class ServingMetrics:
 
 class ModelCache:
     """Loaded models by job id, least recently used dropped past ``size``. Thread-safe;
-    a model is loaded once even when many requests ask for it at the same time."""
+    a model is loaded once even when many requests ask for it at the same time, and at most
+    ``loads_per_second`` checkpoints are loaded in any second (0: no limit): requests that
+    rotate over more models than the cache holds are refused, not served by a load each."""
 
     def __init__(
         self,
@@ -284,8 +296,11 @@ class ModelCache:
         lanes: int = 1,
         threads: int | None = None,
         runtime: str = "auto",
+        loads_per_second: int = 0,
     ) -> None:
         self.size = size
+        self.loads_per_second = loads_per_second
+        self.recent_loads: deque[float] = deque()  # when the loads of the last second began
         self.runtime = runtime
         self.forward_threads = ForwardThreads(lanes, threads or torch.get_num_threads())
         self.lanes = self.forward_threads.lanes
@@ -328,6 +343,7 @@ class ModelCache:
             with self.lock:
                 if job_id in self.models:
                     return self.models[job_id]
+                self._admit_load(job_id)
             onnx_file = checkpoint.with_suffix(".onnx")
             runtime = choose_runtime(self.runtime, onnx_file=onnx_file, device=self.device,
                                      precision=self.precision)
@@ -346,12 +362,57 @@ class ModelCache:
                 self.models[job_id] = model
                 while len(self.models) > self.size:
                     dropped, gone = self.models.popitem(last=False)
-                    self.metrics.forget(dropped, gone.predictor.classes)
+                    gone.evicted = True
+                    if not gone.users:
+                        self._forget(gone)
                     log.info("model %s unloaded (cache holds %d)", dropped, self.size)
                 self.loading.pop(job_id, None)
             log.info("model %s loaded on %s (%s, %s)", job_id, predictor.plan.device,
                      predictor.runtime, predictor.precision)
             return model
+
+    def _admit_load(self, job_id: str) -> None:
+        """Count a load about to begin, or refuse it (with ``self.lock`` held)."""
+        if not self.loads_per_second:
+            return
+        now = time.monotonic()
+        while self.recent_loads and now - self.recent_loads[0] >= 1.0:
+            self.recent_loads.popleft()
+        if len(self.recent_loads) >= self.loads_per_second:
+            raise TooManyLoads(
+                f"model {job_id} is not loaded, and {len(self.recent_loads)} models were "
+                "loaded in the last second, the limit (MODEL_LOADS_PER_SECOND); retry shortly")
+        self.recent_loads.append(now)
+
+    @contextmanager
+    def held(self, model: LoadedModel) -> Iterator[LoadedModel]:
+        """``model`` in use by a request: its metric series stay while any request holds it,
+        evicted or not."""
+        with self.lock:
+            model.users += 1
+        try:
+            yield model
+        finally:
+            with self.lock:
+                model.users -= 1
+                if model.evicted and not model.users:
+                    self._forget(model)
+
+    def predicted(self, model: LoadedModel, labels: list[str]) -> None:
+        """Count ``labels`` under ``model``'s series, unless they were removed already (a
+        request that got the model just before it was evicted)."""
+        with self.lock:
+            if not model.forgotten:
+                self.metrics.predicted(model.job_id, labels)
+
+    def _forget(self, model: LoadedModel) -> None:
+        """Remove an evicted, unused model's series (with ``self.lock`` held); kept while the
+        same job is loaded again (its series are the same)."""
+        if model.forgotten:
+            return
+        model.forgotten = True
+        if model.job_id not in self.models:
+            self.metrics.forget(model.job_id, model.predictor.classes)
 
     def close(self) -> None:
         self.forward_threads.shutdown()

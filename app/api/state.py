@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from app.api.readiness import PROBE_SECONDS, Readiness
 from app.api.serving import Intake, ModelCache, ServingMetrics
 from app.core.config import Settings
 from app.datasets.uploads import Uploads
@@ -41,6 +42,16 @@ class State:
     intake: Intake
     decode_pool: ThreadPoolExecutor
     decode_budget: DecodeBudget
+    # /ready's: an engine of its own with short timeouts, probed on threads of its own.
+    probe_engine: Engine = field(init=False)
+    readiness: Readiness = field(init=False)
+
+    def __post_init__(self) -> None:
+        from app.db.session import make_probe_engine
+
+        self.probe_engine = make_probe_engine(self.settings.db_url, PROBE_SECONDS)
+        self.readiness = Readiness({"database": self.check_database,
+                                    "broker": self.check_broker})
 
     @classmethod
     def create(cls, settings: Settings) -> State:
@@ -56,6 +67,7 @@ class State:
             max_delay=settings.predict_max_delay_ms / 1000, max_queue=settings.predict_queue_images,
             metrics=ServingMetrics(registry), lanes=_lanes(settings),
             threads=settings.predict_threads, runtime=settings.predict_runtime,
+            loads_per_second=settings.model_loads_per_second,
         )
         intake = Intake(max_bytes=settings.predict_intake_bytes,
                         max_images=settings.predict_queue_images)
@@ -67,7 +79,9 @@ class State:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         self.models.close()
         self.uploads.close()
+        self.readiness.close()
         self.engine.dispose()
+        self.probe_engine.dispose()
 
     def session(self) -> Session:
         # Objects stay readable after a commit: handlers commit, then shape their answer.
@@ -77,7 +91,7 @@ class State:
         send_job(self.celery, self.settings, job_id, params)
 
     def check_database(self) -> None:
-        with self.engine.connect() as conn:
+        with self.probe_engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     def check_broker(self) -> None:
@@ -86,8 +100,10 @@ class State:
             if not folder.is_dir():
                 raise OSError(f"broker folder {folder} is missing")
             return
-        with self.celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=3)
+        with self.celery.connection_for_write(
+                connect_timeout=PROBE_SECONDS,
+                transport_options={"socket_timeout": PROBE_SECONDS}) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=PROBE_SECONDS)
 
     def sweep_incoming(self) -> None:
         """Remove what uploads interrupted by a crash left in the datasets folder."""

@@ -12,15 +12,14 @@ import sys
 from app.cli.exit_codes import EXIT_OK
 from app.cli.options import AddCommand
 from app.cli.output import emit_json
-from app.core.config import get_settings
+from app.core.config import get_settings, is_loopback
 
 log = logging.getLogger("hotdog")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def warn_if_exposed(host: str) -> None:
     """Serving beyond this machine without API_KEY lets anyone upload, train and delete."""
-    if host not in LOOPBACK and not get_settings().api_key:
+    if not is_loopback(host) and not get_settings().api_key:
         log.warning("!" * 78)
         log.warning("serving on %s WITHOUT an API key: anyone who can reach this port can "
                     "upload data, start jobs and delete datasets. Set API_KEY.", host)
@@ -116,12 +115,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.api.app import create_app, keep_temp_files_in
 
     logging.getLogger().setLevel(logging.INFO)
-    warn_if_exposed(args.host)
+    # The app knows where it listens: the Host names it answers (ALLOWED_HOSTS) follow.
     settings = get_settings()
+    settings = settings.model_copy(update={"host": args.host or settings.host})
+    warn_if_exposed(settings.host)
     keep_temp_files_in(settings.data_dir)
     # JSON logs: uvicorn's loggers go through ours (log_config=None) instead of its own text.
     json_logs = args.json or settings.log_format == "json"
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level,
+    uvicorn.run(create_app(settings), host=settings.host, port=args.port, log_level=args.log_level,
                 proxy_headers=True, timeout_graceful_shutdown=10,
                 log_config=None if json_logs else LOGGING_CONFIG)
     return EXIT_OK
@@ -159,6 +160,7 @@ def register(command: AddCommand) -> None:
                 "examples:\n  hotdog serve\n  hotdog serve --host 0.0.0.0 --port 8080\n"
                 "  LOG_FORMAT=json hotdog serve   # one JSON object per log line\n\n",
                 json_logs=True)
-    p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    p.add_argument("--host", default=None, help="address to listen on (default: HOST, "
+                   "127.0.0.1); ALLOWED_HOSTS defaults from it")
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     p.add_argument("--log-level", default="info")

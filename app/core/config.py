@@ -3,6 +3,7 @@ SQLite and a file-system message broker under ``DATA_DIR``."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +47,17 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
 
     # --- API
+    # Where `hotdog serve` and `make run` listen (`serve --host` overrides it). The default
+    # of ALLOWED_HOSTS follows it.
+    host: str = "127.0.0.1"
+    # Host header values the API answers, comma-separated ("*.example.com": its subdomains;
+    # "*": any); any other gets 400, so a DNS-rebinding page cannot reach the API. Default:
+    # the loopback names (localhost, 127.0.0.1, [::1], any port) when HOST is a loopback
+    # address, any host otherwise (set it to the names clients use).
+    allowed_hosts: str | None = None
+    # Loaded checkpoints per second at most, process-wide: a request that needs one more
+    # (a model not in the MODELS_CACHED cache) gets 503 with Retry-After.
+    model_loads_per_second: int = 2
     # When set, every request but /health, /ready and the web page's files (reads, writes,
     # /docs and /metrics alike) needs ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
     api_key: str | None = None
@@ -111,6 +123,16 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'hotdog.db').resolve()}"
 
     @property
+    def host_names(self) -> list[str]:
+        """The Host header values the API answers (see ``allowed_hosts``)."""
+        if self.allowed_hosts:  # (empty: unset, as compose passes an unset variable)
+            return [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+        if not is_loopback(self.host):
+            return ["*"]
+        bound = f"[{self.host}]" if ":" in self.host else self.host
+        return sorted({"localhost", "127.0.0.1", "[::1]", bound.lower()})
+
+    @property
     def broker(self) -> str:
         # (a hostname only to keep kombu from warning that none was given)
         return self.broker_url or "filesystem://localhost/"
@@ -124,6 +146,17 @@ class Settings(BaseSettings):
 
     def job_dir(self, job_id: str) -> Path:
         return (self.data_dir / "jobs" / job_id).resolve()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address to listen on) is this machine's loopback only."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def get_settings() -> Settings:

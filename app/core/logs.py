@@ -1,5 +1,6 @@
-"""Logging of the hotdog processes: text or one JSON object per line (``LOG_FORMAT``), and
-the id of the job a line is about on every line logged while a job is worked on.
+"""Logging of the hotdog processes: text or one JSON object per line (``LOG_FORMAT``), the
+id of the job a line is about on every line logged while a job is worked on, and the id of
+the HTTP request on every line the API logs while answering one (``X-Request-ID``).
 
 The worker sets the job with :func:`job_context` around everything it does for a job; a
 training process it starts inherits the job through the environment (``HOTDOG_JOB_ID``),
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 
 JOB_ID: ContextVar[str | None] = ContextVar("hotdog_job_id", default=None)
 JOB_ID_ENV = "HOTDOG_JOB_ID"
+REQUEST_ID: ContextVar[str | None] = ContextVar("hotdog_request_id", default=None)
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(job_tag)s: %(message)s"
 
@@ -34,6 +36,17 @@ def job_context(job_id: str | None) -> Iterator[None]:
         JOB_ID.reset(token)
 
 
+@contextmanager
+def request_context(request_id: str) -> Iterator[None]:
+    """Lines logged inside (in this task, and the threads it hands work to) carry
+    ``request_id``."""
+    token = REQUEST_ID.set(request_id)
+    try:
+        yield
+    finally:
+        REQUEST_ID.reset(token)
+
+
 def job_env() -> dict[str, str]:
     """Environment for a child process that works on the current job (empty outside one)."""
     job_id = JOB_ID.get()
@@ -41,29 +54,33 @@ def job_env() -> dict[str, str]:
 
 
 class JobIdFilter(logging.Filter):
-    """Sets ``record.job_id``: given with ``extra={"job_id": ...}``, else the current job."""
+    """Sets ``record.job_id``: given with ``extra={"job_id": ...}``, else the current job;
+    and ``record.request_id`` alike (the HTTP request being answered)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "job_id", None) is None:
             record.job_id = JOB_ID.get()
+        if getattr(record, "request_id", None) is None:
+            record.request_id = REQUEST_ID.get()
         return True
 
 
 class TextFormatter(logging.Formatter):
-    """``time LEVEL logger job_id=…: message``; no job_id part outside a job."""
+    """``time LEVEL logger job_id=… request_id=…: message``; each id only when there is one."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        job_id = getattr(record, "job_id", None)
-        record.job_tag = f" job_id={job_id}" if job_id else ""
+        tags = ((name, getattr(record, name, None)) for name in ("job_id", "request_id"))
+        record.job_tag = "".join(f" {name}={value}" for name, value in tags if value)
         return super().format(record)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, message, job_id
-    (when the line is about a job), pid, and the traceback of an exception."""
+    (when the line is about a job), request_id (when logged answering a request), pid, and
+    the traceback of an exception."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -76,6 +93,9 @@ class JsonFormatter(logging.Formatter):
         job_id = getattr(record, "job_id", None)
         if job_id:
             out["job_id"] = job_id
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            out["request_id"] = request_id
         out["pid"] = record.process
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)

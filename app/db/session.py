@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -29,6 +30,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def make_probe_engine(url: str, timeout: float) -> Engine:
+    """An engine for health probes that waits at most about ``timeout`` seconds for a
+    connection, a lock or a statement (the service's engine waits 30 s on a busy SQLite
+    file); one connection at a time."""
+    url = normalize_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        return create_engine(url, poolclass=NullPool, connect_args={"timeout": timeout})
+    return create_engine(url, pool_size=1, max_overflow=0, pool_timeout=timeout,
+                         pool_pre_ping=True, connect_args={
+                             # libpq counts whole seconds (2 at least)
+                             "connect_timeout": max(2, round(timeout)),
+                             "options": f"-c statement_timeout={int(timeout * 1000)}"})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

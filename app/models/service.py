@@ -7,6 +7,7 @@ Functions take a session and never commit: the request commits.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +17,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.db.models import Dataset, Evaluation, Job, JobStatus
 from app.engine.export import SUFFIXES, export_model
+
+log = logging.getLogger(__name__)
 
 # Activations are ordered strictly, even two within one clock tick.
 ACTIVATION_TICK = datetime.resolution * 1000  # 1 ms
@@ -71,8 +74,8 @@ def model_file(job: Job) -> Path:
             f"job {job.id} is {job.status.value}; only a succeeded job has a model")
     path = Path(job.checkpoint_path)
     if not path.is_file():
-        raise ModelUnavailable(
-            f"the checkpoint of job {job.id} is gone from the storage dir ({path})")
+        log.warning("the checkpoint of job %s is missing: %s", job.id, path)
+        raise ModelUnavailable(f"the checkpoint of job {job.id} is gone from the storage dir")
     return path
 
 

@@ -23,23 +23,19 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
 router = APIRouter(tags=["ops"])
 
 
+# Both async: answered on the event loop, never queued behind the thread pool's work.
 @router.get("/health", response_model=Health)
-def health() -> Health:
+async def health() -> Health:
     """Liveness: the process answers."""
     return Health(status="ok")
 
 
 @router.get("/ready", response_model=Health,
             responses={503: {"model": Health, "description": "a dependency is unreachable"}})
-def ready(state: StateDep) -> Any:
-    """Readiness: the database and the broker are reachable (503 otherwise)."""
-    checks = {}
-    for name, probe in (("database", state.check_database), ("broker", state.check_broker)):
-        try:
-            probe()
-            checks[name] = "ok"
-        except Exception as exc:
-            checks[name] = f"unreachable: {exc}"
+async def ready(state: StateDep) -> Any:
+    """Readiness: the database and the broker are reachable (503 otherwise). Probed at most
+    once a second, each with a timeout of its own (``app.api.readiness``)."""
+    checks = await state.readiness.checks()
     ok = all(v == "ok" for v in checks.values())
     body = Health(status="ok" if ok else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)

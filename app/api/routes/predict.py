@@ -107,11 +107,12 @@ async def predict_images(
         raise Unprocessable(f"{len(file)} files in one request; the limit is {limit}")
     loaded = await run_in_threadpool(_model, state, model)
     names = [f.filename or f"file {i + 1}" for i, f in enumerate(file)]
-    with loaded.batcher.admit(len(file)), state.intake.decode(len(file)):
-        images = await _decode(state, loaded, file, names)
-    rows = await loaded.batcher.submit(images)
-    predictions = loaded.predictor.report(torch.stack(rows), names)
-    state.models.metrics.images.inc(len(predictions))
-    state.models.metrics.predicted(loaded.job_id, [p.label for p in predictions])
+    with state.models.held(loaded):  # its metric series stay until its last request is done
+        with loaded.batcher.admit(len(file)), state.intake.decode(len(file)):
+            images = await _decode(state, loaded, file, names)
+        rows = await loaded.batcher.submit(images)
+        predictions = loaded.predictor.report(torch.stack(rows), names)
+        state.models.metrics.images.inc(len(predictions))
+        state.models.predicted(loaded, [p.label for p in predictions])
     return {"model": loaded.job_id, "runtime": loaded.predictor.runtime,
             "predictions": [p.to_dict() for p in predictions]}
