@@ -443,8 +443,10 @@ def test_the_page_works_with_an_api_key(browser: WebDriver, keyed_service: Stack
     # No worker runs here: the page says so, and offers no ImageNet start.
     assert browser.find_element(By.ID, "workers-empty").is_displayed()
     assert not browser.find_elements(By.CSS_SELECTOR, "#workers-list li")
+    # (#workers-empty shows before the page's /workers answer has come: wait for the answer)
     imagenet = browser.find_element(By.CSS_SELECTOR, "#job-init option[value=imagenet]")
-    assert not imagenet.is_enabled() and "unavailable" in imagenet.text
+    wait_on_page(browser, "the ImageNet start marked unavailable",
+                 lambda _d: not imagenet.is_enabled() and "unavailable" in imagenet.text)
     assert Select(browser.find_element(By.ID, "job-init")).first_selected_option.get_attribute(
         "value") == "scratch"
 
