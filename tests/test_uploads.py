@@ -178,6 +178,20 @@ def test_classes_over_the_limit_are_refused(settings: Settings, tmp_path: Path) 
         assert upload(c, zip_of(entries)).status_code == 201  # the same set, under the limit
 
 
+@pytest.mark.parametrize("top", ["", "hotdog/"])
+def test_classes_are_counted_from_the_names_before_anything_is_written(
+        tmp_path: Path, top: str) -> None:
+    entries = [(f"{top}{split}/c{i}/1.jpg", jpeg()) for split in ("train", "test")
+               for i in range(4)]
+    dest = tmp_path / "out"
+    limits = Limits(max_bytes=1 << 30, max_files=100, max_classes=3)
+    with pytest.raises(DatasetError, match="4 classes; the limit is 3"):
+        extract_zip(io.BytesIO(zip_of(entries)), dest, limits)
+    assert not dest.exists()  # not one file extracted: thousands of classes cost no disk
+    extract_zip(io.BytesIO(zip_of(entries)), dest,
+                Limits(max_bytes=1 << 30, max_files=100, max_classes=4))
+
+
 def test_an_upload_that_would_eat_into_the_free_space_reserve_is_507(
         settings: Settings, color_dataset: Path) -> None:
     free = shutil.disk_usage(settings.data_dir).free

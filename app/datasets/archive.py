@@ -60,7 +60,9 @@ class Limits:
     max_bytes: int
     max_files: int
     min_free_bytes: int = 0  # free space to leave on the destination's file system
-    max_classes: int | None = None  # class folders (ingestion checks them once extracted)
+    # class folders: counted from the entry names before anything is written (and checked
+    # again by ingestion once extracted)
+    max_classes: int | None = None
 
 
 def _shown(name: str) -> str:
@@ -252,6 +254,8 @@ def extract_zip(source: str | Path | BinaryIO, dest: Path, limits: Limits | None
         _check_directory(source, limits)
     with _open_zip(source) as zf:
         planned = _plan(zf.infolist(), limits)
+        if limits is not None and limits.max_classes is not None:
+            _check_classes(planned, limits.max_classes)
         dest.mkdir(parents=True)
         budget = _Budget(dest, limits, declared=sum(info.file_size for info, _ in planned))
         try:
@@ -264,6 +268,21 @@ def extract_zip(source: str | Path | BinaryIO, dest: Path, limits: Limits | None
                                   "retry later, or ask its operator to free space") from None
             raise
     return budget.written
+
+
+def _check_classes(planned: list[tuple[zipfile.ZipInfo, PurePosixPath]], limit: int) -> None:
+    """Refuse more class folders than ``limit`` from the names alone: ``<split>/<class>/…`` at
+    the zip's top level or inside one folder (as the dataset's root is found once extracted),
+    so that a zip of thousands of one-image classes costs no disk and no decoding."""
+    classes: set[str] = set()
+    for _, path in planned:
+        parts = path.parts
+        for at in (0, 1):
+            if len(parts) > at + 2 and parts[at] in SPLITS:
+                classes.add(parts[at + 1])
+                break
+    if len(classes) > limit:
+        raise DatasetError(f"the dataset has {len(classes)} classes; the limit is {limit}")
 
 
 def _write_all(zf: zipfile.ZipFile, planned: list[tuple[zipfile.ZipInfo, PurePosixPath]],
