@@ -8,6 +8,7 @@ import io
 import os
 import re
 import stat
+import time
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -394,6 +395,26 @@ def test_predict_counts_images_being_decoded_and_sheds_before_parsing(
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert "decoding is at capacity" in r.json()["detail"]
         assert c.post("/predict", files=files[:1]).status_code == 200
+
+
+def test_a_lone_request_of_many_slow_images_is_decoded_not_shed(
+        settings: Settings, color_dataset: Path, tmp_path: Path) -> None:
+    # One decode thread, a wait of 1 s, and 8 images of about a quarter second each: the
+    # request takes longer than the wait, but it never stops progressing, so it is answered.
+    slow = settings.model_copy(update={"predict_decode_threads": 1, "predict_max_files": 8,
+                                       "predict_decode_wait_seconds": 1.0})
+    buf = io.BytesIO()
+    Image.new("I;16", (4000, 4000), 1234).save(buf, "PNG")
+    files = [("file", (f"{i}.png", buf.getvalue(), "image/png")) for i in range(8)]
+    with TestClient(create_app(slow)) as c:
+        ds = upload(c, zip_tree(color_dataset)).json()["id"]
+        finished_job(slow, ds, tmp_path, color_dataset)
+        started = time.monotonic()
+        r = c.post("/predict", files=files)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["predictions"]) == 8
+        took = time.monotonic() - started
+    print(f"8 slow images in {took:.1f} s")
 
 
 def test_an_image_over_the_decode_budget_is_422_naming_it(

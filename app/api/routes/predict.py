@@ -11,6 +11,7 @@ own) only when the lookup cache has no answer.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -67,28 +68,66 @@ def _model(state: State, model: str | None) -> LoadedModel:
     return state.models.get(job_id, path)
 
 
-def _load(state: State, loaded: LoadedModel, file: UploadFile, name: str, deadline: float
+class _Progress:
+    """A request's decoding: it is shed only when none of its images has started or finished
+    for ``wait`` seconds (a backlog), never for the length of its own work: a lone request
+    of many large images is decoded one after another and answered."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self.last = time.monotonic()
+        self.active = 0  # images picked up by a decode thread and not finished
+        self.lock = threading.Lock()
+
+    def moved(self, active: int) -> None:
+        """An image was picked up (+1) or finished (-1): the request progresses."""
+        with self.lock:
+            self.active += active
+            self.last = time.monotonic()
+
+    def left(self) -> float:
+        return self.last + self.wait - time.monotonic()
+
+    def stalled(self) -> bool:
+        return not self.active and self.left() <= 0
+
+
+def _load(state: State, loaded: LoadedModel, file: UploadFile, name: str, progress: _Progress
           ) -> torch.Tensor:
-    wait = deadline - time.monotonic()
+    wait = progress.left()
     if wait <= 0:
         raise DecodeBusy("images are decoded slower than they arrive; retry shortly")
-    file.file.seek(0)
-    return loaded.predictor.load(file.file, name=name, budget=state.decode_budget, wait=wait)
+    progress.moved(+1)
+    try:
+        file.file.seek(0)
+        return loaded.predictor.load(file.file, name=name, budget=state.decode_budget, wait=wait)
+    finally:
+        progress.moved(-1)
 
 
 async def _decode(state: State, loaded: LoadedModel, files: list[UploadFile],
                   names: list[str]) -> list[torch.Tensor]:
     """Every file decoded and cropped on the decode threads, in parallel. Each image must
-    start (have a thread and its share of the decode budget) within the request's wait,
-    or the request is shed: a backlog of slow decodes is refused, not left to pile up. The
-    first failure fails the request, and its images not started yet are dropped."""
+    get its share of the decode budget within the wait, and the request is shed as soon as
+    none of its images has started or finished for that long (waiting behind other
+    requests' work): a backlog of slow decodes is refused, not left to pile up. The first
+    failure fails the request, and its images not started yet are dropped."""
     loop = asyncio.get_running_loop()
-    deadline = time.monotonic() + state.settings.predict_decode_wait_seconds
+    progress = _Progress(state.settings.predict_decode_wait_seconds)
     decodes = [loop.run_in_executor(state.decode_pool,
-                                    partial(_load, state, loaded, f, n, deadline))
+                                    partial(_load, state, loaded, f, n, progress))
                for f, n in zip(files, names, strict=True)]
     try:
-        return list(await asyncio.gather(*decodes))
+        pending: set[asyncio.Future[torch.Tensor]] = set(decodes)
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=max(progress.left(), 0.05),
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for d in done:
+                d.result()  # the first failure fails the request
+            if not done and progress.stalled():
+                raise DecodeBusy("image decoding is at capacity (the request's images could "
+                                 "not start); retry shortly")
+        return [d.result() for d in decodes]
     except BaseException:
         for d in decodes:
             d.cancel()
