@@ -9,7 +9,9 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from app.core.config import Settings
 from tests.servers import ServerMissing, postgres_database, postgres_server, redis_server
 
 
@@ -27,6 +29,15 @@ def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "demo"
     generate_demo_dataset(out, train_per_class=40, test_per_class=20, seed=0)
     return out
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The API in process, on the requesting module's ``settings`` fixture."""
+    from app.api.app import create_app
+
+    with TestClient(create_app(settings)) as c:
+        yield c
 
 
 @pytest.fixture

@@ -261,6 +261,21 @@ def embedded(data_dir: Path, **overrides: Any) -> Settings:
                     api_key=None, **overrides)
 
 
+def migrated(data_dir: Path, **overrides: Any) -> Settings:
+    """:func:`embedded` settings whose database is migrated to the current schema."""
+    from app.db.session import upgrade
+
+    settings = embedded(data_dir, **overrides)
+    upgrade(settings.db_url)
+    return settings
+
+
+def stored_datasets(settings: Settings) -> list[str]:
+    """What DATA_DIR/datasets holds, leftovers of refused uploads (``.incoming-…``) too."""
+    root = settings.data_dir / "datasets"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
 def zip_tree(root: Path, prefix: str = "") -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

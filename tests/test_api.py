@@ -22,12 +22,21 @@ from sqlalchemy.orm import Session
 from app.api.app import create_app
 from app.core.config import Settings
 from app.db.models import Job
-from app.db.session import make_engine, upgrade
+from app.db.session import make_engine
 from app.engine.config import params
 from app.engine.export import PARITY_TOLERANCE, OnnxModel
 from app.engine.images import set_decode_budget
 from app.jobs.service import claim_job
-from tests.helpers import TINY, embedded, finished_job, upload, wait_for, zip_tree
+from tests.helpers import (
+    TINY,
+    embedded,
+    finished_job,
+    migrated,
+    stored_datasets,
+    upload,
+    wait_for,
+    zip_tree,
+)
 
 # No worker runs here: jobs are queued regardless (without it, POST /jobs refuses a job that
 # no live worker would take; tests/test_workers.py).
@@ -54,21 +63,9 @@ def jpeg(color: tuple[int, int, int] = (200, 80, 40), size: int = 48) -> bytes:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = embedded(tmp_path / "data", predict_max_files=4, predict_max_bytes=2 << 20,
-                 max_upload_bytes=8 << 20)
-    upgrade(s.db_url)
-    return s
+    return migrated(tmp_path / "data", predict_max_files=4, predict_max_bytes=2 << 20,
+                    max_upload_bytes=8 << 20)
 
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-def stored(settings: Settings) -> list[str]:
-    root = settings.data_dir / "datasets"
-    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
 def test_upload_validates_and_stores(client: TestClient, settings: Settings,
@@ -81,7 +78,7 @@ def test_upload_validates_and_stores(client: TestClient, settings: Settings,
     assert ds["counts"] == {"train": {"hotdog": 8, "not-hotdog": 8},
                            "test": {"hotdog": 4, "not-hotdog": 4}}
     assert any("few training images" in w for w in ds["warnings"])
-    assert stored(settings) == [ds["id"]]
+    assert stored_datasets(settings) == [ds["id"]]
     # Stored under names of our own; only the class folders (the labels) come from the zip.
     stored_files = sorted(p.relative_to(settings.dataset_dir(ds["id"])).as_posix()
                           for p in settings.dataset_dir(ds["id"]).rglob("*") if p.is_file())
@@ -125,7 +122,7 @@ def test_bad_uploads_are_422_and_leave_nothing(client: TestClient, settings: Set
     r = upload(client, data)
     assert r.status_code == 422, r.text
     assert expected in r.json()["detail"]
-    assert stored(settings) == []
+    assert stored_datasets(settings) == []
     assert client.get("/datasets").json() == []
 
 
@@ -149,7 +146,7 @@ def test_a_chunked_body_is_cut_off_while_it_streams(client: TestClient, settings
     r = client.post("/datasets", content=chunks(),
                     headers={"content-type": "multipart/form-data; boundary=x"})
     assert r.status_code == 413 and "limit of 8388608 bytes" in r.json()["detail"]
-    assert stored(settings) == []
+    assert stored_datasets(settings) == []
 
 
 def test_a_zip_whose_headers_lie_about_sizes_is_refused(client: TestClient,
@@ -162,7 +159,7 @@ def test_a_zip_whose_headers_lie_about_sizes_is_refused(client: TestClient,
     data = data.replace(real, (1024).to_bytes(4, "little"))
     r = upload(client, bytes(data))
     assert r.status_code == 422 and "train/a/1.jpg" in r.json()["detail"]
-    assert stored(settings) == []
+    assert stored_datasets(settings) == []
 
 
 def test_job_parameters_are_checked(client: TestClient, color_dataset: Path) -> None:
@@ -460,7 +457,7 @@ def test_delete_dataset_refused_while_a_job_uses_it(client: TestClient, settings
     assert client.post(f"/jobs/{job}/cancel").status_code == 409  # already ended
     assert client.delete(f"/datasets/{ds}").status_code == 204
     assert client.get(f"/datasets/{ds}").status_code == 404
-    assert stored(settings) == []
+    assert stored_datasets(settings) == []
     # The job keeps its history; a new job on the deleted dataset is refused.
     assert client.get(f"/jobs/{job}").json()["dataset_id"] == ds
     assert client.post("/jobs", json={"dataset_id": ds}).status_code == 404

@@ -18,9 +18,9 @@ from app.api.redact import public_message
 from app.core.config import Settings
 from app.core.logs import make_handler
 from app.db.models import JobStatus
-from app.db.session import make_engine, upgrade
+from app.db.session import make_engine
 from app.jobs.service import claim_job, create_job, finish_job
-from tests.helpers import TINY, embedded, upload, zip_tree
+from tests.helpers import TINY, migrated, upload, zip_tree
 from tests.test_api import BAD_UPLOADS, jpeg, make_zip
 
 NESTED_CORRUPT = make_zip({"top/train/a/1.jpg": jpeg(), "top/train/b/1.jpg": jpeg()[:60],
@@ -29,9 +29,7 @@ NESTED_CORRUPT = make_zip({"top/train/a/1.jpg": jpeg(), "top/train/b/1.jpg": jpe
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = embedded(tmp_path / "data")
-    upgrade(s.db_url)
-    return s
+    return migrated(tmp_path / "data")
 
 
 @pytest.fixture

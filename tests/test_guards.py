@@ -17,7 +17,7 @@ from app.api.app import create_app
 from app.core.config import Settings, is_loopback
 from app.core.logs import make_handler
 from app.db.session import upgrade
-from tests.helpers import Stack, embedded, free_port, stack_env, zip_tree
+from tests.helpers import Stack, free_port, migrated, stack_env, zip_tree
 
 CROSS_SITE = [
     {"Origin": "http://evil.example"},
@@ -29,9 +29,7 @@ CROSS_SITE = [
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = embedded(tmp_path / "data")
-    upgrade(s.db_url)
-    return s
+    return migrated(tmp_path / "data")
 
 
 @pytest.fixture

@@ -4,20 +4,17 @@ removed only once it is evicted and no request uses it (never re-created afterwa
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from app.api.app import create_app
 from app.api.serving import ModelCache, ServingMetrics, TooManyLoads
 from app.core.config import Settings
-from app.db.session import upgrade
 from app.engine.config import TrainConfig
 from app.engine.train import fit
-from tests.helpers import TINY, embedded, finished_job, upload, zip_tree
+from tests.helpers import TINY, finished_job, migrated, upload, zip_tree
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +101,7 @@ def test_loads_per_second_are_bounded_and_cached_models_are_not_loads(
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = embedded(tmp_path / "data", models_cached=1, model_loads_per_second=1)
-    upgrade(s.db_url)
-    return s
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
+    return migrated(tmp_path / "data", models_cached=1, model_loads_per_second=1)
 
 
 def test_rotating_models_beyond_the_cache_is_refused_with_503(

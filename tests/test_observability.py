@@ -15,12 +15,19 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session
 
-from app.api.app import create_app
 from app.core.config import Settings
 from app.core.logs import job_context, make_handler
-from app.db.session import make_engine, upgrade
+from app.db.session import make_engine
 from app.jobs.service import claim_job, record_epoch
-from tests.helpers import TINY, Stack, embedded, embedded_stack, finished_job, upload, zip_tree
+from tests.helpers import (
+    TINY,
+    Stack,
+    embedded_stack,
+    finished_job,
+    migrated,
+    upload,
+    zip_tree,
+)
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -42,15 +49,7 @@ def named(text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = embedded(tmp_path / "data", models_cached=1)  # one model in memory at a time
-    upgrade(s.db_url)
-    return s
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
+    return migrated(tmp_path / "data", models_cached=1)  # one model in memory at a time
 
 
 def test_predictions_are_counted_by_model_and_label(client: TestClient, settings: Settings,

@@ -25,9 +25,8 @@ from PIL import Image
 from app.api.app import create_app
 from app.core.config import Settings
 from app.datasets.archive import Limits, extract_zip
-from app.db.session import upgrade
 from app.engine.data import DatasetError
-from tests.helpers import embedded, free_port, upload, wait_for, zip_tree
+from tests.helpers import free_port, migrated, stored_datasets, upload, wait_for, zip_tree
 
 MAX_FILES = 1000
 
@@ -73,27 +72,14 @@ def claiming_entries(data: bytes, count: int) -> bytes:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = embedded(tmp_path / "data", max_upload_bytes=64 << 20, max_dataset_files=MAX_FILES)
-    upgrade(s.db_url)
-    return s
+    return migrated(tmp_path / "data", max_upload_bytes=64 << 20, max_dataset_files=MAX_FILES)
 
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-def stored(settings: Settings) -> list[str]:
-    """What DATA_DIR/datasets holds, leftovers of refused uploads (``.incoming-…``) too."""
-    root = settings.data_dir / "datasets"
-    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
 def refused(client: TestClient, settings: Settings, data: bytes, status: int = 422) -> str:
     r = upload(client, data)
     assert r.status_code == status, r.text
-    assert stored(settings) == []
+    assert stored_datasets(settings) == []
     detail: str = r.json()["detail"]
     assert str(settings.data_dir) not in detail  # no server paths
     return detail
@@ -252,4 +238,4 @@ def test_uploads_beyond_the_limit_are_503_at_once(settings: Settings,
         assert answer.startswith(b"HTTP/1.1 201"), answer[:500]
         # The slot is free again: the next upload is read (and refused for what it is).
         assert httpx.post(url + "/datasets", files=probe, timeout=30).status_code == 422
-    assert len(stored(settings)) == 1
+    assert len(stored_datasets(settings)) == 1
