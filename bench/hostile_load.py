@@ -76,6 +76,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hostile_inputs as inputs  # noqa: E402
+from served_model import record_model  # noqa: E402
 
 MIB = 1 << 20
 HEALTH_EVERY = 0.05
@@ -163,13 +164,8 @@ def make_model(data_dir: Path) -> None:
     default model."""
     import numpy as np
     from PIL import Image
-    from sqlalchemy.orm import Session
 
-    from app.core.config import Settings
-    from app.db.models import Dataset, JobStatus
-    from app.db.session import make_engine, upgrade
     from app.engine import TrainConfig, fit
-    from app.jobs.service import claim_job, create_job, finish_job
 
     photos = data_dir / "photos"
     rng = np.random.default_rng(0)
@@ -182,22 +178,7 @@ def make_model(data_dir: Path) -> None:
     cfg = TrainConfig(init="scratch", epochs=1, batch_size=8, image_size=32, device="cpu")
     ckpt = data_dir / "model.pt"
     result = fit(photos, cfg, ckpt)
-    settings = Settings(data_dir=data_dir, database_url=None, broker_url=None)
-    upgrade(settings.db_url)
-    engine = make_engine(settings.db_url)
-    with Session(engine) as s:
-        ds = Dataset(id=uuid.uuid4().hex, name="bench", classes=result.classes, counts={},
-                     warnings=[], size_bytes=0)
-        s.add(ds)
-        s.flush()
-        job = create_job(s, dataset_id=ds.id, params=cfg.to_dict(), epochs=1)
-        s.commit()
-        claim_job(s, job.id, worker="bench", lease_seconds=60)
-        assert result.evaluation is not None
-        finish_job(s, job.id, worker="bench", status=JobStatus.SUCCEEDED,
-                   checkpoint_path=str(ckpt), evaluation=result.evaluation.to_dict())
-        s.commit()
-    engine.dispose()
+    record_model(data_dir, ckpt, result, cfg.to_dict())
 
 
 def start_server(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:

@@ -66,6 +66,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from served_model import record_model  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -86,15 +89,10 @@ RUNTIMES = ("torch", "onnx")
 
 
 def make_model(data_dir: Path, image_size: int) -> tuple[str, Path, list[Path]]:
-    from sqlalchemy.orm import Session
 
-    from app.core.config import Settings
     from app.datasets.synthetic import generate_demo_dataset
-    from app.db.models import Dataset, JobStatus
-    from app.db.session import make_engine, upgrade
     from app.engine import TrainConfig, fit
     from app.engine.export import export_for_job
-    from app.jobs.service import claim_job, create_job, finish_job
 
     photos_dir = data_dir / "photos"
     generate_demo_dataset(photos_dir, train_per_class=4, test_per_class=16, seed=1)
@@ -104,25 +102,8 @@ def make_model(data_dir: Path, image_size: int) -> tuple[str, Path, list[Path]]:
     record = export_for_job(ckpt, photos_dir, ckpt.with_suffix(".onnx"))
     if record.error:
         raise SystemExit(f"the ONNX export failed: {record.error}")
-    # The embedded default, as the server started below uses, whatever DATABASE_URL says.
-    settings = Settings(data_dir=data_dir, database_url=None, broker_url=None)
-    upgrade(settings.db_url)
-    engine = make_engine(settings.db_url)
-    with Session(engine) as s:
-        ds = Dataset(id=uuid.uuid4().hex, name="bench", classes=result.classes, counts={},
-                     warnings=[], size_bytes=0)
-        s.add(ds)
-        s.flush()
-        job = create_job(s, dataset_id=ds.id, params=cfg.to_dict(), epochs=1)
-        s.commit()
-        claim_job(s, job.id, worker="bench", lease_seconds=60)
-        assert result.evaluation is not None
-        finish_job(s, job.id, worker="bench", status=JobStatus.SUCCEEDED,
-                   checkpoint_path=str(ckpt), evaluation=result.evaluation.to_dict(),
-                   exports={"onnx": record.to_dict()})
-        s.commit()
-        job_id = job.id
-    engine.dispose()
+    job_id = record_model(data_dir, ckpt, result, cfg.to_dict(),
+                          exports={"onnx": record.to_dict()})
     return job_id, ckpt, sorted((photos_dir / "test").glob("*/*.jpg"))
 
 
