@@ -36,6 +36,7 @@ from app.engine import (
     DatasetError,
     EpochMetrics,
     ImageDecodeError,
+    Predictor,
     PretrainedWeightsMissing,
     StartInfo,
     TrainConfig,
@@ -149,18 +150,26 @@ def job_failure(exc: Exception, config: dict[str, Any]) -> ev.Error | None:
     return None
 
 
-def run(spec: dict[str, Any]) -> int:
-    """``spec``: data_dir, out, epoch_checkpoint, config (TrainConfig fields), resume_from,
-    export_onnx (default true)."""
+def listening_reporter() -> Reporter:
+    """The reporter, told by SIGTERM to stop (between batches). Ctrl-C in a terminal reaches
+    the whole process group: the worker decides what happens to this job (it stops it and
+    hands it back), so the process ignores it."""
     reporter = Reporter()
 
     def on_term(_signum: int, _frame: object) -> None:
         reporter.stop_requested = True
 
     signal.signal(signal.SIGTERM, on_term)
-    # Ctrl-C in a terminal reaches the whole process group: the worker decides what happens
-    # to this job (it stops it and hands it back), so the training ignores it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return reporter
+
+
+def run(spec: dict[str, Any]) -> int:
+    """``spec``: data_dir, out, epoch_checkpoint, config (TrainConfig fields), resume_from,
+    export_onnx (default true); with ``evaluate`` (a model file), :func:`evaluate` instead."""
+    if spec.get("evaluate"):
+        return evaluate(spec)
+    reporter = listening_reporter()
     resume = spec.get("resume_from")
     try:
         result = fit(
@@ -190,6 +199,31 @@ def run(spec: dict[str, Any]) -> int:
         exports["onnx"] = record.to_dict()
     emit(ev.Done(checkpoint=str(result.checkpoint), test_acc=result.test_acc,
               evaluation=result.evaluation.to_dict(), exports=exports))
+    return EXIT_OK
+
+
+def evaluate(spec: dict[str, Any]) -> int:
+    """An evaluate job: the model ``spec["evaluate"]`` scored on the test split of
+    ``spec["data_dir"]``, reported as ``Done`` with the evaluation (no checkpoint of its
+    own, no exports); progress, cancel and errors as in training."""
+    reporter = listening_reporter()
+    config = TrainConfig.from_dict(spec["config"])
+    try:
+        predictor = Predictor(spec["evaluate"], device=config.device,
+                              precision=config.precision)
+        evaluation, _ = predictor.evaluate_folder(spec["data_dir"], batch_size=config.batch_size,
+                                                  callback=reporter)
+    except TrainingCancelled:
+        emit(ev.Cancelled())
+        return EXIT_CANCELLED
+    except (ValueError, RuntimeError, MemoryError) as exc:
+        error = job_failure(exc, spec["config"])
+        if error is None:
+            raise
+        emit(error)
+        return EXIT_ERROR
+    emit(ev.Done(checkpoint=spec["evaluate"], test_acc=evaluation.accuracy,
+                 evaluation=evaluation.to_dict(), exports={}))
     return EXIT_OK
 
 
