@@ -190,6 +190,12 @@ def test_evaluating_a_model_is_a_job(client: TestClient, settings: Settings,
     assert (job["kind"], job["model_id"], job["dataset_id"], job["status"]) == (
         "evaluate", model, ds, "queued")
     assert client.get(f"/jobs/{job['id']}").json()["kind"] == "evaluate"
+    # A job like any other: it counts against MAX_ACTIVE_JOBS, and it can be cancelled.
+    with TestClient(create_app(settings.model_copy(update={"max_active_jobs": 1}))) as capped:
+        r = capped.post(f"/models/{model}/evaluate",
+                        json={"dataset_id": ds, "queue_anyway": True})
+        assert r.status_code == 429 and "MAX_ACTIVE_JOBS" in r.json()["detail"]
+    assert client.post(f"/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
     # The dataset must have the model's classes.
     other = tmp_path / "pets"
     for split in ("train", "test"):

@@ -42,6 +42,7 @@ from app.engine import (
     TrainConfig,
     TrainingCancelled,
     fit,
+    load_image_folder,
 )
 from app.engine.export import export_for_job
 from worker import protocol as ev
@@ -74,7 +75,8 @@ PROGRESS_INTERVAL = 1.0  # seconds between progress events
 # Fault tests: a fault the training process acts out on itself. "kill-after-checkpoint:N":
 # SIGKILL right after epoch N's checkpoint is written (where a kill is most likely to lose
 # an epoch); "hang-after-checkpoint:N": hang there, deaf to SIGTERM; "wait-after-training:
-# PATH": after the last epoch, before the export, wait until the file PATH exists.
+# PATH": after the last epoch, before the export, wait until the file PATH exists;
+# "wait-before-evaluation:PATH": an evaluate job's, after Start, until PATH exists.
 FAULT_ENV = "HOTDOG_TEST_FAULT"
 
 
@@ -204,13 +206,20 @@ def run(spec: dict[str, Any]) -> int:
 
 def evaluate(spec: dict[str, Any]) -> int:
     """An evaluate job: the model ``spec["evaluate"]`` scored on the test split of
-    ``spec["data_dir"]``, reported as ``Done`` with the evaluation (no checkpoint of its
-    own, no exports); progress, cancel and errors as in training."""
+    ``spec["data_dir"]``. It says ``Start`` (one epoch: the test split), ``Progress``, then
+    ``Done`` with the evaluation (no checkpoint of its own, no exports); cancel and errors
+    as in training."""
     reporter = listening_reporter()
     config = TrainConfig.from_dict(spec["config"])
     try:
         predictor = Predictor(spec["evaluate"], device=config.device,
                               precision=config.precision)
+        images = len(load_image_folder(spec["data_dir"]).test)
+        emit(ev.Start(classes=predictor.classes, train_count=0, test_count=images,
+                      device=str(predictor.plan.device), precision=predictor.precision,
+                      start_epoch=0, epochs=1, world_size=1,
+                      batches_per_epoch=-(-images // config.batch_size)))
+        act_out_fault("before-evaluation")
         evaluation, _ = predictor.evaluate_folder(spec["data_dir"], batch_size=config.batch_size,
                                                   callback=reporter)
     except TrainingCancelled:
