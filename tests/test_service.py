@@ -356,6 +356,10 @@ def test_the_promotion_gate_history_rollback_and_evaluate_jobs(
             "succeeded")
         assert [(e["source"], e["dataset_id"]) for e in c.model_evaluations(bad)] == [
             ("evaluation", other), ("training", ds)]
+        watched = subprocess.run([sys.executable, "-m", "app.cli", "watch", job["id"]],
+                                 capture_output=True, text=True, timeout=600,
+                                 env={**os.environ, **env})
+        assert watched.returncode == 0 and f"job {bad} on dataset {other}" in watched.stdout
         with pytest.raises(ServiceError) as err:
             c.activate(bad, against=other)
         assert err.value.kind == "promotion_refused"

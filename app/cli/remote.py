@@ -91,6 +91,10 @@ def _watch(c: Client, job_id: str, args: argparse.Namespace) -> int:
         bar.close()
     if args.json:
         emit_json(job)
+    elif job["status"] == "succeeded" and job.get("kind") == "evaluate":
+        ev = c.evaluation(job_id)
+        print(f"job {job_id} succeeded: job {job['model_id']} on dataset {job['dataset_id']}: "
+              f"accuracy {ev['accuracy']:.3f}, macro F1 {ev['macro_f1']:.3f}")
     elif job["status"] == "succeeded":
         latest, best = job["latest_metrics"], job["best_metrics"]
         print(f"job {job_id} succeeded: test accuracy "

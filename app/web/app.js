@@ -651,6 +651,10 @@
       return p.epoch ? `waiting to resume after epoch ${p.epoch} of ${p.epochs}${tries}`
         : `waiting for a worker${tries}`;
     }
+    if (job.kind === "evaluate") {
+      return job.status === "running" ? `evaluating on the test split, ${pct(p.fraction)}`
+        : job.status === "succeeded" ? "evaluated" : job.status;
+    }
     let text = `epoch ${p.epoch} of ${p.epochs}`;
     if (job.status === "running" && p.eta_seconds !== null && p.eta_seconds !== undefined) {
       text += `, about ${duration(p.eta_seconds)} left`;
