@@ -222,6 +222,7 @@ def test_a_rollback_needs_an_activation_that_replaced_a_model(
     assert activate(client, only)["status"] == 200  # it was the default already
     (record,) = client.get("/models/history").json()
     assert record["previous_id"] is None and record["model_score"] is None
+    assert record["metric"] is None and "default model already" in record["note"]
     r = client.post("/models/rollback")
     assert r.status_code == 409 and "nothing to roll back to" in r.json()["detail"]
 

@@ -201,7 +201,8 @@ def activate(session: Session, *, job_id: str, who: Who, metric: str, force: boo
             else f"passed the gate: {comparison.text() if comparison else ''}")
     record = Activation(
         action=ActivationAction.ACTIVATE, model_id=candidate.id,
-        previous_id=previous.id if previous else None, metric=metric,
+        previous_id=previous.id if previous else None,
+        metric=metric if comparison else None,
         dataset_id=comparison.dataset_id if comparison else None,
         model_score=comparison.candidate if comparison else None,
         previous_score=comparison.active if comparison else None,
