@@ -54,6 +54,8 @@ class EpochRecord(TypedDict):
 
 class Job(TypedDict):
     id: str
+    kind: Literal["train", "evaluate"]  # evaluate: scores the model ``model_id``
+    model_id: str | None
     dataset_id: str
     status: JobStatus
     params: dict[str, Any]
@@ -113,8 +115,40 @@ class Model(TypedDict):
     classes: list[str]
     image_size: int
     accuracy: float | None
+    macro_f1: float | None
     active: bool
     finished_at: str | None
+
+
+class ModelEvaluation(TypedDict):
+    model_id: str
+    dataset_id: str  # scored on its test split
+    job_id: str  # the model's own training job, or an evaluate job
+    source: Literal["training", "evaluation"]
+    accuracy: float
+    macro_f1: float
+    loss: float
+    classes: list[str]
+    confusion: list[list[int]]
+    per_class: list[ClassReport]
+    created_at: str | None
+
+
+class Activation(TypedDict):
+    id: int
+    action: Literal["activate", "rollback"]
+    model_id: str  # the model made active
+    previous_id: str | None  # the one it replaced
+    undoes_id: int | None  # a rollback: the activation it undid
+    metric: str | None
+    dataset_id: str | None  # where both were scored
+    model_score: float | None
+    previous_score: float | None
+    forced: bool
+    actor: str
+    client: str | None
+    note: str
+    created_at: str
 
 
 class Prediction(TypedDict):
@@ -134,10 +168,12 @@ class ServiceError(RuntimeError):
     refusal's kind where it gives one (POST /jobs's 409: ``no_live_worker``,
     ``weights_missing``)."""
 
-    def __init__(self, status: int, detail: object, kind: str | None = None) -> None:
+    def __init__(self, status: int, detail: object, kind: str | None = None,
+                 body: dict[str, Any] | None = None) -> None:
         self.status = status
         self.detail = detail
         self.kind = kind
+        self.body = body or {}  # the whole answer, e.g. a refused activation's comparison
         super().__init__(f"{status}: {_detail_text(detail)}")
 
 
@@ -153,14 +189,15 @@ def _detail_text(detail: object) -> str:
 def _raise_for_status(r: httpx.Response) -> None:
     if r.status_code < 400:
         return
-    kind = None
     try:
         body = r.json()
-        detail = body.get("detail", r.text) if isinstance(body, dict) else r.text
-        kind = body.get("kind") if isinstance(body, dict) else None
     except ValueError:
-        detail = r.text
-    raise ServiceError(r.status_code, detail, kind if isinstance(kind, str) else None)
+        body = None
+    if not isinstance(body, dict):
+        raise ServiceError(r.status_code, r.text)
+    kind = body.get("kind")
+    raise ServiceError(r.status_code, body.get("detail", r.text),
+                       kind if isinstance(kind, str) else None, body)
 
 
 class Client:
@@ -285,8 +322,37 @@ class Client:
     def models(self) -> list[Model]:
         return cast(list[Model], self._json("GET", "/models"))
 
-    def activate(self, job_id: str) -> Model:
-        return cast(Model, self._json("POST", f"/models/{job_id}/activate"))
+    def activate(self, job_id: str, *, force: bool = False, against: str | None = None
+                 ) -> Model:
+        """Make the model the default of /predict. Refused (ServiceError 409, ``kind``
+        ``promotion_refused``, ``against_required`` or ``evaluation_missing``, ``body``
+        with both scores) unless it scores at least as well as the active model, or
+        ``force``. ``against``: compare both on this dataset's test split."""
+        params: dict[str, str] = {"force": "true"} if force else {}
+        if against:
+            params["against"] = against
+        return cast(Model, self._json("POST", f"/models/{job_id}/activate", params=params))
+
+    def rollback(self) -> Activation:
+        """Activate again the model the newest activation replaced (409: none left)."""
+        return cast(Activation, self._json("POST", "/models/rollback"))
+
+    def history(self, *, limit: int = 100) -> list[Activation]:
+        """The changes of the active model, newest first."""
+        return cast(list[Activation], self._json("GET", "/models/history",
+                                                 params={"limit": limit}))
+
+    def evaluate_model(self, job_id: str, dataset_id: str, *, queue_anyway: bool = False
+                       ) -> Job:
+        """Start a job that scores the model on the dataset's test split (watch it as any
+        job; its result is :meth:`evaluation` of that job)."""
+        body: dict[str, Any] = {"dataset_id": dataset_id}
+        if queue_anyway:
+            body["queue_anyway"] = True
+        return cast(Job, self._json("POST", f"/models/{job_id}/evaluate", json=body))
+
+    def model_evaluations(self, job_id: str) -> list[ModelEvaluation]:
+        return cast(list[ModelEvaluation], self._json("GET", f"/models/{job_id}/evaluations"))
 
     def predict(self, images: Sequence[str | Path], *, model: str | None = None
                 ) -> Predictions:

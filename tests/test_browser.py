@@ -354,6 +354,38 @@ def test_a_job_s_curves_gain_points_while_it_trains(browser: WebDriver, service:
     assert not row.find_element(By.CSS_SELECTOR, "button.activate").is_displayed()
     assert httpx.get(f"{service.url}/models", timeout=30).json()[0]["id"] == first
     assert "is now the active model" in visible_text(browser, "status")
+    wait_on_page(browser, "the activation in the history", lambda d: len(
+        d.find_elements(By.CSS_SELECTOR, "#history-list li")) == 1)
+
+    # The fine-tune was trained on the dataset uploaded through the page, the active model on
+    # the other one: the gate cannot compare them, and the page asks before forcing.
+    dialog = browser.find_element(By.ID, "promote-dialog")
+    for answer, expected in (("promote-keep", first), ("promote-force", tuned)):
+        tuned_row.find_element(By.CSS_SELECTOR, "button.activate").click()
+        wait_on_page(browser, "the gate's question", lambda d: dialog.is_displayed())
+        reason = browser.find_element(By.ID, "promote-reason").text
+        assert "against" in reason and "force" in reason, reason
+        browser.find_element(By.ID, answer).click()
+        wait_on_page(browser, "the dialog to close", lambda d: not dialog.is_displayed())
+        wait_on_page(browser, "the answer", lambda d, expected=expected: d.find_element(
+            By.CSS_SELECTOR, f'#jobs-body tr[data-job="{expected}"] .active-model'
+        ).is_displayed() and httpx.get(f"{service.url}/models", timeout=30).json()[0][
+            "id"] == expected)
+        if answer == "promote-keep":
+            assert "was not activated" in visible_text(browser, "status")
+    assert "(forced)" in visible_text(browser, "status")
+    items = wait_on_page(browser, "the forced activation in the history", lambda d: (
+        lambda li: li if len(li) == 2 else None)(
+        d.find_elements(By.CSS_SELECTOR, "#history-list li")))
+    assert tuned[:8] in items[0].text and "forced" in items[0].text
+    assert first[:8] in items[1].text and "forced" not in items[1].text
+    # Roll back: the first model serves again.
+    browser.find_element(By.ID, "rollback-button").click()
+    wait_on_page(browser, "the rollback", lambda d: d.find_element(
+        By.CSS_SELECTOR, f'#jobs-body tr[data-job="{first}"] .active-model').is_displayed())
+    assert "Rolled back" in visible_text(browser, "status")
+    assert httpx.get(f"{service.url}/models/history", timeout=30).json()[0]["action"] == (
+        "rollback")
     assert_no_script_errors(browser)
 
 

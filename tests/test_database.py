@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Dataset, EpochMetric, Evaluation, Job, JobStatus
 from app.db.session import downgrade, make_engine, normalize_url, upgrade
 
-TABLES = {"datasets", "jobs", "epoch_metrics", "evaluations", "workers"}
+TABLES = {"datasets", "jobs", "epoch_metrics", "evaluations", "workers", "activations"}
 
 
 def _tables(url: str) -> set[str]:

@@ -147,3 +147,51 @@ def test_a_job_that_runs_out_of_memory_fails_at_once_saying_what_to_change(
     assert error.kind is ErrorKind.OUT_OF_MEMORY
     assert "batch_size (now 16)" in error.message and "image_size (now 1024)" in error.message
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_an_evaluation_process_scores_a_model_as_training_did(color_dataset: Path,
+                                                               tmp_path: Path) -> None:
+    """An evaluate job's process: the same events and signals as training; the model scored
+    on the test split it trained with gives the evaluation its training gave."""
+    trained = list(_process(color_dataset, tmp_path, epochs=1).start().events())[-1]
+    assert isinstance(trained, Done)
+    model = Path(trained.checkpoint)
+
+    def evaluation(data: Path, model: Path = model) -> TrainingProcess:
+        return replace(_process(data, tmp_path / "eval", epochs=1), evaluate=model).start()
+
+    proc = evaluation(color_dataset)
+    events = [e for e in proc.events() if not isinstance(e, Progress)]
+    assert [type(e) for e in events] == [Start, Done] and proc.returncode == 0
+    start, done = events
+    assert isinstance(start, Start) and isinstance(done, Done)
+    assert (start.test_count, start.epochs, start.train_count) == (8, 1, 0)
+    assert done.checkpoint == str(model) and done.exports == {}
+    assert done.evaluation["confusion"] == trained.evaluation["confusion"]
+    assert done.evaluation["accuracy"] == trained.evaluation["accuracy"]
+    assert not (tmp_path / "eval" / "job" / "model.pt").exists()  # it writes no model
+
+    # SIGTERM stops it between batches (here before the first: it waits for the flag file).
+    flag = tmp_path / "go"
+    proc = replace(_process(color_dataset, tmp_path / "eval", epochs=1), evaluate=model,
+                   env={"HOTDOG_TEST_FAULT": f"wait-before-evaluation:{flag}"}).start()
+    events = []
+    for event in proc.events():
+        events.append(event)
+        if isinstance(event, Start):
+            proc.cancel()
+            flag.touch()
+    assert events[-1] == Cancelled() and proc.returncode == 3
+
+    # A dataset of other classes, and a model file that is not there: failed at once.
+    other = tmp_path / "pets"
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (other / split / cls).mkdir(parents=True)
+            (other / split / cls / "a.jpg").write_bytes(
+                (color_dataset / "test" / "hotdog" / "000.jpg").read_bytes())
+    for data, path, kind in ((other, model, ErrorKind.BAD_PARAMS),
+                             (color_dataset, tmp_path / "gone.pt", ErrorKind.BAD_CHECKPOINT)):
+        proc = evaluation(data, path)
+        last = list(proc.events())[-1]
+        assert isinstance(last, Error) and last.kind is kind, last

@@ -26,6 +26,7 @@ from tests.helpers import (
     free_port,
     running_stack,
     wait_for,
+    write_color_dataset,
 )
 
 
@@ -297,3 +298,75 @@ def test_a_killed_worker_loses_nothing(stack: Stack, color_dataset: Path) -> Non
         # busy 2-core machine and the reaper took the job for lost (it is then resumed too).
         assert job["status"] == "succeeded" and job["attempt"] >= 2, (job, stack.logs())
         assert [m["epoch"] for m in c.metrics(job_id)] == list(range(1, INTERRUPTED_EPOCHS + 1))
+
+
+# Two models of known quality on a trivially separable set (CPU, fp32, fixed seeds): one
+# that learns the colours (macro F1 1.0 on test), one whose lr is too small to move
+# (predicts one class: macro F1 1/3).
+GOOD = {"init": "scratch", "image_size": 32, "batch_size": 8, "lr": 0.2, "epochs": 4,
+        "seed": 0, "precision": "fp32"}
+BAD = {**GOOD, "lr": 1e-6, "epochs": 1}
+
+
+def test_the_promotion_gate_history_rollback_and_evaluate_jobs(
+        stack: Stack, color_dataset: Path, tmp_path: Path) -> None:
+    env = {"HOTDOG_URL": stack.url}
+    with stack.client() as c:
+        ds = c.upload(write_color_dataset(tmp_path / "colors24", train=24, test=4))["id"]
+        other = c.upload(color_dataset)["id"]  # other photos of the same two classes
+        good, bad = (c.submit(ds, **params)["id"] for params in (GOOD, BAD))
+        for job_id in (good, bad):
+            assert stack.wait(job_id, {"succeeded", "failed", "cancelled"})["status"] == (
+                "succeeded")
+        listed = hotdog_json("models", env=env)["models"]
+        assert [m["id"] for m in listed][:1] == [bad]  # the newest, by default
+        # The first activation passes, compared with the default it replaces.
+        assert c.activate(good)["active"]
+        first = c.history()[0]
+        assert first["model_score"] == 1.0 and first["previous_score"] == pytest.approx(1 / 3)
+        # The worse model is refused, with both scores.
+        with pytest.raises(ServiceError) as err:
+            c.activate(bad)
+        assert err.value.status == 409 and err.value.kind == "promotion_refused"
+        assert err.value.body["comparison"]["candidate"] == pytest.approx(1 / 3)
+        assert err.value.body["comparison"]["active"] == 1.0
+        assert c.models()[0]["id"] == good
+        # Forced from the command line, then rolled back.
+        forced = hotdog_json("activate", bad, "--force", env=env)
+        assert forced["model"]["id"] == bad and forced["activation"]["forced"]
+        assert c.predict([color_dataset / "test" / "hotdog" / "000.jpg"])["model"] == bad
+        rolled = hotdog_json("rollback", env=env)
+        assert rolled["model_id"] == good and rolled["previous_id"] == bad
+        assert c.models()[0]["id"] == good
+        history = hotdog_json("history", env=env)["history"]
+        assert [(a["action"], a["model_id"], a["forced"]) for a in history] == [
+            ("rollback", good, False), ("activate", bad, True), ("activate", good, False)]
+
+        # Compared on another dataset: each model needs an evaluation there first.
+        with pytest.raises(ServiceError) as err:
+            c.activate(bad, against=other)
+        assert err.value.kind == "evaluation_missing" and f"/models/{bad}/evaluate" in str(
+            err.value)
+        # A worker scores a model on a dataset's test split, as a job.
+        out = hotdog_json("evaluate-model", good, other, "--interval", "0.2", env=env)
+        assert out["job"]["status"] == "succeeded" and out["job"]["kind"] == "evaluate"
+        assert out["job"]["model_id"] == good and out["evaluation"]["macro_f1"] == 1.0
+        job = c.evaluate_model(bad, other)
+        assert stack.wait(job["id"], {"succeeded", "failed", "cancelled"})["status"] == (
+            "succeeded")
+        assert [(e["source"], e["dataset_id"]) for e in c.model_evaluations(bad)] == [
+            ("evaluation", other), ("training", ds)]
+        watched = subprocess.run([sys.executable, "-m", "app.cli", "watch", job["id"]],
+                                 capture_output=True, text=True, timeout=600,
+                                 env={**os.environ, **env})
+        assert watched.returncode == 0 and f"job {bad} on dataset {other}" in watched.stdout
+        with pytest.raises(ServiceError) as err:
+            c.activate(bad, against=other)
+        assert err.value.kind == "promotion_refused"
+        assert err.value.body["comparison"]["dataset_id"] == other
+        evaluation = c.evaluation(job["id"])
+        assert evaluation["macro_f1"] == err.value.body["comparison"]["candidate"]
+        ckpt = c.download_checkpoint(bad, tmp_path / "bad.pt")
+    # The worker's evaluation is the engine's (`hotdog evaluate` on the same model and data).
+    local = hotdog_json("evaluate", str(ckpt), str(color_dataset))
+    assert evaluation["confusion"] == local["confusion"]

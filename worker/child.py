@@ -36,11 +36,13 @@ from app.engine import (
     DatasetError,
     EpochMetrics,
     ImageDecodeError,
+    Predictor,
     PretrainedWeightsMissing,
     StartInfo,
     TrainConfig,
     TrainingCancelled,
     fit,
+    load_image_folder,
 )
 from app.engine.export import export_for_job
 from worker import protocol as ev
@@ -73,7 +75,8 @@ PROGRESS_INTERVAL = 1.0  # seconds between progress events
 # Fault tests: a fault the training process acts out on itself. "kill-after-checkpoint:N":
 # SIGKILL right after epoch N's checkpoint is written (where a kill is most likely to lose
 # an epoch); "hang-after-checkpoint:N": hang there, deaf to SIGTERM; "wait-after-training:
-# PATH": after the last epoch, before the export, wait until the file PATH exists.
+# PATH": after the last epoch, before the export, wait until the file PATH exists;
+# "wait-before-evaluation:PATH": an evaluate job's, after Start, until PATH exists.
 FAULT_ENV = "HOTDOG_TEST_FAULT"
 
 
@@ -149,18 +152,26 @@ def job_failure(exc: Exception, config: dict[str, Any]) -> ev.Error | None:
     return None
 
 
-def run(spec: dict[str, Any]) -> int:
-    """``spec``: data_dir, out, epoch_checkpoint, config (TrainConfig fields), resume_from,
-    export_onnx (default true)."""
+def listening_reporter() -> Reporter:
+    """The reporter, told by SIGTERM to stop (between batches). Ctrl-C in a terminal reaches
+    the whole process group: the worker decides what happens to this job (it stops it and
+    hands it back), so the process ignores it."""
     reporter = Reporter()
 
     def on_term(_signum: int, _frame: object) -> None:
         reporter.stop_requested = True
 
     signal.signal(signal.SIGTERM, on_term)
-    # Ctrl-C in a terminal reaches the whole process group: the worker decides what happens
-    # to this job (it stops it and hands it back), so the training ignores it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return reporter
+
+
+def run(spec: dict[str, Any]) -> int:
+    """``spec``: data_dir, out, epoch_checkpoint, config (TrainConfig fields), resume_from,
+    export_onnx (default true); with ``evaluate`` (a model file), :func:`evaluate` instead."""
+    if spec.get("evaluate"):
+        return evaluate(spec)
+    reporter = listening_reporter()
     resume = spec.get("resume_from")
     try:
         result = fit(
@@ -190,6 +201,38 @@ def run(spec: dict[str, Any]) -> int:
         exports["onnx"] = record.to_dict()
     emit(ev.Done(checkpoint=str(result.checkpoint), test_acc=result.test_acc,
               evaluation=result.evaluation.to_dict(), exports=exports))
+    return EXIT_OK
+
+
+def evaluate(spec: dict[str, Any]) -> int:
+    """An evaluate job: the model ``spec["evaluate"]`` scored on the test split of
+    ``spec["data_dir"]``. It says ``Start`` (one epoch: the test split), ``Progress``, then
+    ``Done`` with the evaluation (no checkpoint of its own, no exports); cancel and errors
+    as in training."""
+    reporter = listening_reporter()
+    config = TrainConfig.from_dict(spec["config"])
+    try:
+        predictor = Predictor(spec["evaluate"], device=config.device,
+                              precision=config.precision)
+        images = len(load_image_folder(spec["data_dir"]).test)
+        emit(ev.Start(classes=predictor.classes, train_count=0, test_count=images,
+                      device=str(predictor.plan.device), precision=predictor.precision,
+                      start_epoch=0, epochs=1, world_size=1,
+                      batches_per_epoch=-(-images // config.batch_size)))
+        act_out_fault("before-evaluation")
+        evaluation, _ = predictor.evaluate_folder(spec["data_dir"], batch_size=config.batch_size,
+                                                  callback=reporter)
+    except TrainingCancelled:
+        emit(ev.Cancelled())
+        return EXIT_CANCELLED
+    except (ValueError, RuntimeError, MemoryError) as exc:
+        error = job_failure(exc, spec["config"])
+        if error is None:
+            raise
+        emit(error)
+        return EXIT_ERROR
+    emit(ev.Done(checkpoint=spec["evaluate"], test_acc=evaluation.accuracy,
+                 evaluation=evaluation.to_dict(), exports={}))
     return EXIT_OK
 
 

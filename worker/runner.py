@@ -95,13 +95,16 @@ def training_processes(gpus: int, gpu_count: int, cpu_processes: int = 0) -> int
 
 @dataclass
 class TrainingProcess:
-    """One training run in a child process; iterate :meth:`events` until it ends."""
+    """One training run in a child process; iterate :meth:`events` until it ends. With
+    ``evaluate`` (a model file), the process scores that model on ``data_dir``'s test split
+    instead (an evaluate job), with the same events and signals."""
 
     data_dir: Path
     config: TrainConfig
     out: Path
     epoch_checkpoint: Path
     export_onnx: bool = True
+    evaluate: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     # More than one: ``torchrun`` starts this many training processes (DDP, one per GPU, or
     # gloo on CPU); rank 0 reports on the shared stdout. See :func:`training_processes`.
@@ -116,6 +119,7 @@ class TrainingProcess:
             # An earlier attempt's last epoch, if any: a resumed job continues from it.
             "resume_from": str(self.epoch_checkpoint), "config": self.config.to_dict(),
             "export_onnx": self.export_onnx,
+            **({"evaluate": str(self.evaluate)} if self.evaluate is not None else {}),
         }
         self.out.parent.mkdir(parents=True, exist_ok=True)
         # One attempt of a job runs at a time (the claim is atomic), so a spec already here

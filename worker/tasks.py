@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings, get_settings
 from app.core.logs import job_context
-from app.db.models import ErrorKind, Job, JobStatus
+from app.db.models import ErrorKind, Job, JobKind, JobStatus
 from app.db.session import make_engine
 from app.engine import TrainConfig
 from app.jobs.broker import celery_app
@@ -123,6 +123,7 @@ class Claim:
     dataset_dir: Path
     processes: int  # training processes (see worker.runner.training_processes)
     started_at: datetime  # the job's first start: MAX_JOB_SECONDS counts from it
+    evaluate: str | None = None  # an evaluate job: the model file it scores
 
 
 def _claim(engine: Engine, settings: Settings, job_id: str, name: str) -> Claim | str:
@@ -136,6 +137,11 @@ def _claim(engine: Engine, settings: Settings, job_id: str, name: str) -> Claim 
             log.info("job %s not claimed (status %s)", job_id, status)
             return status
         config = TrainConfig.from_dict(job.params)
+        if job.kind is JobKind.EVALUATE:  # one process scores the model, on any worker
+            return Claim(job_id=job_id, worker=name, attempt=job.attempt, config=config,
+                         dataset_dir=settings.dataset_dir(job.dataset_id), processes=1,
+                         started_at=job.started_at or utcnow(),
+                         evaluate=_checkpoint_of(s, job.model_id or ""))
         source_id = source_job_id(config.init)
         if source_id is not None:
             config = replace(config, init=_checkpoint_of(s, source_id))
@@ -155,11 +161,13 @@ def _claim(engine: Engine, settings: Settings, job_id: str, name: str) -> Claim 
 
 def _launch(settings: Settings, claim: Claim) -> TrainingProcess:
     job_dir = settings.job_dir(claim.job_id)
-    log.info("job %s attempt %d: training on %s in %d process(es)", claim.job_id, claim.attempt,
+    log.info("job %s attempt %d: %s on %s in %d process(es)", claim.job_id, claim.attempt,
+             f"evaluating {claim.evaluate}" if claim.evaluate else "training",
              claim.dataset_dir, claim.processes)
     return TrainingProcess(data_dir=claim.dataset_dir, config=claim.config,
                            out=job_dir / "model.pt", epoch_checkpoint=job_dir / "last.pt",
-                           export_onnx=settings.export_onnx, processes=claim.processes).start()
+                           export_onnx=settings.export_onnx, processes=claim.processes,
+                           evaluate=Path(claim.evaluate) if claim.evaluate else None).start()
 
 
 def _consume_events(engine: Engine, settings: Settings, claim: Claim,
@@ -226,8 +234,10 @@ def _record_outcome(engine: Engine, claim: Claim, outcome: ev.Outcome | None,
             case ev.Done():
                 # A cancel recorded while it evaluated or exported wins (finish_job refuses
                 # to mark a job with a cancel request succeeded).
+                # An evaluate job's result is its evaluation: the model file is not its own.
+                checkpoint = None if claim.evaluate else outcome.checkpoint
                 if not finish_job(s, job_id, worker=name, status=JobStatus.SUCCEEDED,
-                                  checkpoint_path=outcome.checkpoint,
+                                  checkpoint_path=checkpoint,
                                   evaluation=outcome.evaluation, exports=outcome.exports):
                     finish_job(s, job_id, worker=name, status=JobStatus.CANCELLED,
                                error_kind=ErrorKind.CANCELLED_BY_USER)

@@ -20,6 +20,7 @@ from app.engine.data import DatasetError
 from app.engine.images import DecodeBusy, ImageDecodeError
 from app.jobs.broker import QueueUnreachable
 from app.jobs.service import InvalidParams, JobConflict, JobNotFound, TooManyActiveJobs
+from app.models.promotion import NotComparable, NothingToRollBack, PromotionRefused
 from app.models.service import ModelNotFound, ModelUnavailable, NoModelYet
 from app.workers.service import NoLiveWorker, WeightsUnavailable
 
@@ -39,6 +40,9 @@ STATUS: list[tuple[type[Exception], int]] = [
     (JobConflict, 409),
     (ModelUnavailable, 409),
     (NoModelYet, 409),
+    (PromotionRefused, 409),  # with both scores (ErrorOut.comparison)
+    (NotComparable, 409),
+    (NothingToRollBack, 409),
     (NoLiveWorker, 409),
     (WeightsUnavailable, 409),
     (CheckpointError, 409),  # a stored checkpoint that cannot serve: the job's state
@@ -70,10 +74,13 @@ def install(app: FastAPI) -> None:
 def _handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         headers = {"Retry-After": RETRY_AFTER[status]} if status in RETRY_AFTER else None
-        body = {"detail": _public(request, status, str(exc))}
+        body: dict[str, object] = {"detail": _public(request, status, str(exc))}
         kind = getattr(exc, "kind", None)  # a refusal clients branch on (ErrorOut.kind)
         if isinstance(kind, str):
             body["kind"] = kind
+        extra = getattr(exc, "extra", None)  # what a refusal adds, e.g. the gate's scores
+        if isinstance(extra, dict):
+            body.update(extra)
         return JSONResponse(body, status_code=status, headers=headers)
 
     return handle

@@ -124,6 +124,11 @@ class EpochOut(BaseModel):
 
 class JobOut(BaseModel):
     id: str
+    kind: Literal["train", "evaluate"] = Field(
+        "train", description="train: fine-tunes a model (the job id is then the model's id); "
+        "evaluate: scores the model `model_id` on the test split of `dataset_id` (POST "
+        "/models/{id}/evaluate); its result is GET /jobs/{id}/evaluation")
+    model_id: str | None = Field(None, description="an evaluate job's model")
     dataset_id: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     params: dict[str, Any]
@@ -189,9 +194,67 @@ class ModelOut(BaseModel):
     dataset_id: str
     classes: list[str]
     image_size: int
-    accuracy: float | None
+    accuracy: float | None = Field(description="on its dataset's test split")
+    macro_f1: float | None = Field(None, description="the mean of the per-class F1 on its "
+                                   "dataset's test split")
     active: bool
     finished_at: datetime | None
+
+
+class EvaluateRequest(BaseModel):
+    """Score a model on the test split of a dataset with the same classes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str = Field(min_length=1, max_length=64)
+    queue_anyway: bool = Field(
+        False, description="queue the job even when no live worker would take it now")
+
+
+class ModelEvaluationOut(BaseModel):
+    model_id: str
+    dataset_id: str = Field(description="the dataset whose test split it was scored on")
+    job_id: str = Field(description="the job that computed it: the model's own training "
+                        "job, or an evaluate job")
+    source: Literal["training", "evaluation"]
+    accuracy: float
+    macro_f1: float
+    loss: float
+    classes: list[str]
+    confusion: list[list[int]] = Field(description="confusion[i][j]: true class i predicted j")
+    per_class: list[ClassReportOut]
+    created_at: datetime | None = Field(description="when the job that computed it ended")
+
+
+class ComparisonOut(BaseModel):
+    metric: Literal["macro_f1", "accuracy"]
+    dataset_id: str | None = Field(description="the dataset whose test split both were "
+                                   "scored on; null when none could be chosen")
+    candidate_id: str
+    active_id: str
+    candidate: float | None = Field(description="the candidate's score; null: not evaluated")
+    active: float | None = Field(description="the active model's score; null: not evaluated")
+
+
+class ActivationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    action: Literal["activate", "rollback"]
+    model_id: str = Field(description="the model made active")
+    previous_id: str | None = Field(description="the model active before (null: this one "
+                                    "already was the default)")
+    undoes_id: int | None = Field(description="a rollback: the activation it undid")
+    metric: str | None
+    dataset_id: str | None = Field(description="where both were scored")
+    model_score: float | None
+    previous_score: float | None
+    forced: bool = Field(description="force=true overrode a refusal of the gate")
+    actor: str = Field(description="`key:<fingerprint>` (the API key's SHA-256, first 12 hex "
+                       "digits) or `anonymous`")
+    client: str | None = Field(description="the client's address")
+    note: str
+    created_at: datetime
 
 
 class PredictionOut(BaseModel):
@@ -213,15 +276,19 @@ class ErrorOut(BaseModel):
     kind: str | None = Field(
         None, description="for clients to branch on (the detail's words may change), on a "
         "409 from POST /jobs: `no_live_worker` (no running worker takes the job) or "
-        "`weights_missing` (none of them has the ImageNet weights)")
+        "`weights_missing` (none of them has the ImageNet weights); from POST "
+        "/models/{id}/activate: `promotion_refused` (the candidate scores lower), "
+        "`against_required` (models of different datasets) or `evaluation_missing`")
+    comparison: ComparisonOut | None = Field(
+        None, description="a refused activation: both models' scores")
 
 
 _ERROR_TEXT = {
     400: "the body is malformed (not JSON, broken multipart)",
     401: "the API key is missing or wrong (when API_KEY is set)",
     404: "no such dataset, job or model",
-    409: "not possible in the resource's state (e.g. a job that has not succeeded), or no "
-         "live worker would take the job",
+    409: "not possible in the resource's state (e.g. a job that has not succeeded), no "
+         "live worker would take the job, or the promotion gate refused an activation",
     413: "the request body is over its limit",
     422: "invalid parameters or unusable content (the detail names them)",
     429: "too many jobs queued or running; retry after Retry-After seconds",

@@ -1,5 +1,6 @@
 """A running service, through app.client: ``hotdog upload``, ``submit``, ``watch``,
-``jobs``, ``cancel``, ``classify``.
+``jobs``, ``cancel``, ``classify``, and the models: ``models``, ``activate``, ``rollback``,
+``history``, ``evaluate-model``.
 
 ``--url`` (or ``HOTDOG_URL``) says where the service is, default ``http://127.0.0.1:8000``
 (what ``make run`` starts); ``--api-key`` (or ``HOTDOG_API_KEY``) when it needs a key.
@@ -15,7 +16,7 @@ from app.cli.exit_codes import EXIT_OK, job_exit_code
 from app.cli.local import probabilities_text
 from app.cli.options import AddCommand, add_service_options, add_train_options, given
 from app.cli.output import EpochTable, emit_json, progress_bar
-from app.client import JOB_STATUSES, Client, Dataset, Job
+from app.client import JOB_STATUSES, Activation, Client, Dataset, Job
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -90,6 +91,10 @@ def _watch(c: Client, job_id: str, args: argparse.Namespace) -> int:
         bar.close()
     if args.json:
         emit_json(job)
+    elif job["status"] == "succeeded" and job.get("kind") == "evaluate":
+        ev = c.evaluation(job_id)
+        print(f"job {job_id} succeeded: job {job['model_id']} on dataset {job['dataset_id']}: "
+              f"accuracy {ev['accuracy']:.3f}, macro F1 {ev['macro_f1']:.3f}")
     elif job["status"] == "succeeded":
         latest, best = job["latest_metrics"], job["best_metrics"]
         print(f"job {job_id} succeeded: test accuracy "
@@ -153,6 +158,100 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _score(x: float | None) -> str:
+    return "" if x is None else f"{x:.3f}"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.models()
+    if args.json:
+        emit_json({"models": rows})
+        return EXIT_OK
+    print(f"{'id':<32} {'active':<6} {'dataset':<32} {'accuracy':>8} {'macro F1':>8}  finished")
+    for m in rows:
+        print(f"{m['id']:<32} {'yes' if m['active'] else '':<6} {m['dataset_id']:<32} "
+              f"{_score(m['accuracy']):>8} {_score(m.get('macro_f1')):>8}  "
+              f"{(m['finished_at'] or '')[:19]}")
+    return EXIT_OK
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        model = c.activate(args.job_id, force=args.force, against=args.against)
+        record = c.history(limit=1)
+    if args.json:
+        emit_json({"model": model, "activation": record[0] if record else None})
+    else:
+        print(f"job {model['id']} is the active model")
+        if record and record[0]["model_id"] == model["id"]:
+            print(f"  {record[0]['note']}")
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        record = c.rollback()
+    if args.json:
+        emit_json(record)
+    else:
+        print(f"job {record['model_id']} is the active model again "
+              f"(undid activation {record['undoes_id']}, job {record['previous_id']})")
+    return EXIT_OK
+
+
+def print_activation(a: Activation) -> None:
+    scores = (f"{a['metric']} {_score(a['model_score']) or 'n/a'} vs "
+              f"{_score(a['previous_score']) or 'n/a'}" if a["metric"] else "")
+    print(f"{a['id']:>4} {a['created_at'][:19]} {a['action']:<8} {a['model_id']:<32} "
+          f"{(a['previous_id'] or ''):<32} {scores:<24} {'yes' if a['forced'] else '':<6} "
+          f"{a['actor']}" + (f" ({a['client']})" if a["client"] else ""))
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.history(limit=args.limit)
+    if args.json:
+        emit_json({"history": rows})
+        return EXIT_OK
+    print(f"{'#':>4} {'when':<19} {'action':<8} {'model':<32} {'replaced':<32} "
+          f"{'scores':<24} {'forced':<6} who")
+    for a in rows:
+        print_activation(a)
+    return EXIT_OK
+
+
+def cmd_evaluate_model(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        job = c.evaluate_model(args.job_id, args.dataset_id, queue_anyway=args.queue_anyway)
+        if not args.json:
+            print(f"evaluation job {job['id']} {job['status']}")
+        bar = progress_bar(total=1000, bar_format="{l_bar}{bar}|")
+
+        def update(j: Job) -> None:
+            bar.n = int(j["progress"]["fraction"] * 1000)
+            bar.set_description(j["status"])
+
+        try:
+            job = c.watch(job["id"], interval=args.interval, on_update=update)
+        finally:
+            bar.close()
+        evaluation = c.evaluation(job["id"]) if job["status"] == "succeeded" else None
+    if args.json:
+        emit_json({"job": job, "evaluation": evaluation})
+    elif evaluation is not None:
+        print(f"job {args.job_id} on dataset {args.dataset_id} (test split): accuracy "
+              f"{evaluation['accuracy']:.3f}, macro F1 {evaluation['macro_f1']:.3f}")
+        for r in evaluation["per_class"]:
+            print(f"  {r['label']}: precision {r['precision']:.3f} recall {r['recall']:.3f} "
+                  f"F1 {r['f1']:.3f} ({r['support']} images)")
+        print(f"next: hotdog activate {args.job_id} --against {args.dataset_id}")
+    else:
+        print(f"evaluation job {job['id']} {job['status']}"
+              + (f": {job['error']}" if job["error"] else ""))
+    return job_exit_code(job)
+
+
 def register(command: AddCommand) -> None:
     def client_command(name: str, func: Callable[[argparse.Namespace], int], help: str,
                        epilog: str) -> argparse.ArgumentParser:
@@ -204,3 +303,33 @@ def register(command: AddCommand) -> None:
     p.add_argument("--model", default=None, help="job id (default: the active model)")
     p.set_defaults(unusable_422=True)  # a file that is no image is unusable input (exit 3)
 
+
+    client_command("models", cmd_models, "list the service's models (succeeded training jobs), "
+                   "the active one first", "examples:\n  hotdog models\n\n")
+
+    p = client_command(
+        "activate", cmd_activate, "make a model the default of the service's /predict, if it "
+        "scores at least as well as the active one (PROMOTION_METRIC) on the same test split",
+        "examples:\n  hotdog activate JOB_ID\n  hotdog activate JOB_ID --against DATASET_ID\n"
+        "  hotdog activate JOB_ID --force\n\na refusal (exit 1) says both scores.\n\n")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--force", action="store_true", help="activate even if the gate refuses")
+    p.add_argument("--against", default=None, metavar="DATASET_ID",
+                   help="compare both models on this dataset's test split (each needs an "
+                   "evaluation on it: hotdog evaluate-model)")
+
+    client_command("rollback", cmd_rollback, "activate again the model the newest activation "
+                   "replaced", "examples:\n  hotdog rollback\n\n")
+
+    p = client_command("history", cmd_history, "the changes of the active model, newest first "
+                       "(who, when, both models and scores)", "examples:\n  hotdog history\n\n")
+    p.add_argument("--limit", type=int, default=20, help="at most this many")
+
+    p = client_command("evaluate-model", cmd_evaluate_model, "score a model of the service on "
+                       "a dataset's test split, as a job on a worker, and wait for it",
+                       "examples:\n  hotdog evaluate-model JOB_ID DATASET_ID\n\n")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("dataset_id", metavar="DATASET_ID")
+    p.add_argument("--queue-anyway", action="store_true",
+                   help="queue it even when no running worker would take it now")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     # not faster than one process. 0: such a job fails at once (the worker has no GPUs).
     cpu_ddp_processes: int = 0
     models_cached: int = 4  # loaded models kept in memory
+    # What the promotion gate compares (POST /models/{id}/activate): a candidate replaces the
+    # active model only if it scores at least as well on this, on the same test split.
+    # macro_f1 (the mean of the per-class F1: an imbalanced test split cannot hide a class
+    # the model misses) or accuracy.
+    promotion_metric: Literal["macro_f1", "accuracy"] = "macro_f1"
 
     @property
     def db_url(self) -> str:

@@ -1,4 +1,5 @@
-"""Tables: datasets, jobs (the source of truth for job state), per-epoch metrics, evaluations."""
+"""Tables: datasets, jobs (the source of truth for job state), per-epoch metrics, evaluations,
+workers, and the history of the active model (activations)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,15 @@ class JobStatus(str, enum.Enum):
     @property
     def is_terminal(self) -> bool:
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobKind(str, enum.Enum):
+    """What a job does: ``train`` a model (its checkpoint is a model), or ``evaluate`` one
+    (``jobs.model_id``) on the test split of its dataset (its evaluation row is the result).
+    Both have the same life cycle: queue, worker, lease, cancel, progress, limits."""
+
+    TRAIN = "train"
+    EVALUATE = "evaluate"
 
 
 class ErrorKind(str, enum.Enum):
@@ -118,6 +128,13 @@ class Job(Base):
              values_callable=lambda e: [m.value for m in e]),
         index=True,
     )
+    kind: Mapped[JobKind] = mapped_column(
+        Enum(JobKind, native_enum=False, length=16, validate_strings=True,
+             values_callable=lambda e: [m.value for m in e]),
+        default=JobKind.TRAIN, server_default=JobKind.TRAIN.value)
+    # An evaluate job: the model (a train job's id) it evaluates on this job's dataset.
+    model_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     params: Mapped[dict[str, Any]]
     epoch: Mapped[int] = mapped_column(Integer, default=0)  # epochs finished
     # How far the epoch in progress is (0..1), updated about once a second while training.
@@ -142,7 +159,8 @@ class Job(Base):
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # The active model for /predict is the succeeded job activated last (else the newest).
+    # The active model for /predict is the succeeded job activated last (else the newest);
+    # the activations table is the history of these changes.
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     dataset: Mapped[Dataset] = relationship(back_populates="jobs")
@@ -187,6 +205,41 @@ class Evaluation(Base):
     created_at: Mapped[datetime] = _created()
 
     job: Mapped[Job] = relationship(back_populates="evaluation")
+
+
+class ActivationAction(str, enum.Enum):
+    ACTIVATE = "activate"  # POST /models/{id}/activate: gated, or forced
+    ROLLBACK = "rollback"  # POST /models/rollback: undoes the newest activation not undone
+
+
+class Activation(Base):
+    """One change of the active model, as it happened: who made it and when, the model made
+    active and the one it replaced, and how they compared on the gate's metric."""
+
+    __tablename__ = "activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    action: Mapped[ActivationAction] = mapped_column(
+        Enum(ActivationAction, native_enum=False, length=16, validate_strings=True,
+             values_callable=lambda e: [m.value for m in e]))
+    model_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
+                                          index=True)
+    # The model /predict served before (None: this model already was the default).
+    previous_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # A rollback: the activation it undid.
+    undoes_id: Mapped[int | None] = mapped_column(
+        ForeignKey("activations.id", ondelete="SET NULL"))
+    # The comparison: the gate's metric, the dataset whose test split both were scored on,
+    # and the two scores (None where there was nothing to compare).
+    metric: Mapped[str | None] = mapped_column(String(16))
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    model_score: Mapped[float | None] = mapped_column(Float)
+    previous_score: Mapped[float | None] = mapped_column(Float)
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)  # force=true overrode the gate
+    actor: Mapped[str] = mapped_column(String(200))  # "key:<fingerprint>" or "anonymous"
+    client: Mapped[str | None] = mapped_column(String(200))  # the request's client address
+    note: Mapped[str] = mapped_column(Text)  # why it was allowed, in words
+    created_at: Mapped[datetime] = _created()
 
 
 class Worker(Base):

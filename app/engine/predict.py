@@ -10,7 +10,7 @@ hardware has it) and ``onnx`` (the job's verified ONNX export in ONNX Runtime, f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import torch
 from torchvision.models import resnet18
 
+from app.engine.callback import BatchProgress, Callback, TrainingCancelled
 from app.engine.checkpoint import load_checkpoint
 from app.engine.data import eval_dataset, load_image_folder, make_loader
 from app.engine.device import plan_device
@@ -158,19 +159,24 @@ class Predictor:
         return self.report(self.probabilities(batch), names)
 
     def evaluate_folder(
-        self, data_dir: str | Path, *, split: str = "test", batch_size: int = 64
+        self, data_dir: str | Path, *, split: str = "test", batch_size: int = 64,
+        callback: Callback | None = None,
     ) -> tuple[Evaluation, list[Prediction]]:
-        """Evaluation of one split of an ImageFolder dataset, and every image's prediction."""
+        """Evaluation of one split of an ImageFolder dataset, and every image's prediction.
+        ``callback`` hears each batch (as epoch 1 of 1) and can stop it between batches
+        (:class:`TrainingCancelled`)."""
         splits = load_image_folder(data_dir)
         if splits.classes != self.classes:
             raise ValueError(
                 f"dataset classes {splits.classes} differ from the model's {self.classes}"
             )
         samples = splits.test if split == "test" else splits.train
-        loader = make_loader(
+        loader: Iterable[tuple[torch.Tensor, torch.Tensor]] = make_loader(
             eval_dataset(samples, self.preprocessing), batch_size=batch_size, shuffle=False,
             workers=0,
         )
+        if callback is not None:
+            loader = _reporting(loader, callback, -(-len(samples) // batch_size))
         if self.model is not None:
             logits, targets = run_inference(self.model, loader, self.plan, self.preprocessing)
         else:
@@ -180,6 +186,19 @@ class Predictor:
         evaluation = evaluation_from_logits(self.classes, logits, targets)
         names = [str(p.relative_to(splits.root)) for p, _ in samples]
         return evaluation, self.report(torch.softmax(logits, dim=1), names)
+
+
+def _reporting(loader: Iterable[tuple[torch.Tensor, torch.Tensor]], callback: Callback,
+               batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``loader``'s batches, each reported to ``callback`` once it has been used; a stop the
+    callback asks for ends the pass before the next batch."""
+    images = 0
+    for i, (batch, targets) in enumerate(loader):
+        if callback.should_stop():
+            raise TrainingCancelled(f"cancelled at batch {i} of {batches}")
+        yield batch, targets
+        images += len(targets)
+        callback.on_batch(BatchProgress(1, 1, i + 1, batches, images))
 
 
 def _name(source: ImageSource, i: int) -> str:

@@ -17,11 +17,12 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Executable, func, select, text, update
+from sqlalchemy import CursorResult, Executable, func, select, update
 from sqlalchemy.orm import Session
 
 from app.datasets import service as datasets
-from app.db.models import EpochMetric, ErrorKind, Evaluation, Job, JobStatus
+from app.db.models import EpochMetric, ErrorKind, Evaluation, Job, JobKind, JobStatus
+from app.db.session import lock_for_writing
 from app.engine.config import TrainConfig
 from app.jobs.queues import queue_for
 
@@ -66,10 +67,13 @@ def create_job(
     params: dict[str, Any],
     epochs: int,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    kind: JobKind = JobKind.TRAIN,
+    model_id: str | None = None,
 ) -> Job:
     job = Job(
         id=uuid.uuid4().hex, dataset_id=dataset_id, status=JobStatus.QUEUED, params=params,
         epochs=epochs, epoch=0, attempt=0, max_attempts=max_attempts, cancel_requested=False,
+        kind=kind, model_id=model_id,
     )
     session.add(job)
     session.flush()
@@ -359,14 +363,21 @@ def submit(
         raise InvalidParams(str(exc)) from exc
     _serialize_submissions(session)
     datasets.get_live(session, dataset_id)
+    check_capacity(session, max_active_jobs)
+    _check_init(session, config.init)
+    return create_job(session, dataset_id=dataset_id, params=config.to_dict(),
+                      epochs=config.epochs, max_attempts=max_attempts)
+
+
+def check_capacity(session: Session, max_active_jobs: int) -> None:
+    """:class:`TooManyActiveJobs` when ``max_active_jobs`` jobs (of any kind) are queued or
+    running. Under :func:`_serialize_submissions`, so that the count stays true until the
+    new job's row is committed."""
     active = session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE)))
     if active is not None and active >= max_active_jobs:
         raise TooManyActiveJobs(f"{active} jobs are queued or running, the limit "
                                 f"(MAX_ACTIVE_JOBS) is {max_active_jobs}; retry when one has "
                                 "ended")
-    _check_init(session, config.init)
-    return create_job(session, dataset_id=dataset_id, params=config.to_dict(),
-                      epochs=config.epochs, max_attempts=max_attempts)
 
 
 # Any number, the same for every API process: the key of Postgres's submission lock.
@@ -375,17 +386,8 @@ SUBMISSION_LOCK_KEY = 0x686F74646F67  # "hotdog"
 
 def _serialize_submissions(session: Session) -> None:
     """Make the cap's count-then-insert atomic: one submission at a time holds this until
-    its transaction ends, so a second one counts after the first one's row is committed.
-    Postgres: a transaction-scoped advisory lock. SQLite: ``BEGIN IMMEDIATE``, its write
-    lock (the driver opens a transaction only at the first write, so none is open here
-    unless the caller already wrote, which took that lock too)."""
-    conn = session.connection()
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SUBMISSION_LOCK_KEY})
-    elif conn.dialect.name == "sqlite":
-        driver = conn.connection.dbapi_connection
-        if driver is not None and not driver.in_transaction:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    its transaction ends, so a second one counts after the first one's row is committed."""
+    lock_for_writing(session, SUBMISSION_LOCK_KEY)
 
 
 def _check_init(session: Session, init: str) -> None:
@@ -395,6 +397,8 @@ def _check_init(session: Session, init: str) -> None:
     source = session.get(Job, source_id)
     if source is None:
         raise InvalidParams(f"init: job {source_id} not found")
+    if source.kind is not JobKind.TRAIN:
+        raise InvalidParams(f"init: job {source.id} is an evaluation, not a model")
     if source.status is not JobStatus.SUCCEEDED or not source.checkpoint_path:
         raise InvalidParams(f"init: job {source.id} has not succeeded ({source.status.value}); "
                             "only a finished model can start another job")

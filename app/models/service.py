@@ -1,6 +1,7 @@
-"""The model service: a model is a succeeded job's checkpoint. Which models are usable, which
-one ``/predict`` uses by default (the one activated last, else the newest), activating one,
-and the files a model is served or downloaded from.
+"""The model service: a model is a succeeded training job's checkpoint. Which models are
+usable, which one ``/predict`` uses by default (the one activated last, else the newest), the
+pointer that activating one moves (:mod:`app.models.promotion` gates and records that), a
+model's evaluations, and the files a model is served or downloaded from.
 
 Functions take a session and never commit: the request commits.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from app.db.models import Dataset, Evaluation, Job, JobStatus
+from app.db.models import Dataset, Evaluation, Job, JobKind, JobStatus
 from app.engine.export import SUFFIXES, export_model
 
 log = logging.getLogger(__name__)
@@ -25,14 +26,16 @@ ACTIVATION_TICK = datetime.resolution * 1000  # 1 ms
 
 # Usable models, the active one first: the model activated last, else the newest.
 USABLE = (
-    select(Job).where(Job.status == JobStatus.SUCCEEDED, Job.checkpoint_path.is_not(None))
+    select(Job).where(Job.kind == JobKind.TRAIN, Job.status == JobStatus.SUCCEEDED,
+                      Job.checkpoint_path.is_not(None))
     .order_by(Job.activated_at.is_(None), Job.activated_at.desc(), Job.finished_at.desc(),
               Job.id)
 )
 
-# What a model's summary reads besides the job: its evaluation's accuracy and classes (not the
-# C x C confusion matrix nor the per-class figures), else its dataset's classes.
-SUMMARY = (selectinload(Job.evaluation).load_only(Evaluation.accuracy, Evaluation.classes),
+# What a model's summary reads besides the job: its evaluation's accuracy, per-class figures
+# (for the macro F1) and classes (not the C x C confusion matrix), else its dataset's classes.
+SUMMARY = (selectinload(Job.evaluation).load_only(Evaluation.accuracy, Evaluation.per_class,
+                                                  Evaluation.classes),
            selectinload(Job.dataset).load_only(Dataset.classes))
 
 
@@ -68,7 +71,10 @@ def active(session: Session) -> Job | None:
 
 
 def model_file(job: Job) -> Path:
-    """The final checkpoint of ``job``, when it succeeded and the file is there."""
+    """The final checkpoint of ``job``, when it is a training job that succeeded and the
+    file is there."""
+    if job.kind is not JobKind.TRAIN:
+        raise ModelUnavailable(f"job {job.id} evaluated a model; it has none of its own")
     if job.status is not JobStatus.SUCCEEDED or not job.checkpoint_path:
         raise ModelUnavailable(
             f"job {job.id} is {job.status.value}; only a succeeded job has a model")
@@ -88,9 +94,9 @@ def find(session: Session, model: str | None) -> tuple[str, Path]:
     return job.id, model_file(job)
 
 
-def activate(session: Session, *, job_id: str) -> Job:
-    """Make this job's model the default of ``/predict``."""
-    model_file(get(session, job_id))
+def point_at(session: Session, job_id: str) -> None:
+    """Make this job's model the default of ``/predict`` (the pointer only: activations go
+    through :func:`app.models.promotion.activate`, which gates and records them)."""
     latest = session.scalar(select(func.max(Job.activated_at)))
     now = datetime.now(timezone.utc)
     if latest is not None:
@@ -98,7 +104,24 @@ def activate(session: Session, *, job_id: str) -> Job:
     session.execute(update(Job).where(Job.id == job_id).values(activated_at=now)
                     .execution_options(synchronize_session=False))
     session.expire_all()
+
+
+def summary(session: Session, job_id: str) -> Job:
+    """The model with what its summary needs (:data:`SUMMARY`)."""
     return session.scalars(select(Job).where(Job.id == job_id).options(*SUMMARY)).one()
+
+
+def evaluations(session: Session, job_id: str) -> list[tuple[Job, Evaluation]]:
+    """The model's evaluations, newest first, each with the job that made it: the
+    training's own (on its dataset's test split) and its evaluate jobs' results."""
+    model = get(session, job_id)
+    rows = session.execute(
+        select(Job, Evaluation).join(Evaluation, Evaluation.job_id == Job.id)
+        .where((Job.id == model.id) | ((Job.kind == JobKind.EVALUATE)
+                                       & (Job.model_id == model.id)
+                                       & (Job.status == JobStatus.SUCCEEDED)))
+        .order_by(Job.finished_at.desc(), Job.id)).all()
+    return [(job, evaluation) for job, evaluation in rows]
 
 
 def export_file(job: Job, format: str) -> Path:

@@ -40,9 +40,10 @@
   // ---------------------------------------------------------------- errors in words
 
   class ApiError extends Error {
-    constructor(message, status) {
+    constructor(message, status, body) {
       super(message);
       this.status = status;
+      this.body = body || {}; // the API's answer: detail, and e.g. kind and comparison
     }
   }
 
@@ -69,8 +70,10 @@
 
   function errorFromResponse(status, statusText, text, retryAfter) {
     let detail = "";
+    let body = {};
     try {
-      detail = describeDetail(JSON.parse(text).detail);
+      body = JSON.parse(text);
+      detail = describeDetail(body.detail);
     } catch (_) {
       detail = "";
     }
@@ -79,7 +82,7 @@
       ? `${detail} (HTTP ${status}, ${what})`
       : `the service answered HTTP ${status} (${what}) without saying why`;
     if (retryAfter) message += `; try again in ${retryAfter} s`;
-    return new ApiError(message, status);
+    return new ApiError(message, status, body && typeof body === "object" ? body : {});
   }
 
   function showError(id, err) {
@@ -259,6 +262,7 @@
   }
 
   function jobTitle(job) {
+    if (job.kind === "evaluate") return `job ${short(job.id)} (evaluates job ${short(job.model_id)})`;
     return `job ${short(job.id)} (${initText(job.params.init)})`;
   }
 
@@ -455,17 +459,108 @@
         text: `job ${short(m.id)}'s model (${datasetName(m.dataset_id)})` }));
     }
     if (Array.from(init.options).some((o) => o.value === initChosen)) init.value = initChosen;
+    await refreshHistory();
   }
 
-  async function activate(jobId) {
+  // Activation goes through the service's promotion gate: a refusal (409) shows both
+  // scores and asks before activating anyway (force).
+  const GATE_REFUSALS = new Set(["promotion_refused", "against_required", "evaluation_missing"]);
+  const METRIC_NAMES = { macro_f1: "macro F1", accuracy: "accuracy" };
+  const score = (x) => (x === null || x === undefined ? "not evaluated" : Number(x).toFixed(3));
+
+  async function activate(jobId, force = false) {
     showError("jobs-error", null);
+    const query = force ? "?force=true" : "";
     try {
-      await api("POST", `models/${encodeURIComponent(jobId)}/activate`);
-      announce(`Job ${short(jobId)}'s model is now the active model.`);
+      await api("POST", `models/${encodeURIComponent(jobId)}/activate${query}`);
+    } catch (err) {
+      if (!force && err.status === 409 && GATE_REFUSALS.has(err.body.kind)) {
+        if (await confirmForce(jobId, err)) await activate(jobId, true);
+        else announce(`Job ${short(jobId)}'s model was not activated.`);
+      } else {
+        showError("jobs-error", err);
+      }
+      return;
+    }
+    announce(`Job ${short(jobId)}'s model is now the active model${force ? " (forced)" : ""}.`);
+    await refreshModels();
+    renderJobs();
+  }
+
+  // The gate's refusal in words and figures; resolves true to activate anyway.
+  function confirmForce(jobId, err) {
+    const dialog = $("promote-dialog");
+    const c = err.body.comparison;
+    $("promote-reason").textContent = describeDetail(err.body.detail);
+    const rows = $("promote-scores");
+    rows.replaceChildren();
+    $("promote-table").hidden = !c || !c.dataset_id; // no common test split: no scores
+    if (c) {
+      $("promote-metric").textContent = `${METRIC_NAMES[c.metric] || c.metric}`
+        + (c.dataset_id ? ` on the test split of ${datasetName(c.dataset_id)}` : "");
+      for (const [who, id, value] of [["this model", c.candidate_id, c.candidate],
+        ["the active model", c.active_id, c.active]]) {
+        rows.append(el("tr", { "data-model": id }, el("th", { scope: "row", text: `${who} (job ${short(id)})` }),
+          el("td", { class: "score", text: score(value) })));
+      }
+    }
+    $("promote-title").textContent = `Activate job ${short(jobId)}'s model anyway?`;
+    return new Promise((resolve) => {
+      const done = (yes) => {
+        $("promote-force").removeEventListener("click", onForce);
+        $("promote-keep").removeEventListener("click", onKeep);
+        dialog.removeEventListener("close", onKeep);
+        if (dialog.open) dialog.close();
+        resolve(yes);
+      };
+      const onForce = () => done(true);
+      const onKeep = () => done(false);
+      $("promote-force").addEventListener("click", onForce);
+      $("promote-keep").addEventListener("click", onKeep);
+      dialog.addEventListener("close", onKeep); // Escape
+      dialog.showModal();
+      $("promote-keep").focus();
+    });
+  }
+
+  function historyItem(a) {
+    const when = new Date(a.created_at).toLocaleString();
+    const what = a.action === "rollback"
+      ? `rolled back to job ${short(a.model_id)}`
+      : `job ${short(a.model_id)} activated`;
+    const replaced = a.previous_id ? ` (replacing job ${short(a.previous_id)})` : "";
+    const scores = a.metric && (a.model_score !== null || a.previous_score !== null)
+      ? `, ${METRIC_NAMES[a.metric] || a.metric} ${score(a.model_score)} vs ${score(a.previous_score)}`
+      : "";
+    return el("li", { "data-activation": String(a.id), class: a.forced ? "forced" : null },
+      el("span", { class: "when", text: when }), ` ${what}${replaced}${scores}`,
+      a.forced ? el("span", { class: "badge forced-mark", text: "forced" }) : null,
+      el("span", { class: "hint", text: ` by ${a.actor}` }));
+  }
+
+  async function refreshHistory() {
+    let list;
+    try {
+      list = await api("GET", "models/history?limit=8");
+    } catch (err) {
+      showError("history-error", err);
+      return;
+    }
+    showError("history-error", null);
+    $("history-list").replaceChildren(...list.map(historyItem));
+    $("history-empty").hidden = list.length > 0;
+    $("rollback-button").hidden = !list.some((a) => a.previous_id);
+  }
+
+  async function rollback() {
+    showError("history-error", null);
+    try {
+      const a = await api("POST", "models/rollback");
+      announce(`Rolled back: job ${short(a.model_id)}'s model is the active model again.`);
       await refreshModels();
       renderJobs();
     } catch (err) {
-      showError("jobs-error", err);
+      showError("history-error", err);
     }
   }
 
@@ -556,6 +651,10 @@
       return p.epoch ? `waiting to resume after epoch ${p.epoch} of ${p.epochs}${tries}`
         : `waiting for a worker${tries}`;
     }
+    if (job.kind === "evaluate") {
+      return job.status === "running" ? `evaluating on the test split, ${pct(p.fraction)}`
+        : job.status === "succeeded" ? "evaluated" : job.status;
+    }
     let text = `epoch ${p.epoch} of ${p.epochs}`;
     if (job.status === "running" && p.eta_seconds !== null && p.eta_seconds !== undefined) {
       text += `, about ${duration(p.eta_seconds)} left`;
@@ -601,7 +700,8 @@
     r.dataset.textContent = datasetName(job.dataset_id);
     const lr = job.params.lr === undefined ? "" : `, lr ${job.params.lr}`;
     const size = job.params.image_size ? `, ${job.params.image_size} px` : "";
-    r.init.textContent = `${initText(job.params.init)}${lr}${size}`;
+    r.init.textContent = job.kind === "evaluate" ? `evaluates job ${short(job.model_id)}`
+      : `${initText(job.params.init)}${lr}${size}`;
     const badge = el("span", { class: `badge status-${job.status}`, text: job.status });
     const parts = [badge];
     if (job.cancel_requested && ACTIVE.has(job.status)) {
@@ -618,7 +718,7 @@
       r.acc.append(el("span", { class: "hint", text: ` (best ${pct(best.test_acc)})` }));
     }
     r.cancelButton.hidden = !ACTIVE.has(job.status) || job.cancel_requested;
-    r.activateButton.hidden = job.status !== "succeeded" || active;
+    r.activateButton.hidden = job.status !== "succeeded" || job.kind === "evaluate" || active;
     r.activeMark.hidden = !active;
   }
 
@@ -924,6 +1024,7 @@
     setUpDrop();
     $("dataset-form").addEventListener("submit", uploadDataset);
     $("job-form").addEventListener("submit", submitJob);
+    $("rollback-button").addEventListener("click", rollback);
     $("key-button").hidden = !sessionStorage.getItem(KEY_STORE);
     $("key-button").addEventListener("click", () => {
       state.keyDeclined = false;

@@ -18,6 +18,7 @@ from app.api.schemas import (
     JobOut,
     Progress,
 )
+from app.api.state import State
 from app.core.config import Settings
 from app.db.models import EpochMetric, Job, JobStatus
 from app.engine.config import INIT_IMAGENET
@@ -55,7 +56,8 @@ def job_out(job: Job, metrics: list[EpochMetric], waiting_for: str | None = None
     best = (EpochOut.model_validate(max(epochs_done, key=lambda m: (m.test_acc, -m.epoch)))
             if epochs_done else None)
     return JobOut(
-        id=job.id, dataset_id=job.dataset_id, status=job.status.value, params=job.params,
+        id=job.id, kind=job.kind.value, model_id=job.model_id, dataset_id=job.dataset_id,
+        status=job.status.value, params=job.params,
         progress=_progress(job, epochs_done), latest_metrics=latest, best_metrics=best,
         attempt=job.attempt, max_attempts=job.max_attempts, worker=job.worker,
         cancel_requested=job.cancel_requested, error=job.error, error_kind=job.error_kind,
@@ -89,10 +91,19 @@ def submit_job(session: SessionDep, state: StateDep, body: JobCreate) -> JobOut:
     job = jobs.submit(session, dataset_id=body.dataset_id, config=body.train_config(),
                       max_active_jobs=settings.max_active_jobs,
                       max_attempts=settings.max_attempts)
-    if not body.queue_anyway:  # refused: the row is rolled back with the request
+    return queue(session, state, job, queue_anyway=body.queue_anyway,
+                 imagenet=job.params["init"] == INIT_IMAGENET)
+
+
+def queue(session: Session, state: State, job: Job, *, queue_anyway: bool,
+          imagenet: bool = False) -> JobOut:
+    """Send a new job's row (added, not committed) to its queue, and show it. Without
+    ``queue_anyway``, a job that no live worker would take is refused (409) and its row
+    rolled back with the request."""
+    settings = state.settings
+    if not queue_anyway:
         workers.check_can_run(session, queue=queue_for(settings.training_queue, job.params),
-                              imagenet=job.params["init"] == INIT_IMAGENET,
-                              seen_seconds=settings.worker_seen_seconds)
+                              imagenet=imagenet, seen_seconds=settings.worker_seen_seconds)
     session.commit()  # the worker must find the row before the message
     try:
         state.enqueue(job.id, job.params)

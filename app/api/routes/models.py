@@ -1,12 +1,31 @@
-"""``/models``: the succeeded jobs ``/predict`` can use, and which one it uses by default."""
+"""``/models``: the succeeded training jobs ``/predict`` can use, which one it uses by default
+(changed through the promotion gate, recorded, undone by a rollback), and each model's
+evaluations on datasets (evaluate jobs)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hashlib
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+from sqlalchemy.orm import Session
 
 from app.api.deps import GUARDED, SessionDep, StateDep
-from app.api.schemas import ERRORS, ModelOut
-from app.db.models import Job
+from app.api.routes.jobs import queue
+from app.api.schemas import (
+    ERRORS,
+    MAX_OFFSET,
+    ActivationOut,
+    EvaluateRequest,
+    JobOut,
+    ModelEvaluationOut,
+    ModelOut,
+)
+from app.api.state import State
+from app.core.config import Settings
+from app.db.models import Evaluation, Job
+from app.jobs import evaluations as evaluate_jobs
+from app.models import promotion
 from app.models import service as models
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=GUARDED, responses=ERRORS)
@@ -17,8 +36,17 @@ def model_out(job: Job, active: bool) -> ModelOut:
     return ModelOut(id=job.id, dataset_id=job.dataset_id,
                     classes=ev.classes if ev else job.dataset.classes,
                     image_size=int(job.params.get("image_size", 224)),
-                    accuracy=ev.accuracy if ev else None, active=active,
+                    accuracy=ev.accuracy if ev else None,
+                    macro_f1=promotion.macro_f1(ev) if ev else None, active=active,
                     finished_at=job.finished_at)
+
+
+def who(request: Request, settings: Settings) -> promotion.Who:
+    """Who sends this request: the API key's fingerprint when the service has one (every
+    request then carries it), else ``anonymous``; and the client's address."""
+    actor = ("key:" + hashlib.sha256(settings.api_key.encode()).hexdigest()[:12]
+             if settings.api_key else "anonymous")
+    return promotion.Who(actor, request.client.host if request.client else None)
 
 
 @router.get("", response_model=list[ModelOut])
@@ -27,10 +55,73 @@ def list_models(session: SessionDep) -> list[ModelOut]:
     return [model_out(j, i == 0) for i, j in enumerate(models.list_usable(session))]
 
 
+@router.get("/history", response_model=list[ActivationOut])
+def activation_history(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> list[ActivationOut]:
+    """Every change of the active model, newest first: who, when, both models and scores."""
+    return [ActivationOut.model_validate(a)
+            for a in promotion.history(session, limit=limit, offset=offset)]
+
+
+@router.post("/rollback", response_model=ActivationOut)
+def rollback(session: SessionDep, state: StateDep, request: Request) -> ActivationOut:
+    """Activate again the model that the newest activation (not yet undone) replaced; 409
+    when there is none."""
+    record = promotion.rollback(session, who=who(request, state.settings))
+    out = ActivationOut.model_validate(record)
+    _committed(session, state)
+    return out
+
+
 @router.post("/{job_id}/activate", response_model=ModelOut)
-def activate_model(session: SessionDep, state: StateDep, job_id: str) -> ModelOut:
-    """Make this job's model the default of ``/predict``."""
-    job = models.activate(session, job_id=job_id)
+def activate_model(
+    session: SessionDep, state: StateDep, request: Request, job_id: str,
+    force: Annotated[bool, Query(description="activate even when the gate refuses")] = False,
+    against: Annotated[str | None, Query(
+        min_length=1, max_length=64, description="compare both models on this dataset's "
+        "test split (each needs an evaluation on it: POST /models/{id}/evaluate)")] = None,
+) -> ModelOut:
+    """Make this job's model the default of ``/predict`` if it scores at least as well as
+    the active model on ``PROMOTION_METRIC``, on the test split both were trained on (or on
+    ``against``'s); else 409 with both scores, unless ``force``. Recorded in the history."""
+    settings = state.settings
+    promotion.activate(session, job_id=job_id, who=who(request, settings),
+                       metric=settings.promotion_metric, force=force, against=against)
+    _committed(session, state)
+    return model_out(models.summary(session, job_id), True)
+
+
+def _committed(session: Session, state: State) -> None:
     session.commit()  # before the lookups are forgotten, or one could cache the old default
     state.models.forget_lookups()  # this process sees the change at once
-    return model_out(job, True)
+
+
+@router.post("/{job_id}/evaluate", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+def evaluate_model(session: SessionDep, state: StateDep, job_id: str,
+                   body: EvaluateRequest) -> JobOut:
+    """Queue a job that scores this model on the test split of ``dataset_id`` (same classes,
+    else 422); follow it with ``GET /jobs/{id}``. Its result is listed by
+    ``GET /models/{job_id}/evaluations``, and the promotion gate's ``against`` uses it."""
+    settings = state.settings
+    job = evaluate_jobs.submit_evaluation(
+        session, model_id=job_id, dataset_id=body.dataset_id,
+        max_active_jobs=settings.max_active_jobs, max_attempts=settings.max_attempts)
+    return queue(session, state, job, queue_anyway=body.queue_anyway)
+
+
+@router.get("/{job_id}/evaluations", response_model=list[ModelEvaluationOut])
+def model_evaluations(session: SessionDep, job_id: str) -> list[ModelEvaluationOut]:
+    """The model's scores on test splits, newest first: its training's own, and every
+    evaluate job's that succeeded."""
+    return [_evaluation_out(job_id, job, ev) for job, ev in models.evaluations(session, job_id)]
+
+
+def _evaluation_out(model_id: str, job: Job, ev: Evaluation) -> ModelEvaluationOut:
+    return ModelEvaluationOut(
+        model_id=model_id, dataset_id=job.dataset_id, job_id=job.id,
+        source="training" if job.id == model_id else "evaluation", accuracy=ev.accuracy,
+        macro_f1=promotion.macro_f1(ev), loss=ev.loss, classes=ev.classes,
+        confusion=ev.confusion, per_class=ev.per_class, created_at=job.finished_at)
