@@ -46,6 +46,9 @@ class EpochRecord(TypedDict):
     epoch: int
     train_loss: float
     train_acc: float
+    val_loss: float | None  # None: the job has no validation split
+    val_acc: float | None
+    val_macro_f1: float | None
     test_loss: float
     test_acc: float
     images_per_s: float

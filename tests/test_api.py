@@ -24,7 +24,14 @@ from app.db.session import make_engine, upgrade
 from app.engine.config import params
 from app.engine.export import PARITY_TOLERANCE, OnnxModel
 from app.jobs.service import claim_job
-from tests.helpers import TINY, embedded, finished_job, upload, zip_tree
+from tests.helpers import (
+    TINY,
+    embedded,
+    finished_job,
+    upload,
+    write_color_dataset,
+    zip_tree,
+)
 
 # No worker runs here: jobs are queued regardless (without it, POST /jobs refuses a job that
 # no live worker would take; tests/test_workers.py).
@@ -113,6 +120,27 @@ BAD_UPLOADS = {
     "compression bomb": (make_zip({"train/a/bomb.jpg": b"\0" * (64 << 20)}),
                          "compression bomb"),
 }
+
+
+def test_a_val_folder_is_stored_and_a_split_that_cannot_be_carved_is_422(
+        client: TestClient, settings: Settings, tmp_path: Path) -> None:
+    data = write_color_dataset(tmp_path / "d", train=3, test=1)
+    for cls in ("hotdog", "not-hotdog"):
+        (data / "val" / cls).mkdir(parents=True)
+        (data / "train" / cls / "000.jpg").rename(data / "val" / cls / "000.jpg")
+    ds = upload(client, zip_tree(data)).json()
+    assert ds["counts"]["val"] == {"hotdog": 1, "not-hotdog": 1}
+    assert ds["counts"]["train"] == {"hotdog": 2, "not-hotdog": 2}
+    assert (settings.dataset_dir(ds["id"]) / "val" / "hotdog" / "000000.jpg").is_file()
+    # One training image per class: nothing to hold out, unless the dataset has val/.
+    single = upload(client, make_zip({"train/a/1.jpg": jpeg(), "train/b/1.jpg": jpeg(),
+                                      "test/a/1.jpg": jpeg(), "test/b/1.jpg": jpeg()})).json()
+    r = client.post("/jobs", json={"dataset_id": single["id"], **NO_WORKER})
+    assert r.status_code == 422 and "val_fraction" in r.json()["detail"], r.text
+    assert "a, b" in r.json()["detail"]
+    for body in ({"dataset_id": single["id"], "val_fraction": 0},
+                 {"dataset_id": ds["id"], "val_fraction": 0.5}):
+        assert client.post("/jobs", json={**body, **NO_WORKER}).status_code == 202
 
 
 @pytest.mark.parametrize("case", BAD_UPLOADS)

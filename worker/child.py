@@ -98,7 +98,8 @@ class Reporter(Callback):
         emit(ev.Start(classes=info.classes, train_count=info.train_count,
                    test_count=info.test_count, device=info.device, precision=info.precision,
                    start_epoch=info.start_epoch, epochs=info.epochs,
-                   batches_per_epoch=info.batches_per_epoch, world_size=info.world_size))
+                   batches_per_epoch=info.batches_per_epoch, world_size=info.world_size,
+                   val_count=info.val_count))
         # The epochs the checkpoint holds, again: one whose report died with a killed worker
         # (or the pipe) is recorded now; the worker ignores those it already has.
         for metrics in info.history:

@@ -21,7 +21,8 @@ class DatasetOut(BaseModel):
     name: str
     classes: list[str]
     counts: dict[str, dict[str, int]] = Field(
-        description="images per split and class: {train: {class: n}, test: {class: n}}"
+        description="images per split and class: {train: {class: n}, test: {class: n}}, and "
+        "val when the dataset has a val/ folder (its validation split)"
     )
     warnings: list[str]
     size_bytes: int
@@ -116,7 +117,12 @@ class EpochOut(BaseModel):
     epoch: int = Field(description="1-based")
     train_loss: float = Field(description="mean cross-entropy over the epoch's training pass")
     train_acc: float = Field(description="accuracy on the (augmented) training images")
-    test_loss: float = Field(description="mean cross-entropy on the test split")
+    val_loss: float | None = Field(
+        None, description="mean cross-entropy on the validation split (null without one)")
+    val_acc: float | None = Field(None, description="accuracy on the validation split")
+    val_macro_f1: float | None = Field(None, description="macro F1 on the validation split")
+    test_loss: float = Field(description="mean cross-entropy on the test split (reported, "
+                             "never used to choose anything)")
     test_acc: float = Field(description="accuracy on the test split")
     images_per_s: float = Field(description="training images per second, loading included")
     seconds: float = Field(description="the whole epoch: training pass and evaluation")

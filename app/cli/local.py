@@ -186,7 +186,9 @@ def register(command: AddCommand) -> None:
                 "  hotdog evaluate model.pt data/demo --json --per-image\n\n")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("data_dir", metavar="DATA_DIR")
-    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--split", choices=("test", "train", "val"), default="test",
+                   help="val: the validation images the model was chosen on (recorded in "
+                   "its checkpoint)")
     p.add_argument("--per-image", action="store_true", help="also list every image's prediction")
     _runtime_options(p)
 

@@ -168,6 +168,10 @@ class EpochMetric(Base):
     test_acc: Mapped[float] = mapped_column(Float)
     images_per_s: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
+    # On the job's validation split; NULL when it has none.
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_acc: Mapped[float | None] = mapped_column(Float)
+    val_macro_f1: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = _created()
 
     job: Mapped[Job] = relationship(back_populates="metrics")

@@ -111,8 +111,13 @@ class TrainConfig:
     momentum: float = _param(0.0, "SGD momentum (d2l uses none)", ge=0, lt=1)
     image_size: int = _param(DEFAULT_IMAGE_SIZE, "side of the square crops the model sees "
                              "(d2l: 224)", ge=16, le=1024)
-    seed: int = _param(0, "seed of the head's initialisation, the shuffling and the "
-                       "augmentation", ge=0, le=2**31 - 1)
+    seed: int = _param(0, "seed of the head's initialisation, the shuffling, the "
+                       "augmentation and the validation split", ge=0, le=2**31 - 1)
+    # Model selection reads a validation split, never the test split.
+    val_fraction: float = _param(
+        0.1, "share of each class's training images held out for validation (stratified, "
+        "seeded, at least one per class) when the dataset has no val/ folder; 0: none "
+        "(the last epoch is kept, probabilities are not calibrated)", ge=0, le=0.5)
     # How to compute. Device and precision change the numbers a little (fp32 vs bf16), the
     # rest only the speed; the precision actually used is recorded in the checkpoint.
     device: str = _param(

@@ -19,12 +19,19 @@ import torch
 from torchvision.models import resnet18
 
 from app.engine.checkpoint import load_checkpoint
-from app.engine.data import eval_dataset, load_image_folder, make_loader
+from app.engine.data import (
+    ImageFolderSplits,
+    Sample,
+    eval_dataset,
+    load_image_folder,
+    make_loader,
+)
 from app.engine.device import plan_device
 from app.engine.evaluate import evaluation_from_logits, run_inference
 from app.engine.export import OnnxModel, export_onnx_bytes, onnxruntime_available
 from app.engine.metrics import Evaluation
 from app.engine.presets import Preprocessing, load_eval_image, normalize_batch
+from app.engine.split import validation_split
 
 ImageSource = str | Path | bytes | BinaryIO
 RUNTIMES = ("torch", "onnx")
@@ -77,6 +84,7 @@ class Predictor:
         self.classes: list[str] = list(ckpt["classes"])
         self.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
         self.params: dict[str, Any] = dict(ckpt.get("params") or {})
+        self.split: dict[str, Any] | None = ckpt.get("split")  # the validation split it chose on
         self.runtime = runtime
         self.model: torch.nn.Module | None = None
         self.onnx: OnnxModel | None = None
@@ -157,13 +165,15 @@ class Predictor:
     def evaluate_folder(
         self, data_dir: str | Path, *, split: str = "test", batch_size: int = 64
     ) -> tuple[Evaluation, list[Prediction]]:
-        """Evaluation of one split of an ImageFolder dataset, and every image's prediction."""
+        """Evaluation of one split of an ImageFolder dataset, and every image's prediction.
+        ``split``: test, train, or val (the validation images the model was chosen on, as
+        its checkpoint records them)."""
         splits = load_image_folder(data_dir)
         if splits.classes != self.classes:
             raise ValueError(
                 f"dataset classes {splits.classes} differ from the model's {self.classes}"
             )
-        samples = splits.test if split == "test" else splits.train
+        samples = self._samples(splits, split)
         loader = make_loader(
             eval_dataset(samples, self.preprocessing), batch_size=batch_size, shuffle=False,
             workers=0,
@@ -177,6 +187,14 @@ class Predictor:
         evaluation = evaluation_from_logits(self.classes, logits, targets)
         names = [str(p.relative_to(splits.root)) for p, _ in samples]
         return evaluation, self.report(torch.softmax(logits, dim=1), names)
+
+
+    def _samples(self, splits: ImageFolderSplits, split: str) -> list[Sample]:
+        if split != "val":
+            return splits.test if split == "test" else splits.train
+        if not self.split or not self.split.get("images"):
+            raise ValueError("this model was trained without a validation split")
+        return validation_split(splits, 0.0, 0, recorded=self.split).val
 
 
 def _name(source: ImageSource, i: int) -> str:

@@ -36,13 +36,16 @@ from app.engine.data import (
     train_dataset,
 )
 from app.engine.device import DevicePlan
-from app.engine.evaluate import Batches
+from app.engine.evaluate import Batches, evaluation_from_logits
 from app.engine.metrics import Evaluation
 from app.engine.model import backbone_parameters, build_model, head_parameters
 from app.engine.presets import Preprocessing, normalize_batch
+from app.engine.split import ValidationSplit, validation_split
 from app.engine.strategy import Strategy, strategy_for
 
 log = logging.getLogger(__name__)
+
+NO_SPLIT: dict[str, Any] = {"source": None, "images": []}  # what a run without a split records
 
 
 @dataclass
@@ -172,6 +175,15 @@ def fit(
     return result
 
 
+@dataclass(frozen=True)
+class EvalSet:
+    """A set evaluated after every epoch (validation, test): all of its images, and the
+    loader of this process's share of them."""
+
+    samples: list[Sample]
+    loader: Batches
+
+
 @dataclass
 class _Run:
     """One run, set up: the model (``net`` is what trains: the model or its DDP wrapper),
@@ -191,8 +203,10 @@ class _Run:
     train_ds: CachedImages
     batch_size: int
     batches: int  # per epoch
-    test_loader: Batches
-    test_samples: list[Sample]  # the whole test set, whichever share this process evaluates
+    test: EvalSet  # reported every epoch, never used to choose anything
+    val: EvalSet | None  # what chooses (the epoch, the temperature); None without a split
+    split: ValidationSplit
+    root: Path  # the dataset's, which the recorded split's paths are relative to
 
     @classmethod
     def prepare(
@@ -207,6 +221,10 @@ class _Run:
         pre = Preprocessing.for_size(cfg.image_size)
         resume = None if resume_from is None else _resume_state(resume_from, splits.classes,
                                                                  pre, cfg)
+        # A resumed run keeps its recorded split (one from before splits were recorded had
+        # none); a new one draws it.
+        split = validation_split(splits, cfg.val_fraction, cfg.seed,
+                                 None if resume is None else resume.get("split", NO_SPLIT))
         # Load weights first: a missing ImageNet file fails before any image is decoded.
         model = _initial_model(cfg, len(splits.classes), resume, plan)
         net = strategy.wrap(model)
@@ -216,35 +234,43 @@ class _Run:
         if resume is not None:
             start_epoch, history = _restore(optimizer, model, cfg, resume)
 
-        train_ds = train_dataset(splits.train, cfg.image_size)
-        test_ds = eval_dataset(strategy.test_share(splits.test), pre)
-        cached_bytes, decode_seconds = _fill_caches(cfg, train_ds, test_ds,
+        train_ds = train_dataset(split.train, cfg.image_size)
+        test_ds = eval_dataset(strategy.eval_share(splits.test), pre)
+        val_ds = eval_dataset(strategy.eval_share(split.val), pre)
+        cached_bytes, decode_seconds = _fill_caches(cfg, train_ds, [val_ds, test_ds],
                                                     strategy.local_processes)
         batch_size = min(cfg.batch_size, len(train_ds))
+        val = (EvalSet(split.val, strategy.eval_loader(val_ds, cfg.batch_size))
+               if split.exists else None)
         run = cls(
             cfg=cfg, strategy=strategy, callback=strategy.reporter(callback),
             classes=splits.classes, pre=pre, model=model, net=net, optimizer=optimizer,
             scaler=scaler, history=history, start_epoch=start_epoch, train_ds=train_ds,
-            batch_size=batch_size, test_loader=strategy.test_loader(test_ds, cfg.batch_size),
-            batches=strategy.batches_per_epoch(train_ds, batch_size), test_samples=splits.test,
+            batch_size=batch_size, batches=strategy.batches_per_epoch(train_ds, batch_size),
+            test=EvalSet(splits.test, strategy.eval_loader(test_ds, cfg.batch_size)),
+            val=val, split=split, root=splits.root,
         )
         run.announce(cached_bytes, decode_seconds)
         return run
 
     def announce(self, cached_bytes: int, decode_seconds: float) -> None:
         cfg, plan, strategy = self.cfg, self.strategy.plan, self.strategy
-        train_count, test_count = len(self.train_ds), len(self.test_samples)
+        train_count, test_count = len(self.train_ds), len(self.test.samples)
+        val_count = len(self.split.val)
         self.callback.on_start(StartInfo(
             classes=self.classes, train_count=train_count, test_count=test_count,
             device=str(plan.device), precision=plan.precision, start_epoch=self.start_epoch,
             epochs=cfg.epochs, batches_per_epoch=self.batches, config=cfg,
             cached_bytes=cached_bytes, decode_seconds=decode_seconds,
             world_size=strategy.world_size, history=tuple(self.history),
+            val_count=val_count, val_source=self.split.source,
         ))
         log.info(
-            "training %s on %d images (%d classes), testing on %d, %s %s, epochs %d..%d%s",
-            cfg.init, train_count, len(self.classes), test_count, plan.device, plan.precision,
-            self.start_epoch + 1, cfg.epochs, strategy.describe(),
+            "training %s on %d images (%d classes), validating on %d (%s), testing on %d, "
+            "%s %s, epochs %d..%d%s",
+            cfg.init, train_count, len(self.classes), val_count, self.split.source or "none",
+            test_count, plan.device, plan.precision, self.start_epoch + 1, cfg.epochs,
+            strategy.describe(),
         )
 
     def train(self, out: Path, epoch_checkpoint: Path | None) -> TrainResult:
@@ -261,7 +287,7 @@ class _Run:
                 save_checkpoint(self.payload(epoch, None), epoch_checkpoint)
                 self.callback.on_checkpoint(epoch_checkpoint, epoch)
         if evaluation is None:  # resumed a run that had already finished its epochs
-            evaluation = self.evaluate()
+            evaluation = self.evaluate(self.test)
         if self.strategy.writes:
             save_checkpoint(self.payload(self.cfg.epochs, evaluation), out)
         return TrainResult(checkpoint=out, classes=self.classes, config=self.cfg,
@@ -277,24 +303,32 @@ class _Run:
             epoch=epoch, epochs=cfg.epochs, batches=self.batches, callback=self.callback,
             scaler=self.scaler, weights=batches.weights, reduce=strategy.reduce,
         )
-        evaluation = self.evaluate()
+        evaluation = self.evaluate(self.test)
+        val = self.evaluate(self.val) if self.val is not None else None
         metrics = EpochMetrics(
             epoch=epoch, epochs=cfg.epochs,
             train_loss=train_loss, train_acc=train_acc,
             test_loss=evaluation.loss, test_acc=evaluation.accuracy,
             images_per_s=seen / train_seconds if train_seconds > 0 else 0.0,
             seconds=time.perf_counter() - start,
+            val_loss=val.loss if val else None, val_acc=val.accuracy if val else None,
+            val_macro_f1=val.macro_f1 if val else None,
         )
         log.info(
-            "epoch %d/%d train loss %.4f acc %.3f, test loss %.4f acc %.3f, %.1f img/s",
-            epoch, cfg.epochs, train_loss, train_acc, metrics.test_loss, metrics.test_acc,
-            metrics.images_per_s,
+            "epoch %d/%d train loss %.4f acc %.3f, val loss %s acc %s, test loss %.4f acc "
+            "%.3f, %.1f img/s", epoch, cfg.epochs, train_loss, train_acc,
+            _fmt(metrics.val_loss, ".4f"), _fmt(metrics.val_acc, ".3f"), metrics.test_loss,
+            metrics.test_acc, metrics.images_per_s,
         )
         return metrics, evaluation
 
-    def evaluate(self) -> Evaluation:
-        return self.strategy.evaluate(self.model, self.test_loader, self.pre, self.classes,
-                                      self.test_samples)
+    def logits(self, on: EvalSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's logits and the targets of every image of ``on``, in order."""
+        return self.strategy.infer(self.model, on.loader, self.pre, on.samples,
+                                   len(self.classes))
+
+    def evaluate(self, on: EvalSet) -> Evaluation:
+        return evaluation_from_logits(self.classes, *self.logits(on))
 
     def payload(self, epoch: int, evaluation: Evaluation | None) -> dict[str, Any]:
         """The checkpoint: complete (``evaluation`` given) or one to resume from."""
@@ -313,6 +347,7 @@ class _Run:
             "metrics": history[-1].to_dict() if history else None,
             "evaluation": evaluation.to_dict() if evaluation is not None else None,
             "complete": evaluation is not None,
+            "split": self.split.to_dict(self.root),
         }
 
 
@@ -378,13 +413,19 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _fill_caches(
-    cfg: TrainConfig, train_ds: CachedImages, test_ds: CachedImages, share: int = 1
+    cfg: TrainConfig, train_ds: CachedImages, eval_sets: list[CachedImages], share: int = 1
 ) -> tuple[int, float]:
     budget = cfg.cache_bytes if cfg.cache_bytes is not None else available_memory_bytes() // 4
     budget //= share  # processes on one machine each cache their own copy
     start = time.perf_counter()
-    used = test_ds.fill(budget)
+    used = 0
+    for ds in eval_sets:  # evaluated every epoch, untransformed: first in the cache
+        used += ds.fill(budget - used)
     used += train_ds.fill(budget - used)
     seconds = time.perf_counter() - start
     log.info("decoded %.1f MB of images in %.1fs", used / 1e6, seconds)

@@ -21,7 +21,7 @@ from sqlalchemy import CursorResult, Executable, func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.datasets import service as datasets
-from app.db.models import EpochMetric, ErrorKind, Evaluation, Job, JobStatus
+from app.db.models import Dataset, EpochMetric, ErrorKind, Evaluation, Job, JobStatus
 from app.engine.config import TrainConfig
 from app.jobs.queues import queue_for
 
@@ -163,7 +163,10 @@ def record_epoch(session: Session, job_id: str, metrics: dict[str, Any]) -> bool
     if exists is not None:
         return False
     fields = ("train_loss", "train_acc", "test_loss", "test_acc", "images_per_s", "seconds")
-    session.add(EpochMetric(job_id=job_id, epoch=epoch, **{k: float(metrics[k]) for k in fields}))
+    optional = ("val_loss", "val_acc", "val_macro_f1")  # None without a validation split
+    session.add(EpochMetric(
+        job_id=job_id, epoch=epoch, **{k: float(metrics[k]) for k in fields},
+        **{k: None if metrics.get(k) is None else float(metrics[k]) for k in optional}))
     session.execute(
         update(Job).where(Job.id == job_id, Job.epoch < epoch).values(epoch=epoch,
                                                                         epoch_fraction=0.0)
@@ -358,7 +361,7 @@ def submit(
     except ValueError as exc:
         raise InvalidParams(str(exc)) from exc
     _serialize_submissions(session)
-    datasets.get_live(session, dataset_id)
+    _check_split(config, datasets.get_live(session, dataset_id))
     active = session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE)))
     if active is not None and active >= max_active_jobs:
         raise TooManyActiveJobs(f"{active} jobs are queued or running, the limit "
@@ -386,6 +389,18 @@ def _serialize_submissions(session: Session) -> None:
         driver = conn.connection.dbapi_connection
         if driver is not None and not driver.in_transaction:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _check_split(config: TrainConfig, dataset: Dataset) -> None:
+    """Refuse what the dataset's validation split cannot give: a held-out share of a class
+    that has a single training image."""
+    if "val" in dataset.counts or config.val_fraction <= 0:
+        return  # the dataset's own val/ folder, or no validation split asked for
+    single = [c for c, n in dataset.counts.get("train", {}).items() if n < 2]
+    if single:
+        raise InvalidParams(
+            f"val_fraction: class(es) {', '.join(single)} have a single training image, too "
+            "few to hold one out for validation; set val_fraction 0 or upload a val/ folder")
 
 
 def _check_init(session: Session, init: str) -> None:

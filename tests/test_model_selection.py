@@ -1,0 +1,119 @@
+"""Choosing the model without the test split: the validation split (a dataset's val/ folder,
+or a stratified, seeded share of train), the epoch it selects, early stopping, the learning
+rate schedule, class imbalance and the calibrated temperature."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from app.engine import Callback, StartInfo, TrainConfig, fit, load_checkpoint, load_image_folder
+from app.engine.split import validation_split
+from tests.helpers import TINY, write_color_dataset
+
+
+class Started(Callback):
+    def __init__(self) -> None:
+        self.info: StartInfo | None = None
+
+    def on_start(self, info: StartInfo) -> None:
+        self.info = info
+
+
+def _per_class(samples: list[tuple[Path, int]]) -> dict[int, int]:
+    return dict(Counter(label for _, label in samples))
+
+
+# --------------------------------------------------------------------- the validation split
+
+
+def test_carved_split_is_stratified_seeded_and_leaves_every_class_some_training(
+        tmp_path: Path) -> None:
+    root = write_color_dataset(tmp_path / "d", train=10, test=1)
+    splits = load_image_folder(root)
+    split = validation_split(splits, 0.2, seed=3)
+    assert split.source == "carved" and _per_class(split.val) == {0: 2, 1: 2}
+    assert sorted(split.train + split.val) == sorted(splits.train)
+    assert not {p for p, _ in split.train} & {p for p, _ in split.val}
+    assert validation_split(splits, 0.2, seed=3).val == split.val  # seeded
+    assert validation_split(splits, 0.2, seed=4).val != split.val
+    # At least one image per class, however small the fraction; never a class's last one.
+    assert _per_class(validation_split(splits, 0.01, seed=0).val) == {0: 1, 1: 1}
+    two = write_color_dataset(tmp_path / "two", train=2, test=1)
+    assert _per_class(validation_split(load_image_folder(two), 0.5, seed=0).train) == {0: 1, 1: 1}
+    assert not validation_split(splits, 0.0, seed=0).exists  # 0: no validation split
+
+
+def test_carved_split_follows_each_class_size(tmp_path: Path) -> None:
+    root = write_color_dataset(tmp_path / "d", train=20, test=1)
+    for p in sorted((root / "train" / "not-hotdog").iterdir())[5:]:
+        p.unlink()  # 20 hotdogs, 5 others
+    split = validation_split(load_image_folder(root), 0.2, seed=0)
+    assert _per_class(split.val) == {0: 4, 1: 1}
+
+
+def test_a_class_with_one_training_image_cannot_give_one_to_validation(tmp_path: Path) -> None:
+    root = write_color_dataset(tmp_path / "d", train=1, test=1)
+    with pytest.raises(ValueError, match="val_fraction: class 'hotdog' has 1 training image"):
+        validation_split(load_image_folder(root), 0.1, seed=0)
+    assert not validation_split(load_image_folder(root), 0.0, seed=0).exists
+
+
+def test_the_split_is_recorded_and_a_resumed_run_keeps_it(color_dataset: Path,
+                                                          tmp_path: Path) -> None:
+    fit(color_dataset, TrainConfig(**TINY, epochs=1, val_fraction=0.25), tmp_path / "a.pt",
+        epoch_checkpoint=tmp_path / "last.pt")
+    recorded = load_checkpoint(tmp_path / "last.pt")["split"]
+    expected = validation_split(load_image_folder(color_dataset), 0.25, seed=0)
+    assert recorded["source"] == "carved" and recorded["seed"] == 0
+    assert recorded["images"] == [str(p.relative_to(color_dataset)) for p, _ in expected.val]
+    assert len(recorded["images"]) == 4 and all(i.startswith("train/") for i in recorded["images"])
+    # Asked for another fraction, the resumed run still validates on the recorded images.
+    started = Started()
+    fit(color_dataset, TrainConfig(**TINY, epochs=2, val_fraction=0.5), tmp_path / "b.pt",
+        resume_from=tmp_path / "last.pt", callback=started)
+    assert load_checkpoint(tmp_path / "b.pt")["split"] == recorded
+    info = started.info
+    assert info is not None and (info.train_count, info.val_count) == (12, 4)
+
+
+def test_the_datasets_val_folder_is_used_when_present(color_dataset: Path,
+                                                      tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(color_dataset, data)
+    for cls in ("hotdog", "not-hotdog"):
+        (data / "val" / cls).mkdir(parents=True)
+        for p in sorted((data / "train" / cls).iterdir())[:3]:
+            p.rename(data / "val" / cls / p.name)
+    assert load_image_folder(data).counts()["val"] == {"hotdog": 3, "not-hotdog": 3}
+    started = Started()
+    result = fit(data, TrainConfig(**TINY, epochs=1), tmp_path / "m.pt", callback=started)
+    split = load_checkpoint(result.checkpoint)["split"]
+    assert split["source"] == "folder" and len(split["images"]) == 6
+    assert all(i.startswith("val/") for i in split["images"])
+    info = started.info
+    assert info is not None and (info.train_count, info.val_count) == (10, 6)
+    m = result.history[0]
+    assert m.val_loss is not None and m.val_acc is not None and m.val_macro_f1 is not None
+
+
+def test_val_folder_must_have_the_training_classes(color_dataset: Path, tmp_path: Path) -> None:
+    from app.engine import DatasetError
+
+    data = tmp_path / "data"
+    shutil.copytree(color_dataset, data)
+    shutil.copytree(data / "test" / "hotdog", data / "val" / "hotdog")
+    with pytest.raises(DatasetError, match=r"train and val must have the same classes"):
+        load_image_folder(data)
+
+
+def test_without_a_split_there_are_no_validation_metrics(color_dataset: Path,
+                                                         tmp_path: Path) -> None:
+    result = fit(color_dataset, TrainConfig(**TINY, epochs=1, val_fraction=0), tmp_path / "m.pt")
+    m = result.history[0]
+    assert (m.val_loss, m.val_acc, m.val_macro_f1) == (None, None, None)
+    split = load_checkpoint(result.checkpoint)["split"]
+    assert split["source"] is None and split["images"] == []
