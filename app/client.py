@@ -62,7 +62,11 @@ class Job(TypedDict):
     params: dict[str, Any]
     progress: Progress
     latest_metrics: EpochRecord | None
+    # The kept model's epoch (chosen on the validation split, or the last), never the best
+    # test accuracy; selected_epoch once the job succeeded.
     best_metrics: EpochRecord | None
+    selected_epoch: int | None
+    note: str | None  # e.g. that early stopping ended it
     attempt: int
     max_attempts: int
     worker: str | None

@@ -286,7 +286,8 @@ def finished_job(settings: Settings, dataset_id: str, tmp_path: Path, data: Path
         claim_job(s, job.id, worker="w", lease_seconds=60)
         assert result.evaluation is not None
         finish_job(s, job.id, worker="w", status=JobStatus.SUCCEEDED, checkpoint_path=str(out),
-                   evaluation=result.evaluation.to_dict(), exports=exports)
+                   evaluation=result.evaluation.to_dict(), exports=exports,
+                   selected_epoch=result.selected_epoch, note=result.note)
         s.commit()
         job_id = job.id
     engine.dispose()

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.api.app import create_app
 from app.core.config import Settings
-from app.db.models import Job
+from app.db.models import Job, JobStatus
 from app.db.session import make_engine, upgrade
 from app.engine.config import params
 from app.engine.export import PARITY_TOLERANCE, OnnxModel
@@ -497,6 +497,52 @@ def test_progress_and_eta_while_running(client: TestClient, settings: Settings,
     assert job["progress"]["fraction"] == pytest.approx(1.5 / 4)
     assert job["progress"]["eta_seconds"] == pytest.approx(25.0)  # 2.5 epochs of 10 s
     assert job["latest_metrics"]["test_acc"] == 0.75 == job["best_metrics"]["test_acc"]
+
+
+def test_the_job_shows_the_kept_epoch_never_the_best_test_accuracy(
+        client: TestClient, settings: Settings, color_dataset: Path) -> None:
+    from app.jobs.service import finish_job, record_epoch
+
+    ds = upload(client, zip_tree(color_dataset)).json()["id"]
+    job_id = client.post("/jobs", json={"dataset_id": ds, **TINY, "epochs": 3,
+                                         **NO_WORKER}).json()["id"]
+    # Epoch 2 has the best validation loss, epoch 3 the best test accuracy.
+    rows = [(1.0, 0.6, 0.5), (0.4, 0.8, 0.625), (0.7, 0.7, 1.0)]
+    engine = make_engine(settings.db_url)
+    with Session(engine) as s:
+        claim_job(s, job_id, worker="w", lease_seconds=60)
+        for epoch, (val_loss, val_acc, test_acc) in enumerate(rows, 1):
+            record_epoch(s, job_id, {"epoch": epoch, "train_loss": 1.0, "train_acc": 0.5,
+                                     "val_loss": val_loss, "val_acc": val_acc,
+                                     "val_macro_f1": val_acc, "test_loss": 1.0,
+                                     "test_acc": test_acc, "images_per_s": 10.0,
+                                     "seconds": 1.0})
+        s.commit()
+        running = client.get(f"/jobs/{job_id}").json()
+        assert running["best_metrics"]["epoch"] == 2 and running["selected_epoch"] is None
+        finish_job(s, job_id, worker="w", status=JobStatus.SUCCEEDED, checkpoint_path="/x.pt",
+                   selected_epoch=2, note="stopped early after epoch 3 of 3")
+        s.commit()
+    engine.dispose()
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["selected_epoch"] == 2 and job["note"] == "stopped early after epoch 3 of 3"
+    kept = job["best_metrics"]
+    assert (kept["epoch"], kept["val_loss"], kept["val_acc"], kept["test_acc"]) == (
+        2, 0.4, 0.8, 0.625)
+    assert job["latest_metrics"]["epoch"] == 3
+    assert client.get(f"/jobs/{job_id}/metrics").json()[1]["val_acc"] == 0.8
+
+
+def test_selection_without_a_validation_split_is_422(client: TestClient,
+                                                      color_dataset: Path) -> None:
+    ds = upload(client, zip_tree(color_dataset)).json()["id"]
+    for asked, name in (({"select": "best"}, "select 'best'"),
+                        ({"early_stopping_patience": 2}, "early_stopping_patience")):
+        r = client.post("/jobs", json={"dataset_id": ds, "val_fraction": 0, **asked,
+                                       **NO_WORKER})
+        assert r.status_code == 422 and name in r.json()["detail"], r.text
+    r = client.post("/jobs", json={"dataset_id": ds, "select": "worst", **NO_WORKER})
+    assert r.status_code == 422 and "select" in r.text
 
 
 def test_serving_beyond_loopback_without_a_key_warns(caplog: pytest.LogCaptureFixture,

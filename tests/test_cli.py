@@ -37,7 +37,9 @@ def test_demo_data_train_evaluate_predict(tmp_path: Path) -> None:
                   "--image-size", "32", "--batch-size", "4", "--json")
     trained = last_json(proc)
     assert ckpt.is_file() and not (tmp_path / "model.last.pt").exists()
+    assert not (tmp_path / "model.best.pt").exists()
     assert [e["epoch"] for e in trained["epochs"]] == [1, 2]
+    assert trained["selected_epoch"] in (1, 2) and trained["note"] is None
     assert 0.0 <= trained["test_acc"] <= 1.0 and trained["params"]["lr"] == 0.064
 
     evaluated = last_json(hotdog("evaluate", str(ckpt), str(data), "--json", "--per-image"))

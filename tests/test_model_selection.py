@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from app.engine import Callback, StartInfo, TrainConfig, fit, load_checkpoint, load_image_folder
 from app.engine.split import validation_split
@@ -117,3 +118,94 @@ def test_without_a_split_there_are_no_validation_metrics(color_dataset: Path,
     assert (m.val_loss, m.val_acc, m.val_macro_f1) == (None, None, None)
     split = load_checkpoint(result.checkpoint)["split"]
     assert split["source"] is None and split["images"] == []
+
+
+# --------------------------------------------------------------------- the kept epoch
+
+# A run whose validation loss goes up and down (19.1, 0.36, 6.29, 0.016, 0.17, ...: fp32 on
+# the CPU, seed 1) and whose test accuracy varies (0.5, 0.75, 0.5, 1.0, ...), on 18
+# training, 6 validation and 12 test images at 32 px.
+MOVING = {**TINY, "batch_size": 2, "lr": 0.01, "precision": "fp32", "seed": 1,
+          "val_fraction": 0.25}
+
+
+@pytest.fixture(scope="module")
+def moving_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_color_dataset(tmp_path_factory.mktemp("moving"), train=12, test=6)
+
+
+def test_the_best_epoch_on_validation_is_kept_and_early_stopping_ends_the_run(
+        moving_dataset: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(**MOVING, epochs=6, early_stopping_patience=1)
+    result = fit(moving_dataset, cfg, tmp_path / "m.pt", epoch_checkpoint=tmp_path / "last.pt")
+    losses = [m.val_loss for m in result.history]
+    assert all(v is not None for v in losses)
+    best = min(range(len(losses)), key=lambda i: (losses[i], i)) + 1
+    # It ran until an epoch failed to beat the best one (patience 1), then stopped.
+    done = len(result.history)
+    assert done < 6 and done == best + 1, losses
+    assert result.selected_epoch == best and result.note is not None
+    assert f"stopped early after epoch {done} of 6" in result.note
+    final, last, kept = (load_checkpoint(tmp_path / f) for f in ("m.pt", "last.pt", "best.pt"))
+    assert final["selected_epoch"] == kept["epoch"] == best and final["epoch"] == done
+    assert final["note"] == result.note and final["metrics"] == result.history[best - 1].to_dict()
+    # The checkpoint holds the best epoch's model (best.pt's), not the last one's.
+    assert all(torch.equal(final["model"][k], kept["model"][k]) for k in final["model"])
+    assert not all(torch.equal(final["model"][k], last["model"][k]) for k in final["model"])
+    # Its evaluation is that model's on test: the kept epoch's test figures.
+    assert result.evaluation is not None
+    assert result.evaluation.accuracy == result.history[best - 1].test_acc == result.test_acc
+    assert result.evaluation.loss == pytest.approx(result.history[best - 1].test_loss)
+
+
+def test_select_last_keeps_the_last_epoch(moving_dataset: Path, tmp_path: Path) -> None:
+    result = fit(moving_dataset, TrainConfig(**MOVING, epochs=3, select="last"),
+                 tmp_path / "m.pt", epoch_checkpoint=tmp_path / "last.pt")
+    final, last = load_checkpoint(tmp_path / "m.pt"), load_checkpoint(tmp_path / "last.pt")
+    assert result.selected_epoch == 3 and final["select"]["mode"] == "last"
+    assert all(torch.equal(final["model"][k], last["model"][k]) for k in final["model"])
+    assert not (tmp_path / "best.pt").exists()
+
+
+def test_selection_never_reads_the_test_split(moving_dataset: Path, tmp_path: Path) -> None:
+    """The same run on a dataset whose test labels are swapped keeps the same epoch (and
+    the same temperature): nothing it chooses depends on the test split."""
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(moving_dataset, poisoned)
+    (poisoned / "test" / "hotdog").rename(poisoned / "test" / "swap")
+    (poisoned / "test" / "not-hotdog").rename(poisoned / "test" / "hotdog")
+    (poisoned / "test" / "swap").rename(poisoned / "test" / "not-hotdog")
+    cfg = TrainConfig(**MOVING, epochs=3)
+    clean = fit(moving_dataset, cfg, tmp_path / "clean.pt")
+    dirty = fit(poisoned, cfg, tmp_path / "dirty.pt")
+    clean_acc = [m.test_acc for m in clean.history]
+    assert [m.test_acc for m in dirty.history] == [1 - a for a in clean_acc]
+    # A choice that read test accuracy would differ between the two runs.
+    assert len(set(clean_acc)) > 1, clean_acc
+    assert dirty.selected_epoch == clean.selected_epoch
+    assert [m.val_loss for m in dirty.history] == [m.val_loss for m in clean.history]
+    a, b = load_checkpoint(clean.checkpoint), load_checkpoint(dirty.checkpoint)
+    assert a.get("temperature") == b.get("temperature")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_selection_needs_a_validation_split(color_dataset: Path, tmp_path: Path) -> None:
+    for asked in ({"select": "best"}, {"early_stopping_patience": 2}):
+        with pytest.raises(ValueError, match="needs a validation split"):
+            fit(color_dataset, TrainConfig(**TINY, epochs=1, val_fraction=0, **asked),
+                tmp_path / "m.pt")
+
+
+def test_pick_keeps_the_first_best_and_falls_back_to_the_last() -> None:
+    from app.engine import selection
+
+    rows = [{"epoch": 1, "val_loss": 0.5, "val_acc": 0.9},
+            {"epoch": 2, "val_loss": 0.3, "val_acc": 0.9},
+            {"epoch": 3, "val_loss": float("nan"), "val_acc": 0.8}]
+    assert selection.pick(rows, "best", "val_loss")["epoch"] == 2
+    assert selection.pick(rows, "best", "val_acc")["epoch"] == 1  # a tie keeps the earlier
+    assert selection.pick(rows, "last", "val_loss")["epoch"] == 3
+    diverged = [{"epoch": 1, "val_loss": float("nan")}, {"epoch": 2, "val_loss": None}]
+    assert selection.pick(diverged, "best", "val_loss")["epoch"] == 2
+    assert selection.resolve("auto", has_val=True) == "best"
+    assert selection.resolve("auto", has_val=False) == "last"

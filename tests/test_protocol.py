@@ -42,7 +42,8 @@ EVENTS: list[Event] = [
     Done(checkpoint="/data/jobs/x/model.pt", test_acc=0.875,
          evaluation={"accuracy": 0.875, "loss": 0.5, "classes": ["a", "b"],
                      "confusion": [[4, 0], [1, 3]], "per_class": [], "count": 8},
-         exports={"onnx": {"file": "/data/jobs/x/model.onnx", "max_abs_diff": 1e-6}}),
+         exports={"onnx": {"file": "/data/jobs/x/model.onnx", "max_abs_diff": 1e-6}},
+         selected_epoch=2, note="stopped early after epoch 3 of 5"),
     Cancelled(),
     WEIGHTS_MISSING,
 ]

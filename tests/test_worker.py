@@ -121,6 +121,9 @@ def test_job_runs_to_success_on_a_real_worker(service: Service, color_dataset: P
         assert job.evaluation is not None and sum(map(sum, job.evaluation.confusion)) == 8
         ckpt = load_checkpoint(job.checkpoint_path or "")
         assert ckpt["evaluation"]["confusion"] == job.evaluation.confusion
+        # The kept epoch (chosen on the validation split) is recorded with the job.
+        assert job.selected_epoch == ckpt["selected_epoch"] and job.selected_epoch in (1, 2)
+        assert all(m.val_loss is not None for m in job.metrics)
 
 
 @pytest.mark.worker_env(QUEUED_RESEND_SECONDS="1")

@@ -189,8 +189,10 @@ def run(spec: dict[str, Any]) -> int:
         record = export_for_job(result.checkpoint, spec["data_dir"],
                                 Path(result.checkpoint).with_suffix(".onnx"))
         exports["onnx"] = record.to_dict()
+    assert result.selected_epoch is not None
     emit(ev.Done(checkpoint=str(result.checkpoint), test_acc=result.test_acc,
-              evaluation=result.evaluation.to_dict(), exports=exports))
+              evaluation=result.evaluation.to_dict(), exports=exports,
+              selected_epoch=result.selected_epoch, note=result.note))
     return EXIT_OK
 
 

@@ -69,9 +69,11 @@ class Checkpoint:
 class Done:
     name: ClassVar[str] = "done"
     checkpoint: str
-    test_acc: float
-    evaluation: dict[str, Any]  # app.engine.Evaluation.to_dict()
+    test_acc: float  # the kept model's
+    evaluation: dict[str, Any]  # app.engine.Evaluation.to_dict(), of the kept model on test
     exports: dict[str, Any]  # by format: app.engine.export.ExportRecord.to_dict()
+    selected_epoch: int  # the epoch whose model the checkpoint holds
+    note: str | None  # e.g. why it stopped before its last epoch (early stopping)
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,16 @@ class JobOut(BaseModel):
     params: dict[str, Any]
     progress: Progress
     latest_metrics: EpochOut | None
-    best_metrics: EpochOut | None = Field(description="the epoch with the best test accuracy")
+    best_metrics: EpochOut | None = Field(description=(
+        "the kept model's epoch (selected_epoch): its validation and test figures. While "
+        "the job runs: the epoch it would keep now (the best on the validation split by "
+        "select_metric, or the last). Never chosen by test accuracy"))
+    selected_epoch: int | None = Field(
+        None, description="the epoch whose model the job kept, once it succeeded: "
+        "/predict, exports, downloads and the evaluation use that model")
+    note: str | None = Field(
+        None, description="how the job ended when that needs saying, e.g. that early "
+        "stopping ended it before its last epoch")
     attempt: int
     max_attempts: int
     worker: str | None = Field(description="the worker running it (host:pid), while running")

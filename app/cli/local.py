@@ -12,6 +12,7 @@ from app.cli.output import EpochTable, emit_json, progress_bar
 from app.engine import Callback, EpochMetrics, Evaluation, Predictor, StartInfo, fit
 from app.engine.callback import BatchProgress
 from app.engine.config import TrainConfig
+from app.engine.train import best_beside
 
 TRAIN_EPILOG = """examples:
   hotdog demo-data data/demo
@@ -22,8 +23,10 @@ TRAIN_EPILOG = """examples:
 
 lr and head multiplier default by --init: 0.0064 and x10 for pretrained starts (d2l's
 5e-5 on a summed loss of batch 128), 0.064 and x1 from scratch.
-While training, model.last.pt (next to --out) holds the last finished epoch; it is removed
-when the run succeeds.
+While training, model.last.pt (next to --out) holds the last finished epoch and
+model.best.pt the best one on the validation split; both are removed when the run
+succeeds. --out holds the kept model (--select: the best epoch on the validation split
+by default when there is one, else the last).
 """
 
 
@@ -66,6 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if report.bar is not None:
             report.bar.close()
     last.unlink(missing_ok=True)
+    best_beside(last).unlink(missing_ok=True)
     ev = result.evaluation
     assert ev is not None  # fit evaluates the final model
     if args.json:
@@ -73,13 +77,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             "checkpoint": str(result.checkpoint),
             "classes": result.classes,
             "epochs": [m.to_dict() for m in result.history],
+            "selected_epoch": result.selected_epoch,
+            "note": result.note,
             "test_acc": result.test_acc,
             "evaluation": ev.to_dict(),
             "params": result.config.to_dict(),
         })
     else:
-        print(f"test accuracy {ev.accuracy:.3f} (macro F1 {ev.macro_f1:.3f}); "
-              f"checkpoint written to {result.checkpoint}")
+        kept = result.selected
+        val = ("" if kept is None or kept.val_acc is None
+               else f"validation accuracy {kept.val_acc:.3f}, ")
+        if result.note:
+            print(f"note: {result.note}")
+        print(f"kept the model of epoch {result.selected_epoch}: {val}test accuracy "
+              f"{ev.accuracy:.3f} (macro F1 {ev.macro_f1:.3f}); checkpoint written to "
+              f"{result.checkpoint}")
     return EXIT_OK
 
 

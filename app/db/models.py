@@ -136,6 +136,11 @@ class Job(Base):
     # Why the job ended when it did not succeed (ErrorKind's values); NULL otherwise.
     error_kind: Mapped[str | None] = mapped_column(String(32))
     checkpoint_path: Mapped[str | None] = mapped_column(String(1000))
+    # The epoch whose model the checkpoint holds (the best on the validation split, or the
+    # last), once the job has succeeded.
+    selected_epoch: Mapped[int | None] = mapped_column(Integer)
+    # What a user should know about how it ended, e.g. that early stopping ended it.
+    note: Mapped[str | None] = mapped_column(Text)
     # Exports written when the job succeeded, by format: {"onnx": {"file", "max_abs_diff",
     # "images", "seconds"}} or {"onnx": {"error"}} when it was discarded.
     exports: Mapped[dict[str, Any] | None]

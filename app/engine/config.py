@@ -7,6 +7,7 @@ from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from app.engine.presets import DEFAULT_IMAGE_SIZE
+from app.engine.selection import SELECT_CHOICES, SELECT_METRICS
 
 INIT_IMAGENET = "imagenet"
 INIT_SCRATCH = "scratch"
@@ -118,6 +119,16 @@ class TrainConfig:
         0.1, "share of each class's training images held out for validation (stratified, "
         "seeded, at least one per class) when the dataset has no val/ folder; 0: none "
         "(the last epoch is kept, probabilities are not calibrated)", ge=0, le=0.5)
+    select: str = _param(
+        "auto", "which epoch's model the job keeps: best (by select_metric on the validation "
+        "split), last, or auto (best when there is a validation split, else last)",
+        choices=SELECT_CHOICES)
+    select_metric: str = _param(
+        "val_loss", "what 'best' means, on the validation split (never the test split)",
+        choices=SELECT_METRICS)
+    early_stopping_patience: int = _param(
+        0, "end the job (succeeded) after this many epochs without a better select_metric; "
+        "0: off. Needs a validation split", ge=0, le=1000)
     # How to compute. Device and precision change the numbers a little (fp32 vs bf16), the
     # rest only the speed; the precision actually used is recorded in the checkpoint.
     device: str = _param(

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.engine import selection
 from app.engine.callback import (
     BatchProgress,
     Callback,
@@ -54,11 +55,38 @@ class TrainResult:
     classes: list[str]
     config: TrainConfig
     history: list[EpochMetrics] = field(default_factory=list)
-    evaluation: Evaluation | None = None
+    evaluation: Evaluation | None = None  # of the kept model, on test
+    selected_epoch: int | None = None  # the epoch whose model the checkpoint holds
+    note: str | None = None  # e.g. why the run stopped before its last epoch
+
+    @property
+    def selected(self) -> EpochMetrics | None:
+        return next((m for m in self.history if m.epoch == self.selected_epoch), None)
 
     @property
     def test_acc(self) -> float:
-        return self.history[-1].test_acc if self.history else float("nan")
+        """The kept model's test accuracy."""
+        kept = self.selected
+        return kept.test_acc if kept is not None else float("nan")
+
+
+@dataclass
+class _Best:
+    """The best epoch so far by the validation split; its model (a CPU copy) when the run
+    keeps the best one."""
+
+    epoch: int
+    score: float
+    state: dict[str, torch.Tensor] | None
+
+
+def best_beside(epoch_checkpoint: Path) -> Path:
+    """Where the best epoch's model is kept, beside the epoch checkpoint: ``last.pt`` ->
+    ``best.pt``, ``model.last.pt`` -> ``model.best.pt``, ``x.pt`` -> ``x.best.pt``."""
+    name = epoch_checkpoint.name
+    if name.endswith("last.pt"):
+        return epoch_checkpoint.with_name(name[: -len("last.pt")] + "best.pt")
+    return epoch_checkpoint.with_name(epoch_checkpoint.stem + ".best.pt")
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
@@ -151,10 +179,11 @@ def fit(
     resume_from: str | Path | None = None,
     epoch_checkpoint: str | Path | None = None,
 ) -> TrainResult:
-    """Fine-tune on ``data_dir`` (train/ and test/ ImageFolders) and write the checkpoint
-    ``out``. ``epoch_checkpoint`` is rewritten after every epoch; passing such a file as
-    ``resume_from`` continues the run up to ``config.epochs`` exactly as if it had never
-    stopped (on CPU, same seed).
+    """Fine-tune on ``data_dir`` (train/, test/ and optionally val/ ImageFolders) and write
+    the checkpoint ``out``, which holds the kept epoch's model (``config.select``).
+    ``epoch_checkpoint`` is rewritten after every epoch (and the best epoch's model is kept
+    beside it, :func:`best_beside`); passing such a file as ``resume_from`` continues the
+    run up to ``config.epochs`` exactly as if it had never stopped (on CPU, same seed).
 
     Under ``torchrun`` with ``WORLD_SIZE`` > 1 every process calls this: data-parallel
     training (DDP; NCCL on CUDA, gloo on CPU), rank 0 writing the checkpoints and reporting
@@ -207,6 +236,9 @@ class _Run:
     val: EvalSet | None  # what chooses (the epoch, the temperature); None without a split
     split: ValidationSplit
     root: Path  # the dataset's, which the recorded split's paths are relative to
+    select: str  # "best" or "last" (config.select resolved for this split)
+    best: _Best | None  # by the validation split (None without one, or before any epoch)
+    note: str | None = None
 
     @classmethod
     def prepare(
@@ -225,14 +257,20 @@ class _Run:
         # none); a new one draws it.
         split = validation_split(splits, cfg.val_fraction, cfg.seed,
                                  None if resume is None else resume.get("split", NO_SPLIT))
+        select = selection.resolve(cfg.select, split.exists)
+        if cfg.early_stopping_patience and not split.exists:
+            raise ValueError("early_stopping_patience needs a validation split: give the "
+                             "dataset a val/ folder or set val_fraction above 0")
         # Load weights first: a missing ImageNet file fails before any image is decoded.
         model = _initial_model(cfg, len(splits.classes), resume, plan)
         net = strategy.wrap(model)
         optimizer = make_optimizer(model, cfg)
         scaler = torch.amp.GradScaler("cuda") if plan.amp_dtype == torch.float16 else None
         start_epoch, history = 0, list[EpochMetrics]()
+        best = None
         if resume is not None:
             start_epoch, history = _restore(optimizer, model, cfg, resume)
+            best = _restore_best(resume, Path(resume_from or ""), model, select)
 
         train_ds = train_dataset(split.train, cfg.image_size)
         test_ds = eval_dataset(strategy.eval_share(splits.test), pre)
@@ -248,7 +286,7 @@ class _Run:
             scaler=scaler, history=history, start_epoch=start_epoch, train_ds=train_ds,
             batch_size=batch_size, batches=strategy.batches_per_epoch(train_ds, batch_size),
             test=EvalSet(splits.test, strategy.eval_loader(test_ds, cfg.batch_size)),
-            val=val, split=split, root=splits.root,
+            val=val, split=split, root=splits.root, select=select, best=best,
         )
         run.announce(cached_bytes, decode_seconds)
         return run
@@ -274,24 +312,88 @@ class _Run:
         )
 
     def train(self, out: Path, epoch_checkpoint: Path | None) -> TrainResult:
-        """The remaining epochs, then the final checkpoint ``out`` (by the writing process)."""
+        """The remaining epochs (or fewer: early stopping), then the final checkpoint
+        ``out`` of the kept model (by the writing process)."""
+        writes = epoch_checkpoint is not None and self.strategy.writes
+        best_file = None if epoch_checkpoint is None else best_beside(epoch_checkpoint)
+        if writes and self.start_epoch and self.best is not None:
+            self.save_best(best_file)  # resumed: the best so far, beside this run's files
         evaluation: Evaluation | None = None
         for epoch in range(self.start_epoch + 1, self.cfg.epochs + 1):
+            if self.stops_early(epoch - 1):
+                break
             metrics, evaluation = self.epoch(epoch)
             self.history.append(metrics)
+            improved = self.track(metrics)
             # Reported before the checkpoint is written: a run killed between the two then
             # repeats the epoch (and reports it again) instead of resuming past an epoch it
             # never reported.
             self.callback.on_epoch(metrics)
-            if epoch_checkpoint is not None and self.strategy.writes:
+            if writes:
+                assert epoch_checkpoint is not None
+                # last.pt first: it names the best epoch, whose model is its own until
+                # best.pt is rewritten (see _restore_best).
                 save_checkpoint(self.payload(epoch, None), epoch_checkpoint)
+                if improved:
+                    self.save_best(best_file)
                 self.callback.on_checkpoint(epoch_checkpoint, epoch)
-        if evaluation is None:  # resumed a run that had already finished its epochs
+        return self.finish(out, evaluation)
+
+    def track(self, metrics: EpochMetrics) -> bool:
+        """Note ``metrics.epoch`` if it is the best so far on the validation split (with a
+        copy of its model when the run keeps the best); whether it is."""
+        metric = self.cfg.select_metric
+        value = selection.score(metrics, metric)
+        if not selection.improves(value, None if self.best is None else self.best.score,
+                                  metric):
+            return False
+        assert value is not None
+        state = _snapshot(self.model) if self.select == "best" else None
+        self.best = _Best(metrics.epoch, value, state)
+        return True
+
+    def stops_early(self, done: int) -> bool:
+        """Whether ``early_stopping_patience`` epochs have passed, after ``done`` epochs,
+        without a better validation score (the reason goes in :attr:`note`)."""
+        patience = self.cfg.early_stopping_patience
+        best_epoch = self.best.epoch if self.best is not None else 0
+        if not patience or done >= self.cfg.epochs or done - best_epoch < patience:
+            return False
+        self.note = (f"stopped early after epoch {done} of {self.cfg.epochs}: "
+                     f"{self.cfg.select_metric} on the validation split did not improve for "
+                     f"{patience} epoch(s) (best: epoch {best_epoch or '-'})")
+        log.info("%s", self.note)
+        return True
+
+    def finish(self, out: Path, evaluation: Evaluation | None) -> TrainResult:
+        """Put the kept epoch's model in place, evaluate it on test, write ``out``."""
+        done = self.history[-1].epoch if self.history else self.start_epoch
+        kept = done
+        if self.select == "best" and self.best is not None and self.best.state is not None:
+            kept = self.best.epoch
+            if kept != done:
+                self.model.load_state_dict(self.best.state)
+                evaluation = None
+        if evaluation is None:  # another epoch's model, or a resumed run already done
             evaluation = self.evaluate(self.test)
         if self.strategy.writes:
-            save_checkpoint(self.payload(self.cfg.epochs, evaluation), out)
+            save_checkpoint({**self.payload(done, evaluation), "selected_epoch": kept,
+                             "select": {"mode": self.select, "metric": self.cfg.select_metric},
+                             "metrics": _metrics_of(self.history, kept), "note": self.note},
+                            out)
         return TrainResult(checkpoint=out, classes=self.classes, config=self.cfg,
-                           history=self.history, evaluation=evaluation)
+                           history=self.history, evaluation=evaluation, selected_epoch=kept,
+                           note=self.note)
+
+    def save_best(self, path: Path | None) -> None:
+        """The best epoch's model, as a checkpoint ``hotdog predict`` can read (no optimiser
+        state: last.pt is what a run resumes from)."""
+        if path is None or self.best is None or self.best.state is None:
+            return
+        best = self.best
+        save_checkpoint({**self.payload(best.epoch, None), "model": best.state,
+                         "optimizer": None, "metrics": _metrics_of(self.history, best.epoch),
+                         "selected_epoch": best.epoch}, path)
 
     def epoch(self, epoch: int) -> tuple[EpochMetrics, Evaluation]:
         """One training pass and the evaluation after it."""
@@ -348,6 +450,8 @@ class _Run:
             "evaluation": evaluation.to_dict() if evaluation is not None else None,
             "complete": evaluation is not None,
             "split": self.split.to_dict(self.root),
+            "best": None if self.best is None else {"epoch": self.best.epoch,
+                                                    "score": self.best.score},
         }
 
 
@@ -366,6 +470,27 @@ def _resume_state(
     if resume["epoch"] > cfg.epochs:
         raise ValueError(f"cannot resume: checkpoint is at epoch {resume['epoch']} > epochs")
     return resume
+
+
+def _restore_best(resume: dict[str, Any], path: Path, model: nn.Module,
+                  select: str) -> _Best | None:
+    """The best epoch a resumed run had found. Its model: the resumed model itself when
+    that epoch is the checkpoint's own (or the checkpoint is a final one, which holds the
+    kept model), else the best file beside the checkpoint."""
+    record = resume.get("best")
+    if not record:
+        return None
+    epoch, score = int(record["epoch"]), float(record["score"])
+    if select != "best":
+        return _Best(epoch, score, None)
+    if resume.get("complete") or epoch == int(resume["epoch"]):
+        return _Best(epoch, score, _snapshot(model))
+    beside = best_beside(path)
+    held = load_checkpoint(beside)
+    if int(held["epoch"]) != epoch:
+        raise CheckpointError(f"cannot resume: {beside.name} holds epoch {held['epoch']}, "
+                              f"the run's best is epoch {epoch}")
+    return _Best(epoch, score, held["model"])
 
 
 def _initial_model(
@@ -411,6 +536,16 @@ def _source_state(cfg: TrainConfig) -> tuple[str, dict[str, torch.Tensor] | None
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's state on the CPU (``_cpu_state`` shares a CPU model's memory)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous()
+            for k, v in model.state_dict().items()}
+
+
+def _metrics_of(history: list[EpochMetrics], epoch: int) -> dict[str, Any] | None:
+    return next((m.to_dict() for m in history if m.epoch == epoch), None)
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -199,12 +199,16 @@ def finish_job(
     checkpoint_path: str | None = None,
     evaluation: dict[str, Any] | None = None,
     exports: dict[str, Any] | None = None,
+    selected_epoch: int | None = None,
+    note: str | None = None,
     now: datetime | None = None,
 ) -> bool:
     """End a running job held by ``worker``. False if the worker had lost it meanwhile, or
     for ``succeeded`` when a cancel was recorded first: a cancel the API accepted always
     wins, so the caller ends the job ``cancelled`` instead.
-    ``error_kind``: why it did not succeed (required then, and only then)."""
+    ``error_kind``: why it did not succeed (required then, and only then).
+    ``selected_epoch``: the epoch whose model the checkpoint holds; ``note``: e.g. that it
+    stopped early."""
     if not status.is_terminal:
         raise ValueError(f"{status.value} is not a final status")
     if (status is JobStatus.SUCCEEDED) != (error_kind is None):
@@ -217,6 +221,7 @@ def finish_job(
         values={"finished_at": now or utcnow(), "error": error,
                 "error_kind": error_kind.value if error_kind else None,
                 "checkpoint_path": checkpoint_path, "lease_expires_at": None,
+                "selected_epoch": selected_epoch, "note": note,
                 **({"exports": exports} if exports else {})},
     )
     if done and evaluation is not None:
@@ -393,9 +398,17 @@ def _serialize_submissions(session: Session) -> None:
 
 def _check_split(config: TrainConfig, dataset: Dataset) -> None:
     """Refuse what the dataset's validation split cannot give: a held-out share of a class
-    that has a single training image."""
-    if "val" in dataset.counts or config.val_fraction <= 0:
-        return  # the dataset's own val/ folder, or no validation split asked for
+    that has a single training image; selection or early stopping without any split."""
+    if "val" in dataset.counts:
+        return  # the dataset's own val/ folder
+    if config.val_fraction <= 0:
+        wants = [what for what, asked in (("select 'best'", config.select == "best"),
+                                          ("early_stopping_patience",
+                                           config.early_stopping_patience > 0)) if asked]
+        if wants:
+            raise InvalidParams(f"{' and '.join(wants)} need(s) a validation split: the "
+                                "dataset has no val/ folder and val_fraction is 0")
+        return
     single = [c for c, n in dataset.counts.get("train", {}).items() if n < 2]
     if single:
         raise InvalidParams(

@@ -1,5 +1,7 @@
 """Model selection on a validation split: per-epoch validation metrics
-(epoch_metrics.val_loss, val_acc, val_macro_f1; NULL for a job without a validation split).
+(epoch_metrics.val_loss, val_acc, val_macro_f1; NULL for a job without a validation split),
+the epoch whose model a job kept (jobs.selected_epoch) and a note on how it ended
+(jobs.note, e.g. early stopping).
 
 Revision ID: 0007
 Revises: 0006
@@ -23,9 +25,15 @@ def upgrade() -> None:
         batch.add_column(sa.Column('val_loss', sa.Float(), nullable=True))
         batch.add_column(sa.Column('val_acc', sa.Float(), nullable=True))
         batch.add_column(sa.Column('val_macro_f1', sa.Float(), nullable=True))
+    with op.batch_alter_table('jobs') as batch:
+        batch.add_column(sa.Column('selected_epoch', sa.Integer(), nullable=True))
+        batch.add_column(sa.Column('note', sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('jobs') as batch:
+        batch.drop_column('note')
+        batch.drop_column('selected_epoch')
     with op.batch_alter_table('epoch_metrics') as batch:
         batch.drop_column('val_macro_f1')
         batch.drop_column('val_acc')

@@ -20,6 +20,7 @@ from app.api.schemas import (
 )
 from app.core.config import Settings
 from app.db.models import EpochMetric, Job, JobStatus
+from app.engine import selection
 from app.engine.config import INIT_IMAGENET
 from app.engine.export import SUFFIXES
 from app.jobs import service as jobs
@@ -49,14 +50,26 @@ def _progress(job: Job, epochs_done: list[EpochMetric]) -> Progress:
     return Progress(epoch=job.epoch, epochs=job.epochs, fraction=fraction, eta_seconds=eta)
 
 
+def _kept(job: Job, epochs_done: list[EpochMetric]) -> EpochMetric | None:
+    """The kept model's epoch: recorded when the job succeeded; before that, the epoch it
+    would keep now (app.engine.selection, as the training decides it)."""
+    if job.selected_epoch is not None:
+        return next((m for m in epochs_done if m.epoch == job.selected_epoch), None)
+    has_val = any(m.val_loss is not None for m in epochs_done)
+    select = job.params.get("select", "auto")
+    mode = "best" if select == "best" or (select == "auto" and has_val) else "last"
+    return selection.pick(epochs_done, mode, job.params.get("select_metric", "val_loss"))
+
+
 def job_out(job: Job, metrics: list[EpochMetric], waiting_for: str | None = None) -> JobOut:
     epochs_done = [m for m in metrics if m.epoch <= job.epochs]
     latest = EpochOut.model_validate(epochs_done[-1]) if epochs_done else None
-    best = (EpochOut.model_validate(max(epochs_done, key=lambda m: (m.test_acc, -m.epoch)))
-            if epochs_done else None)
+    kept = _kept(job, epochs_done)
     return JobOut(
         id=job.id, dataset_id=job.dataset_id, status=job.status.value, params=job.params,
-        progress=_progress(job, epochs_done), latest_metrics=latest, best_metrics=best,
+        progress=_progress(job, epochs_done), latest_metrics=latest,
+        best_metrics=EpochOut.model_validate(kept) if kept is not None else None,
+        selected_epoch=job.selected_epoch, note=job.note,
         attempt=job.attempt, max_attempts=job.max_attempts, worker=job.worker,
         cancel_requested=job.cancel_requested, error=job.error, error_kind=job.error_kind,
         exports=job.exports or {}, created_at=job.created_at, started_at=job.started_at,
