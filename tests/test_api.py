@@ -543,6 +543,9 @@ def test_selection_without_a_validation_split_is_422(client: TestClient,
         assert r.status_code == 422 and name in r.json()["detail"], r.text
     r = client.post("/jobs", json={"dataset_id": ds, "select": "worst", **NO_WORKER})
     assert r.status_code == 422 and "select" in r.text
+    r = client.post("/jobs", json={"dataset_id": ds, "epochs": 2, "warmup_epochs": 2,
+                                   "lr_schedule": "cosine", **NO_WORKER})
+    assert r.status_code == 422 and "warmup_epochs must be fewer than epochs" in r.text
 
 
 def test_serving_beyond_loopback_without_a_key_warns(caplog: pytest.LogCaptureFixture,

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.engine import Callback, StartInfo, TrainConfig, fit, load_checkpoint, load_image_folder
+from app.engine import (
+    Callback,
+    StartInfo,
+    TrainConfig,
+    TrainingCancelled,
+    fit,
+    load_checkpoint,
+    load_image_folder,
+)
 from app.engine.split import validation_split
 from tests.helpers import TINY, write_color_dataset
 
@@ -209,3 +217,78 @@ def test_pick_keeps_the_first_best_and_falls_back_to_the_last() -> None:
     assert selection.pick(diverged, "best", "val_loss")["epoch"] == 2
     assert selection.resolve("auto", has_val=True) == "best"
     assert selection.resolve("auto", has_val=False) == "last"
+
+
+# --------------------------------------------------------------------- the lr schedule
+
+
+def _rates(schedule: str, epochs: int, **kwargs: int | float) -> list[float]:
+    """The backbone's rate in each epoch (lr 1)."""
+    from app.engine.schedule import advance, make_scheduler
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = make_scheduler(optimizer, schedule=schedule, epochs=epochs, **kwargs)
+    rates = []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        advance(scheduler)
+    return rates
+
+
+def test_schedules_rates_by_epoch() -> None:
+    assert _rates("constant", 3, warmup=0) == [1.0, 1.0, 1.0]
+    assert _rates("constant", 3, warmup=1) == [0.5, 1.0, 1.0]
+    assert _rates("cosine", 4, warmup=1) == pytest.approx([0.5, 1.0, 0.75, 0.25])
+    assert _rates("step", 6, warmup=0) == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert _rates("step", 4, warmup=0, every=3, gamma=0.5) == pytest.approx([1, 1, 1, 0.5])
+    with pytest.raises(ValueError, match="warmup_epochs must be fewer than epochs"):
+        TrainConfig(epochs=2, warmup_epochs=2).resolved()
+
+
+class StopAfter(Callback):
+    """Stops the run (as a cancel or a killed worker would) once epoch N is checkpointed."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch, self.stop = epoch, False
+
+    def on_checkpoint(self, path: Path, epoch: int) -> None:
+        self.stop = epoch >= self.epoch
+
+    def should_stop(self) -> bool:
+        return self.stop
+
+
+def _untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k not in ("images_per_s", "seconds")}
+            for m in history]
+
+
+@pytest.mark.parametrize(("schedule", "metric", "stop"), [
+    ("cosine", "val_loss", 2),  # the best epoch is the checkpoint's own
+    ("constant", "val_acc", 3),  # the best epoch (2) is earlier: its model comes from best.pt
+])
+def test_resume_with_a_schedule_and_a_validation_split_equals_the_uninterrupted_run(
+        moving_dataset: Path, tmp_path: Path, schedule: str, metric: str, stop: int) -> None:
+    cfg = TrainConfig(**MOVING, epochs=4, lr_schedule=schedule, select_metric=metric,
+                      momentum=0.5 if schedule == "cosine" else 0.0)
+    straight = fit(moving_dataset, cfg, tmp_path / "straight.pt")
+    last = tmp_path / "last.pt"
+    with pytest.raises(TrainingCancelled):
+        fit(moving_dataset, cfg, tmp_path / "x.pt", epoch_checkpoint=last,
+            callback=StopAfter(stop))
+    interrupted = load_checkpoint(last)
+    assert interrupted["epoch"] == stop
+    if metric == "val_acc":
+        assert interrupted["best"]["epoch"] < stop  # what this case is for
+    resumed = fit(moving_dataset, cfg, tmp_path / "resumed.pt", resume_from=last,
+                  epoch_checkpoint=last)
+    s, r = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
+    for k in s["model"]:
+        assert torch.equal(s["model"][k], r["model"][k]), k
+    assert _untimed(r["history"]) == _untimed(s["history"])
+    assert r["selected_epoch"] == s["selected_epoch"] == straight.selected_epoch
+    assert r["scheduler"] == s["scheduler"] and r["best"] == s["best"]
+    assert [g["lr"] for g in r["optimizer"]["param_groups"]] == \
+        [g["lr"] for g in s["optimizer"]["param_groups"]]
+    if metric == "val_acc":
+        assert straight.selected_epoch == interrupted["best"]["epoch"]

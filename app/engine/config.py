@@ -7,6 +7,7 @@ from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from app.engine.presets import DEFAULT_IMAGE_SIZE
+from app.engine.schedule import LR_SCHEDULES
 from app.engine.selection import SELECT_CHOICES, SELECT_METRICS
 
 INIT_IMAGENET = "imagenet"
@@ -110,6 +111,16 @@ class TrainConfig:
         f"pretrained, {SCRATCH_HEAD_LR_MULT:g} from scratch)", gt=0, le=1000, optional=True)
     weight_decay: float = _param(1e-3, "SGD weight decay", ge=0, le=1)
     momentum: float = _param(0.0, "SGD momentum (d2l uses none)", ge=0, lt=1)
+    lr_schedule: str = _param(
+        "constant", "learning-rate schedule over the epochs: constant (d2l), cosine "
+        "(annealed to 0), step (x lr_gamma every lr_step_size epochs)", choices=LR_SCHEDULES)
+    warmup_epochs: int = _param(
+        0, "epochs of linear warmup before the schedule (epoch k of W at k/(W+1) of lr); "
+        "fewer than epochs", ge=0, le=999)
+    lr_step_size: int = _param(
+        0, "step schedule: epochs between rate drops; 0: a third of the epochs after warmup",
+        ge=0, le=1000)
+    lr_gamma: float = _param(0.1, "step schedule: the factor of each drop", gt=0, le=1)
     image_size: int = _param(DEFAULT_IMAGE_SIZE, "side of the square crops the model sees "
                              "(d2l: 224)", ge=16, le=1024)
     seed: int = _param(0, "seed of the head's initialisation, the shuffling, the "
@@ -170,6 +181,9 @@ class TrainConfig:
         problems = [p.problem(f.name, getattr(self, f.name)) for f, p in params()]
         if not self.init:
             problems.append("init must be 'imagenet', 'scratch' or a checkpoint path")
+        if self.warmup_epochs >= self.epochs:
+            problems.append(f"warmup_epochs must be fewer than epochs ({self.epochs}), got "
+                            f"{self.warmup_epochs}")
         found = [p for p in problems if p]
         if found:
             raise ValueError("; ".join(found))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from app.engine import selection
 from app.engine.callback import (
@@ -41,6 +42,7 @@ from app.engine.evaluate import Batches, evaluation_from_logits
 from app.engine.metrics import Evaluation
 from app.engine.model import backbone_parameters, build_model, head_parameters
 from app.engine.presets import Preprocessing, normalize_batch
+from app.engine.schedule import advance, make_scheduler
 from app.engine.split import ValidationSplit, validation_split
 from app.engine.strategy import Strategy, strategy_for
 
@@ -226,6 +228,7 @@ class _Run:
     model: nn.Module
     net: nn.Module
     optimizer: torch.optim.SGD
+    scheduler: LRScheduler  # stepped once per epoch
     scaler: torch.amp.GradScaler | None
     history: list[EpochMetrics]
     start_epoch: int
@@ -269,8 +272,10 @@ class _Run:
         start_epoch, history = 0, list[EpochMetrics]()
         best = None
         if resume is not None:
-            start_epoch, history = _restore(optimizer, model, cfg, resume)
+            start_epoch, history, scheduler = _restore(optimizer, model, cfg, resume)
             best = _restore_best(resume, Path(resume_from or ""), model, select)
+        else:
+            scheduler = make_schedule(optimizer, cfg)
 
         train_ds = train_dataset(split.train, cfg.image_size)
         test_ds = eval_dataset(strategy.eval_share(splits.test), pre)
@@ -283,7 +288,8 @@ class _Run:
         run = cls(
             cfg=cfg, strategy=strategy, callback=strategy.reporter(callback),
             classes=splits.classes, pre=pre, model=model, net=net, optimizer=optimizer,
-            scaler=scaler, history=history, start_epoch=start_epoch, train_ds=train_ds,
+            scheduler=scheduler, scaler=scaler, history=history, start_epoch=start_epoch,
+            train_ds=train_ds,
             batch_size=batch_size, batches=strategy.batches_per_epoch(train_ds, batch_size),
             test=EvalSet(splits.test, strategy.eval_loader(test_ds, cfg.batch_size)),
             val=val, split=split, root=splits.root, select=select, best=best,
@@ -323,6 +329,7 @@ class _Run:
             if self.stops_early(epoch - 1):
                 break
             metrics, evaluation = self.epoch(epoch)
+            advance(self.scheduler)
             self.history.append(metrics)
             improved = self.track(metrics)
             # Reported before the checkpoint is written: a run killed between the two then
@@ -417,10 +424,10 @@ class _Run:
             val_macro_f1=val.macro_f1 if val else None,
         )
         log.info(
-            "epoch %d/%d train loss %.4f acc %.3f, val loss %s acc %s, test loss %.4f acc "
-            "%.3f, %.1f img/s", epoch, cfg.epochs, train_loss, train_acc,
-            _fmt(metrics.val_loss, ".4f"), _fmt(metrics.val_acc, ".3f"), metrics.test_loss,
-            metrics.test_acc, metrics.images_per_s,
+            "epoch %d/%d lr %.3g, train loss %.4f acc %.3f, val loss %s acc %s, test loss "
+            "%.4f acc %.3f, %.1f img/s", epoch, cfg.epochs, self.optimizer.param_groups[0]["lr"],
+            train_loss, train_acc, _fmt(metrics.val_loss, ".4f"), _fmt(metrics.val_acc, ".3f"),
+            metrics.test_loss, metrics.test_acc, metrics.images_per_s,
         )
         return metrics, evaluation
 
@@ -444,6 +451,7 @@ class _Run:
                         "world_size": self.strategy.world_size},
             "epoch": epoch,
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "seed": cfg.seed,
             "history": [m.to_dict() for m in history],
             "metrics": history[-1].to_dict() if history else None,
@@ -510,17 +518,44 @@ def _initial_model(
     return model
 
 
+# The parameters a run's learning-rate schedule is made of.
+SCHEDULE_PARAMS = ("lr", "head_lr_mult", "epochs", "lr_schedule", "warmup_epochs",
+                   "lr_step_size", "lr_gamma")
+
+
+def make_schedule(optimizer: torch.optim.SGD, cfg: TrainConfig) -> LRScheduler:
+    return make_scheduler(optimizer, schedule=cfg.lr_schedule, epochs=cfg.epochs,
+                          warmup=cfg.warmup_epochs, every=cfg.lr_step_size, gamma=cfg.lr_gamma)
+
+
 def _restore(
     optimizer: torch.optim.SGD, model: nn.Module, cfg: TrainConfig, resume: dict[str, Any]
-) -> tuple[int, list[EpochMetrics]]:
-    """The optimiser state of ``resume``; returns its epoch and history."""
+) -> tuple[int, list[EpochMetrics], LRScheduler]:
+    """The optimiser and schedule state of ``resume``; returns its epoch, its history and
+    the schedule. A run resumed with the schedule it had continues it from the checkpoint;
+    one given another (more epochs, another lr or schedule: the config given now wins)
+    replays the new one up to its epoch."""
+    fresh = make_optimizer(model, cfg).param_groups
     optimizer.load_state_dict(resume["optimizer"])
-    # load_state_dict also restores the old lr/momentum/decay; the config given now wins.
-    for group, fresh in zip(optimizer.param_groups, make_optimizer(model, cfg).param_groups,
-                            strict=True):
-        group.update({k: fresh[k] for k in ("lr", "momentum", "weight_decay")})
+    for group, new in zip(optimizer.param_groups, fresh, strict=True):
+        group.update({k: new[k] for k in ("momentum", "weight_decay")})
     start_epoch = int(resume["epoch"])
-    return start_epoch, [EpochMetrics(**m) for m in resume.get("history", [])][:start_epoch]
+    history = [EpochMetrics(**m) for m in resume.get("history", [])][:start_epoch]
+    saved, before = resume.get("scheduler"), resume.get("params") or {}
+    if saved is not None and all(before.get(k) == getattr(cfg, k) for k in SCHEDULE_PARAMS):
+        scheduler = make_schedule(optimizer, cfg)  # sets the rates: the checkpoint's win
+        for group, was in zip(optimizer.param_groups, resume["optimizer"]["param_groups"],
+                              strict=True):
+            group["lr"] = was["lr"]
+        scheduler.load_state_dict(saved)
+        return start_epoch, history, scheduler
+    for group, new in zip(optimizer.param_groups, fresh, strict=True):
+        group["lr"] = new["lr"]
+        group.pop("initial_lr", None)
+    scheduler = make_schedule(optimizer, cfg)
+    for _ in range(start_epoch):
+        advance(scheduler)
+    return start_epoch, history, scheduler
 
 
 def _source_state(cfg: TrainConfig) -> tuple[str, dict[str, torch.Tensor] | None]:
