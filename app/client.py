@@ -112,6 +112,7 @@ class Evaluation(TypedDict):
     confusion: list[list[int]]  # confusion[i][j]: true class i predicted as j
     per_class: list[ClassReport]
     macro_f1: float
+    balanced_accuracy: float  # the mean of the classes' recall
 
 
 class Model(TypedDict):

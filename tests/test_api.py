@@ -520,10 +520,20 @@ def test_the_job_shows_the_kept_epoch_never_the_best_test_accuracy(
         s.commit()
         running = client.get(f"/jobs/{job_id}").json()
         assert running["best_metrics"]["epoch"] == 2 and running["selected_epoch"] is None
+        per_class = [{"label": "hotdog", "precision": 0.6, "recall": 1.0, "f1": 0.75,
+                      "support": 6},
+                     {"label": "not-hotdog", "precision": 1.0, "recall": 0.25, "f1": 0.4,
+                      "support": 4}]
         finish_job(s, job_id, worker="w", status=JobStatus.SUCCEEDED, checkpoint_path="/x.pt",
-                   selected_epoch=2, note="stopped early after epoch 3 of 3")
+                   selected_epoch=2, note="stopped early after epoch 3 of 3",
+                   evaluation={"accuracy": 0.7, "loss": 0.9, "classes": ["hotdog", "not-hotdog"],
+                               "confusion": [[6, 0], [3, 1]], "per_class": per_class})
         s.commit()
     engine.dispose()
+    evaluation = client.get(f"/jobs/{job_id}/evaluation").json()
+    assert evaluation["accuracy"] == 0.7
+    assert evaluation["balanced_accuracy"] == pytest.approx(0.625)  # (1.0 + 0.25) / 2
+    assert evaluation["macro_f1"] == pytest.approx(0.575)
     job = client.get(f"/jobs/{job_id}").json()
     assert job["selected_epoch"] == 2 and job["note"] == "stopped early after epoch 3 of 3"
     kept = job["best_metrics"]

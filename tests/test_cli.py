@@ -44,6 +44,8 @@ def test_demo_data_train_evaluate_predict(tmp_path: Path) -> None:
 
     evaluated = last_json(hotdog("evaluate", str(ckpt), str(data), "--json", "--per-image"))
     assert evaluated["test_acc"] == trained["test_acc"]
+    assert evaluated["balanced_accuracy"] == trained["evaluation"]["balanced_accuracy"]
+    assert evaluated["macro_f1"] == trained["evaluation"]["macro_f1"]
     assert evaluated["confusion"] == trained["evaluation"]["confusion"]
     assert len(evaluated["predictions"]) == 6
 

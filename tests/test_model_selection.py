@@ -292,3 +292,70 @@ def test_resume_with_a_schedule_and_a_validation_split_equals_the_uninterrupted_
         [g["lr"] for g in s["optimizer"]["param_groups"]]
     if metric == "val_acc":
         assert straight.selected_epoch == interrupted["best"]["epoch"]
+
+
+# --------------------------------------------------------------------- imbalanced classes
+
+
+def _imbalanced(root: Path, many: int = 12, few: int = 4) -> Path:
+    write_color_dataset(root, train=many, test=2)
+    for p in sorted((root / "train" / "not-hotdog").iterdir())[few:]:
+        p.unlink()
+    return root
+
+
+def test_balanced_class_weights_weight_each_images_loss(tmp_path: Path) -> None:
+    from app.engine.imbalance import balanced_class_weights
+    from app.engine.train import image_loss
+
+    samples = [(tmp_path / f"{i}", 0) for i in range(20)] + [(tmp_path / f"b{i}", 1)
+                                                            for i in range(5)]
+    weights = balanced_class_weights(samples, 2)
+    assert weights.tolist() == pytest.approx([25 / 40, 25 / 10])  # n / (classes x n_class)
+    assert (20 * weights[0] + 5 * weights[1]) / 25 == pytest.approx(1.0)  # mean 1
+    logits, targets = torch.randn(6, 2), torch.tensor([0, 0, 0, 0, 1, 1])
+    per_image = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    assert image_loss(logits, targets, weights) == pytest.approx(
+        float((weights[targets] * per_image).mean()))
+    assert image_loss(logits, targets) == pytest.approx(float(per_image.mean()))
+
+
+def test_class_weights_change_what_is_learned(tmp_path: Path) -> None:
+    data = _imbalanced(tmp_path / "d")
+    base = {**TINY, "epochs": 1, "val_fraction": 0, "precision": "fp32"}
+    plain = fit(data, TrainConfig(**base), tmp_path / "plain.pt")
+    weighted = fit(data, TrainConfig(**base, class_weights="balanced"), tmp_path / "w.pt")
+    assert plain.history[0].train_loss != weighted.history[0].train_loss
+    a, b = load_checkpoint(plain.checkpoint), load_checkpoint(weighted.checkpoint)
+    assert not torch.equal(a["model"]["fc.weight"], b["model"]["fc.weight"])
+
+
+def test_the_balanced_sampler_draws_classes_about_equally_and_is_seeded(tmp_path: Path) -> None:
+    from app.engine.data import CachedImages
+    from app.engine.device import plan_device
+    from app.engine.distributed import epoch_shard
+    from app.engine.imbalance import balanced_sample_weights
+    from app.engine.strategy import SingleProcess
+
+    samples = [(tmp_path / f"a{i}", 0) for i in range(40)] + [(tmp_path / f"b{i}", 1)
+                                                             for i in range(10)]
+    ds = CachedImages(samples, load=lambda p: torch.zeros(1))  # indices only: nothing decoded
+    weights = balanced_sample_weights(samples, 2)
+    one = SingleProcess(plan_device("cpu", workers=0))
+
+    def drawn(epoch: int, w: torch.Tensor | None) -> list[int]:
+        return list(one.epoch_batches(ds, 8, seed=3, epoch=epoch, sample_weights=w)
+                    .loader.sampler)  # type: ignore[attr-defined]
+
+    assert sorted(drawn(1, None)) == list(range(50))  # shuffle: every image once
+    draws = [i for epoch in range(1, 21) for i in drawn(epoch, weights)]
+    minority = sum(1 for i in draws if samples[i][1] == 1) / len(draws)
+    assert len(draws) == 1000 and 0.4 < minority < 0.6  # 0.2 of the images, half the draws
+    assert drawn(5, weights) == drawn(5, weights) and drawn(5, weights) != drawn(6, weights)
+    # Several processes share one weighted draw, split between them.
+    shards = [epoch_shard(50, 10, 2, r, torch.Generator().manual_seed(9), weights)
+              for r in (0, 1)]
+    union = sorted(i for s in shards for b in s.batches for i in b)
+    expected = torch.multinomial(weights, 50, replacement=True,
+                                 generator=torch.Generator().manual_seed(9))
+    assert union == sorted(expected.tolist())

@@ -196,7 +196,10 @@ class EvaluationOut(BaseModel):
     classes: list[str]
     confusion: list[list[int]] = Field(description="confusion[i][j]: true class i predicted j")
     per_class: list[ClassReportOut]
-    macro_f1: float
+    macro_f1: float = Field(description="the mean of the classes' F1")
+    balanced_accuracy: float = Field(
+        description="the mean of the classes' recall (those with test images): accuracy as "
+        "if every class were equally frequent")
 
 
 class ModelOut(BaseModel):

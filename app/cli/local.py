@@ -90,14 +90,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if result.note:
             print(f"note: {result.note}")
         print(f"kept the model of epoch {result.selected_epoch}: {val}test accuracy "
-              f"{ev.accuracy:.3f} (macro F1 {ev.macro_f1:.3f}); checkpoint written to "
-              f"{result.checkpoint}")
+              f"{ev.accuracy:.3f} (balanced {ev.balanced_accuracy:.3f}, macro F1 "
+              f"{ev.macro_f1:.3f}); checkpoint written to {result.checkpoint}")
     return EXIT_OK
 
 
 def print_evaluation(ev: Evaluation) -> None:
     width = max(8, *(len(c) for c in ev.classes))
-    print(f"accuracy {ev.accuracy:.4f} on {ev.count} images, loss {ev.loss:.4f}")
+    print(f"accuracy {ev.accuracy:.4f} on {ev.count} images, balanced accuracy "
+          f"{ev.balanced_accuracy:.4f}, macro F1 {ev.macro_f1:.4f}, loss {ev.loss:.4f}")
     print("confusion matrix (rows: true class, columns: predicted)")
     print(" " * width + " " + " ".join(f"{c[:width]:>{width}}" for c in ev.classes))
     for label, row in zip(ev.classes, ev.confusion, strict=True):

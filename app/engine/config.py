@@ -6,6 +6,7 @@ import re
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from app.engine.imbalance import CLASS_WEIGHTS, SAMPLERS
 from app.engine.presets import DEFAULT_IMAGE_SIZE
 from app.engine.schedule import LR_SCHEDULES
 from app.engine.selection import SELECT_CHOICES, SELECT_METRICS
@@ -121,6 +122,13 @@ class TrainConfig:
         0, "step schedule: epochs between rate drops; 0: a third of the epochs after warmup",
         ge=0, le=1000)
     lr_gamma: float = _param(0.1, "step schedule: the factor of each drop", gt=0, le=1)
+    # Imbalanced classes (counts from the training images).
+    class_weights: str = _param(
+        "none", "balanced: weight each image's loss by n / (classes x its class's count)",
+        choices=CLASS_WEIGHTS)
+    sampler: str = _param(
+        "shuffle", "shuffle: each image once per epoch; balanced: draw images with "
+        "replacement, each class about equally often (seeded)", choices=SAMPLERS)
     image_size: int = _param(DEFAULT_IMAGE_SIZE, "side of the square crops the model sees "
                              "(d2l: 224)", ge=16, le=1024)
     seed: int = _param(0, "seed of the head's initialisation, the shuffling, the "

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms.v2 import functional as F
 
 from app.engine.images import is_image_file, open_rgb
@@ -199,13 +199,21 @@ def make_loader(
     workers: int,
     pin_memory: bool = False,
     generator: torch.Generator | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> DataLoader[tuple[torch.Tensor, int]]:
+    """``shuffle`` with ``sample_weights``: each epoch draws ``len(ds)`` images with
+    replacement, image i with probability proportional to ``sample_weights[i]``."""
     # BatchNorm cannot train on a batch of one: drop a last batch of exactly one image.
     drop_last = shuffle and len(ds) > 1 and len(ds) % batch_size == 1
+    sampler = None
+    if shuffle and sample_weights is not None:
+        sampler = WeightedRandomSampler(sample_weights.tolist(), len(ds), replacement=True,
+                                        generator=generator)
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         generator=generator,
         num_workers=workers,
         pin_memory=pin_memory,

@@ -74,8 +74,12 @@ class Strategy(ABC):
 
     @abstractmethod
     def epoch_batches(
-        self, train_ds: CachedImages, batch_size: int, seed: int, epoch: int
-    ) -> EpochBatches: ...
+        self, train_ds: CachedImages, batch_size: int, seed: int, epoch: int,
+        sample_weights: torch.Tensor | None = None,
+    ) -> EpochBatches:
+        """Epoch ``epoch``'s batches: a seeded permutation of the training images, or with
+        ``sample_weights`` (``sampler: balanced``) a seeded draw of as many, with
+        replacement."""
 
     @abstractmethod
     def infer(
@@ -145,11 +149,13 @@ class SingleProcess(Strategy):
         )
 
     def epoch_batches(
-        self, train_ds: CachedImages, batch_size: int, seed: int, epoch: int
+        self, train_ds: CachedImages, batch_size: int, seed: int, epoch: int,
+        sample_weights: torch.Tensor | None = None,
     ) -> EpochBatches:
         loader = make_loader(
             train_ds, batch_size=batch_size, shuffle=True, workers=self.plan.workers,
             pin_memory=self.plan.pin_memory, generator=seed_epoch(seed, epoch),
+            sample_weights=sample_weights,
         )
         return EpochBatches(loader, None)
 
@@ -196,10 +202,12 @@ class DataParallel(Strategy):
                            pin_memory=self.plan.pin_memory)
 
     def epoch_batches(
-        self, train_ds: CachedImages, batch_size: int, seed: int, epoch: int
+        self, train_ds: CachedImages, batch_size: int, seed: int, epoch: int,
+        sample_weights: torch.Tensor | None = None,
     ) -> EpochBatches:
         shuffle, loader_seed = seed_rank_epoch(seed, epoch, self.ddp.rank)
-        shard = epoch_shard(len(train_ds), batch_size, self.world_size, self.ddp.rank, shuffle)
+        shard = epoch_shard(len(train_ds), batch_size, self.world_size, self.ddp.rank, shuffle,
+                            sample_weights)
         self.images_after = list(accumulate(shard.global_sizes))
         loader = shard_loader(
             train_ds, shard.batches, workers=self.plan.workers, pin_memory=self.plan.pin_memory,

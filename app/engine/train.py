@@ -39,6 +39,7 @@ from app.engine.data import (
 )
 from app.engine.device import DevicePlan
 from app.engine.evaluate import Batches, evaluation_from_logits
+from app.engine.imbalance import balanced_class_weights, balanced_sample_weights
 from app.engine.metrics import Evaluation
 from app.engine.model import backbone_parameters, build_model, head_parameters
 from app.engine.presets import Preprocessing, normalize_batch
@@ -105,6 +106,18 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     )
 
 
+def image_loss(logits: torch.Tensor, targets: torch.Tensor,
+               class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy averaged over the batch's images; with ``class_weights`` each image's
+    term is weighted by its class's weight, still divided by the image count (not by the
+    weights' sum, as ``CrossEntropyLoss(weight=...)`` does): then several processes'
+    shares of a global batch add up exactly as for the unweighted loss, and balanced
+    weights (mean 1 over the training images) keep the loss's scale."""
+    if class_weights is None:
+        return F.cross_entropy(logits, targets)
+    return F.cross_entropy(logits, targets, weight=class_weights, reduction="none").mean()
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -119,13 +132,17 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     weights: Sequence[float] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[float, float, int, float]:
     """One pass over ``loader``. Returns (mean loss, accuracy, images, seconds).
 
     Several processes: ``weights[i]`` scales batch i's loss for the backward pass (this
     rank's share of the global batch, see :mod:`app.engine.distributed`), and ``reduce``
-    sums the (loss, correct, images) totals over the ranks.
+    sums the (loss, correct, images) totals over the ranks. ``class_weights``: see
+    :func:`image_loss`.
     """
+    if class_weights is not None:
+        class_weights = class_weights.to(plan.device)
     model.train()
     device = plan.device
     loss_sum = torch.zeros((), device=device)
@@ -141,7 +158,7 @@ def train_one_epoch(
         y = targets.to(device, non_blocking=True)
         with plan.autocast():
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = image_loss(logits, y, class_weights)
         objective = loss if weights is None else loss * weights[i]
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:  # fp16 autocast: scale the loss so small gradients survive
@@ -240,6 +257,8 @@ class _Run:
     split: ValidationSplit
     root: Path  # the dataset's, which the recorded split's paths are relative to
     select: str  # "best" or "last" (config.select resolved for this split)
+    class_weights: torch.Tensor | None  # class_weights: balanced
+    sample_weights: torch.Tensor | None  # sampler: balanced
     best: _Best | None  # by the validation split (None without one, or before any epoch)
     note: str | None = None
 
@@ -293,6 +312,10 @@ class _Run:
             batch_size=batch_size, batches=strategy.batches_per_epoch(train_ds, batch_size),
             test=EvalSet(splits.test, strategy.eval_loader(test_ds, cfg.batch_size)),
             val=val, split=split, root=splits.root, select=select, best=best,
+            class_weights=(balanced_class_weights(split.train, len(splits.classes))
+                           if cfg.class_weights == "balanced" else None),
+            sample_weights=(balanced_sample_weights(split.train, len(splits.classes))
+                            if cfg.sampler == "balanced" else None),
         )
         run.announce(cached_bytes, decode_seconds)
         return run
@@ -406,11 +429,13 @@ class _Run:
         """One training pass and the evaluation after it."""
         cfg, strategy = self.cfg, self.strategy
         start = time.perf_counter()
-        batches = strategy.epoch_batches(self.train_ds, self.batch_size, cfg.seed, epoch)
+        batches = strategy.epoch_batches(self.train_ds, self.batch_size, cfg.seed, epoch,
+                                         self.sample_weights)
         train_loss, train_acc, seen, train_seconds = train_one_epoch(
             self.net, batches.loader, self.optimizer, strategy.plan, self.pre,
             epoch=epoch, epochs=cfg.epochs, batches=self.batches, callback=self.callback,
             scaler=self.scaler, weights=batches.weights, reduce=strategy.reduce,
+            class_weights=self.class_weights,
         )
         evaluation = self.evaluate(self.test)
         val = self.evaluate(self.val) if self.val is not None else None

@@ -23,6 +23,7 @@ from app.db.models import EpochMetric, Job, JobStatus
 from app.engine import selection
 from app.engine.config import INIT_IMAGENET
 from app.engine.export import SUFFIXES
+from app.engine.metrics import balanced_accuracy, macro_f1
 from app.jobs import service as jobs
 from app.jobs.broker import QueueUnreachable
 from app.jobs.queues import queue_for
@@ -147,12 +148,13 @@ def job_metrics(session: SessionDep, job_id: str) -> list[EpochOut]:
 
 @router.get("/{job_id}/evaluation", response_model=EvaluationOut)
 def job_evaluation(session: SessionDep, job_id: str) -> EvaluationOut:
-    """Confusion matrix and per-class precision/recall/F1 on the test split."""
+    """The kept model on the test split: accuracy, balanced accuracy, macro F1, confusion
+    matrix and per-class precision/recall/F1."""
     ev = jobs.get_evaluation(session, job_id)
-    f1s = [c["f1"] for c in ev.per_class]
     return EvaluationOut(job_id=job_id, accuracy=ev.accuracy, loss=ev.loss, classes=ev.classes,
                          confusion=ev.confusion, per_class=ev.per_class,
-                         macro_f1=sum(f1s) / max(1, len(f1s)))
+                         macro_f1=macro_f1(ev.per_class),
+                         balanced_accuracy=balanced_accuracy(ev.per_class))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
