@@ -113,6 +113,8 @@ class Evaluation(TypedDict):
     per_class: list[ClassReport]
     macro_f1: float
     balanced_accuracy: float  # the mean of the classes' recall
+    # temperature (fitted on the validation split), ece_before / ece_after on test
+    calibration: dict[str, Any] | None
 
 
 class Model(TypedDict):
@@ -134,6 +136,8 @@ class Prediction(TypedDict):
 class Predictions(TypedDict):
     model: str
     runtime: Literal["torch", "onnx"]
+    calibrated: bool  # probabilities = softmax(logits / temperature), fitted on validation
+    temperature: float  # 1 when not calibrated
     predictions: list[Prediction]
 
 

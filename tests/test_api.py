@@ -21,6 +21,7 @@ from app.api.app import create_app
 from app.core.config import Settings
 from app.db.models import Job, JobStatus
 from app.db.session import make_engine, upgrade
+from app.engine.checkpoint import load_checkpoint
 from app.engine.config import params
 from app.engine.export import PARITY_TOLERANCE, OnnxModel
 from app.jobs.service import claim_job
@@ -305,8 +306,13 @@ def test_models_activation_and_predict(client: TestClient, settings: Settings,
     # /predict answers what the engine's Predictor answers for the same checkpoint.
     from app.engine import Predictor
 
-    engine_probs = Predictor(tmp_path / "model-1.pt").predict([photo])[0].probabilities
+    predictor = Predictor(tmp_path / "model-1.pt")
+    engine_probs = predictor.predict([photo])[0].probabilities
     assert out["predictions"][0]["probabilities"] == pytest.approx(engine_probs, abs=1e-5)
+    # Calibrated on the job's validation split, and it says so.
+    assert out["calibrated"] is True and predictor.calibrated
+    assert out["temperature"] == predictor.temperature == load_checkpoint(
+        tmp_path / "model-1.pt")["temperature"]
 
     assert client.post(f"/models/{first}/activate").json()["active"]
     assert client.post("/predict", files=files[:1]).json()["model"] == first
@@ -314,11 +320,16 @@ def test_models_activation_and_predict(client: TestClient, settings: Settings,
     assert client.post("/predict", files=files[:1], data={"model": second}).json()[
         "model"] == second
 
+    # A model trained without a validation split: plain softmax, temperature 1.
+    uncalibrated = finished_job(settings, ds, tmp_path, color_dataset, seed=2, val_fraction=0)
+    plain = client.post("/predict", files=files[:1], data={"model": uncalibrated}).json()
+    assert plain["calibrated"] is False and plain["temperature"] == 1.0
+
     r = client.post("/predict", files={"file": ("notes.txt", b"hello")})
     assert r.status_code == 422 and "notes.txt" in r.json()["detail"]
     metrics = client.get("/metrics").text
-    assert "hotdog_predict_images_total 4.0" in metrics
-    assert 'hotdog_jobs{status="succeeded"} 2.0' in metrics
+    assert "hotdog_predict_images_total 5.0" in metrics
+    assert 'hotdog_jobs{status="succeeded"} 3.0' in metrics
     assert 'route="/predict"' in metrics
 
 
@@ -343,6 +354,10 @@ def test_predict_runtimes_agree_and_exports_download(settings: Settings, color_d
             assert c.post("/predict", files=files[:1], data={"model": plain}
                           ).json()["runtime"] == "torch"
     assert answers["onnx"]["runtime"] == "onnx" and answers["torch"]["runtime"] == "torch"
+    # Both apply the model's temperature (the ONNX graph itself, as its metadata says).
+    temperature = load_checkpoint(tmp_path / "model-0.pt")["temperature"]
+    assert answers["onnx"]["temperature"] == answers["torch"]["temperature"] == temperature
+    assert OnnxModel(tmp_path / "model-0.onnx").contract["temperature"] == temperature
     for x, y in zip(answers["onnx"]["predictions"], answers["torch"]["predictions"],
                     strict=True):
         assert x["label"] == y["label"]

@@ -359,3 +359,99 @@ def test_the_balanced_sampler_draws_classes_about_equally_and_is_seeded(tmp_path
     expected = torch.multinomial(weights, 50, replacement=True,
                                  generator=torch.Generator().manual_seed(9))
     assert union == sorted(expected.tolist())
+
+
+# --------------------------------------------------------------------- calibration
+
+
+def _overconfident(seed: int, n: int = 3000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels drawn from softmax(z), and a model that says 3z: sure beyond its accuracy."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 3, generator=g) * 1.5
+    labels = torch.multinomial(torch.softmax(z, dim=1), 1, generator=g).squeeze(1)
+    return 3 * z, labels
+
+
+def test_temperature_scaling_fixes_overconfidence_and_keeps_every_label() -> None:
+    from app.engine.calibrate import expected_calibration_error, fit_temperature
+
+    val_logits, val_labels = _overconfident(0)
+    test_logits, test_labels = _overconfident(1)
+    t = fit_temperature(val_logits, val_labels)
+    assert t == pytest.approx(3.0, rel=0.1)  # the factor the logits were inflated by
+    before = expected_calibration_error(torch.softmax(test_logits, 1), test_labels)
+    after = expected_calibration_error(torch.softmax(test_logits / t, 1), test_labels)
+    assert after < before / 2, (before, after)
+    assert torch.equal((test_logits / t).argmax(1), test_logits.argmax(1))
+    assert fit_temperature(torch.empty(0, 3), torch.empty(0, dtype=torch.long)) == 1.0
+    assert fit_temperature(torch.full((2, 2), float("nan")), torch.tensor([0, 1])) == 1.0
+
+
+def test_expected_calibration_error_on_known_sets() -> None:
+    from app.engine.calibrate import expected_calibration_error
+
+    sure = torch.tensor([[0.9, 0.1]] * 4)  # 90 % sure, right half the time
+    assert expected_calibration_error(sure, torch.tensor([0, 0, 1, 1])) == pytest.approx(0.4)
+    honest = torch.tensor([[0.75, 0.25]] * 4)  # 75 % sure, right 3 times in 4
+    assert expected_calibration_error(honest, torch.tensor([0, 0, 0, 1])) == pytest.approx(0)
+
+
+def test_a_job_records_its_temperature_and_the_ece_it_changes(moving_dataset: Path,
+                                                               tmp_path: Path) -> None:
+    from app.engine import Predictor
+    from app.engine.calibrate import fit_temperature
+    from app.engine.checkpoint import save_checkpoint
+    from app.engine.export import OnnxModel, export_onnx
+
+    result = fit(moving_dataset, TrainConfig(**MOVING, epochs=2), tmp_path / "m.pt")
+    ck = load_checkpoint(result.checkpoint)
+    t = ck["temperature"]
+    assert result.evaluation is not None and t == result.temperature is not None
+    calibration = result.evaluation.calibration
+    assert calibration is not None and calibration["calibrated"]
+    assert calibration["temperature"] == t and calibration["bins"] == 15
+    assert calibration["val_images"] == 6 and ck["evaluation"]["calibration"] == calibration
+    predictor = Predictor(result.checkpoint, device="cpu", precision="fp32")
+    assert predictor.calibrated and predictor.temperature == t
+    # Fitted on the validation images (the recorded ones): the kept model's logits there
+    # give the same T.
+    split = validation_split(load_image_folder(moving_dataset), 0, 0, recorded=ck["split"])
+    val_logits = predictor.logits(torch.stack([predictor.load(p) for p, _ in split.val]))
+    val_labels = torch.tensor([label for _, label in split.val])
+    assert fit_temperature(val_logits, val_labels) == pytest.approx(t, rel=1e-3)
+    # Calibrated probabilities, the same labels as the plain softmax.
+    test, _ = predictor.evaluate_folder(moving_dataset)
+    assert test.confusion == result.evaluation.confusion
+    assert test.calibration is not None
+    assert test.calibration["ece_after"] == pytest.approx(calibration["ece_after"], abs=1e-6)
+    photos = sorted((moving_dataset / "test").rglob("*.jpg"))
+    batch = torch.stack([predictor.load(p) for p in photos])
+    logits = predictor.logits(batch)
+    probs = predictor.probabilities(batch)
+    assert torch.allclose(probs, torch.softmax(logits / t, 1))
+    assert torch.equal(probs.argmax(1), logits.argmax(1))
+    # The ONNX export applies it too, and its metadata says which. (A softer temperature
+    # than the fitted one, so that the probabilities are not all 0 or 1.)
+    soft = save_checkpoint({**ck, "temperature": 2.5}, tmp_path / "soft.pt")
+    export_onnx(load_checkpoint(soft), tmp_path / "soft.onnx")
+    assert OnnxModel(tmp_path / "soft.onnx").contract["temperature"] == 2.5
+    eager = Predictor(soft, device="cpu", precision="fp32").probabilities(batch)
+    onnx = Predictor(soft, runtime="onnx", onnx_file=tmp_path / "soft.onnx")
+    assert torch.allclose(eager, torch.softmax(logits / 2.5, 1), atol=1e-5)
+    assert ((eager > 0.01) & (eager < 0.99)).any()
+    assert torch.allclose(onnx.probabilities(batch), eager, atol=1e-4)
+    with pytest.raises(ValueError, match="temperature"):  # another model's export
+        Predictor(result.checkpoint, runtime="onnx", onnx_file=tmp_path / "soft.onnx")
+
+
+def test_without_a_validation_split_nothing_is_calibrated(color_dataset: Path,
+                                                          tmp_path: Path) -> None:
+    from app.engine import Predictor
+
+    result = fit(color_dataset, TrainConfig(**TINY, epochs=1, val_fraction=0), tmp_path / "m.pt")
+    assert load_checkpoint(result.checkpoint)["temperature"] is None
+    assert result.evaluation is not None and result.evaluation.calibration is not None
+    c = result.evaluation.calibration
+    assert not c["calibrated"] and c["temperature"] == 1.0 and c["ece_after"] == c["ece_before"]
+    predictor = Predictor(result.checkpoint)
+    assert not predictor.calibrated and predictor.temperature == 1.0

@@ -189,6 +189,15 @@ class ClassReportOut(BaseModel):
     support: int
 
 
+class CalibrationOut(BaseModel):
+    calibrated: bool = Field(description="false without a validation split (temperature 1)")
+    temperature: float = Field(description="probabilities = softmax(logits / temperature)")
+    bins: int = Field(description="confidence bins of the expected calibration error")
+    ece_before: float = Field(description="expected calibration error on test, plain softmax")
+    ece_after: float = Field(description="expected calibration error on test, calibrated")
+    val_images: int = Field(description="validation images the temperature was fitted on")
+
+
 class EvaluationOut(BaseModel):
     job_id: str
     accuracy: float
@@ -196,6 +205,10 @@ class EvaluationOut(BaseModel):
     classes: list[str]
     confusion: list[list[int]] = Field(description="confusion[i][j]: true class i predicted j")
     per_class: list[ClassReportOut]
+    calibration: CalibrationOut | None = Field(
+        None, description="the temperature fitted on the validation split and the test "
+        "split's expected calibration error before and after it (null for jobs from "
+        "before calibration)")
     macro_f1: float = Field(description="the mean of the classes' F1")
     balanced_accuracy: float = Field(
         description="the mean of the classes' recall (those with test images): accuracy as "
@@ -222,6 +235,11 @@ class PredictOut(BaseModel):
     model: str
     runtime: Literal["torch", "onnx"] = Field(
         description="what computed the predictions: ONNX Runtime or eager PyTorch")
+    calibrated: bool = Field(
+        description="whether the probabilities are calibrated: softmax(logits / temperature) "
+        "with a temperature fitted on the model's validation split (false for a model "
+        "trained without one: plain softmax)")
+    temperature: float = Field(description="the temperature applied (1 when not calibrated)")
     predictions: list[PredictionOut]
 
 

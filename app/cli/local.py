@@ -92,6 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"kept the model of epoch {result.selected_epoch}: {val}test accuracy "
               f"{ev.accuracy:.3f} (balanced {ev.balanced_accuracy:.3f}, macro F1 "
               f"{ev.macro_f1:.3f}); checkpoint written to {result.checkpoint}")
+        if ev.calibration:
+            print(calibration_text(ev.calibration))
     return EXIT_OK
 
 
@@ -107,6 +109,18 @@ def print_evaluation(ev: Evaluation) -> None:
     for r in ev.per_class:
         print(f"{r.label:>{width}} {r.precision:>9.3f} {r.recall:>7.3f} {r.f1:>6.3f} "
               f"{r.support:>7}")
+    if ev.calibration:
+        print(calibration_text(ev.calibration))
+
+
+def calibration_text(c: dict[str, Any]) -> str:
+    """The temperature and the expected calibration error it changes."""
+    if not c["calibrated"]:
+        return (f"probabilities: plain softmax (no validation split to calibrate on); "
+                f"ECE {c['ece_before']:.4f}")
+    return (f"probabilities: calibrated, temperature {c['temperature']:.3f} (fitted on "
+            f"{c['val_images']} validation images); ECE {c['ece_before']:.4f} before, "
+            f"{c['ece_after']:.4f} after ({c['bins']} bins)")
 
 
 def _predictor(args: argparse.Namespace) -> Predictor:
@@ -135,9 +149,12 @@ def probabilities_text(probabilities: dict[str, float]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    preds = _predictor(args).predict([Path(p) for p in args.images], names=list(args.images))
+    predictor = _predictor(args)
+    preds = predictor.predict([Path(p) for p in args.images], names=list(args.images))
     if args.json:
-        emit_json({"model": str(args.checkpoint), "predictions": [p.to_dict() for p in preds]})
+        emit_json({"model": str(args.checkpoint), "calibrated": predictor.calibrated,
+                   "temperature": predictor.temperature,
+                   "predictions": [p.to_dict() for p in preds]})
     else:
         for p in preds:
             print(f"{p.filename}: {p.label}  ({probabilities_text(p.probabilities)})")

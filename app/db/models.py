@@ -193,6 +193,9 @@ class Evaluation(Base):
     classes: Mapped[list[Any]]
     confusion: Mapped[list[Any]]
     per_class: Mapped[list[Any]]
+    # The temperature fitted on the validation split and the test ECE before and after it
+    # (app.engine.calibrate.calibration_report); NULL for jobs from before calibration.
+    calibration: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = _created()
 
     job: Mapped[Job] = relationship(back_populates="evaluation")

@@ -27,6 +27,9 @@ class Evaluation:
     accuracy: float
     loss: float
     count: int
+    # A job's final evaluation: its temperature and the expected calibration error before
+    # and after it (app.engine.calibrate.calibration_report); None elsewhere.
+    calibration: dict[str, Any] | None = None
 
     @property
     def macro_f1(self) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from app.engine import selection
+from app.engine.calibrate import calibration_report, fit_temperature
 from app.engine.callback import (
     BatchProgress,
     Callback,
@@ -61,6 +62,7 @@ class TrainResult:
     evaluation: Evaluation | None = None  # of the kept model, on test
     selected_epoch: int | None = None  # the epoch whose model the checkpoint holds
     note: str | None = None  # e.g. why the run stopped before its last epoch
+    temperature: float | None = None  # fitted on the validation split; None without one
 
     @property
     def selected(self) -> EpochMetrics | None:
@@ -347,11 +349,10 @@ class _Run:
         best_file = None if epoch_checkpoint is None else best_beside(epoch_checkpoint)
         if writes and self.start_epoch and self.best is not None:
             self.save_best(best_file)  # resumed: the best so far, beside this run's files
-        evaluation: Evaluation | None = None
         for epoch in range(self.start_epoch + 1, self.cfg.epochs + 1):
             if self.stops_early(epoch - 1):
                 break
-            metrics, evaluation = self.epoch(epoch)
+            metrics = self.epoch(epoch)
             advance(self.scheduler)
             self.history.append(metrics)
             improved = self.track(metrics)
@@ -367,7 +368,7 @@ class _Run:
                 if improved:
                     self.save_best(best_file)
                 self.callback.on_checkpoint(epoch_checkpoint, epoch)
-        return self.finish(out, evaluation)
+        return self.finish(out)
 
     def track(self, metrics: EpochMetrics) -> bool:
         """Note ``metrics.epoch`` if it is the best so far on the validation split (with a
@@ -395,25 +396,30 @@ class _Run:
         log.info("%s", self.note)
         return True
 
-    def finish(self, out: Path, evaluation: Evaluation | None) -> TrainResult:
-        """Put the kept epoch's model in place, evaluate it on test, write ``out``."""
+    def finish(self, out: Path) -> TrainResult:
+        """Put the kept epoch's model in place, fit its temperature on the validation
+        split, evaluate it on test (calibration included), write ``out``."""
         done = self.history[-1].epoch if self.history else self.start_epoch
         kept = done
         if self.select == "best" and self.best is not None and self.best.state is not None:
             kept = self.best.epoch
             if kept != done:
                 self.model.load_state_dict(self.best.state)
-                evaluation = None
-        if evaluation is None:  # another epoch's model, or a resumed run already done
-            evaluation = self.evaluate(self.test)
+        temperature = None if self.val is None else fit_temperature(*self.logits(self.val))
+        logits, targets = self.logits(self.test)
+        calibration = calibration_report(logits, targets, temperature, len(self.split.val))
+        evaluation = replace(evaluation_from_logits(self.classes, logits, targets),
+                             calibration=calibration)
+        log.info("kept epoch %d; temperature %s, test ECE %.4f before, %.4f after", kept,
+                 _fmt(temperature, ".4f"), calibration["ece_before"], calibration["ece_after"])
         if self.strategy.writes:
             save_checkpoint({**self.payload(done, evaluation), "selected_epoch": kept,
                              "select": {"mode": self.select, "metric": self.cfg.select_metric},
-                             "metrics": _metrics_of(self.history, kept), "note": self.note},
-                            out)
+                             "metrics": _metrics_of(self.history, kept), "note": self.note,
+                             "temperature": temperature}, out)
         return TrainResult(checkpoint=out, classes=self.classes, config=self.cfg,
                            history=self.history, evaluation=evaluation, selected_epoch=kept,
-                           note=self.note)
+                           note=self.note, temperature=temperature)
 
     def save_best(self, path: Path | None) -> None:
         """The best epoch's model, as a checkpoint ``hotdog predict`` can read (no optimiser
@@ -425,8 +431,8 @@ class _Run:
                          "optimizer": None, "metrics": _metrics_of(self.history, best.epoch),
                          "selected_epoch": best.epoch}, path)
 
-    def epoch(self, epoch: int) -> tuple[EpochMetrics, Evaluation]:
-        """One training pass and the evaluation after it."""
+    def epoch(self, epoch: int) -> EpochMetrics:
+        """One training pass and the evaluations (validation, test) after it."""
         cfg, strategy = self.cfg, self.strategy
         start = time.perf_counter()
         batches = strategy.epoch_batches(self.train_ds, self.batch_size, cfg.seed, epoch,
@@ -454,7 +460,7 @@ class _Run:
             train_loss, train_acc, _fmt(metrics.val_loss, ".4f"), _fmt(metrics.val_acc, ".3f"),
             metrics.test_loss, metrics.test_acc, metrics.images_per_s,
         )
-        return metrics, evaluation
+        return metrics
 
     def logits(self, on: EvalSet) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's logits and the targets of every image of ``on``, in order."""

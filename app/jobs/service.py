@@ -228,7 +228,7 @@ def finish_job(
         session.add(Evaluation(
             job_id=job_id, accuracy=float(evaluation["accuracy"]), loss=float(evaluation["loss"]),
             classes=list(evaluation["classes"]), confusion=evaluation["confusion"],
-            per_class=evaluation["per_class"],
+            per_class=evaluation["per_class"], calibration=evaluation.get("calibration"),
         ))
         session.flush()
     return done

@@ -1,7 +1,8 @@
 """Model selection on a validation split: per-epoch validation metrics
 (epoch_metrics.val_loss, val_acc, val_macro_f1; NULL for a job without a validation split),
-the epoch whose model a job kept (jobs.selected_epoch) and a note on how it ended
-(jobs.note, e.g. early stopping).
+the epoch whose model a job kept (jobs.selected_epoch), a note on how it ended
+(jobs.note, e.g. early stopping), and its calibration (evaluations.calibration: the
+temperature and the test ECE before and after).
 
 Revision ID: 0007
 Revises: 0006
@@ -28,9 +29,13 @@ def upgrade() -> None:
     with op.batch_alter_table('jobs') as batch:
         batch.add_column(sa.Column('selected_epoch', sa.Integer(), nullable=True))
         batch.add_column(sa.Column('note', sa.Text(), nullable=True))
+    with op.batch_alter_table('evaluations') as batch:
+        batch.add_column(sa.Column('calibration', sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('evaluations') as batch:
+        batch.drop_column('calibration')
     with op.batch_alter_table('jobs') as batch:
         batch.drop_column('note')
         batch.drop_column('selected_epoch')

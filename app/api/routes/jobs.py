@@ -12,6 +12,7 @@ from app.api.deps import GUARDED, SessionDep, SettingsDep, StateDep
 from app.api.schemas import (
     ERRORS,
     MAX_OFFSET,
+    CalibrationOut,
     EpochOut,
     EvaluationOut,
     JobCreate,
@@ -153,6 +154,8 @@ def job_evaluation(session: SessionDep, job_id: str) -> EvaluationOut:
     ev = jobs.get_evaluation(session, job_id)
     return EvaluationOut(job_id=job_id, accuracy=ev.accuracy, loss=ev.loss, classes=ev.classes,
                          confusion=ev.confusion, per_class=ev.per_class,
+                         calibration=(CalibrationOut.model_validate(ev.calibration)
+                                      if ev.calibration else None),
                          macro_f1=macro_f1(ev.per_class),
                          balanced_accuracy=balanced_accuracy(ev.per_class))
 

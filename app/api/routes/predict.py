@@ -58,4 +58,6 @@ async def predict_images(
     state.models.metrics.images.inc(len(predictions))
     state.models.metrics.predicted(loaded.job_id, [p.label for p in predictions])
     return {"model": loaded.job_id, "runtime": loaded.predictor.runtime,
+            "calibrated": loaded.predictor.calibrated,
+            "temperature": loaded.predictor.temperature,
             "predictions": [p.to_dict() for p in predictions]}
