@@ -32,6 +32,7 @@ from app.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from app.engine.config import INIT_IMAGENET, INIT_SCRATCH, TrainConfig
 from app.engine.data import (
     CachedImages,
+    ImageFolderSplits,
     Sample,
     available_memory_bytes,
     eval_dataset,
@@ -277,14 +278,7 @@ class _Run:
         pre = Preprocessing.for_size(cfg.image_size)
         resume = None if resume_from is None else _resume_state(resume_from, splits.classes,
                                                                  pre, cfg)
-        # A resumed run keeps its recorded split (one from before splits were recorded had
-        # none); a new one draws it.
-        split = validation_split(splits, cfg.val_fraction, cfg.seed,
-                                 None if resume is None else resume.get("split", NO_SPLIT))
-        select = selection.resolve(cfg.select, split.exists)
-        if cfg.early_stopping_patience and not split.exists:
-            raise ValueError("early_stopping_patience needs a validation split: give the "
-                             "dataset a val/ folder or set val_fraction above 0")
+        split, select = _choosing(cfg, splits, resume)
         # Load weights first: a missing ImageNet file fails before any image is decoded.
         model = _initial_model(cfg, len(splits.classes), resume, plan)
         net = strategy.wrap(model)
@@ -297,6 +291,7 @@ class _Run:
             best = _restore_best(resume, Path(resume_from or ""), model, select)
         else:
             scheduler = make_schedule(optimizer, cfg)
+        class_weights, sample_weights = _imbalance(cfg, split, len(splits.classes))
 
         train_ds = train_dataset(split.train, cfg.image_size)
         test_ds = eval_dataset(strategy.eval_share(splits.test), pre)
@@ -314,10 +309,7 @@ class _Run:
             batch_size=batch_size, batches=strategy.batches_per_epoch(train_ds, batch_size),
             test=EvalSet(splits.test, strategy.eval_loader(test_ds, cfg.batch_size)),
             val=val, split=split, root=splits.root, select=select, best=best,
-            class_weights=(balanced_class_weights(split.train, len(splits.classes))
-                           if cfg.class_weights == "balanced" else None),
-            sample_weights=(balanced_sample_weights(split.train, len(splits.classes))
-                            if cfg.sampler == "balanced" else None),
+            class_weights=class_weights, sample_weights=sample_weights,
         )
         run.announce(cached_bytes, decode_seconds)
         return run
@@ -612,6 +604,29 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _metrics_of(history: list[EpochMetrics], epoch: int) -> dict[str, Any] | None:
     return next((m.to_dict() for m in history if m.epoch == epoch), None)
+
+
+def _choosing(cfg: TrainConfig, splits: ImageFolderSplits, resume: dict[str, Any] | None
+              ) -> tuple[ValidationSplit, str]:
+    """The run's validation split (a resumed run keeps the one it recorded; one from before
+    splits were recorded had none) and what it keeps: ``best`` or ``last``."""
+    split = validation_split(splits, cfg.val_fraction, cfg.seed,
+                             None if resume is None else resume.get("split", NO_SPLIT))
+    if cfg.early_stopping_patience and not split.exists:
+        raise ValueError("early_stopping_patience needs a validation split: give the "
+                         "dataset a val/ folder or set val_fraction above 0")
+    return split, selection.resolve(cfg.select, split.exists)
+
+
+def _imbalance(cfg: TrainConfig, split: ValidationSplit, num_classes: int
+               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The loss's class weights (``class_weights``) and the sampler's image weights
+    (``sampler``), from the training images; None where the config asks for neither."""
+    return (
+        balanced_class_weights(split.train, num_classes)
+        if cfg.class_weights == "balanced" else None,
+        balanced_sample_weights(split.train, num_classes) if cfg.sampler == "balanced" else None,
+    )
 
 
 def _fmt(value: float | None, spec: str) -> str:
