@@ -41,7 +41,9 @@ class _TrainReport(Callback):
     def on_start(self, info: StartInfo) -> None:
         cfg = info.config
         if self.show:
-            print(f"training on {info.train_count} images, testing on {info.test_count}, "
+            val = (f"validating on {info.val_count} ({info.val_source}), " if info.val_count
+                   else "no validation split, ")
+            print(f"training on {info.train_count} images, {val}testing on {info.test_count}, "
                   f"classes {', '.join(info.classes)}; {info.device} {info.precision}; "
                   f"init {cfg.init}, lr {cfg.lr:g} (head x{cfg.head_lr_mult:g}), "
                   f"batch {cfg.batch_size}, image size {cfg.image_size}", flush=True)
