@@ -46,6 +46,9 @@ class EpochRecord(TypedDict):
     epoch: int
     train_loss: float
     train_acc: float
+    val_loss: float | None  # None: the job has no validation split
+    val_acc: float | None
+    val_macro_f1: float | None
     test_loss: float
     test_acc: float
     images_per_s: float
@@ -61,7 +64,11 @@ class Job(TypedDict):
     params: dict[str, Any]
     progress: Progress
     latest_metrics: EpochRecord | None
+    # The kept model's epoch (chosen on the validation split, or the last), never the best
+    # test accuracy; selected_epoch once the job succeeded.
     best_metrics: EpochRecord | None
+    selected_epoch: int | None
+    note: str | None  # e.g. that early stopping ended it
     attempt: int
     max_attempts: int
     worker: str | None
@@ -107,6 +114,9 @@ class Evaluation(TypedDict):
     confusion: list[list[int]]  # confusion[i][j]: true class i predicted as j
     per_class: list[ClassReport]
     macro_f1: float
+    balanced_accuracy: float  # the mean of the classes' recall
+    # temperature (fitted on the validation split), ece_before / ece_after on test
+    calibration: dict[str, Any] | None
 
 
 class Model(TypedDict):
@@ -160,6 +170,8 @@ class Prediction(TypedDict):
 class Predictions(TypedDict):
     model: str
     runtime: Literal["torch", "onnx"]
+    calibrated: bool  # probabilities = softmax(logits / temperature), fitted on validation
+    temperature: float  # 1 when not calibrated
     predictions: list[Prediction]
 
 

@@ -290,11 +290,12 @@ def upload(client: TestClient, data: bytes, name: str = "set.zip") -> httpx.Resp
 
 
 def finished_job(settings: Settings, dataset_id: str, tmp_path: Path, data: Path,
-                  seed: int = 0, lr: float | None = None, export: bool = False) -> str:
+                  seed: int = 0, lr: float | None = None, export: bool = False,
+                  val_fraction: float = 0.1) -> str:
     """A job run to success by the engine directly, recorded as a worker would (with its
     verified ONNX export when ``export``)."""
     engine = make_engine(settings.db_url)
-    cfg = TrainConfig(**TINY, epochs=1, seed=seed, lr=lr)
+    cfg = TrainConfig(**TINY, epochs=1, seed=seed, lr=lr, val_fraction=val_fraction)
     out = tmp_path / f"model-{seed}.pt"
     result = fit(data, cfg, out)
     exports = ({"onnx": export_for_job(out, data, out.with_suffix(".onnx")).to_dict()}
@@ -305,7 +306,8 @@ def finished_job(settings: Settings, dataset_id: str, tmp_path: Path, data: Path
         claim_job(s, job.id, worker="w", lease_seconds=60)
         assert result.evaluation is not None
         finish_job(s, job.id, worker="w", status=JobStatus.SUCCEEDED, checkpoint_path=str(out),
-                   evaluation=result.evaluation.to_dict(), exports=exports)
+                   evaluation=result.evaluation.to_dict(), exports=exports,
+                   selected_epoch=result.selected_epoch, note=result.note)
         s.commit()
         job_id = job.id
     engine.dispose()

@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from app.api.app import create_app
 from app.core.config import Settings
-from app.db.models import Job
+from app.db.models import Job, JobStatus
 from app.db.session import make_engine
+from app.engine.checkpoint import load_checkpoint
 from app.engine.config import params
 from app.engine.export import PARITY_TOLERANCE, OnnxModel
 from app.engine.images import set_decode_budget
@@ -35,6 +36,7 @@ from tests.helpers import (
     stored_datasets,
     upload,
     wait_for,
+    write_color_dataset,
     zip_tree,
 )
 
@@ -113,6 +115,27 @@ BAD_UPLOADS = {
     "compression bomb": (make_zip({"train/a/bomb.jpg": b"\0" * (64 << 20)}),
                          "compression bomb"),
 }
+
+
+def test_a_val_folder_is_stored_and_a_split_that_cannot_be_carved_is_422(
+        client: TestClient, settings: Settings, tmp_path: Path) -> None:
+    data = write_color_dataset(tmp_path / "d", train=3, test=1)
+    for cls in ("hotdog", "not-hotdog"):
+        (data / "val" / cls).mkdir(parents=True)
+        (data / "train" / cls / "000.jpg").rename(data / "val" / cls / "000.jpg")
+    ds = upload(client, zip_tree(data)).json()
+    assert ds["counts"]["val"] == {"hotdog": 1, "not-hotdog": 1}
+    assert ds["counts"]["train"] == {"hotdog": 2, "not-hotdog": 2}
+    assert (settings.dataset_dir(ds["id"]) / "val" / "hotdog" / "000000.jpg").is_file()
+    # One training image per class: nothing to hold out, unless the dataset has val/.
+    single = upload(client, make_zip({"train/a/1.jpg": jpeg(), "train/b/1.jpg": jpeg(),
+                                      "test/a/1.jpg": jpeg(), "test/b/1.jpg": jpeg()})).json()
+    r = client.post("/jobs", json={"dataset_id": single["id"], **NO_WORKER})
+    assert r.status_code == 422 and "val_fraction" in r.json()["detail"], r.text
+    assert "a, b" in r.json()["detail"]
+    for body in ({"dataset_id": single["id"], "val_fraction": 0},
+                 {"dataset_id": ds["id"], "val_fraction": 0.5}):
+        assert client.post("/jobs", json={**body, **NO_WORKER}).status_code == 202
 
 
 @pytest.mark.parametrize("case", BAD_UPLOADS)
@@ -277,8 +300,13 @@ def test_models_activation_and_predict(client: TestClient, settings: Settings,
     # /predict answers what the engine's Predictor answers for the same checkpoint.
     from app.engine import Predictor
 
-    engine_probs = Predictor(tmp_path / "model-1.pt").predict([photo])[0].probabilities
+    predictor = Predictor(tmp_path / "model-1.pt")
+    engine_probs = predictor.predict([photo])[0].probabilities
     assert out["predictions"][0]["probabilities"] == pytest.approx(engine_probs, abs=1e-5)
+    # Calibrated on the job's validation split, and it says so.
+    assert out["calibrated"] is True and predictor.calibrated
+    assert out["temperature"] == predictor.temperature == load_checkpoint(
+        tmp_path / "model-1.pt")["temperature"]
 
     assert client.post(f"/models/{first}/activate").json()["active"]
     assert client.post("/predict", files=files[:1]).json()["model"] == first
@@ -286,11 +314,16 @@ def test_models_activation_and_predict(client: TestClient, settings: Settings,
     assert client.post("/predict", files=files[:1], data={"model": second}).json()[
         "model"] == second
 
+    # A model trained without a validation split: plain softmax, temperature 1.
+    uncalibrated = finished_job(settings, ds, tmp_path, color_dataset, seed=2, val_fraction=0)
+    plain = client.post("/predict", files=files[:1], data={"model": uncalibrated}).json()
+    assert plain["calibrated"] is False and plain["temperature"] == 1.0
+
     r = client.post("/predict", files={"file": ("notes.txt", b"hello")})
     assert r.status_code == 422 and "notes.txt" in r.json()["detail"]
     metrics = client.get("/metrics").text
-    assert "hotdog_predict_images_total 4.0" in metrics
-    assert 'hotdog_jobs{status="succeeded"} 2.0' in metrics
+    assert "hotdog_predict_images_total 5.0" in metrics
+    assert 'hotdog_jobs{status="succeeded"} 3.0' in metrics
     assert 'route="/predict"' in metrics
 
 
@@ -315,6 +348,10 @@ def test_predict_runtimes_agree_and_exports_download(settings: Settings, color_d
             assert c.post("/predict", files=files[:1], data={"model": plain}
                           ).json()["runtime"] == "torch"
     assert answers["onnx"]["runtime"] == "onnx" and answers["torch"]["runtime"] == "torch"
+    # Both apply the model's temperature (the ONNX graph itself, as its metadata says).
+    temperature = load_checkpoint(tmp_path / "model-0.pt")["temperature"]
+    assert answers["onnx"]["temperature"] == answers["torch"]["temperature"] == temperature
+    assert OnnxModel(tmp_path / "model-0.onnx").contract["temperature"] == temperature
     for x, y in zip(answers["onnx"]["predictions"], answers["torch"]["predictions"],
                     strict=True):
         assert x["label"] == y["label"]
@@ -553,6 +590,65 @@ def test_progress_and_eta_while_running(client: TestClient, settings: Settings,
     assert job["progress"]["fraction"] == pytest.approx(1.5 / 4)
     assert job["progress"]["eta_seconds"] == pytest.approx(25.0)  # 2.5 epochs of 10 s
     assert job["latest_metrics"]["test_acc"] == 0.75 == job["best_metrics"]["test_acc"]
+
+
+def test_the_job_shows_the_kept_epoch_never_the_best_test_accuracy(
+        client: TestClient, settings: Settings, color_dataset: Path) -> None:
+    from app.jobs.service import finish_job, record_epoch
+
+    ds = upload(client, zip_tree(color_dataset)).json()["id"]
+    job_id = client.post("/jobs", json={"dataset_id": ds, **TINY, "epochs": 3,
+                                         **NO_WORKER}).json()["id"]
+    # Epoch 2 has the best validation loss, epoch 3 the best test accuracy.
+    rows = [(1.0, 0.6, 0.5), (0.4, 0.8, 0.625), (0.7, 0.7, 1.0)]
+    engine = make_engine(settings.db_url)
+    with Session(engine) as s:
+        claim_job(s, job_id, worker="w", lease_seconds=60)
+        for epoch, (val_loss, val_acc, test_acc) in enumerate(rows, 1):
+            record_epoch(s, job_id, {"epoch": epoch, "train_loss": 1.0, "train_acc": 0.5,
+                                     "val_loss": val_loss, "val_acc": val_acc,
+                                     "val_macro_f1": val_acc, "test_loss": 1.0,
+                                     "test_acc": test_acc, "images_per_s": 10.0,
+                                     "seconds": 1.0})
+        s.commit()
+        running = client.get(f"/jobs/{job_id}").json()
+        assert running["best_metrics"]["epoch"] == 2 and running["selected_epoch"] is None
+        per_class = [{"label": "hotdog", "precision": 0.6, "recall": 1.0, "f1": 0.75,
+                      "support": 6},
+                     {"label": "not-hotdog", "precision": 1.0, "recall": 0.25, "f1": 0.4,
+                      "support": 4}]
+        finish_job(s, job_id, worker="w", status=JobStatus.SUCCEEDED, checkpoint_path="/x.pt",
+                   selected_epoch=2, note="stopped early after epoch 3 of 3",
+                   evaluation={"accuracy": 0.7, "loss": 0.9, "classes": ["hotdog", "not-hotdog"],
+                               "confusion": [[6, 0], [3, 1]], "per_class": per_class})
+        s.commit()
+    engine.dispose()
+    evaluation = client.get(f"/jobs/{job_id}/evaluation").json()
+    assert evaluation["accuracy"] == 0.7
+    assert evaluation["balanced_accuracy"] == pytest.approx(0.625)  # (1.0 + 0.25) / 2
+    assert evaluation["macro_f1"] == pytest.approx(0.575)
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["selected_epoch"] == 2 and job["note"] == "stopped early after epoch 3 of 3"
+    kept = job["best_metrics"]
+    assert (kept["epoch"], kept["val_loss"], kept["val_acc"], kept["test_acc"]) == (
+        2, 0.4, 0.8, 0.625)
+    assert job["latest_metrics"]["epoch"] == 3
+    assert client.get(f"/jobs/{job_id}/metrics").json()[1]["val_acc"] == 0.8
+
+
+def test_selection_without_a_validation_split_is_422(client: TestClient,
+                                                      color_dataset: Path) -> None:
+    ds = upload(client, zip_tree(color_dataset)).json()["id"]
+    for asked, name in (({"select": "best"}, "select 'best'"),
+                        ({"early_stopping_patience": 2}, "early_stopping_patience")):
+        r = client.post("/jobs", json={"dataset_id": ds, "val_fraction": 0, **asked,
+                                       **NO_WORKER})
+        assert r.status_code == 422 and name in r.json()["detail"], r.text
+    r = client.post("/jobs", json={"dataset_id": ds, "select": "worst", **NO_WORKER})
+    assert r.status_code == 422 and "select" in r.text
+    r = client.post("/jobs", json={"dataset_id": ds, "epochs": 2, "warmup_epochs": 2,
+                                   "lr_schedule": "cosine", **NO_WORKER})
+    assert r.status_code == 422 and "warmup_epochs must be fewer than epochs" in r.text
 
 
 def test_serving_beyond_loopback_without_a_key_warns(caplog: pytest.LogCaptureFixture,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from app.engine import load_checkpoint
 from tests.helpers import Stack, free_port, stack_without_weights
 
 
@@ -37,11 +38,15 @@ def test_demo_data_train_evaluate_predict(tmp_path: Path) -> None:
                   "--image-size", "32", "--batch-size", "4", "--json")
     trained = last_json(proc)
     assert ckpt.is_file() and not (tmp_path / "model.last.pt").exists()
+    assert not (tmp_path / "model.best.pt").exists()
     assert [e["epoch"] for e in trained["epochs"]] == [1, 2]
+    assert trained["selected_epoch"] in (1, 2) and trained["note"] is None
     assert 0.0 <= trained["test_acc"] <= 1.0 and trained["params"]["lr"] == 0.064
 
     evaluated = last_json(hotdog("evaluate", str(ckpt), str(data), "--json", "--per-image"))
     assert evaluated["test_acc"] == trained["test_acc"]
+    assert evaluated["balanced_accuracy"] == trained["evaluation"]["balanced_accuracy"]
+    assert evaluated["macro_f1"] == trained["evaluation"]["macro_f1"]
     assert evaluated["confusion"] == trained["evaluation"]["confusion"]
     assert len(evaluated["predictions"]) == 6
 
@@ -55,10 +60,19 @@ def test_demo_data_train_evaluate_predict(tmp_path: Path) -> None:
     for cls, p in only["probabilities"].items():
         assert p == pytest.approx(same["probabilities"][cls], abs=1e-6)
 
+    # The new parameters come as options too (made from TrainConfig like the others).
     human = hotdog("train", str(data), "--out", str(tmp_path / "h.pt"), "--init", "scratch",
-                   "--epochs", "1", "--image-size", "32", "--batch-size", "4")
+                   "--epochs", "1", "--image-size", "32", "--batch-size", "4",
+                   "--val-fraction", "0.25", "--select-metric", "val_acc",
+                   "--lr-schedule", "cosine", "--class-weights", "balanced",
+                   "--sampler", "balanced")
     assert human.returncode == 0, human.stderr
-    assert "train loss" in human.stdout and "test accuracy" in human.stdout
+    assert "train loss" in human.stdout and "val acc" in human.stdout
+    assert "kept the model of epoch 1: validation accuracy" in human.stdout
+    assert "probabilities: calibrated, temperature" in human.stdout
+    params = load_checkpoint(tmp_path / "h.pt")["params"]
+    assert (params["lr_schedule"], params["class_weights"], params["sampler"]) == (
+        "cosine", "balanced", "balanced")
     # Text mode: the label and every class's probability (as `classify` prints them too).
     human = hotdog("predict", str(ckpt), str(photo))
     assert human.returncode == 0, human.stderr

@@ -24,8 +24,10 @@ from tests.helpers import TINY, wait_for
 from worker.protocol import Cancelled, Checkpoint, Done, Epoch, Error, Event, Progress, Start
 from worker.runner import NotEnoughDevices, TrainingProcess, training_processes
 
-# fp32: the sharded evaluation is compared with a one-process one to the last digits.
-DDP = {**TINY, "precision": "fp32"}
+# fp32: the sharded evaluation is compared with a one-process one to the last digits. No
+# validation split: the counts below are those of the whole training set (the validation
+# split's sharded evaluation: test_a_validation_split_on_two_processes).
+DDP = {**TINY, "precision": "fp32", "val_fraction": 0.0}
 
 
 class Run:
@@ -229,6 +231,20 @@ def test_a_two_process_checkpoint_resumes_in_one_process(
     assert [m["epoch"] for m in ck["history"]] == [1, 2, 3]
     assert ck["history"][:2] == load_checkpoint(straight[0] / "model.pt")["history"]
     assert ck["compute"]["world_size"] == 1
+
+
+def test_a_validation_split_on_two_processes(color_dataset: Path, tmp_path: Path) -> None:
+    # The validation images are sharded like the test images and gathered back: the epoch's
+    # figures are those of the whole split, as one process computes them from the model.
+    events = Run(color_dataset, tmp_path,
+                 TrainConfig(**{**DDP, "val_fraction": 0.25}, epochs=1, lr=0.01)).finish()
+    start = events[0]
+    assert isinstance(start, Start) and (start.train_count, start.val_count) == (12, 4)
+    (epoch,) = [e.metrics for e in events if isinstance(e, Epoch)]
+    val, _ = Predictor(tmp_path / "last.pt", device="cpu", precision="fp32").evaluate_folder(
+        color_dataset, split="val")
+    assert val.count == 4 and val.accuracy == epoch.val_acc
+    assert epoch.val_loss is not None and val.loss == pytest.approx(epoch.val_loss, rel=1e-5)
 
 
 @pytest.mark.parametrize("how", ["worker", "launcher"])

@@ -93,6 +93,20 @@ def test_run_to_success_records_metrics_once(engine: Engine) -> None:
             request_cancel(s, job_id)
 
 
+def test_validation_metrics_are_recorded_and_null_without_a_split(engine: Engine) -> None:
+    job_id = _new_job(engine)
+    with Session(engine) as s:
+        claim_job(s, job_id, worker="w1", lease_seconds=LEASE)
+        record_epoch(s, job_id, {**_metrics(1), "val_loss": 0.7, "val_acc": 0.8,
+                                 "val_macro_f1": 0.75})
+        record_epoch(s, job_id, {**_metrics(2), "val_loss": None, "val_acc": None,
+                                 "val_macro_f1": None})
+        s.commit()
+        rows = get_job(s, job_id).metrics
+        assert [(m.val_loss, m.val_acc, m.val_macro_f1) for m in rows] == [
+            (0.7, 0.8, 0.75), (None, None, None)]
+
+
 def test_a_worker_that_lost_its_lease_cannot_write_the_outcome(engine: Engine) -> None:
     job_id = _new_job(engine)
     start = utcnow()

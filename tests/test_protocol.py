@@ -29,15 +29,21 @@ WEIGHTS_MISSING = Error(kind=ErrorKind.WEIGHTS_MISSING, exception="PretrainedWei
                         message="no ImageNet weights")
 EVENTS: list[Event] = [
     Start(classes=["hotdog", "not-hotdog"], train_count=16, test_count=8, device="cpu",
-          precision="fp32", start_epoch=1, epochs=3, batches_per_epoch=2, world_size=1),
+          precision="fp32", start_epoch=1, epochs=3, batches_per_epoch=2, world_size=1,
+          val_count=2),
     Progress(epoch=2, fraction=0.5),
     Epoch(metrics=EpochMetrics(epoch=2, epochs=3, train_loss=0.6, train_acc=0.75,
                                test_loss=0.5, test_acc=0.875, images_per_s=120.5, seconds=1.25)),
+    # with a validation split's figures (without one they are null, as above)
+    Epoch(metrics=EpochMetrics(epoch=2, epochs=3, train_loss=0.6, train_acc=0.75,
+                               test_loss=0.5, test_acc=0.875, images_per_s=120.5, seconds=1.25,
+                               val_loss=0.4, val_acc=1.0, val_macro_f1=1.0)),
     Checkpoint(epoch=2, path="/data/jobs/x/last.pt"),
     Done(checkpoint="/data/jobs/x/model.pt", test_acc=0.875,
          evaluation={"accuracy": 0.875, "loss": 0.5, "classes": ["a", "b"],
                      "confusion": [[4, 0], [1, 3]], "per_class": [], "count": 8},
-         exports={"onnx": {"file": "/data/jobs/x/model.onnx", "max_abs_diff": 1e-6}}),
+         exports={"onnx": {"file": "/data/jobs/x/model.onnx", "max_abs_diff": 1e-6}},
+         selected_epoch=2, note="stopped early after epoch 3 of 5"),
     Cancelled(),
     WEIGHTS_MISSING,
 ]
@@ -76,7 +82,10 @@ def test_the_wire_format() -> None:
      "kind: 'gremlins' is not a ErrorKind"),
     ('{"event": "start", "classes": [1, 2], "train_count": 1, "test_count": 1, "device": "cpu",'
      ' "precision": "fp32", "start_epoch": 0, "epochs": 1, "batches_per_epoch": 1,'
-     ' "world_size": 1}', "classes: expected a list of strings"),
+     ' "world_size": 1, "val_count": 0}', "classes: expected a list of strings"),
+    ('{"event": "epoch", "metrics": {"epoch": 1, "epochs": 1, "train_loss": 1, "train_acc": 1,'
+     ' "test_loss": 1, "test_acc": 1, "images_per_s": 1, "seconds": 1, "val_loss": "low",'
+     ' "val_acc": null, "val_macro_f1": null}}', "val_loss: expected"),
 ])
 def test_a_line_that_is_not_an_event_is_refused_with_the_reason(line: str, reason: str) -> None:
     with pytest.raises(ProtocolError, match=re.escape(reason)):

@@ -90,7 +90,9 @@ def test_upload_train_predict_evaluate(stack: Stack, color_dataset: Path, tmp_pa
     local = hotdog_json("evaluate", str(ckpt), str(color_dataset))
     assert evaluation["confusion"] == local["confusion"]
     assert evaluation["accuracy"] == pytest.approx(local["accuracy"])
-    assert evaluation["accuracy"] == pytest.approx(metrics[-1]["test_acc"])
+    # The evaluation is the kept model's: its epoch's test accuracy.
+    assert job["best_metrics"]["epoch"] == job["selected_epoch"]
+    assert evaluation["accuracy"] == pytest.approx(metrics[job["selected_epoch"] - 1]["test_acc"])
     assert [r["f1"] for r in evaluation["per_class"]] == pytest.approx(
         [r["f1"] for r in local["per_class"]])
 

@@ -60,8 +60,9 @@ def test_callback_sees_every_batch_epoch_and_checkpoint(color_dataset: Path,
     result = fit(color_dataset, TrainConfig(**TINY, epochs=2), tmp_path / "m.pt",
                  callback=rec, epoch_checkpoint=tmp_path / "last.pt")
     assert rec.checkpoints == [1, 2]
-    assert [b.batch for b in rec.batches] == [1, 2, 1, 2]  # 16 images, batch 8
-    assert rec.batches[-1].images == 16
+    # 16 images, one per class held out for validation (val_fraction 0.1), batch 8
+    assert [b.batch for b in rec.batches] == [1, 2, 1, 2]
+    assert rec.batches[-1].images == 14
     assert result.evaluation is not None and result.evaluation.count == 8
 
 
@@ -208,8 +209,8 @@ def test_missing_imagenet_fails_before_decoding(color_dataset: Path, tmp_path: P
 def test_batch_of_one_at_the_end_is_dropped(color_dataset: Path, tmp_path: Path) -> None:
     # 16 training images with batch 5 leave a last batch of 1, which BatchNorm cannot train on.
     rec = Recorder()
-    fit(color_dataset, TrainConfig(**{**TINY, "batch_size": 5}, epochs=1), tmp_path / "m.pt",
-        callback=rec)
+    fit(color_dataset, TrainConfig(**{**TINY, "batch_size": 5}, epochs=1, val_fraction=0),
+        tmp_path / "m.pt", callback=rec)
     assert rec.batches[-1].images == 15
 
 

@@ -101,7 +101,8 @@ class Reporter(Callback):
         emit(ev.Start(classes=info.classes, train_count=info.train_count,
                    test_count=info.test_count, device=info.device, precision=info.precision,
                    start_epoch=info.start_epoch, epochs=info.epochs,
-                   batches_per_epoch=info.batches_per_epoch, world_size=info.world_size))
+                   batches_per_epoch=info.batches_per_epoch, world_size=info.world_size,
+                   val_count=info.val_count))
         # The epochs the checkpoint holds, again: one whose report died with a killed worker
         # (or the pipe) is recorded now; the worker ignores those it already has.
         for metrics in info.history:
@@ -199,8 +200,10 @@ def run(spec: dict[str, Any]) -> int:
         record = export_for_job(result.checkpoint, spec["data_dir"],
                                 Path(result.checkpoint).with_suffix(".onnx"))
         exports["onnx"] = record.to_dict()
+    assert result.selected_epoch is not None
     emit(ev.Done(checkpoint=str(result.checkpoint), test_acc=result.test_acc,
-              evaluation=result.evaluation.to_dict(), exports=exports))
+              evaluation=result.evaluation.to_dict(), exports=exports,
+              selected_epoch=result.selected_epoch, note=result.note))
     return EXIT_OK
 
 
@@ -218,7 +221,7 @@ def evaluate(spec: dict[str, Any]) -> int:
         emit(ev.Start(classes=predictor.classes, train_count=0, test_count=images,
                       device=str(predictor.plan.device), precision=predictor.precision,
                       start_epoch=0, epochs=1, world_size=1,
-                      batches_per_epoch=-(-images // config.batch_size)))
+                      batches_per_epoch=-(-images // config.batch_size), val_count=0))
         act_out_fault("before-evaluation")
         evaluation, _ = predictor.evaluate_folder(spec["data_dir"], batch_size=config.batch_size,
                                                   callback=reporter)
@@ -232,7 +235,8 @@ def evaluate(spec: dict[str, Any]) -> int:
         emit(error)
         return EXIT_ERROR
     emit(ev.Done(checkpoint=spec["evaluate"], test_acc=evaluation.accuracy,
-                 evaluation=evaluation.to_dict(), exports={}))
+                 evaluation=evaluation.to_dict(), exports={}, selected_epoch=None,
+                 note=None))
     return EXIT_OK
 
 

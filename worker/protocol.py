@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import types
 from dataclasses import dataclass
-from typing import Any, ClassVar, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 from app.db.models import ErrorKind
 from app.engine import EpochMetrics
@@ -37,6 +38,7 @@ class Start:
     epochs: int
     batches_per_epoch: int
     world_size: int  # training processes (torchrun); 1 for the plain single process
+    val_count: int  # validation images (0: no validation split)
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,11 @@ class Checkpoint:
 class Done:
     name: ClassVar[str] = "done"
     checkpoint: str
-    test_acc: float
-    evaluation: dict[str, Any]  # app.engine.Evaluation.to_dict()
+    test_acc: float  # the kept model's
+    evaluation: dict[str, Any]  # app.engine.Evaluation.to_dict(), of the kept model on test
     exports: dict[str, Any]  # by format: app.engine.export.ExportRecord.to_dict()
+    selected_epoch: int | None  # the epoch whose model the checkpoint holds (None: evaluate)
+    note: str | None  # e.g. why it stopped before its last epoch (early stopping)
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,13 @@ def _build(cls: type[Any], fields: dict[str, Any]) -> Any:
 
 def _value(expected: Any, value: Any, field: str) -> Any:
     """``value`` as the field's type: JSON numbers, strings, lists and objects as they are
-    (ints accepted for floats), enums by value, nested dataclasses built field by field."""
+    (ints accepted for floats), enums by value, nested dataclasses built field by field,
+    ``X | None`` as null or an X."""
+    if get_origin(expected) in (Union, types.UnionType):
+        if value is None and type(None) in get_args(expected):
+            return None
+        (inner,) = [a for a in get_args(expected) if a is not type(None)]
+        return _value(inner, value, field)
     if isinstance(expected, type) and dataclasses.is_dataclass(expected):
         if not isinstance(value, dict):
             raise ProtocolError(f"{field}: expected an object, got {value!r}")

@@ -238,7 +238,8 @@ def _record_outcome(engine: Engine, claim: Claim, outcome: ev.Outcome | None,
                 checkpoint = None if claim.evaluate else outcome.checkpoint
                 if not finish_job(s, job_id, worker=name, status=JobStatus.SUCCEEDED,
                                   checkpoint_path=checkpoint,
-                                  evaluation=outcome.evaluation, exports=outcome.exports):
+                                  evaluation=outcome.evaluation, exports=outcome.exports,
+                                  selected_epoch=outcome.selected_epoch, note=outcome.note):
                     finish_job(s, job_id, worker=name, status=JobStatus.CANCELLED,
                                error_kind=ErrorKind.CANCELLED_BY_USER)
                 s.commit()

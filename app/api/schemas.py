@@ -21,7 +21,8 @@ class DatasetOut(BaseModel):
     name: str
     classes: list[str]
     counts: dict[str, dict[str, int]] = Field(
-        description="images per split and class: {train: {class: n}, test: {class: n}}"
+        description="images per split and class: {train: {class: n}, test: {class: n}}, and "
+        "val when the dataset has a val/ folder (its validation split)"
     )
     warnings: list[str]
     size_bytes: int
@@ -116,7 +117,12 @@ class EpochOut(BaseModel):
     epoch: int = Field(description="1-based")
     train_loss: float = Field(description="mean cross-entropy over the epoch's training pass")
     train_acc: float = Field(description="accuracy on the (augmented) training images")
-    test_loss: float = Field(description="mean cross-entropy on the test split")
+    val_loss: float | None = Field(
+        None, description="mean cross-entropy on the validation split (null without one)")
+    val_acc: float | None = Field(None, description="accuracy on the validation split")
+    val_macro_f1: float | None = Field(None, description="macro F1 on the validation split")
+    test_loss: float = Field(description="mean cross-entropy on the test split (reported, "
+                             "never used to choose anything)")
     test_acc: float = Field(description="accuracy on the test split")
     images_per_s: float = Field(description="training images per second, loading included")
     seconds: float = Field(description="the whole epoch: training pass and evaluation")
@@ -134,7 +140,16 @@ class JobOut(BaseModel):
     params: dict[str, Any]
     progress: Progress
     latest_metrics: EpochOut | None
-    best_metrics: EpochOut | None = Field(description="the epoch with the best test accuracy")
+    best_metrics: EpochOut | None = Field(description=(
+        "the kept model's epoch (selected_epoch): its validation and test figures. While "
+        "the job runs: the epoch it would keep now (the best on the validation split by "
+        "select_metric, or the last). Never chosen by test accuracy"))
+    selected_epoch: int | None = Field(
+        None, description="the epoch whose model the job kept, once it succeeded: "
+        "/predict, exports, downloads and the evaluation use that model")
+    note: str | None = Field(
+        None, description="how the job ended when that needs saying, e.g. that early "
+        "stopping ended it before its last epoch")
     attempt: int
     max_attempts: int
     worker: str | None = Field(description="the worker running it (host:pid), while running")
@@ -179,6 +194,15 @@ class ClassReportOut(BaseModel):
     support: int
 
 
+class CalibrationOut(BaseModel):
+    calibrated: bool = Field(description="false without a validation split (temperature 1)")
+    temperature: float = Field(description="probabilities = softmax(logits / temperature)")
+    bins: int = Field(description="confidence bins of the expected calibration error")
+    ece_before: float = Field(description="expected calibration error on test, plain softmax")
+    ece_after: float = Field(description="expected calibration error on test, calibrated")
+    val_images: int = Field(description="validation images the temperature was fitted on")
+
+
 class EvaluationOut(BaseModel):
     job_id: str
     accuracy: float
@@ -186,7 +210,14 @@ class EvaluationOut(BaseModel):
     classes: list[str]
     confusion: list[list[int]] = Field(description="confusion[i][j]: true class i predicted j")
     per_class: list[ClassReportOut]
-    macro_f1: float
+    calibration: CalibrationOut | None = Field(
+        None, description="the temperature fitted on the validation split and the test "
+        "split's expected calibration error before and after it (null for jobs from "
+        "before calibration)")
+    macro_f1: float = Field(description="the mean of the classes' F1")
+    balanced_accuracy: float = Field(
+        description="the mean of the classes' recall (those with test images): accuracy as "
+        "if every class were equally frequent")
 
 
 class ModelOut(BaseModel):
@@ -267,6 +298,11 @@ class PredictOut(BaseModel):
     model: str
     runtime: Literal["torch", "onnx"] = Field(
         description="what computed the predictions: ONNX Runtime or eager PyTorch")
+    calibrated: bool = Field(
+        description="whether the probabilities are calibrated: softmax(logits / temperature) "
+        "with a temperature fitted on the model's validation split (false for a model "
+        "trained without one: plain softmax)")
+    temperature: float = Field(description="the temperature applied (1 when not calibrated)")
     predictions: list[PredictionOut]
 
 

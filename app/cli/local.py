@@ -12,6 +12,7 @@ from app.cli.output import EpochTable, emit_json, progress_bar
 from app.engine import Callback, EpochMetrics, Evaluation, Predictor, StartInfo, fit
 from app.engine.callback import BatchProgress
 from app.engine.config import TrainConfig
+from app.engine.train import best_beside
 
 TRAIN_EPILOG = """examples:
   hotdog demo-data data/demo
@@ -22,8 +23,10 @@ TRAIN_EPILOG = """examples:
 
 lr and head multiplier default by --init: 0.0064 and x10 for pretrained starts (d2l's
 5e-5 on a summed loss of batch 128), 0.064 and x1 from scratch.
-While training, model.last.pt (next to --out) holds the last finished epoch; it is removed
-when the run succeeds.
+While training, model.last.pt (next to --out) holds the last finished epoch and
+model.best.pt the best one on the validation split; both are removed when the run
+succeeds. --out holds the kept model (--select: the best epoch on the validation split
+by default when there is one, else the last).
 """
 
 
@@ -38,7 +41,9 @@ class _TrainReport(Callback):
     def on_start(self, info: StartInfo) -> None:
         cfg = info.config
         if self.show:
-            print(f"training on {info.train_count} images, testing on {info.test_count}, "
+            val = (f"validating on {info.val_count} ({info.val_source}), " if info.val_count
+                   else "no validation split, ")
+            print(f"training on {info.train_count} images, {val}testing on {info.test_count}, "
                   f"classes {', '.join(info.classes)}; {info.device} {info.precision}; "
                   f"init {cfg.init}, lr {cfg.lr:g} (head x{cfg.head_lr_mult:g}), "
                   f"batch {cfg.batch_size}, image size {cfg.image_size}", flush=True)
@@ -66,6 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if report.bar is not None:
             report.bar.close()
     last.unlink(missing_ok=True)
+    best_beside(last).unlink(missing_ok=True)
     ev = result.evaluation
     assert ev is not None  # fit evaluates the final model
     if args.json:
@@ -73,19 +79,30 @@ def cmd_train(args: argparse.Namespace) -> int:
             "checkpoint": str(result.checkpoint),
             "classes": result.classes,
             "epochs": [m.to_dict() for m in result.history],
+            "selected_epoch": result.selected_epoch,
+            "note": result.note,
             "test_acc": result.test_acc,
             "evaluation": ev.to_dict(),
             "params": result.config.to_dict(),
         })
     else:
-        print(f"test accuracy {ev.accuracy:.3f} (macro F1 {ev.macro_f1:.3f}); "
-              f"checkpoint written to {result.checkpoint}")
+        kept = result.selected
+        val = ("" if kept is None or kept.val_acc is None
+               else f"validation accuracy {kept.val_acc:.3f}, ")
+        if result.note:
+            print(f"note: {result.note}")
+        print(f"kept the model of epoch {result.selected_epoch}: {val}test accuracy "
+              f"{ev.accuracy:.3f} (balanced {ev.balanced_accuracy:.3f}, macro F1 "
+              f"{ev.macro_f1:.3f}); checkpoint written to {result.checkpoint}")
+        if ev.calibration:
+            print(calibration_text(ev.calibration))
     return EXIT_OK
 
 
 def print_evaluation(ev: Evaluation) -> None:
     width = max(8, *(len(c) for c in ev.classes))
-    print(f"accuracy {ev.accuracy:.4f} on {ev.count} images, loss {ev.loss:.4f}")
+    print(f"accuracy {ev.accuracy:.4f} on {ev.count} images, balanced accuracy "
+          f"{ev.balanced_accuracy:.4f}, macro F1 {ev.macro_f1:.4f}, loss {ev.loss:.4f}")
     print("confusion matrix (rows: true class, columns: predicted)")
     print(" " * width + " " + " ".join(f"{c[:width]:>{width}}" for c in ev.classes))
     for label, row in zip(ev.classes, ev.confusion, strict=True):
@@ -94,6 +111,18 @@ def print_evaluation(ev: Evaluation) -> None:
     for r in ev.per_class:
         print(f"{r.label:>{width}} {r.precision:>9.3f} {r.recall:>7.3f} {r.f1:>6.3f} "
               f"{r.support:>7}")
+    if ev.calibration:
+        print(calibration_text(ev.calibration))
+
+
+def calibration_text(c: dict[str, Any]) -> str:
+    """The temperature and the expected calibration error it changes."""
+    if not c["calibrated"]:
+        return (f"probabilities: plain softmax (no validation split to calibrate on); "
+                f"ECE {c['ece_before']:.4f}")
+    return (f"probabilities: calibrated, temperature {c['temperature']:.3f} (fitted on "
+            f"{c['val_images']} validation images); ECE {c['ece_before']:.4f} before, "
+            f"{c['ece_after']:.4f} after ({c['bins']} bins)")
 
 
 def _predictor(args: argparse.Namespace) -> Predictor:
@@ -122,9 +151,12 @@ def probabilities_text(probabilities: dict[str, float]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    preds = _predictor(args).predict([Path(p) for p in args.images], names=list(args.images))
+    predictor = _predictor(args)
+    preds = predictor.predict([Path(p) for p in args.images], names=list(args.images))
     if args.json:
-        emit_json({"model": str(args.checkpoint), "predictions": [p.to_dict() for p in preds]})
+        emit_json({"model": str(args.checkpoint), "calibrated": predictor.calibrated,
+                   "temperature": predictor.temperature,
+                   "predictions": [p.to_dict() for p in preds]})
     else:
         for p in preds:
             print(f"{p.filename}: {p.label}  ({probabilities_text(p.probabilities)})")
@@ -186,7 +218,9 @@ def register(command: AddCommand) -> None:
                 "  hotdog evaluate model.pt data/demo --json --per-image\n\n")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("data_dir", metavar="DATA_DIR")
-    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--split", choices=("test", "train", "val"), default="test",
+                   help="val: the validation images the model was chosen on (recorded in "
+                   "its checkpoint)")
     p.add_argument("--per-image", action="store_true", help="also list every image's prediction")
     _runtime_options(p)
 

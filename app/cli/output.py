@@ -46,12 +46,17 @@ def write_line(line: str, stream: TextIO | None = None) -> None:
 RUN_WIDTH = 9  # "fine-tune"
 
 
+def _optional(value: float | None, width: int, spec: str) -> str:
+    """A figure a run may not have (validation metrics without a validation split): '-'."""
+    return f"{'-' if value is None else format(value, spec):>{width}}"
+
+
 class EpochTable:
     """Per-epoch metrics as rows under one header, printed before the first row. With
     ``runs``, a first column names the run (the demo trains several at once)."""
 
-    HEADER = (f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} "
-              f"{'test acc':>8} {'img/s':>7} {'sec':>6}")
+    HEADER = (f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>8} "
+              f"{'val acc':>7} {'test loss':>9} {'test acc':>8} {'img/s':>7} {'sec':>6}")
 
     def __init__(self, write: Callable[[str], None] = write_line, *, runs: bool = False
                  ) -> None:
@@ -66,6 +71,8 @@ class EpochTable:
             self.write(self._prefix("run") + self.HEADER)
         self.write(self._prefix(run) +
                    f"{m['epoch']:>5} {m['train_loss']:>10.4f} {m['train_acc']:>9.3f} "
+                   f"{_optional(m.get('val_loss'), 8, '.4f')} "
+                   f"{_optional(m.get('val_acc'), 7, '.3f')} "
                    f"{m['test_loss']:>9.4f} {m['test_acc']:>8.3f} {m['images_per_s']:>7.1f} "
                    f"{m['seconds']:>6.1f}")
 

@@ -96,15 +96,27 @@ def _watch(c: Client, job_id: str, args: argparse.Namespace) -> int:
         print(f"job {job_id} succeeded: job {job['model_id']} on dataset {job['dataset_id']}: "
               f"accuracy {ev['accuracy']:.3f}, macro F1 {ev['macro_f1']:.3f}")
     elif job["status"] == "succeeded":
-        latest, best = job["latest_metrics"], job["best_metrics"]
-        print(f"job {job_id} succeeded: test accuracy "
-              f"{latest['test_acc'] if latest else math.nan:.3f} (best "
-              f"{best['test_acc'] if best else math.nan:.3f} at epoch "
-              f"{best['epoch'] if best else None})")
+        print(f"job {job_id} succeeded: {kept_text(job)}")
+        if job.get("note"):
+            print(f"note: {job['note']}")
         print(f"next: hotdog classify --model {job_id} PHOTO")
     else:
         print(f"job {job_id} {job['status']}" + (f": {job['error']}" if job["error"] else ""))
     return job_exit_code(job)
+
+
+def kept_text(job: Job) -> str:
+    """The kept model in words: its epoch, how it was chosen, its validation and test
+    accuracy (the test figure is reported, it chose nothing)."""
+    kept = job["best_metrics"]
+    if kept is None:
+        return "no epoch recorded"
+    how = ("the best " + job["params"].get("select_metric", "val_loss") + " on the validation "
+           "split" if kept["val_acc"] is not None and job["params"].get("select") != "last"
+           else "the last epoch")
+    val = "" if kept["val_acc"] is None else f"validation accuracy {kept['val_acc']:.3f}, "
+    return (f"kept the model of epoch {kept['epoch']} ({how}): {val}test accuracy "
+            f"{kept['test_acc'] if kept['test_acc'] is not None else math.nan:.3f}")
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from app.datasets import zipdir
-from app.datasets.layout import SPLITS, is_hidden
+from app.datasets.layout import SPLITS, is_hidden, present_splits
 from app.engine.data import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ def _write_all(zf: zipfile.ZipFile, planned: list[tuple[zipfile.ZipInfo, PurePos
 
 
 def _walk_splits(src: Path) -> Iterator[Path]:
-    for split in SPLITS:
+    for split in present_splits(src):
         root = src / split
         yield root
         yield from sorted(root.rglob("*"), key=lambda p: p.relative_to(root).parts)
@@ -321,7 +321,8 @@ def _add_to_zip(zf: zipfile.ZipFile, path: Path, rel: str) -> None:
 
 
 def zip_dataset(src: Path | str, zip_path: Path | str) -> Path:
-    """Zip ``src/train`` and ``src/test`` so that the archive has them at its root.
+    """Zip ``src/train``, ``src/test`` (and ``src/val`` when there is one) so that the
+    archive has them at its root.
 
     The archive is written under a temporary name and renamed over ``zip_path``.
     """

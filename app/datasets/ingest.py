@@ -1,7 +1,8 @@
 """Turning an uploaded zip into a stored, validated ImageFolder dataset.
 
-The zip holds ``train/<class>/*`` and ``test/<class>/*``, at its top level or inside one
-folder (as d2l's ``hotdog.zip`` does). Extraction (``archive.extract_zip``, under the
+The zip holds ``train/<class>/*`` and ``test/<class>/*`` (and optionally ``val/<class>/*``,
+the validation split), at its top level or inside one folder (as d2l's ``hotdog.zip``
+does). Extraction (``archive.extract_zip``, under the
 upload limits) refuses what could escape or exhaust the storage dir, every image is decoded
 once, and the tree only appears under its final name when all of it is good: a failed upload
 leaves nothing behind.
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from app.datasets.archive import Limits, extract_zip
-from app.datasets.layout import MAX_LISTED, SPLITS, find_root, is_hidden
+from app.datasets.layout import ALL_SPLITS, MAX_LISTED, find_root, is_hidden, present_splits
 from app.engine.data import DatasetError, ImageFolderSplits, load_image_folder
 from app.engine.images import (
     DecodeBudget,
@@ -56,7 +57,7 @@ def validate(root: Path, *, threads: int | None = None, budget: DecodeBudget | N
     """Check the layout and decode every image, within ``budget`` (default: the process's
     decode budget). Returns the splits and warnings."""
     splits = load_image_folder(root)
-    samples = [p for p, _ in splits.train] + [p for p, _ in splits.test]
+    samples = [p for _, split in splits.named() for p, _ in split]
     threads = threads or min(8, os.cpu_count() or 1)
     check = partial(_check_image, budget=budget or decode_budget())
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -76,11 +77,11 @@ def _warnings(
     warnings = []
     counts = splits.counts()
     ignored = [
-        p.relative_to(root) for split in SPLITS
+        p.relative_to(root) for split in present_splits(root)
         for p in (root / split).rglob("*")
         if p.is_file() and not is_image_file(p) and not is_hidden(p.relative_to(root).parts)
     ]
-    nested = [p.relative_to(root) for split in SPLITS
+    nested = [p.relative_to(root) for split in present_splits(root)
               for p in (root / split).glob("*/*/**/*") if p.is_file() and is_image_file(p)]
     if ignored:
         listed = ", ".join(str(p) for p in ignored[:MAX_LISTED])
@@ -95,10 +96,11 @@ def _warnings(
                         f"{', '.join(few)}; expect a weak model")
     if max(train.values()) > IMBALANCE_RATIO * max(1, min(train.values())):
         warnings.append(f"classes are imbalanced in train: {train}")
-    empty_test = [c for c, n in counts["test"].items() if n == 0]
-    if empty_test:
-        warnings.append(f"no test images for: {', '.join(empty_test)}; their test recall "
-                        "cannot be measured")
+    for split in ("val", "test"):
+        empty = [c for c, n in counts.get(split, {}).items() if n == 0]
+        if empty:
+            warnings.append(f"no {split} images for: {', '.join(empty)}; their {split} "
+                            "recall cannot be measured")
     small = sum(1 for w, h in sizes if min(w, h) < SMALL_SIDE)
     if small:
         warnings.append(f"{small} image(s) are smaller than {SMALL_SIDE} px on a side")
@@ -108,7 +110,7 @@ def _warnings(
 def _renamed(splits: ImageFolderSplits, out: Path) -> Path:
     """The images under names of our own: ``<split>/<class>/<n>.<ext>``. Only class folder
     names (the labels) come from the upload; files that are not images are left out."""
-    for split, samples in (("train", splits.train), ("test", splits.test)):
+    for split, samples in splits.named():
         for cls in splits.classes:
             (out / split / cls).mkdir(parents=True)
         for i, (path, label) in enumerate(samples):
@@ -121,7 +123,7 @@ def _check_class_count(root: Path, limit: int | None) -> None:
     cost and its confusion matrix grow with the classes)."""
     if limit is None:
         return
-    classes = {d.name for split in SPLITS if (root / split).is_dir()
+    classes = {d.name for split in ALL_SPLITS if (root / split).is_dir()
                for d in (root / split).iterdir()
                if d.is_dir() and not d.name.startswith((".", "__"))}
     if len(classes) > limit:

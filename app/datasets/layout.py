@@ -1,4 +1,6 @@
-"""A dataset on disk: ``train/<class>/*`` and ``test/<class>/*``, put in place all at once.
+"""A dataset on disk: ``train/<class>/*``, ``test/<class>/*`` and, optionally,
+``val/<class>/*`` (the validation split; without it a job holds some of train out), put in
+place all at once.
 
 Writers build the tree in a temporary sibling folder and rename it into place, so a crash
 never leaves half a dataset under the final name.
@@ -10,7 +12,14 @@ from pathlib import Path
 
 from app.engine.data import DatasetError
 
-SPLITS: tuple[str, str] = ("train", "test")
+SPLITS: tuple[str, str] = ("train", "test")  # every dataset has these
+OPTIONAL_SPLITS: tuple[str] = ("val",)
+ALL_SPLITS: tuple[str, ...] = ("train", "val", "test")  # in this order, where present
+
+
+def present_splits(root: Path) -> list[str]:
+    """The splits ``root`` has folders for, of :data:`ALL_SPLITS`."""
+    return [s for s in ALL_SPLITS if s in SPLITS or (root / s).is_dir()]
 MAX_LISTED = 10  # names quoted in one error or warning
 
 

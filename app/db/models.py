@@ -153,6 +153,11 @@ class Job(Base):
     # Why the job ended when it did not succeed (ErrorKind's values); NULL otherwise.
     error_kind: Mapped[str | None] = mapped_column(String(32))
     checkpoint_path: Mapped[str | None] = mapped_column(String(1000))
+    # The epoch whose model the checkpoint holds (the best on the validation split, or the
+    # last), once the job has succeeded.
+    selected_epoch: Mapped[int | None] = mapped_column(Integer)
+    # What a user should know about how it ended, e.g. that early stopping ended it.
+    note: Mapped[str | None] = mapped_column(Text)
     # Exports written when the job succeeded, by format: {"onnx": {"file", "max_abs_diff",
     # "images", "seconds"}} or {"onnx": {"error"}} when it was discarded.
     exports: Mapped[dict[str, Any] | None]
@@ -186,6 +191,10 @@ class EpochMetric(Base):
     test_acc: Mapped[float] = mapped_column(Float)
     images_per_s: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
+    # On the job's validation split; NULL when it has none.
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_acc: Mapped[float | None] = mapped_column(Float)
+    val_macro_f1: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = _created()
 
     job: Mapped[Job] = relationship(back_populates="metrics")
@@ -202,6 +211,9 @@ class Evaluation(Base):
     classes: Mapped[list[Any]]
     confusion: Mapped[list[Any]]
     per_class: Mapped[list[Any]]
+    # The temperature fitted on the validation split and the test ECE before and after it
+    # (app.engine.calibrate.calibration_report); NULL for jobs from before calibration.
+    calibration: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = _created()
 
     job: Mapped[Job] = relationship(back_populates="evaluation")

@@ -32,6 +32,8 @@ class StartInfo:
     # A resumed run's epochs done before it (its checkpoint's history), so that a reporter
     # can record any whose report was lost when the previous run was killed.
     history: tuple[EpochMetrics, ...] = ()
+    val_count: int = 0  # validation images (0: no validation split)
+    val_source: str | None = None  # "folder" (the dataset's val/), "carved" (from train)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ class EpochMetrics:
     test_acc: float
     images_per_s: float  # training images per second of the training pass, loading included
     seconds: float  # the whole epoch: training pass and evaluation
+    # On the validation split (None without one): what selection and early stopping read.
+    val_loss: float | None = None
+    val_acc: float | None = None
+    val_macro_f1: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

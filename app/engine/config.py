@@ -6,7 +6,10 @@ import re
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from app.engine.imbalance import CLASS_WEIGHTS, SAMPLERS
 from app.engine.presets import DEFAULT_IMAGE_SIZE
+from app.engine.schedule import LR_SCHEDULES
+from app.engine.selection import SELECT_CHOICES, SELECT_METRICS
 
 INIT_IMAGENET = "imagenet"
 INIT_SCRATCH = "scratch"
@@ -109,10 +112,42 @@ class TrainConfig:
         f"pretrained, {SCRATCH_HEAD_LR_MULT:g} from scratch)", gt=0, le=1000, optional=True)
     weight_decay: float = _param(1e-3, "SGD weight decay", ge=0, le=1)
     momentum: float = _param(0.0, "SGD momentum (d2l uses none)", ge=0, lt=1)
+    lr_schedule: str = _param(
+        "constant", "learning-rate schedule over the epochs: constant (d2l), cosine "
+        "(annealed to 0), step (x lr_gamma every lr_step_size epochs)", choices=LR_SCHEDULES)
+    warmup_epochs: int = _param(
+        0, "epochs of linear warmup before the schedule (epoch k of W at k/(W+1) of lr); "
+        "fewer than epochs", ge=0, le=999)
+    lr_step_size: int = _param(
+        0, "step schedule: epochs between rate drops; 0: a third of the epochs after warmup",
+        ge=0, le=1000)
+    lr_gamma: float = _param(0.1, "step schedule: the factor of each drop", gt=0, le=1)
+    # Imbalanced classes (counts from the training images).
+    class_weights: str = _param(
+        "none", "balanced: weight each image's loss by n / (classes x its class's count)",
+        choices=CLASS_WEIGHTS)
+    sampler: str = _param(
+        "shuffle", "shuffle: each image once per epoch; balanced: draw images with "
+        "replacement, each class about equally often (seeded)", choices=SAMPLERS)
     image_size: int = _param(DEFAULT_IMAGE_SIZE, "side of the square crops the model sees "
                              "(d2l: 224)", ge=16, le=1024)
-    seed: int = _param(0, "seed of the head's initialisation, the shuffling and the "
-                       "augmentation", ge=0, le=2**31 - 1)
+    seed: int = _param(0, "seed of the head's initialisation, the shuffling, the "
+                       "augmentation and the validation split", ge=0, le=2**31 - 1)
+    # Model selection reads a validation split, never the test split.
+    val_fraction: float = _param(
+        0.1, "share of each class's training images held out for validation (stratified, "
+        "seeded, at least one per class) when the dataset has no val/ folder; 0: none "
+        "(the last epoch is kept, probabilities are not calibrated)", ge=0, le=0.5)
+    select: str = _param(
+        "auto", "which epoch's model the job keeps: best (by select_metric on the validation "
+        "split), last, or auto (best when there is a validation split, else last)",
+        choices=SELECT_CHOICES)
+    select_metric: str = _param(
+        "val_loss", "what 'best' means, on the validation split (never the test split)",
+        choices=SELECT_METRICS)
+    early_stopping_patience: int = _param(
+        0, "end the job (succeeded) after this many epochs without a better select_metric; "
+        "0: off. Needs a validation split", ge=0, le=1000)
     # How to compute. Device and precision change the numbers a little (fp32 vs bf16), the
     # rest only the speed; the precision actually used is recorded in the checkpoint.
     device: str = _param(
@@ -154,6 +189,9 @@ class TrainConfig:
         problems = [p.problem(f.name, getattr(self, f.name)) for f, p in params()]
         if not self.init:
             problems.append("init must be 'imagenet', 'scratch' or a checkpoint path")
+        if self.warmup_epochs >= self.epochs:
+            problems.append(f"warmup_epochs must be fewer than epochs ({self.epochs}), got "
+                            f"{self.warmup_epochs}")
         found = [p for p in problems if p]
         if found:
             raise ValueError("; ".join(found))

@@ -1,4 +1,4 @@
-"""ImageFolder train/test splits, decoded once and cached in memory when they fit.
+"""ImageFolder train/(val/)test splits, decoded once and cached in memory when they fit.
 
 Decoding goes through :mod:`app.engine.images` and the geometry through
 :mod:`app.engine.presets`, so training, evaluation and prediction see the same pixels.
@@ -10,11 +10,11 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms.v2 import functional as F
 
 from app.engine.images import is_image_file, open_rgb
@@ -41,10 +41,18 @@ class ImageFolderSplits:
     classes: list[str]
     train: list[Sample]
     test: list[Sample]
+    # ``val/<class>/*`` when the dataset has that folder (else empty, and ``has_val`` False)
+    val: list[Sample] = field(default_factory=list)
+    has_val: bool = False
+
+    def named(self) -> list[tuple[str, list[Sample]]]:
+        """The splits the dataset has, by name: train, val (when present), test."""
+        return [("train", self.train), *([("val", self.val)] if self.has_val else []),
+                ("test", self.test)]
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        for split, samples in (("train", self.train), ("test", self.test)):
+        for split, samples in self.named():
             per = dict.fromkeys(self.classes, 0)
             for _, label in samples:
                 per[self.classes[label]] += 1
@@ -60,8 +68,22 @@ def _class_dirs(split_dir: Path) -> dict[str, list[Path]]:
     }
 
 
+def _same_classes(root: Path, split: str, found: dict[str, list[Path]],
+                  train: dict[str, list[Path]]) -> None:
+    if set(found) != set(train):
+        only_train = sorted(set(train) - set(found))
+        only_other = sorted(set(found) - set(train))
+        raise DatasetError(
+            f"{root}: train and {split} must have the same classes "
+            f"(only in train: {only_train or '-'}; only in {split}: {only_other or '-'})"
+        )
+    if not any(found.values()):
+        raise DatasetError(f"{root}/{split}: no images")
+
+
 def load_image_folder(root: str | Path) -> ImageFolderSplits:
-    """Read ``root/train/<class>/*`` and ``root/test/<class>/*`` (classes sorted by name)."""
+    """Read ``root/train/<class>/*``, ``root/test/<class>/*`` and, when the folder is there,
+    ``root/val/<class>/*`` (classes sorted by name, the same in every split)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such dataset directory")
@@ -71,28 +93,24 @@ def load_image_folder(root: str | Path) -> ImageFolderSplits:
         if not split_dir.is_dir():
             raise DatasetError(f"{root}: missing the '{split}/' folder (expected {split}/<class>/)")
         found[split] = _class_dirs(split_dir)
-    train, test = found["train"], found["test"]
+    has_val = (root / "val").is_dir()
+    train = found["train"]
     if len(train) < 2:
         raise DatasetError(f"{root}/train: need at least 2 class folders, found {len(train)}")
-    if set(train) != set(test):
-        only_train = sorted(set(train) - set(test))
-        only_test = sorted(set(test) - set(train))
-        raise DatasetError(
-            f"{root}: train and test must have the same classes "
-            f"(only in train: {only_train or '-'}; only in test: {only_test or '-'})"
-        )
+    _same_classes(root, "test", found["test"], train)
+    if has_val:
+        found["val"] = _class_dirs(root / "val")
+        _same_classes(root, "val", found["val"], train)
     empty = [c for c, files in train.items() if not files]
     if empty:
         raise DatasetError(f"{root}/train: class folders without images: {', '.join(empty)}")
-    if not any(test.values()):
-        raise DatasetError(f"{root}/test: no images")
     classes = sorted(train)
-    return ImageFolderSplits(
-        root=root,
-        classes=classes,
-        train=[(p, i) for i, c in enumerate(classes) for p in train[c]],
-        test=[(p, i) for i, c in enumerate(classes) for p in test[c]],
-    )
+
+    def samples(split: str) -> list[Sample]:
+        return [(p, i) for i, c in enumerate(classes) for p in found.get(split, {}).get(c, [])]
+
+    return ImageFolderSplits(root=root, classes=classes, train=samples("train"),
+                             test=samples("test"), val=samples("val"), has_val=has_val)
 
 
 def load_train_image(path: Path, image_size: int) -> torch.Tensor:
@@ -181,13 +199,21 @@ def make_loader(
     workers: int,
     pin_memory: bool = False,
     generator: torch.Generator | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> DataLoader[tuple[torch.Tensor, int]]:
+    """``shuffle`` with ``sample_weights``: each epoch draws ``len(ds)`` images with
+    replacement, image i with probability proportional to ``sample_weights[i]``."""
     # BatchNorm cannot train on a batch of one: drop a last batch of exactly one image.
     drop_last = shuffle and len(ds) > 1 and len(ds) % batch_size == 1
+    sampler = None
+    if shuffle and sample_weights is not None:
+        sampler = WeightedRandomSampler(sample_weights.tolist(), len(ds), replacement=True,
+                                        generator=generator)
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         generator=generator,
         num_workers=workers,
         pin_memory=pin_memory,

@@ -6,7 +6,8 @@ when it runs under ``torchrun`` with ``WORLD_SIZE`` > 1; with one process none o
 used. The choices, in one place:
 
 - Global batch: the job's ``batch_size`` is the batch of one optimiser step across all
-  processes. Each epoch's permutation (the same on every rank, from ``(seed, epoch)``) is
+  processes. Each epoch's permutation (the same on every rank, from ``(seed, epoch)``; with
+  the balanced sampler, a weighted draw with replacement from the same generator) is
   cut into global batches of ``batch_size``; each is split into N near-equal contiguous
   pieces, piece r going to rank r. Each rank's mean loss is weighted by
   ``piece * N / global batch`` so that DDP's average of the gradients is exactly the
@@ -193,14 +194,19 @@ class EpochShard:
 
 
 def epoch_shard(
-    n: int, batch_size: int, world_size: int, rank: int, shuffle: torch.Generator
+    n: int, batch_size: int, world_size: int, rank: int, shuffle: torch.Generator,
+    sample_weights: torch.Tensor | None = None,
 ) -> EpochShard:
+    """This rank's part of an epoch: a permutation of the ``n`` images (the same on every
+    rank), or with ``sample_weights`` a draw of ``n`` with replacement (the balanced
+    sampler, as torch's WeightedRandomSampler draws it), cut into global batches."""
     if n < 2 * world_size:
         raise ValueError(
             f"{world_size} training processes need at least {2 * world_size} training "
             f"images, the dataset has {n}"
         )
-    order = torch.randperm(n, generator=shuffle)
+    order = (torch.randperm(n, generator=shuffle) if sample_weights is None
+             else torch.multinomial(sample_weights, n, replacement=True, generator=shuffle))
     batches, weights, sizes = [], [], []
     for gb in global_batches(order, batch_size, world_size):
         piece = rank_piece(gb, world_size, rank)

@@ -46,24 +46,24 @@ def evaluate(
     return evaluation_from_logits(classes, logits, targets)
 
 
-def evaluate_sharded(
+def infer_sharded(
     model: nn.Module,
     loader: Batches,
     plan: DevicePlan,
     pre: Preprocessing,
-    classes: list[str],
     ddp: Distributed,
-    test_samples: Sequence[tuple[Path, int]],
-) -> Evaluation:
-    """:func:`evaluate` over several processes, ``loader`` holding this rank's shard (test
-    images rank::N). Every rank first takes rank 0's buffers (BatchNorm statistics), so all
-    hold the model rank 0 saves; the logits are gathered back into dataset order: the
-    evaluation is that of the whole test set, identical on every rank."""
+    samples: Sequence[tuple[Path, int]],
+    num_classes: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`run_inference` over several processes, ``loader`` holding this rank's shard
+    (images rank::N of ``samples``). Every rank first takes rank 0's buffers (BatchNorm
+    statistics), so all hold the model rank 0 saves; the logits are gathered back into
+    dataset order: the logits of the whole set, identical on every rank."""
     ddp.sync_buffers(model)
     logits, _ = run_inference(model, loader, plan, pre)
-    full = ddp.gather_rows(logits, len(test_samples), len(classes))
-    targets = torch.tensor([label for _, label in test_samples], dtype=torch.long)
-    return evaluation_from_logits(classes, full, targets)
+    full = ddp.gather_rows(logits, len(samples), num_classes)
+    targets = torch.tensor([label for _, label in samples], dtype=torch.long)
+    return full, targets
 
 
 def evaluation_from_logits(

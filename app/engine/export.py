@@ -3,7 +3,10 @@
 An export is the whole prediction after decoding: its input is a batch of decoded, resized
 and centre-cropped RGB pixels, uint8 ``(N, S, S, 3)`` (exactly what :func:`load_eval_image`
 produces, in its memory order), and the graph itself scales, normalises, runs ResNet-18 and
-applies the softmax. Outputs: ``logits`` and ``probabilities``, both ``(N, classes)``.
+applies the softmax to the logits divided by the model's temperature (fitted on its
+validation split, :mod:`app.engine.calibrate`; 1 without one). Outputs: ``logits`` (not
+divided) and ``probabilities`` (calibrated), both ``(N, classes)``; the contract records
+``temperature`` and ``calibrated``.
 What a caller must do before (the resize and crop) and the class names are recorded in the
 file itself (:func:`contract`): ONNX metadata properties, or TorchScript extra files.
 
@@ -60,28 +63,39 @@ class ExportError(RuntimeError):
 
 class ServingModule(nn.Module):
     """uint8 ``(N, S, S, 3)`` RGB crops → ``(logits, probabilities)``: ToTensor's scaling,
-    Normalize, the network and the softmax in one graph."""
+    Normalize, the network and the (temperature-scaled) softmax in one graph."""
 
     mean: torch.Tensor  # buffers, registered in __init__
     std: torch.Tensor
+    temperature: torch.Tensor
 
-    def __init__(self, model: nn.Module, pre: Preprocessing) -> None:
+    def __init__(self, model: nn.Module, pre: Preprocessing, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = images.permute(0, 3, 1, 2).float().sub(self.mean).div(self.std)
         logits = self.model(x)
-        return logits, torch.softmax(logits, dim=1)
+        return logits, torch.softmax(logits / self.temperature, dim=1)
+
+
+def temperature_of(ckpt: dict[str, Any]) -> float | None:
+    """The checkpoint's calibrated temperature; None for a model without one (trained
+    without a validation split, or before calibration existed)."""
+    t = ckpt.get("temperature")
+    return None if t is None else float(t)
 
 
 def serving_module(ckpt: dict[str, Any]) -> ServingModule:
-    """The checkpoint's model in fp32 on the CPU, wrapped with its preprocessing."""
+    """The checkpoint's model in fp32 on the CPU, wrapped with its preprocessing and
+    temperature."""
     model = resnet18(weights=None, num_classes=len(ckpt["classes"]))
     model.load_state_dict(ckpt["model"])
-    return ServingModule(model, Preprocessing.from_dict(ckpt["preprocessing"])).eval()
+    return ServingModule(model, Preprocessing.from_dict(ckpt["preprocessing"]),
+                         temperature_of(ckpt) or 1.0).eval()
 
 
 def contract(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +117,11 @@ def contract(ckpt: dict[str, Any]) -> dict[str, Any]:
         },
         "outputs": list(OUTPUT_NAMES),
         "preprocessing": pre.to_dict(),
-        "epoch": int(ckpt.get("epoch", 0)),
+        "epoch": int(ckpt.get("selected_epoch") or ckpt.get("epoch", 0)),
+        # probabilities = softmax(logits / temperature); calibrated: fitted on a
+        # validation split (else 1)
+        "temperature": temperature_of(ckpt) or 1.0,
+        "calibrated": temperature_of(ckpt) is not None,
     }
 
 

@@ -1,4 +1,5 @@
-"""Classification metrics: accuracy, confusion matrix, per-class precision/recall/F1."""
+"""Classification metrics: accuracy, balanced accuracy, macro F1, confusion matrix,
+per-class precision/recall/F1."""
 
 from __future__ import annotations
 
@@ -26,15 +27,35 @@ class Evaluation:
     accuracy: float
     loss: float
     count: int
+    # A job's final evaluation: its temperature and the expected calibration error before
+    # and after it (app.engine.calibrate.calibration_report); None elsewhere.
+    calibration: dict[str, Any] | None = None
 
     @property
     def macro_f1(self) -> float:
         return sum(c.f1 for c in self.per_class) / len(self.per_class)
 
+    @property
+    def balanced_accuracy(self) -> float:
+        """The mean recall of the classes that have images: accuracy as if every class
+        were equally frequent (what a majority-class guess scores 1/classes on)."""
+        return balanced_accuracy([asdict(c) for c in self.per_class])
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["macro_f1"] = self.macro_f1
+        d["balanced_accuracy"] = self.balanced_accuracy
         return d
+
+
+def balanced_accuracy(per_class: list[dict[str, Any]]) -> float:
+    """From the per-class reports (as stored): the mean recall over classes with support."""
+    recalls = [float(c["recall"]) for c in per_class if c["support"] > 0]
+    return sum(recalls) / len(recalls) if recalls else 0.0
+
+
+def macro_f1(per_class: list[dict[str, Any]]) -> float:
+    return float(sum(c["f1"] for c in per_class)) / max(1, len(per_class))
 
 
 def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -5,28 +5,43 @@ evaluation during training, so ``hotdog predict``, ``hotdog evaluate`` and the s
 
 Two runtimes compute the same function: ``torch`` (eager PyTorch, bf16 autocast where the
 hardware has it) and ``onnx`` (the job's verified ONNX export in ONNX Runtime, fp32; see
-:mod:`app.engine.export`). In fp32 they agree within ``PARITY_TOLERANCE``.
+:mod:`app.engine.export`). In fp32 they agree within ``PARITY_TOLERANCE``. Both report
+calibrated probabilities, ``softmax(logits / T)`` with the checkpoint's temperature (1 for a
+model without one; the ONNX graph applies it itself).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 from torchvision.models import resnet18
 
+from app.engine.calibrate import calibration_report
 from app.engine.callback import BatchProgress, Callback, TrainingCancelled
 from app.engine.checkpoint import load_checkpoint
-from app.engine.data import eval_dataset, load_image_folder, make_loader
+from app.engine.data import (
+    ImageFolderSplits,
+    Sample,
+    eval_dataset,
+    load_image_folder,
+    make_loader,
+)
 from app.engine.device import plan_device
 from app.engine.evaluate import evaluation_from_logits, run_inference
-from app.engine.export import OnnxModel, export_onnx_bytes, onnxruntime_available
+from app.engine.export import (
+    OnnxModel,
+    export_onnx_bytes,
+    onnxruntime_available,
+    temperature_of,
+)
 from app.engine.images import DecodeBudget
 from app.engine.metrics import Evaluation
 from app.engine.presets import Preprocessing, load_eval_image, normalize_batch
+from app.engine.split import validation_split
 
 ImageSource = str | Path | bytes | BinaryIO
 RUNTIMES = ("torch", "onnx")
@@ -79,6 +94,12 @@ class Predictor:
         self.classes: list[str] = list(ckpt["classes"])
         self.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
         self.params: dict[str, Any] = dict(ckpt.get("params") or {})
+        self.split: dict[str, Any] | None = ckpt.get("split")  # the validation split it chose on
+        # Probabilities are softmax(logits / temperature): calibrated on the validation
+        # split when the model has a temperature (app.engine.calibrate), else plain softmax.
+        fitted = temperature_of(ckpt)
+        self.calibrated = fitted is not None
+        self.temperature = fitted if fitted is not None else 1.0
         self.runtime = runtime
         self.model: torch.nn.Module | None = None
         self.onnx: OnnxModel | None = None
@@ -93,6 +114,12 @@ class Predictor:
                 raise ValueError(f"{onnx_file}: the ONNX model's classes "
                                  f"{self.onnx.contract.get('classes')} differ from the "
                                  f"checkpoint's {self.classes}")
+            # The graph applies the temperature itself (an export from before calibration
+            # has none: 1, as its checkpoint's).
+            if float(self.onnx.contract.get("temperature", 1.0)) != self.temperature:
+                raise ValueError(f"{onnx_file}: the ONNX model's temperature "
+                                 f"{self.onnx.contract.get('temperature')} differs from the "
+                                 f"checkpoint's {self.temperature}")
             return
         self.plan = plan_device(device, precision=precision, workers=0)
         model = resnet18(weights=None, num_classes=len(self.classes))
@@ -122,7 +149,11 @@ class Predictor:
             return torch.from_numpy(probs)
         if threads is not None and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        return torch.softmax(self._torch_logits(batch), dim=1).cpu()
+        return self.calibrated_softmax(self._torch_logits(batch)).cpu()
+
+    def calibrated_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """The probabilities this model reports for ``logits``: softmax(logits / T)."""
+        return torch.softmax(logits / self.temperature, dim=1)
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -163,14 +194,15 @@ class Predictor:
         callback: Callback | None = None,
     ) -> tuple[Evaluation, list[Prediction]]:
         """Evaluation of one split of an ImageFolder dataset, and every image's prediction.
-        ``callback`` hears each batch (as epoch 1 of 1) and can stop it between batches
-        (:class:`TrainingCancelled`)."""
+        ``split``: test, train, or val (the validation images the model was chosen on, as
+        its checkpoint records them). ``callback`` hears each batch (as epoch 1 of 1) and
+        can stop it between batches (:class:`TrainingCancelled`)."""
         splits = load_image_folder(data_dir)
         if splits.classes != self.classes:
             raise ValueError(
                 f"dataset classes {splits.classes} differ from the model's {self.classes}"
             )
-        samples = splits.test if split == "test" else splits.train
+        samples = self._samples(splits, split)
         loader: Iterable[tuple[torch.Tensor, torch.Tensor]] = make_loader(
             eval_dataset(samples, self.preprocessing), batch_size=batch_size, shuffle=False,
             workers=0,
@@ -183,9 +215,21 @@ class Predictor:
             outs = [(self.logits(images), torch.as_tensor(t)) for images, t in loader]
             logits = torch.cat([o[0] for o in outs]) if outs else torch.empty(0, 0)
             targets = torch.cat([o[1] for o in outs]) if outs else torch.empty(0, dtype=torch.long)
-        evaluation = evaluation_from_logits(self.classes, logits, targets)
+        evaluation = replace(
+            evaluation_from_logits(self.classes, logits, targets),
+            calibration=calibration_report(
+                logits, targets, self.temperature if self.calibrated else None,
+                len((self.split or {}).get("images") or [])))
         names = [str(p.relative_to(splits.root)) for p, _ in samples]
-        return evaluation, self.report(torch.softmax(logits, dim=1), names)
+        return evaluation, self.report(self.calibrated_softmax(logits), names)
+
+
+    def _samples(self, splits: ImageFolderSplits, split: str) -> list[Sample]:
+        if split != "val":
+            return splits.test if split == "test" else splits.train
+        if not self.split or not self.split.get("images"):
+            raise ValueError("this model was trained without a validation split")
+        return validation_split(splits, 0.0, 0, recorded=self.split).val
 
 
 def _reporting(loader: Iterable[tuple[torch.Tensor, torch.Tensor]], callback: Callback,

@@ -4,8 +4,8 @@
 
 The loop in :mod:`app.engine.train` is the same for both. A strategy decides the device,
 what trains (the model or its DDP wrapper), each epoch's loader and batch weights, how the
-epoch's totals are reduced over processes, how the test set is evaluated, who receives the
-callback's reports and who writes the files.
+epoch's totals are reduced over processes, how the validation and test sets are run through
+the model, who receives the callback's reports and who writes the files.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from app.engine.distributed import (
     eval_loader,
     shard_loader,
 )
-from app.engine.evaluate import Batches, evaluate, evaluate_sharded
-from app.engine.metrics import Evaluation
+from app.engine.evaluate import Batches, infer_sharded, run_inference
 from app.engine.presets import Preprocessing
 
 
@@ -63,28 +62,32 @@ class Strategy(ABC):
         """The callback as the loop sees it."""
         return callback
 
-    def test_share(self, samples: Sequence[Sample]) -> list[Sample]:
-        """The test images this process evaluates."""
+    def eval_share(self, samples: Sequence[Sample]) -> list[Sample]:
+        """The images of an evaluated set (validation, test) that this process runs."""
         return list(samples)
 
     @abstractmethod
     def batches_per_epoch(self, train_ds: CachedImages, batch_size: int) -> int: ...
 
     @abstractmethod
-    def test_loader(self, test_ds: CachedImages, batch_size: int) -> Batches: ...
+    def eval_loader(self, ds: CachedImages, batch_size: int) -> Batches: ...
 
     @abstractmethod
     def epoch_batches(
-        self, train_ds: CachedImages, batch_size: int, seed: int, epoch: int
-    ) -> EpochBatches: ...
+        self, train_ds: CachedImages, batch_size: int, seed: int, epoch: int,
+        sample_weights: torch.Tensor | None = None,
+    ) -> EpochBatches:
+        """Epoch ``epoch``'s batches: a seeded permutation of the training images, or with
+        ``sample_weights`` (``sampler: balanced``) a seeded draw of as many, with
+        replacement."""
 
     @abstractmethod
-    def evaluate(
-        self, model: nn.Module, loader: Batches, pre: Preprocessing, classes: list[str],
-        test_samples: Sequence[Sample],
-    ) -> Evaluation:
-        """The evaluation of the whole test set (``test_samples``), ``loader`` holding this
-        process's share of it."""
+    def infer(
+        self, model: nn.Module, loader: Batches, pre: Preprocessing, samples: Sequence[Sample],
+        num_classes: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (CPU, float32) and targets of the whole set ``samples`` in order, ``loader``
+        holding this process's share of it (:meth:`eval_share`)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -139,26 +142,28 @@ class SingleProcess(Strategy):
     def batches_per_epoch(self, train_ds: CachedImages, batch_size: int) -> int:
         return len(make_loader(train_ds, batch_size=batch_size, shuffle=True, workers=0))
 
-    def test_loader(self, test_ds: CachedImages, batch_size: int) -> Batches:
+    def eval_loader(self, ds: CachedImages, batch_size: int) -> Batches:
         return make_loader(
-            test_ds, batch_size=batch_size, shuffle=False, workers=self.plan.workers,
+            ds, batch_size=batch_size, shuffle=False, workers=self.plan.workers,
             pin_memory=self.plan.pin_memory,
         )
 
     def epoch_batches(
-        self, train_ds: CachedImages, batch_size: int, seed: int, epoch: int
+        self, train_ds: CachedImages, batch_size: int, seed: int, epoch: int,
+        sample_weights: torch.Tensor | None = None,
     ) -> EpochBatches:
         loader = make_loader(
             train_ds, batch_size=batch_size, shuffle=True, workers=self.plan.workers,
             pin_memory=self.plan.pin_memory, generator=seed_epoch(seed, epoch),
+            sample_weights=sample_weights,
         )
         return EpochBatches(loader, None)
 
-    def evaluate(
-        self, model: nn.Module, loader: Batches, pre: Preprocessing, classes: list[str],
-        test_samples: Sequence[Sample],
-    ) -> Evaluation:
-        return evaluate(model, loader, self.plan, pre, classes)
+    def infer(
+        self, model: nn.Module, loader: Batches, pre: Preprocessing, samples: Sequence[Sample],
+        num_classes: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return run_inference(model, loader, self.plan, pre)
 
     def close(self) -> None:
         pass  # nothing was joined
@@ -166,7 +171,8 @@ class SingleProcess(Strategy):
 
 class DataParallel(Strategy):
     """One of several processes: each trains on its piece of every global batch, the
-    totals and the test logits are gathered, rank 0 alone reports and writes."""
+    totals and the validation and test logits are gathered, rank 0 alone reports and
+    writes."""
 
     def __init__(self, ddp: Distributed, plan: DevicePlan) -> None:
         self.ddp, self.plan = ddp, plan
@@ -182,7 +188,7 @@ class DataParallel(Strategy):
     def reporter(self, callback: Callback) -> Callback:
         return _RankCallback(callback, self)
 
-    def test_share(self, samples: Sequence[Sample]) -> list[Sample]:
+    def eval_share(self, samples: Sequence[Sample]) -> list[Sample]:
         return list(samples[self.ddp.rank :: self.world_size])
 
     def batches_per_epoch(self, train_ds: CachedImages, batch_size: int) -> int:
@@ -191,15 +197,17 @@ class DataParallel(Strategy):
                             torch.Generator().manual_seed(0))
         return len(shard.batches)
 
-    def test_loader(self, test_ds: CachedImages, batch_size: int) -> Batches:
-        return eval_loader(test_ds, batch_size=batch_size, workers=self.plan.workers,
+    def eval_loader(self, ds: CachedImages, batch_size: int) -> Batches:
+        return eval_loader(ds, batch_size=batch_size, workers=self.plan.workers,
                            pin_memory=self.plan.pin_memory)
 
     def epoch_batches(
-        self, train_ds: CachedImages, batch_size: int, seed: int, epoch: int
+        self, train_ds: CachedImages, batch_size: int, seed: int, epoch: int,
+        sample_weights: torch.Tensor | None = None,
     ) -> EpochBatches:
         shuffle, loader_seed = seed_rank_epoch(seed, epoch, self.ddp.rank)
-        shard = epoch_shard(len(train_ds), batch_size, self.world_size, self.ddp.rank, shuffle)
+        shard = epoch_shard(len(train_ds), batch_size, self.world_size, self.ddp.rank, shuffle,
+                            sample_weights)
         self.images_after = list(accumulate(shard.global_sizes))
         loader = shard_loader(
             train_ds, shard.batches, workers=self.plan.workers, pin_memory=self.plan.pin_memory,
@@ -207,11 +215,11 @@ class DataParallel(Strategy):
         )
         return EpochBatches(loader, shard.weights)
 
-    def evaluate(
-        self, model: nn.Module, loader: Batches, pre: Preprocessing, classes: list[str],
-        test_samples: Sequence[Sample],
-    ) -> Evaluation:
-        return evaluate_sharded(model, loader, self.plan, pre, classes, self.ddp, test_samples)
+    def infer(
+        self, model: nn.Module, loader: Batches, pre: Preprocessing, samples: Sequence[Sample],
+        num_classes: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return infer_sharded(model, loader, self.plan, pre, self.ddp, samples, num_classes)
 
     def close(self) -> None:
         self.ddp.close()

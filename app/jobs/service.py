@@ -21,7 +21,7 @@ from sqlalchemy import CursorResult, Executable, func, select, update
 from sqlalchemy.orm import Session
 
 from app.datasets import service as datasets
-from app.db.models import EpochMetric, ErrorKind, Evaluation, Job, JobKind, JobStatus
+from app.db.models import Dataset, EpochMetric, ErrorKind, Evaluation, Job, JobKind, JobStatus
 from app.db.session import lock_for_writing
 from app.engine.config import TrainConfig
 from app.jobs.queues import queue_for
@@ -167,7 +167,10 @@ def record_epoch(session: Session, job_id: str, metrics: dict[str, Any]) -> bool
     if exists is not None:
         return False
     fields = ("train_loss", "train_acc", "test_loss", "test_acc", "images_per_s", "seconds")
-    session.add(EpochMetric(job_id=job_id, epoch=epoch, **{k: float(metrics[k]) for k in fields}))
+    optional = ("val_loss", "val_acc", "val_macro_f1")  # None without a validation split
+    session.add(EpochMetric(
+        job_id=job_id, epoch=epoch, **{k: float(metrics[k]) for k in fields},
+        **{k: None if metrics.get(k) is None else float(metrics[k]) for k in optional}))
     session.execute(
         update(Job).where(Job.id == job_id, Job.epoch < epoch).values(epoch=epoch,
                                                                         epoch_fraction=0.0)
@@ -200,12 +203,16 @@ def finish_job(
     checkpoint_path: str | None = None,
     evaluation: dict[str, Any] | None = None,
     exports: dict[str, Any] | None = None,
+    selected_epoch: int | None = None,
+    note: str | None = None,
     now: datetime | None = None,
 ) -> bool:
     """End a running job held by ``worker``. False if the worker had lost it meanwhile, or
     for ``succeeded`` when a cancel was recorded first: a cancel the API accepted always
     wins, so the caller ends the job ``cancelled`` instead.
-    ``error_kind``: why it did not succeed (required then, and only then)."""
+    ``error_kind``: why it did not succeed (required then, and only then).
+    ``selected_epoch``: the epoch whose model the checkpoint holds; ``note``: e.g. that it
+    stopped early."""
     if not status.is_terminal:
         raise ValueError(f"{status.value} is not a final status")
     if (status is JobStatus.SUCCEEDED) != (error_kind is None):
@@ -218,13 +225,14 @@ def finish_job(
         values={"finished_at": now or utcnow(), "error": error,
                 "error_kind": error_kind.value if error_kind else None,
                 "checkpoint_path": checkpoint_path, "lease_expires_at": None,
+                "selected_epoch": selected_epoch, "note": note,
                 **({"exports": exports} if exports else {})},
     )
     if done and evaluation is not None:
         session.add(Evaluation(
             job_id=job_id, accuracy=float(evaluation["accuracy"]), loss=float(evaluation["loss"]),
             classes=list(evaluation["classes"]), confusion=evaluation["confusion"],
-            per_class=evaluation["per_class"],
+            per_class=evaluation["per_class"], calibration=evaluation.get("calibration"),
         ))
         session.flush()
     return done
@@ -362,7 +370,7 @@ def submit(
     except ValueError as exc:
         raise InvalidParams(str(exc)) from exc
     _serialize_submissions(session)
-    datasets.get_live(session, dataset_id)
+    _check_split(config, datasets.get_live(session, dataset_id))
     check_capacity(session, max_active_jobs)
     _check_init(session, config.init)
     return create_job(session, dataset_id=dataset_id, params=config.to_dict(),
@@ -388,6 +396,26 @@ def _serialize_submissions(session: Session) -> None:
     """Make the cap's count-then-insert atomic: one submission at a time holds this until
     its transaction ends, so a second one counts after the first one's row is committed."""
     lock_for_writing(session, SUBMISSION_LOCK_KEY)
+
+
+def _check_split(config: TrainConfig, dataset: Dataset) -> None:
+    """Refuse what the dataset's validation split cannot give: a held-out share of a class
+    that has a single training image; selection or early stopping without any split."""
+    if "val" in dataset.counts:
+        return  # the dataset's own val/ folder
+    if config.val_fraction <= 0:
+        wants = [what for what, asked in (("select 'best'", config.select == "best"),
+                                          ("early_stopping_patience",
+                                           config.early_stopping_patience > 0)) if asked]
+        if wants:
+            raise InvalidParams(f"{' and '.join(wants)} need(s) a validation split: the "
+                                "dataset has no val/ folder and val_fraction is 0")
+        return
+    single = [c for c, n in dataset.counts.get("train", {}).items() if n < 2]
+    if single:
+        raise InvalidParams(
+            f"val_fraction: class(es) {', '.join(single)} have a single training image, too "
+            "few to hold one out for validation; set val_fraction 0 or upload a val/ folder")
 
 
 def _check_init(session: Session, init: str) -> None:

@@ -711,12 +711,16 @@
     r.status.replaceChildren(...parts);
     r.progressBar.value = job.progress.fraction || 0;
     r.progressText.textContent = progressText(job);
-    const latest = job.latest_metrics;
-    const best = job.best_metrics;
-    r.acc.textContent = latest ? pct(latest.test_acc) : "–";
-    if (best && latest && best.epoch !== latest.epoch) {
-      r.acc.append(el("span", { class: "hint", text: ` (best ${pct(best.test_acc)})` }));
+    // The kept model's figures: the epoch chosen on the validation split (or the last
+    // one), never the best test accuracy (no model has that once another epoch is kept).
+    const kept = job.best_metrics;
+    r.acc.textContent = kept ? pct(kept.test_acc) : "–";
+    if (kept) {
+      const val = kept.val_acc === null || kept.val_acc === undefined ? ""
+        : `, validation ${pct(kept.val_acc)}`;
+      r.acc.append(el("span", { class: "hint", text: ` (epoch ${kept.epoch}${val})` }));
     }
+    if (job.note) r.acc.append(el("p", { class: "hint", text: job.note }));
     r.cancelButton.hidden = !ACTIVE.has(job.status) || job.cancel_requested;
     r.activateButton.hidden = job.status !== "succeeded" || job.kind === "evaluate" || active;
     r.activeMark.hidden = !active;
@@ -1005,12 +1009,17 @@
       const rows = (state.metrics.get(job.id) || { rows: [] }).rows;
       const t = el("table", { class: "metrics", "data-job": job.id },
         el("caption", { text: jobTitle(job) }),
-        el("thead", {}, el("tr", {}, ...["epoch", "train loss", "train acc", "test loss",
-          "test acc", "images/s", "seconds"].map((c) => el("th", { scope: "col", text: c })))));
+        el("thead", {}, el("tr", {}, ...["epoch", "train loss", "train acc", "val loss",
+          "val acc", "test loss", "test acc", "images/s", "seconds"].map(
+          (c) => el("th", { scope: "col", text: c })))));
       const tb = el("tbody");
+      const optional = (v, f) => (v === null || v === undefined ? "–" : f(v));
       for (const r of rows) {
-        tb.append(el("tr", {}, el("th", { scope: "row", text: String(r.epoch) }),
-          ...[num(r.train_loss), pct(r.train_acc), num(r.test_loss), pct(r.test_acc),
+        const kept = job.best_metrics && job.best_metrics.epoch === r.epoch;
+        tb.append(el("tr", kept ? { class: "kept", title: "the kept model's epoch" } : {},
+          el("th", { scope: "row", text: String(r.epoch) + (kept ? " ★" : "") }),
+          ...[num(r.train_loss), pct(r.train_acc), optional(r.val_loss, num),
+            optional(r.val_acc, pct), num(r.test_loss), pct(r.test_acc),
             r.images_per_s.toFixed(1), r.seconds.toFixed(1)].map((v) => el("td", { text: v }))));
       }
       t.append(tb);

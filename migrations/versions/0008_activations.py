@@ -5,7 +5,7 @@ activations the jobs' activated_at already records (oldest first, each replacing
 before it), so that a rollback works on an upgraded database too.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-01
 
 """
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 
 revision: str = '0008'
-down_revision: str | Sequence[str] | None = '0006'
+down_revision: str | Sequence[str] | None = '0007'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -12,6 +12,7 @@ from app.api.deps import GUARDED, SessionDep, SettingsDep, StateDep
 from app.api.schemas import (
     ERRORS,
     MAX_OFFSET,
+    CalibrationOut,
     EpochOut,
     EvaluationOut,
     JobCreate,
@@ -21,8 +22,10 @@ from app.api.schemas import (
 from app.api.state import State
 from app.core.config import Settings
 from app.db.models import EpochMetric, Job, JobStatus
+from app.engine import selection
 from app.engine.config import INIT_IMAGENET
 from app.engine.export import SUFFIXES
+from app.engine.metrics import balanced_accuracy, macro_f1
 from app.jobs import service as jobs
 from app.jobs.broker import QueueUnreachable
 from app.jobs.queues import queue_for
@@ -50,15 +53,27 @@ def _progress(job: Job, epochs_done: list[EpochMetric]) -> Progress:
     return Progress(epoch=job.epoch, epochs=job.epochs, fraction=fraction, eta_seconds=eta)
 
 
+def _kept(job: Job, epochs_done: list[EpochMetric]) -> EpochMetric | None:
+    """The kept model's epoch: recorded when the job succeeded; before that, the epoch it
+    would keep now (app.engine.selection, as the training decides it)."""
+    if job.selected_epoch is not None:
+        return next((m for m in epochs_done if m.epoch == job.selected_epoch), None)
+    has_val = any(m.val_loss is not None for m in epochs_done)
+    select = job.params.get("select", "auto")
+    mode = "best" if select == "best" or (select == "auto" and has_val) else "last"
+    return selection.pick(epochs_done, mode, job.params.get("select_metric", "val_loss"))
+
+
 def job_out(job: Job, metrics: list[EpochMetric], waiting_for: str | None = None) -> JobOut:
     epochs_done = [m for m in metrics if m.epoch <= job.epochs]
     latest = EpochOut.model_validate(epochs_done[-1]) if epochs_done else None
-    best = (EpochOut.model_validate(max(epochs_done, key=lambda m: (m.test_acc, -m.epoch)))
-            if epochs_done else None)
+    kept = _kept(job, epochs_done)
     return JobOut(
         id=job.id, kind=job.kind.value, model_id=job.model_id, dataset_id=job.dataset_id,
         status=job.status.value, params=job.params,
-        progress=_progress(job, epochs_done), latest_metrics=latest, best_metrics=best,
+        progress=_progress(job, epochs_done), latest_metrics=latest,
+        best_metrics=EpochOut.model_validate(kept) if kept is not None else None,
+        selected_epoch=job.selected_epoch, note=job.note,
         attempt=job.attempt, max_attempts=job.max_attempts, worker=job.worker,
         cancel_requested=job.cancel_requested, error=job.error, error_kind=job.error_kind,
         exports=job.exports or {}, created_at=job.created_at, started_at=job.started_at,
@@ -145,12 +160,15 @@ def job_metrics(session: SessionDep, job_id: str) -> list[EpochOut]:
 
 @router.get("/{job_id}/evaluation", response_model=EvaluationOut)
 def job_evaluation(session: SessionDep, job_id: str) -> EvaluationOut:
-    """Confusion matrix and per-class precision/recall/F1 on the test split."""
+    """The kept model on the test split: accuracy, balanced accuracy, macro F1, confusion
+    matrix and per-class precision/recall/F1."""
     ev = jobs.get_evaluation(session, job_id)
-    f1s = [c["f1"] for c in ev.per_class]
     return EvaluationOut(job_id=job_id, accuracy=ev.accuracy, loss=ev.loss, classes=ev.classes,
                          confusion=ev.confusion, per_class=ev.per_class,
-                         macro_f1=sum(f1s) / max(1, len(f1s)))
+                         calibration=(CalibrationOut.model_validate(ev.calibration)
+                                      if ev.calibration else None),
+                         macro_f1=macro_f1(ev.per_class),
+                         balanced_accuracy=balanced_accuracy(ev.per_class))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

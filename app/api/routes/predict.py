@@ -154,4 +154,6 @@ async def predict_images(
         state.models.metrics.images.inc(len(predictions))
         state.models.predicted(loaded, [p.label for p in predictions])
     return {"model": loaded.job_id, "runtime": loaded.predictor.runtime,
+            "calibrated": loaded.predictor.calibrated,
+            "temperature": loaded.predictor.temperature,
             "predictions": [p.to_dict() for p in predictions]}
