@@ -184,11 +184,7 @@ def run(spec: dict[str, Any]) -> int:
         emit(ev.Cancelled())
         return EXIT_CANCELLED
     except (ValueError, RuntimeError, MemoryError) as exc:
-        error = job_failure(exc, spec["config"])
-        if error is None:
-            raise
-        emit(error)
-        return EXIT_ERROR
+        return _failed(exc, spec)
     assert result.evaluation is not None
     if _rank() != 0:  # rank 0 wrote the checkpoint and exports it
         return EXIT_OK
@@ -205,6 +201,16 @@ def run(spec: dict[str, Any]) -> int:
               evaluation=result.evaluation.to_dict(), exports=exports,
               selected_epoch=result.selected_epoch, note=result.note))
     return EXIT_OK
+
+
+def _failed(exc: Exception, spec: dict[str, Any]) -> int:
+    """A job's failure said as its error event (exit code EXIT_ERROR); anything that is not
+    the job's failure (a bug) is raised again."""
+    error = job_failure(exc, spec["config"])
+    if error is None:
+        raise exc
+    emit(error)
+    return EXIT_ERROR
 
 
 def evaluate(spec: dict[str, Any]) -> int:
@@ -229,11 +235,7 @@ def evaluate(spec: dict[str, Any]) -> int:
         emit(ev.Cancelled())
         return EXIT_CANCELLED
     except (ValueError, RuntimeError, MemoryError) as exc:
-        error = job_failure(exc, spec["config"])
-        if error is None:
-            raise
-        emit(error)
-        return EXIT_ERROR
+        return _failed(exc, spec)
     emit(ev.Done(checkpoint=spec["evaluate"], test_acc=evaluation.accuracy,
                  evaluation=evaluation.to_dict(), exports={}, selected_epoch=None,
                  note=None))
