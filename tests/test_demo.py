@@ -18,7 +18,7 @@ from app.plot import PALETTE, chart_size
 from tests.helpers import Stack, stack_without_weights
 
 TINY_DEMO = ("--epochs", "2", "--image-size", "32", "--batch-size", "8",
-             "--train-per-class", "6", "--test-per-class", "3",
+             "--train-per-class", "8", "--test-per-class", "3",
              "--pretext-epochs", "1", "--pretext-per-class", "4", "--interval", "0.2")
 TITLE = "hotdog / not-hotdog: fine-tuning a pretrained ResNet-18 vs training from scratch"
 

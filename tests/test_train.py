@@ -20,6 +20,7 @@ from app.engine import (
 )
 from app.engine.callback import BatchProgress
 from app.engine.checkpoint import save_checkpoint
+from app.engine.train import TrainingDiverged
 from tests.helpers import TINY
 
 
@@ -244,3 +245,13 @@ def test_pickle_payload_checkpoint_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+def test_a_run_whose_losses_blow_up_fails_saying_so(demo_dataset: Path, tmp_path: Path) -> None:
+    # lr 10 from scratch: the weights blow up in the first epoch; the losses are nan or inf,
+    # which no epoch row, JSON answer or model selection can use.
+    rec = Recorder()
+    cfg = TrainConfig(**{**TINY, "init": "scratch", "lr": 10.0, "epochs": 2})
+    with pytest.raises(TrainingDiverged, match=r"diverged at epoch 1: .*loss (nan|inf).* lower lr"):
+        fit(demo_dataset, cfg, tmp_path / "m.pt", callback=rec)
+    assert not rec.epochs and not (tmp_path / "m.pt").exists()

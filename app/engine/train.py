@@ -8,6 +8,7 @@ it to stop between batches.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,11 @@ from app.engine.strategy import Strategy, strategy_for
 log = logging.getLogger(__name__)
 
 NO_SPLIT: dict[str, Any] = {"source": None, "images": []}  # what a run without a split records
+
+
+class TrainingDiverged(ValueError):
+    """The losses are no longer numbers (the weights blew up): a job that cannot succeed as
+    asked. Raised at the end of the epoch where it happened; a lower ``lr`` is the remedy."""
 
 
 @dataclass
@@ -446,6 +452,7 @@ class _Run:
             val_loss=val.loss if val else None, val_acc=val.accuracy if val else None,
             val_macro_f1=val.macro_f1 if val else None,
         )
+        _check_finite(metrics, self.optimizer.param_groups[0]["lr"])
         log.info(
             "epoch %d/%d lr %.3g, train loss %.4f acc %.3f, val loss %s acc %s, test loss "
             "%.4f acc %.3f, %.1f img/s", epoch, cfg.epochs, self.optimizer.param_groups[0]["lr"],
@@ -646,3 +653,15 @@ def _fill_caches(
     seconds = time.perf_counter() - start
     log.info("decoded %.1f MB of images in %.1fs", used / 1e6, seconds)
     return used, seconds
+
+
+def _check_finite(metrics: EpochMetrics, lr: float) -> None:
+    """:class:`TrainingDiverged` when a loss of the epoch is not finite (nan or inf)."""
+    losses = {"train": metrics.train_loss, "validation": metrics.val_loss,
+              "test": metrics.test_loss}
+    bad = [f"{name} loss {value}" for name, value in losses.items()
+           if value is not None and not math.isfinite(value)]
+    if bad:
+        raise TrainingDiverged(
+            f"training diverged at epoch {metrics.epoch}: {', '.join(bad)} (the weights blew "
+            f"up); train again with a lower lr than {lr:g}, or a larger batch_size")
