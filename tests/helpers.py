@@ -7,6 +7,7 @@ import asyncio
 import io
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -312,3 +313,49 @@ def finished_job(settings: Settings, dataset_id: str, tmp_path: Path, data: Path
         job_id = job.id
     engine.dispose()
     return job_id
+
+
+# ----------------------------------------------------------------- upload contents
+
+def make_zip(entries: dict[str, bytes], *, symlink: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+def jpeg(color: tuple[int, int, int] = (200, 80, 40), size: int = 48) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+# Uploads the API refuses, each with words its 422 must contain.
+BAD_UPLOADS = {
+    "not a zip": (b"this is text", "not a readable zip"),
+    "no test split": (make_zip({"train/a/1.jpg": jpeg(), "train/b/1.jpg": jpeg()}),
+                      "missing the 'test/' folder"),
+    "one class": (make_zip({"train/a/1.jpg": jpeg(), "test/a/1.jpg": jpeg()}),
+                  "at least 2 class folders"),
+    "classes differ": (make_zip({"train/a/1.jpg": jpeg(), "train/b/1.jpg": jpeg(),
+                                 "test/a/1.jpg": jpeg(), "test/c/1.jpg": jpeg()}),
+                       "same classes"),
+    "wrong layout": (make_zip({"photos/a/1.jpg": jpeg()}), "train/<class>/ and test/<class>/"),
+    "corrupt image": (make_zip({"train/a/1.jpg": jpeg(), "train/b/1.jpg": jpeg()[:60],
+                                "test/a/1.jpg": jpeg(), "test/b/1.jpg": jpeg()}),
+                      "train/b/1.jpg"),
+    "path escape": (make_zip({"../evil.jpg": jpeg()}), "points outside the dataset"),
+    "absolute path": (make_zip({"/etc/evil.jpg": jpeg()}), "points outside the dataset"),
+    "drive letter": (make_zip({"C:/evil.jpg": jpeg()}), "points outside the dataset"),
+    "backslash": (make_zip({"train\\a\\1.jpg": jpeg()}), "backslash"),
+    "control character": (make_zip({"train/a\x07/1.jpg": jpeg()}), "control characters"),
+    "symlink": (make_zip({"train/a/1.jpg": jpeg()}, symlink="train/b/link.jpg"),
+                "symbolic link"),
+    "compression bomb": (make_zip({"train/a/bomb.jpg": b"\0" * (64 << 20)}),
+                         "compression bomb"),
+}

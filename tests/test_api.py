@@ -7,9 +7,7 @@ from __future__ import annotations
 import io
 import os
 import re
-import stat
 import time
-import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,9 +27,12 @@ from app.engine.export import PARITY_TOLERANCE, OnnxModel
 from app.engine.images import set_decode_budget
 from app.jobs.service import claim_job
 from tests.helpers import (
+    BAD_UPLOADS,
     TINY,
     embedded,
     finished_job,
+    jpeg,
+    make_zip,
     migrated,
     stored_datasets,
     upload,
@@ -45,29 +46,10 @@ from tests.helpers import (
 NO_WORKER = {"queue_anyway": True}
 
 
-def make_zip(entries: dict[str, bytes], *, symlink: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-        if symlink:
-            info = zipfile.ZipInfo(symlink)
-            info.external_attr = (stat.S_IFLNK | 0o777) << 16
-            zf.writestr(info, "/etc/passwd")
-    return buf.getvalue()
-
-
-def jpeg(color: tuple[int, int, int] = (200, 80, 40), size: int = 48) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), color).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return migrated(tmp_path / "data", predict_max_files=4, predict_max_bytes=2 << 20,
                     max_upload_bytes=8 << 20)
-
 
 
 def test_upload_validates_and_stores(client: TestClient, settings: Settings,
@@ -90,31 +72,6 @@ def test_upload_validates_and_stores(client: TestClient, settings: Settings,
     r = client.post("/datasets", files={"file": ("x.zip", zip_tree(color_dataset))},
                     data={"name": "colours"})
     assert r.json()["name"] == "colours" and r.json()["warnings"] == ds["warnings"]
-
-
-BAD_UPLOADS = {
-    "not a zip": (b"this is text", "not a readable zip"),
-    "no test split": (make_zip({"train/a/1.jpg": jpeg(), "train/b/1.jpg": jpeg()}),
-                      "missing the 'test/' folder"),
-    "one class": (make_zip({"train/a/1.jpg": jpeg(), "test/a/1.jpg": jpeg()}),
-                  "at least 2 class folders"),
-    "classes differ": (make_zip({"train/a/1.jpg": jpeg(), "train/b/1.jpg": jpeg(),
-                                 "test/a/1.jpg": jpeg(), "test/c/1.jpg": jpeg()}),
-                       "same classes"),
-    "wrong layout": (make_zip({"photos/a/1.jpg": jpeg()}), "train/<class>/ and test/<class>/"),
-    "corrupt image": (make_zip({"train/a/1.jpg": jpeg(), "train/b/1.jpg": jpeg()[:60],
-                                "test/a/1.jpg": jpeg(), "test/b/1.jpg": jpeg()}),
-                      "train/b/1.jpg"),
-    "path escape": (make_zip({"../evil.jpg": jpeg()}), "points outside the dataset"),
-    "absolute path": (make_zip({"/etc/evil.jpg": jpeg()}), "points outside the dataset"),
-    "drive letter": (make_zip({"C:/evil.jpg": jpeg()}), "points outside the dataset"),
-    "backslash": (make_zip({"train\\a\\1.jpg": jpeg()}), "backslash"),
-    "control character": (make_zip({"train/a\x07/1.jpg": jpeg()}), "control characters"),
-    "symlink": (make_zip({"train/a/1.jpg": jpeg()}, symlink="train/b/link.jpg"),
-                "symbolic link"),
-    "compression bomb": (make_zip({"train/a/bomb.jpg": b"\0" * (64 << 20)}),
-                         "compression bomb"),
-}
 
 
 def test_a_val_folder_is_stored_and_a_split_that_cannot_be_carved_is_422(

@@ -20,8 +20,7 @@ from app.core.logs import make_handler
 from app.db.models import JobStatus
 from app.db.session import make_engine
 from app.jobs.service import claim_job, create_job, finish_job
-from tests.helpers import TINY, migrated, upload, zip_tree
-from tests.test_api import BAD_UPLOADS, jpeg, make_zip
+from tests.helpers import BAD_UPLOADS, TINY, jpeg, make_zip, migrated, upload, zip_tree
 
 NESTED_CORRUPT = make_zip({"top/train/a/1.jpg": jpeg(), "top/train/b/1.jpg": jpeg()[:60],
                            "top/test/a/1.jpg": jpeg(), "top/test/b/1.jpg": jpeg()})

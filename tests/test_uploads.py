@@ -20,21 +20,14 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from app.api.app import create_app
 from app.core.config import Settings
 from app.datasets.archive import Limits, extract_zip
 from app.engine.data import DatasetError
-from tests.helpers import free_port, migrated, stored_datasets, upload, wait_for, zip_tree
+from tests.helpers import free_port, jpeg, migrated, stored_datasets, upload, wait_for, zip_tree
 
 MAX_FILES = 1000
-
-
-def jpeg(size: int = 40) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), (200, 80, 40)).save(buf, "JPEG")
-    return buf.getvalue()
 
 
 def zip_of(entries: list[tuple[str, bytes]], *, deflate: bool = False) -> bytes:
@@ -47,8 +40,8 @@ def zip_of(entries: list[tuple[str, bytes]], *, deflate: bool = False) -> bytes:
 
 def with_images(*entries: tuple[str, bytes]) -> list[tuple[str, bytes]]:
     """``entries`` and a valid two-class tree (a and b) beside them."""
-    return [*entries, ("train/b/1.jpg", jpeg()), ("test/a/1.jpg", jpeg()),
-            ("test/b/1.jpg", jpeg())]
+    return [*entries, ("train/b/1.jpg", jpeg(size=40)), ("test/a/1.jpg", jpeg(size=40)),
+            ("test/b/1.jpg", jpeg(size=40))]
 
 
 def many_entries(n: int) -> bytes:
@@ -114,7 +107,7 @@ def test_a_central_directory_larger_than_the_entries_need_is_refused(
         client: TestClient, settings: Settings) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in with_images(("train/a/1.jpg", jpeg())):
+        for name, data in with_images(("train/a/1.jpg", jpeg(size=40))):
             info = zipfile.ZipInfo(name)
             info.comment = b"c" * 0xFFFF  # kept in the central directory
             zf.writestr(info, data)
@@ -125,16 +118,16 @@ def test_a_central_directory_larger_than_the_entries_need_is_refused(
 
 CRAFTED = {
     "file, then a folder of its name": (
-        with_images(("train/a", b"x"), ("train/a/1.jpg", jpeg())),
+        with_images(("train/a", b"x"), ("train/a/1.jpg", jpeg(size=40))),
         "zip entry 'train/a' is a file, but entry 'train/a/1.jpg' needs a folder"),
     "folder, then a file of its name": (
-        with_images(("train/a/1.jpg", jpeg()), ("train/a", b"x")),
+        with_images(("train/a/1.jpg", jpeg(size=40)), ("train/a", b"x")),
         "zip entry 'train/a' is a file, but entry 'train/a/1.jpg' needs a folder"),
-    "256-byte name": (with_images((f"train/{'n' * 256}/1.jpg", jpeg())),
+    "256-byte name": (with_images((f"train/{'n' * 256}/1.jpg", jpeg(size=40))),
                       "is 256 bytes; the limit is 255"),
-    "1025-byte path": (with_images(("train/a/" + "d/" * 506 + "x.jpg", jpeg())),
+    "1025-byte path": (with_images(("train/a/" + "d/" * 506 + "x.jpg", jpeg(size=40))),
                        "its path is 1025 bytes; the limit is 1024"),
-    "17 levels": (with_images(("train/a/" + "d/" * 14 + "x.jpg", jpeg())),
+    "17 levels": (with_images(("train/a/" + "d/" * 14 + "x.jpg", jpeg(size=40))),
                   "is 17 levels deep; the limit is 16"),
 }
 
@@ -149,14 +142,15 @@ def test_crafted_paths_are_422_naming_the_entry(client: TestClient, settings: Se
 def test_a_member_of_exactly_8_mib_of_zeros_is_a_bomb(client: TestClient,
                                                        settings: Settings) -> None:
     # Members up to 8 MiB used to skip the ratio check: 8 of them in a 66 KB zip wrote 64 MiB.
-    data = zip_of(with_images(("train/a/1.jpg", jpeg()), ("train/a/z.bmp", b"\0" * (8 << 20))),
-                  deflate=True)
+    data = zip_of(with_images(("train/a/1.jpg", jpeg(size=40)),
+                              ("train/a/z.bmp", b"\0" * (8 << 20))), deflate=True)
     detail = refused(client, settings, data)
     assert "zip entry 'train/a/z.bmp' expands" in detail and "compression bomb" in detail
 
 
 def test_classes_over_the_limit_are_refused(settings: Settings, tmp_path: Path) -> None:
-    entries = [(f"{split}/c{i}/1.jpg", jpeg()) for split in ("train", "test") for i in range(4)]
+    entries = [(f"{split}/c{i}/1.jpg", jpeg(size=40))
+               for split in ("train", "test") for i in range(4)]
     capped = settings.model_copy(update={"max_classes": 3})
     with TestClient(create_app(capped)) as c:
         assert "4 classes; the limit is 3" in refused(c, capped, zip_of(entries))
@@ -167,7 +161,8 @@ def test_classes_over_the_limit_are_refused(settings: Settings, tmp_path: Path) 
 @pytest.mark.parametrize("top", ["", "hotdog/"])
 def test_classes_are_counted_from_the_names_before_anything_is_written(
         tmp_path: Path, top: str) -> None:
-    entries = [(f"{top}{split}/c{i}/1.jpg", jpeg()) for split in ("train", "test")
+    entries = [(f"{top}{split}/c{i}/1.jpg", jpeg(size=40))
+               for split in ("train", "test")
                for i in range(4)]
     dest = tmp_path / "out"
     limits = Limits(max_bytes=1 << 30, max_files=100, max_classes=3)
