@@ -63,10 +63,12 @@ def test_upload_validates_and_stores(client: TestClient, settings: Settings,
                            "test": {"hotdog": 4, "not-hotdog": 4}}
     assert any("few training images" in w for w in ds["warnings"])
     assert stored_datasets(settings) == [ds["id"]]
-    # Stored under names of our own; only the class folders (the labels) come from the zip.
+    # Stored under names of our own; only the class folders (the labels) come from the zip,
+    # and the manifest keeps each image's path in the upload (for reports).
     stored_files = sorted(p.relative_to(settings.dataset_dir(ds["id"])).as_posix()
                           for p in settings.dataset_dir(ds["id"]).rglob("*") if p.is_file())
-    assert len(stored_files) == 24 and stored_files[0] == "test/hotdog/000000.jpg"
+    assert "manifest.json" in stored_files
+    assert len(stored_files) == 25 and stored_files[1] == "test/hotdog/000000.jpg"
     assert client.get(f"/datasets/{ds['id']}").json() == ds
     assert [d["id"] for d in client.get("/datasets").json()] == [ds["id"]]
     r = client.post("/datasets", files={"file": ("x.zip", zip_tree(color_dataset))},

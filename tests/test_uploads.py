@@ -25,7 +25,16 @@ from app.api.app import create_app
 from app.core.config import Settings
 from app.datasets.archive import Limits, extract_zip
 from app.engine.data import DatasetError
-from tests.helpers import free_port, jpeg, migrated, stored_datasets, upload, wait_for, zip_tree
+from tests.helpers import (
+    free_port,
+    jpeg,
+    make_zip,
+    migrated,
+    stored_datasets,
+    upload,
+    wait_for,
+    zip_tree,
+)
 
 MAX_FILES = 1000
 
@@ -234,3 +243,21 @@ def test_uploads_beyond_the_limit_are_503_at_once(settings: Settings,
         # The slot is free again: the next upload is read (and refused for what it is).
         assert httpx.post(url + "/datasets", files=probe, timeout=30).status_code == 422
     assert len(stored_datasets(settings)) == 1
+
+
+def test_stored_images_keep_their_uploaded_paths_and_ids_in_imagefolder_order(
+        client: TestClient, settings: Settings) -> None:
+    from app.engine.catalogue import catalogue
+
+    entries = {f"photos/{split}/{cls}/IMG {n}.JPG": jpeg((40 * n, 100, 30 if cls == "a" else 200))
+               for split in ("train", "test") for cls in ("b", "a") for n in (2, 1)}
+    r = upload(client, make_zip(entries))
+    assert r.status_code == 201, r.text
+    listed = catalogue(settings.data_dir / "datasets" / r.json()["id"])
+    assert [e.id for e in listed] == list(range(8))
+    assert [(e.split, e.label, e.uploaded) for e in listed] == [
+        (s, c, f"photos/{s}/{c}/IMG {n}.JPG")
+        for s in ("train", "test") for c in ("a", "b") for n in (1, 2)]
+    assert listed[0].path == "train/a/000000.jpg"
+    assert listed[0].as_dict() == {"image_id": 0, "split": "train", "label": "a",
+                                   "path": "photos/train/a/IMG 1.JPG"}

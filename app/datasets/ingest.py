@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from app.datasets.archive import Limits, extract_zip
 from app.datasets.layout import ALL_SPLITS, MAX_LISTED, find_root, is_hidden, present_splits
+from app.engine.catalogue import write_manifest
 from app.engine.data import DatasetError, ImageFolderSplits, load_image_folder
 from app.engine.images import (
     DecodeBudget,
@@ -107,14 +108,19 @@ def _warnings(
     return warnings
 
 
-def _renamed(splits: ImageFolderSplits, out: Path) -> Path:
+def _renamed(splits: ImageFolderSplits, out: Path, extracted: Path) -> Path:
     """The images under names of our own: ``<split>/<class>/<n>.<ext>``. Only class folder
-    names (the labels) come from the upload; files that are not images are left out."""
+    names (the labels) come from the upload; files that are not images are left out. The
+    manifest keeps each image's path in the upload (``extracted`` is where the zip went)."""
+    uploaded: dict[str, str] = {}
     for split, samples in splits.named():
         for cls in splits.classes:
             (out / split / cls).mkdir(parents=True)
         for i, (path, label) in enumerate(samples):
-            os.rename(path, out / split / splits.classes[label] / f"{i:06d}{path.suffix.lower()}")
+            rel = f"{split}/{splits.classes[label]}/{i:06d}{path.suffix.lower()}"
+            uploaded[rel] = path.relative_to(extracted).as_posix()
+            os.rename(path, out / rel)
+    write_manifest(out, uploaded)
     return out
 
 
@@ -140,7 +146,7 @@ def ingest_zip(
         root = find_root(workdir)
         _check_class_count(root, limits.max_classes)
         splits, warnings = validate(root)
-        os.replace(_renamed(splits, workdir / ".dataset"), dest)
+        os.replace(_renamed(splits, workdir / ".dataset", workdir), dest)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return IngestResult(classes=splits.classes, counts=splits.counts(), warnings=warnings,
