@@ -3,7 +3,6 @@ per request, and the API key's declaration in the OpenAPI schema."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -46,18 +45,8 @@ def get_session(state: StateDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-MISSING_KEY = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
-
 _bearer = HTTPBearer(auto_error=False, description="the API key, when one is configured")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-
-def key_matches(key: str, bearer: str | None, header: str | None) -> bool:
-    """Whether a request carries ``key`` (as ``X-API-Key`` or a bearer token), compared in
-    constant time. Every credential it presents must be right: a wrong one is refused even
-    next to a right one."""
-    given = [g for g in (header, bearer) if g is not None]
-    return bool(given) and all(hmac.compare_digest(g.encode(), key.encode()) for g in given)
 
 
 def api_key_scheme(
@@ -65,8 +54,7 @@ def api_key_scheme(
     header: Annotated[str | None, Depends(_header)],
 ) -> None:
     """Declares the API key in the OpenAPI schema (the docs' "Authorize" button). The check
-    itself is ApiKeyGate's (``app.api.app``), once per request, for every path but /health,
-    /ready and the web page's files."""
+    itself, the key and its scopes, is ApiKeyGate's (``app.api.keys``), once per request."""
 
 
 # Every router but ops's takes this: the schema shows the key on each guarded operation.

@@ -1,0 +1,22 @@
+"""``/keys/me``: what the request's API key may do, so that a client (the web page) can
+offer only that."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from app.api.deps import GUARDED
+from app.api.keys import caller, scopes_of
+from app.api.schemas import ERRORS, KeyOut
+from app.core.keys import ordered
+
+router = APIRouter(prefix="/keys", tags=["keys"], dependencies=GUARDED, responses=ERRORS)
+
+
+@router.get("/me", response_model=KeyOut)
+async def my_key(request: Request) -> KeyOut:
+    """The scopes of the key this request carries (any valid key may ask); every scope when
+    the service has no key."""
+    found = caller(request)
+    return KeyOut(scopes=ordered(scopes_of(request)), key_required=found is not None,
+                  actor=f"key:{found.fingerprint}" if found else "anonymous")
