@@ -1,9 +1,11 @@
 """What handlers take as parameters: the process's state and settings, one database session
-per request, and the API key's declaration in the OpenAPI schema."""
+per request, the API key's declaration in the OpenAPI schema, and who calls (the key the
+gate of ``app.api.keys`` let through)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -12,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.api.state import State
 from app.core.config import Settings
+from app.core.keys import ALL_SCOPES
 
 
 # async (though nothing is awaited): resolved on the event loop, without a hop to a thread.
@@ -59,3 +62,26 @@ def api_key_scheme(
 
 # Every router but ops's takes this: the schema shows the key on each guarded operation.
 GUARDED = [Depends(api_key_scheme)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A request's key, as far as anyone after the gate needs to know: its fingerprint (the
+    first 12 hex digits of its SHA-256: what the activation history records) and scopes."""
+    fingerprint: str
+    scopes: frozenset[str]
+
+
+CALLER = "hotdog_caller"  # the request state's entry for the gate's Caller (app.api.keys)
+
+
+def caller(request: Request) -> Caller | None:
+    """The request's key (None when the service has none)."""
+    found: Caller | None = getattr(request.state, CALLER, None)
+    return found
+
+
+def scopes_of(request: Request) -> frozenset[str]:
+    """What the request's key may do: every scope when the service has no key."""
+    found = caller(request)
+    return found.scopes if found else ALL_SCOPES

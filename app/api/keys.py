@@ -15,12 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.deps import CALLER, Caller
 from app.api.routes.ops import WEB_PREFIX
-from app.core.keys import ALL_SCOPES, KeyEntry, ordered
+from app.core.keys import KeyEntry, ordered
 
 PUBLIC = None  # no key needed
 ANY_KEY: tuple[str, ...] = ()  # any valid key, whatever its scopes
@@ -76,14 +77,6 @@ def describe(scopes: tuple[str, ...] | None) -> str:
     return " or ".join(f"'{s}'" for s in scopes)
 
 
-@dataclass(frozen=True)
-class Caller:
-    """A request's key, as far as anyone after the gate needs to know: its fingerprint (the
-    first 12 hex digits of its SHA-256: what the activation history records) and scopes."""
-    fingerprint: str
-    scopes: frozenset[str]
-
-
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
@@ -117,7 +110,6 @@ class KeyRing:
 
 
 MISSING_KEY = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
-CALLER = "hotdog_caller"  # the request state's entry for the gate's Caller
 
 
 def credentials(scope: Scope) -> list[str]:
@@ -136,7 +128,7 @@ class ApiKeyGate:
     """With a key configured, every request but the public ones needs a known key (401
     otherwise: the API, the docs, /metrics and unknown paths alike, so routes cannot be
     enumerated) whose scopes include one that the request needs (403 naming it). The caller
-    is left in the request's state for the handlers (``caller``)."""
+    is left in the request's state for the handlers (``app.api.deps.caller``)."""
 
     def __init__(self, app: ASGIApp, ring: KeyRing) -> None:
         self.app = app
@@ -167,18 +159,6 @@ class ApiKeyGate:
             return
         scope.setdefault("state", {})[CALLER] = caller
         await self.app(scope, receive, send)
-
-
-def caller(request: Request) -> Caller | None:
-    """The request's key (None when the service has none)."""
-    found: Caller | None = getattr(request.state, CALLER, None)
-    return found
-
-
-def scopes_of(request: Request) -> frozenset[str]:
-    """What the request's key may do: every scope when the service has no key."""
-    found = caller(request)
-    return found.scopes if found else ALL_SCOPES
 
 
 def document_scopes(api: FastAPI) -> None:

@@ -214,6 +214,19 @@
     throw new ApiError("the API key was refused too many times", 401);
   }
 
+  // ---------------------------------------------------------------- the key's scopes
+
+  const can = (scope) => window.hotdogScopes.can(scope);
+
+  // What this key may do (scopes.js hides the rest); before anything else is loaded.
+  async function refreshScopes() {
+    try {
+      window.hotdogScopes.apply(await api("GET", "keys/me"));
+    } catch (_) {
+      // no key given: the page stays as it was, and each panel says what the API answered
+    }
+  }
+
   // ---------------------------------------------------------------- small helpers
 
   function el(tag, attrs = {}, ...children) {
@@ -351,6 +364,7 @@
   // ---------------------------------------------------------------- datasets
 
   async function refreshDatasets() {
+    if (!can("read")) return;
     try {
       const list = await api("GET", "datasets?limit=1000");
       state.datasets = new Map(list.map((d) => [d.id, d]));
@@ -434,6 +448,7 @@
   // ---------------------------------------------------------------- models
 
   async function refreshModels() {
+    if (!can("predict") && !can("read")) return;
     try {
       state.models = await api("GET", "models");
     } catch (err) {
@@ -539,6 +554,7 @@
   }
 
   async function refreshHistory() {
+    if (!can("read")) return;
     let list;
     try {
       list = await api("GET", "models/history?limit=8");
@@ -570,7 +586,7 @@
   // number field's range, step, default and help, so they are written in one place only.
   // Fields whose default depends on ``init`` show both (``x-default-by-init``).
   async function loadJobForm() {
-    if (state.jobFormLoaded) return;
+    if (state.jobFormLoaded || !can("read")) return;
     let schema;
     try {
       schema = await api("GET", "openapi.json");
@@ -667,10 +683,11 @@
       "aria-label": `draw job ${short(job.id)} on the charts` });
     tick.addEventListener("change", () => tickChart(job.id, tick.checked));
     const cancelButton = el("button", { type: "button", class: "secondary cancel",
-      text: "Cancel", "aria-label": `cancel job ${short(job.id)}` });
+      text: "Cancel", "aria-label": `cancel job ${short(job.id)}`, "data-needs": "train" });
     cancelButton.addEventListener("click", () => cancel(job.id));
     const activateButton = el("button", { type: "button", class: "secondary activate",
-      text: "Activate", "aria-label": `make job ${short(job.id)}'s model the active model` });
+      text: "Activate", "aria-label": `make job ${short(job.id)}'s model the active model`,
+      "data-needs": "admin" });
     activateButton.addEventListener("click", () => activate(job.id));
     const r = {
       tr: el("tr", { "data-job": job.id }),
@@ -754,6 +771,7 @@
   }
 
   async function refreshJobs() {
+    if (!can("read")) return;
     let jobs;
     try {
       jobs = await api("GET", "jobs?limit=200");
@@ -1038,6 +1056,7 @@
     $("key-button").addEventListener("click", () => {
       state.keyDeclined = false;
       askForKey("").then(async () => {
+        await refreshScopes();
         await loadJobForm();
         await refreshDatasets();
         await refreshModels();
@@ -1050,6 +1069,7 @@
     });
     drawCurves();
     (async () => {
+      await refreshScopes();
       await loadJobForm();
       await refreshDatasets();
       await refreshModels();

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import GUARDED
-from app.api.keys import caller, scopes_of
+from app.api.deps import GUARDED, caller, scopes_of
 from app.api.schemas import ERRORS, KeyOut
 from app.core.keys import ordered
 

@@ -9,8 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import GUARDED, SessionDep, StateDep
-from app.api.keys import caller
+from app.api.deps import GUARDED, SessionDep, StateDep, caller
 from app.api.routes.jobs import queue
 from app.api.schemas import (
     ERRORS,
