@@ -137,6 +137,17 @@ def test_each_scope_is_allowed_and_refused_on_every_route(app: FastAPI,
         assert r.status_code == 401, (method, path)
 
 
+def test_a_proxy_prefix_does_not_change_the_scope(app: FastAPI) -> None:
+    """Behind a proxy that serves the API under a prefix (ASGI root_path), the scope is the
+    route's: /hotdog/storage is /storage (admin), not some other GET."""
+    with TestClient(app, root_path="/hotdog") as c:
+        for path in ("/hotdog/storage", "/hotdog/models/x/activate"):
+            r = c.request("GET" if path.endswith("storage") else "POST", path,
+                          headers={"X-API-Key": KEYS["read"]})
+            assert r.status_code == 403 and r.json()["scopes"] == ["admin"], (path, r.text)
+        assert c.get("/hotdog/jobs", headers={"X-API-Key": KEYS["read"]}).status_code == 200
+
+
 def test_what_a_scope_allows_works_end_to_end(client: TestClient, color_dataset: Path) -> None:
     def as_(scope: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {KEYS[scope]}"}

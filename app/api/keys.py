@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import CALLER, Caller
@@ -138,7 +139,8 @@ class ApiKeyGate:
         if scope["type"] != "http" or not self.ring:
             await self.app(scope, receive, send)
             return
-        method, path = scope["method"], scope["path"]
+        # The path the routes see (behind a proxy's root_path, without that prefix).
+        method, path = scope["method"], get_route_path(scope)
         needed = scopes_needed(method, path)
         if needed is PUBLIC:
             await self.app(scope, receive, send)
