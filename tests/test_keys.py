@@ -168,16 +168,26 @@ def test_what_a_scope_allows_works_end_to_end(client: TestClient, color_dataset:
     assert client.delete(f"/datasets/{ds}", headers=as_("admin")).status_code == 204
 
 
-def test_keys_me_says_what_the_key_may_do(client: TestClient, tmp_path: Path) -> None:
+def test_keys_me_says_what_the_key_may_do(app: FastAPI, client: TestClient,
+                                          tmp_path: Path) -> None:
     for key, scopes in [(MASTER, list(SCOPES)), (KEYS["predict"], ["predict"]),
                         (KEYS["admin"], ["admin"])]:
         r = client.get("/keys/me", headers={"X-API-Key": key})
         assert r.status_code == 200
-        assert r.json() == {"scopes": scopes, "key_required": True,
-                            "actor": "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]}
+        me = r.json()
+        rules = me.pop("rules")
+        assert me == {"scopes": scopes, "key_required": True,
+                      "actor": "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]}
+    # The table it gives (what the page decides by) decides as the gate does, on every route.
+    for method, path in every_call(app):
+        rule = next(r for r in rules if (r["methods"] is None or method in r["methods"])
+                    and re.fullmatch(r["path"], path))
+        needed = scopes_needed(method, path)
+        assert rule["scopes"] == (None if needed is None else list(needed)), (method, path)
     assert client.get("/keys/me").status_code == 401
     with TestClient(create_app(migrated(tmp_path / "open"))) as open_client:
-        assert open_client.get("/keys/me").json() == {
+        me = open_client.get("/keys/me").json()
+        assert {k: me[k] for k in ("scopes", "key_required", "actor")} == {
             "scopes": list(SCOPES), "key_required": False, "actor": "anonymous"}
 
 

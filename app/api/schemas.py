@@ -340,12 +340,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text} for code, text in _ERROR_TEXT.items()}
 
 
+class ScopeRuleOut(BaseModel):
+    methods: list[str] | None = Field(description="the HTTP methods it covers (null: all)")
+    path: str = Field(description="a regular expression the whole path must match")
+    scopes: list[str] | None = Field(description="one of these is needed ([]: any valid key; "
+                                     "null: no key)")
+
+
 class KeyOut(BaseModel):
     scopes: list[str] = Field(description="what this key may do: `predict`, `read`, `train`, "
                               "`admin` (every scope when the service has no key)")
     key_required: bool = Field(description="whether the service needs a key at all")
     actor: str = Field(description="`key:<fingerprint>` (as the activation history records "
                        "it), or `anonymous` when the service has no key")
+    rules: list[ScopeRuleOut] = Field(description="which scope each request needs: the first "
+                                      "rule whose methods and path match decides")
 
 
 class Health(BaseModel):

@@ -181,6 +181,11 @@
   // One API call: JSON in (``json``) or multipart (``form``), JSON out. A 401 asks for the
   // key once and retries; every other error becomes an ApiError with the API's words.
   async function api(method, path, { json, form, onProgress } = {}) {
+    const lacking = window.hotdogScopes.missing(method, path);
+    if (lacking.length) {
+      throw new ApiError(`this API key lacks the ${lacking.map((s) => `'${s}'`).join(" or ")} `
+        + `scope, which ${method} /${path.split("?")[0]} needs`, 403);
+    }
     for (let attempt = 0; attempt < 20; attempt++) {
       const key = sessionStorage.getItem(KEY_STORE);
       const headers = { Accept: "application/json" };
@@ -215,8 +220,6 @@
   }
 
   // ---------------------------------------------------------------- the key's scopes
-
-  const can = (scope) => window.hotdogScopes.can(scope);
 
   // What this key may do (scopes.js hides the rest); before anything else is loaded.
   async function refreshScopes() {
@@ -364,7 +367,6 @@
   // ---------------------------------------------------------------- datasets
 
   async function refreshDatasets() {
-    if (!can("read")) return;
     try {
       const list = await api("GET", "datasets?limit=1000");
       state.datasets = new Map(list.map((d) => [d.id, d]));
@@ -448,7 +450,6 @@
   // ---------------------------------------------------------------- models
 
   async function refreshModels() {
-    if (!can("predict") && !can("read")) return;
     try {
       state.models = await api("GET", "models");
     } catch (err) {
@@ -554,7 +555,6 @@
   }
 
   async function refreshHistory() {
-    if (!can("read")) return;
     let list;
     try {
       list = await api("GET", "models/history?limit=8");
@@ -586,7 +586,7 @@
   // number field's range, step, default and help, so they are written in one place only.
   // Fields whose default depends on ``init`` show both (``x-default-by-init``).
   async function loadJobForm() {
-    if (state.jobFormLoaded || !can("read")) return;
+    if (state.jobFormLoaded) return;
     let schema;
     try {
       schema = await api("GET", "openapi.json");
@@ -771,7 +771,6 @@
   }
 
   async function refreshJobs() {
-    if (!can("read")) return;
     let jobs;
     try {
       jobs = await api("GET", "jobs?limit=200");
