@@ -301,5 +301,11 @@ def test_scoped_keys_through_a_real_service(tmp_path: Path,
         stack.stop("api")
     log = (tmp_path / "api.log").read_text()
     assert '"logger": "uvicorn.access"' in log and "GET /jobs" in log
+    # The start names each key by its fingerprint and scopes (an operator's check).
+    def fingerprint(key: str) -> str:
+        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    assert f"{fingerprint(MASTER)} (predict,read,train,admin)" in log
+    assert f"{fingerprint(KEYS['predict'])} (predict)" in log
     for key in [*ALL, "wrong-key-0123456789"]:
         assert key not in log

@@ -176,6 +176,7 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
         log.info("hotdog API ready: database %s, broker %s, data dir %s",
                  state.engine.url.render_as_string(hide_password=True),
                  settings.broker.split("@")[-1], settings.data_dir.resolve())
+        log.info("API keys: %s", ring.summary())
         try:
             yield
         finally:

@@ -94,6 +94,11 @@ class KeyRing:
     def __bool__(self) -> bool:
         return bool(self._keys)
 
+    def summary(self) -> str:
+        """The keys for the log: each one's fingerprint and scopes, never the key."""
+        return "; ".join(f"key:{c.fingerprint} ({','.join(ordered(c.scopes))})"
+                         for _digest, c in self._keys) or "none (every request is allowed)"
+
     def identify(self, given: list[str]) -> Caller | None:
         """The caller whose key every credential in ``given`` is, or None."""
         if not given:
