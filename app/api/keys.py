@@ -15,13 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.deps import CALLER, Caller
+from app.api.deps import CALLER, GUARDED, Caller, caller, scopes_of
 from app.api.routes.ops import WEB_PREFIX
+from app.api.schemas import ERRORS, KeyOut, ScopeRuleOut
 from app.core.keys import KeyEntry, ordered
 
 PUBLIC = None  # no key needed
@@ -107,9 +108,9 @@ class KeyRing:
         for credential in given:
             digest = _digest(credential)
             match = None
-            for known, caller in self._keys:
+            for known, who in self._keys:
                 if hmac.compare_digest(digest, known):
-                    match = caller
+                    match = who
             found.append(match)
         first = found[0]
         return first if first is not None and all(f is first for f in found) else None
@@ -150,21 +151,21 @@ class ApiKeyGate:
         if needed is PUBLIC:
             await self.app(scope, receive, send)
             return
-        caller = self.ring.identify(credentials(scope))
-        if caller is None:
+        who = self.ring.identify(credentials(scope))
+        if who is None:
             await JSONResponse({"detail": MISSING_KEY}, 401,
                                headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
             return
-        if needed and not caller.scopes & set(needed):
+        if needed and not who.scopes & set(needed):
             await JSONResponse(
                 {"detail": f"this API key lacks the {describe(needed)} scope, which "
-                           f"{method} {path} needs (it has: {', '.join(ordered(caller.scopes))})",
+                           f"{method} {path} needs (it has: {', '.join(ordered(who.scopes))})",
                  "kind": "scope_missing", "scopes": list(needed)}, 403,
                 headers={"WWW-Authenticate":
                          f'Bearer error="insufficient_scope", scope="{" ".join(needed)}"'},
             )(scope, receive, send)
             return
-        scope.setdefault("state", {})[CALLER] = caller
+        scope.setdefault("state", {})[CALLER] = who
         await self.app(scope, receive, send)
 
 
@@ -188,3 +189,21 @@ def document_scopes(api: FastAPI) -> None:
         return schema
 
     api.openapi = openapi  # type: ignore[method-assign]
+
+
+# ``GET /keys/me``: here rather than in ``routes/``, beside the table it serves (the routes
+# may not import this module, which imports theirs for the page's prefix).
+router = APIRouter(prefix="/keys", tags=["keys"], dependencies=GUARDED, responses=ERRORS)
+
+
+@router.get("/me", response_model=KeyOut)
+async def my_key(request: Request) -> KeyOut:
+    """The scopes of the key this request carries (any valid key may ask; every scope when
+    the service has no key), and the table of which scope each request needs, so that a
+    client can offer only what the key may do."""
+    found = caller(request)
+    rules = [ScopeRuleOut(methods=sorted(r.methods) if r.methods else None,
+                          path=r.path.pattern, scopes=None if r.scopes is None else [*r.scopes])
+             for r in RULES]
+    return KeyOut(scopes=ordered(scopes_of(request)), key_required=found is not None,
+                  actor=f"key:{found.fingerprint}" if found else "anonymous", rules=rules)
