@@ -56,7 +56,7 @@ CONFIGURED_REDIS = os.environ.get("REDIS_URL")
 # Then the service settings are taken out of the environment, so that a test which forgets
 # to say where its data goes fails the same way everywhere instead of writing into .ci/run's
 # database (or this checkout's ./data): tests pass their URLs and folders explicitly.
-for _name in ("DATABASE_URL", "BROKER_URL", "API_KEY", "TRAINING_QUEUE", "HOST",
+for _name in ("DATABASE_URL", "BROKER_URL", "API_KEY", "API_KEYS", "TRAINING_QUEUE", "HOST",
               "ALLOWED_HOSTS"):
     os.environ.pop(_name, None)
 os.environ["DATA_DIR"] = tempfile.mkdtemp(prefix="hotdog-tests-data-")

@@ -258,8 +258,9 @@ def embedded(data_dir: Path, **overrides: Any) -> Settings:
     exports DATABASE_URL for the Postgres tests). It answers the Host of TestClient's
     requests (``testserver``) besides the loopback names."""
     overrides.setdefault("allowed_hosts", f"{TEST_HOST},localhost,127.0.0.1,[::1]")
-    return Settings(data_dir=data_dir, database_url=None, broker_url=None,
-                    api_key=None, **overrides)
+    overrides.setdefault("api_key", None)
+    overrides.setdefault("api_keys", None)
+    return Settings(data_dir=data_dir, database_url=None, broker_url=None, **overrides)
 
 
 def migrated(data_dir: Path, **overrides: Any) -> Settings:

@@ -43,6 +43,7 @@ INSTALL = "apt-get install -y chromium chromium-driver"
 ARTIFACTS = Path(os.environ.get("HOTDOG_TEST_ARTIFACTS")
                  or Path(__file__).resolve().parent.parent / "test-artifacts")
 KEY = "page-test-key"
+PREDICT_KEY = "page-test-predict-only-key"  # API_KEYS: a key that may only classify
 TIMEOUT = 60
 
 
@@ -77,9 +78,10 @@ def service(browser_ready: None, tmp_path_factory: pytest.TempPathFactory) -> It
 @pytest.fixture(scope="module")
 def keyed_service(browser_ready: None, tmp_path_factory: pytest.TempPathFactory
                   ) -> Iterator[Stack]:
-    """With API_KEY set; no worker (jobs stay queued, which is all the key test needs)."""
+    """With API_KEY set, and API_KEYS a predict-only key; no worker (jobs stay queued, which
+    is all the key tests need)."""
     with embedded_stack(tmp_path_factory.mktemp("browser-keyed"), worker=False,
-                        API_KEY=KEY) as stack:
+                        API_KEY=KEY, API_KEYS=f"{PREDICT_KEY}:predict") as stack:
         yield stack
 
 
@@ -507,6 +509,43 @@ def test_the_page_works_with_an_api_key(browser: WebDriver, keyed_service: Stack
     browser.refresh()
     wait_on_page(browser, "the job list", lambda d: row_status(d, job_id) == "cancelled")
     assert not browser.find_element(By.ID, "key-dialog").is_displayed()
+    assert_no_script_errors(browser)
+
+
+def test_the_page_offers_only_what_the_key_may_do(browser: WebDriver,
+                                                  keyed_service: Stack) -> None:
+    """A predict-only key sees the classify panel alone, and the page asks the API for
+    nothing else (no 403 in the service's access log); the all-scopes key sees it all."""
+    api_log = keyed_service.tmp / "api.log"
+    start = api_log.stat().st_size
+    browser.get(keyed_service.url + "/")
+    dialog = wait_on_page(browser, "the key prompt", lambda d: d.find_element(
+        By.ID, "key-dialog").is_displayed() and d.find_element(By.ID, "key-dialog"))
+    fill(browser, "key-input", PREDICT_KEY)
+    browser.find_element(By.ID, "key-submit").click()
+    wait_on_page(browser, "the prompt to close", lambda d: not dialog.is_displayed())
+    wait_on_page(browser, "the key's scopes",
+                 lambda d: visible_text(d, "key-scopes") == "this key may: predict")
+    wait_on_page(browser, "the model list", lambda d: "none trained yet" in d.find_element(
+        By.ID, "model-select").text)  # GET /models: a predict key may list them
+    assert browser.find_element(By.ID, "classify").is_displayed()
+    for section in ("datasets", "train", "jobs", "history", "workers", "curves"):
+        assert not browser.find_element(By.ID, section).is_displayed(), section
+    assert visible_text(browser, "predict-error") == ""
+    with api_log.open() as f:
+        f.seek(start)
+        answered = f.read()
+    assert '"GET /models HTTP/1.1" 200' in answered, answered
+    assert not re.search(r'HTTP/1.1" 403', answered), answered
+
+    # The "API key…" button takes another key: the all-scopes one shows every panel.
+    browser.find_element(By.ID, "key-button").click()
+    wait_on_page(browser, "the key prompt", lambda d: dialog.is_displayed())
+    fill(browser, "key-input", KEY)
+    browser.find_element(By.ID, "key-submit").click()
+    wait_on_page(browser, "every panel", lambda d: all(d.find_element(By.ID, s).is_displayed()
+                 for s in ("classify", "datasets", "train", "jobs", "workers", "curves")))
+    assert "admin" in visible_text(browser, "key-scopes")
     assert_no_script_errors(browser)
 
 

@@ -95,5 +95,13 @@ def test_compose_file_validates_where_docker_compose_is_installed(tmp_path: Path
 
     proc = config(API_KEY="a-key")
     assert proc.returncode == 0, proc.stderr
+    # Scoped keys pass through as written (';' and ',' need no quoting in compose).
+    entries = "k" * 43 + ":predict;" + "K-_9" * 11 + ":read,train"
+    proc = subprocess.run([tool, "--env-file", str(env_file), "config"], cwd=ROOT,
+                          capture_output=True, text=True,
+                          env={**env, "API_KEY": "a-key", "API_KEYS": entries})
+    assert proc.returncode == 0, proc.stderr
+    passed = yaml.safe_load(proc.stdout)["services"]["api"]["environment"]["API_KEYS"]
+    assert len(Settings(api_keys=passed).key_entries()) == 2 and passed == entries
     for proc in (config(), config(API_KEY="")):  # missing or empty: compose refuses
         assert proc.returncode != 0 and "set API_KEY" in proc.stderr, proc.stderr

@@ -24,8 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import app as package
 from app.api import errors
-from app.api.deps import MISSING_KEY, key_matches
 from app.api.guards import CrossSiteGuard, HostCheck, RequestId
+from app.api.keys import ApiKeyGate, KeyRing, document_scopes
+from app.api.keys import router as keys_router
 from app.api.metrics import register as register_collectors
 from app.api.routes import datasets, jobs, models, ops, predict, workers
 from app.api.routes.ops import WEB_DIR, WEB_PREFIX
@@ -99,37 +100,8 @@ class BodyLimit:
         await self.app(scope, counting, send)
 
 
+# Probes: answered whatever their Host (and, app.api.keys, without a key).
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
-
-
-def is_public(method: str, path: str) -> bool:
-    return path in PUBLIC_PATHS or (
-        method in ("GET", "HEAD") and (path == "/" or path.startswith(WEB_PREFIX + "/")))
-
-
-class ApiKeyGate:
-    """With ``API_KEY`` set, every path but /health, /ready and the web page's files (``GET /``
-    and ``/ui/…``) answers 401 without the key: the API, the docs, /metrics and unknown paths
-    alike (so routes cannot be enumerated)."""
-
-    def __init__(self, app: ASGIApp, key: str | None) -> None:
-        self.app = app
-        self.key = key
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or not self.key
-                or is_public(scope["method"], scope["path"])):
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers") or []}
-        auth = headers.get("authorization", "")
-        bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-        if key_matches(self.key, bearer, headers.get("x-api-key")):
-            await self.app(scope, receive, send)
-            return
-        await JSONResponse({"detail": MISSING_KEY}, 401,
-                           headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
 
 
 class HttpMetrics:
@@ -194,6 +166,7 @@ def _allowed_methods(api: FastAPI) -> Callable[[str], list[str]]:
 
 def create_app(settings: Settings | None = None, *, check: bool = True) -> FastAPI:
     settings = settings or get_settings()
+    ring = KeyRing(settings.key_entries())  # an unusable API_KEYS stops here, naming the entry
     state = State.create(settings)
 
     @asynccontextmanager
@@ -204,6 +177,7 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
         log.info("hotdog API ready: database %s, broker %s, data dir %s",
                  state.engine.url.render_as_string(hide_password=True),
                  settings.broker.split("@")[-1], settings.data_dir.resolve())
+        log.info("API keys: %s", ring.summary())
         try:
             yield
         finally:
@@ -221,6 +195,8 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
     errors.install(api)
     for module in (datasets, jobs, models, predict, workers, ops):
         api.include_router(module.router)
+    api.include_router(keys_router)  # GET /keys/me
+    document_scopes(api)  # each operation names its scope (app.api.keys.RULES)
     register_collectors(state)  # jobs by status, queue depth, training speed, epoch times
 
     api.mount(WEB_PREFIX, StaticFiles(directory=WEB_DIR), name="ui")
@@ -239,9 +215,9 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
         ("POST", "/datasets"): settings.max_upload_bytes,
         ("POST", "/predict"): settings.predict_max_bytes,
     })
-    if not settings.api_key:  # with a key, a page on another site cannot send it
+    if not ring:  # with a key, a page on another site cannot send it
         api.add_middleware(CrossSiteGuard)
-    api.add_middleware(ApiKeyGate, key=settings.api_key)
+    api.add_middleware(ApiKeyGate, ring=ring)
     api.add_middleware(HostCheck, allowed_hosts=settings.host_names, exempt=PUBLIC_PATHS)
     api.add_middleware(HttpMetrics, state=state)
     api.add_middleware(RequestId)  # outermost: every line logged for a request has its id

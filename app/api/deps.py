@@ -1,10 +1,11 @@
 """What handlers take as parameters: the process's state and settings, one database session
-per request, and the API key's declaration in the OpenAPI schema."""
+per request, the API key's declaration in the OpenAPI schema, and who calls (the key the
+gate of ``app.api.keys`` let through)."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.api.state import State
 from app.core.config import Settings
+from app.core.keys import ALL_SCOPES
 
 
 # async (though nothing is awaited): resolved on the event loop, without a hop to a thread.
@@ -46,18 +48,8 @@ def get_session(state: StateDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-MISSING_KEY = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
-
 _bearer = HTTPBearer(auto_error=False, description="the API key, when one is configured")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-
-def key_matches(key: str, bearer: str | None, header: str | None) -> bool:
-    """Whether a request carries ``key`` (as ``X-API-Key`` or a bearer token), compared in
-    constant time. Every credential it presents must be right: a wrong one is refused even
-    next to a right one."""
-    given = [g for g in (header, bearer) if g is not None]
-    return bool(given) and all(hmac.compare_digest(g.encode(), key.encode()) for g in given)
 
 
 def api_key_scheme(
@@ -65,9 +57,31 @@ def api_key_scheme(
     header: Annotated[str | None, Depends(_header)],
 ) -> None:
     """Declares the API key in the OpenAPI schema (the docs' "Authorize" button). The check
-    itself is ApiKeyGate's (``app.api.app``), once per request, for every path but /health,
-    /ready and the web page's files."""
+    itself, the key and its scopes, is ApiKeyGate's (``app.api.keys``), once per request."""
 
 
 # Every router but ops's takes this: the schema shows the key on each guarded operation.
 GUARDED = [Depends(api_key_scheme)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A request's key, as far as anyone after the gate needs to know: its fingerprint (the
+    first 12 hex digits of its SHA-256: what the activation history records) and scopes."""
+    fingerprint: str
+    scopes: frozenset[str]
+
+
+CALLER = "hotdog_caller"  # the request state's entry for the gate's Caller (app.api.keys)
+
+
+def caller(request: Request) -> Caller | None:
+    """The request's key (None when the service has none)."""
+    found: Caller | None = getattr(request.state, CALLER, None)
+    return found
+
+
+def scopes_of(request: Request) -> frozenset[str]:
+    """What the request's key may do: every scope when the service has no key."""
+    found = caller(request)
+    return found.scopes if found else ALL_SCOPES

@@ -317,11 +317,15 @@ class ErrorOut(BaseModel):
         "`against_required` (models of different datasets) or `evaluation_missing`")
     comparison: ComparisonOut | None = Field(
         None, description="a refused activation: both models' scores")
+    scopes: list[str] | None = Field(
+        None, description="a 403 `scope_missing`: the scopes of which the key needs one")
 
 
 _ERROR_TEXT = {
     400: "the body is malformed (not JSON, broken multipart)",
-    401: "the API key is missing or wrong (when API_KEY is set)",
+    401: "the API key is missing or wrong (when API_KEY or API_KEYS is set)",
+    403: "the API key lacks the scope this operation needs (`kind`: `scope_missing`, "
+         "`scopes`: the ones that would do), or a cross-site request was refused",
     404: "no such dataset, job or model",
     409: "not possible in the resource's state (e.g. a job that has not succeeded), no "
          "live worker would take the job, or the promotion gate refused an activation",
@@ -334,6 +338,23 @@ _ERROR_TEXT = {
 # Every route documents the errors the API can answer (the same JSON shape for all).
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text} for code, text in _ERROR_TEXT.items()}
+
+
+class ScopeRuleOut(BaseModel):
+    methods: list[str] | None = Field(description="the HTTP methods it covers (null: all)")
+    path: str = Field(description="a regular expression the whole path must match")
+    scopes: list[str] | None = Field(description="one of these is needed ([]: any valid key; "
+                                     "null: no key)")
+
+
+class KeyOut(BaseModel):
+    scopes: list[str] = Field(description="what this key may do: `predict`, `read`, `train`, "
+                              "`admin` (every scope when the service has no key)")
+    key_required: bool = Field(description="whether the service needs a key at all")
+    actor: str = Field(description="`key:<fingerprint>` (as the activation history records "
+                       "it), or `anonymous` when the service has no key")
+    rules: list[ScopeRuleOut] = Field(description="which scope each request needs: the first "
+                                      "rule whose methods and path match decides")
 
 
 class Health(BaseModel):

@@ -23,8 +23,8 @@ EXIT_INTERRUPTED = 130
 # A service's answer, by HTTP status: bad parameters or API key, unknown or unusable input,
 # try again later. A 422 is about the parameters, except for commands that set
 # ``unusable_422`` (an upload's dataset, a photo to classify): then it is about the input.
-SERVICE_EXIT = {422: EXIT_USAGE, 401: EXIT_USAGE, 404: EXIT_INPUT, 413: EXIT_INPUT,
-                429: EXIT_UNAVAILABLE, 503: EXIT_UNAVAILABLE}
+SERVICE_EXIT = {422: EXIT_USAGE, 401: EXIT_USAGE, 403: EXIT_USAGE, 404: EXIT_INPUT,
+                413: EXIT_INPUT, 429: EXIT_UNAVAILABLE, 503: EXIT_UNAVAILABLE}
 # Refusals of a job at submission, by the answer's kind: no running worker has the ImageNet
 # weights; no running worker would take the job (start one, or submit --queue-anyway).
 SERVICE_KIND_EXIT = {"weights_missing": EXIT_WEIGHTS, "no_live_worker": EXIT_UNAVAILABLE}
@@ -43,7 +43,8 @@ ERROR_EXIT: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], i
 EXIT_CODES_HELP = """exit codes:
   0  success
   1  the operation failed (watch, submit --watch: the job failed or was cancelled)
-  2  bad arguments or parameter values, or a missing or wrong API key
+  2  bad arguments or parameter values, or a missing or wrong API key (or one without
+     the scope the request needs)
   3  unusable input (dataset, image file, checkpoint) or an unknown id
   4  ImageNet weights are not available (here, or to the service's worker)
   5  the service cannot be reached or is busy (503, 429), or no worker is running that

@@ -13,13 +13,15 @@ from app.cli.exit_codes import EXIT_OK
 from app.cli.options import AddCommand
 from app.cli.output import emit_json
 from app.core.config import get_settings, is_loopback
+from app.core.keys import SCOPES, entry_line, new_key, ordered, parse_scopes
 
 log = logging.getLogger("hotdog")
 
 
 def warn_if_exposed(host: str) -> None:
-    """Serving beyond this machine without API_KEY lets anyone upload, train and delete."""
-    if not is_loopback(host) and not get_settings().api_key:
+    """Serving beyond this machine without a key lets anyone upload, train and delete."""
+    settings = get_settings()
+    if not is_loopback(host) and not (settings.api_key or settings.api_keys):
         log.warning("!" * 78)
         log.warning("serving on %s WITHOUT an API key: anyone who can reach this port can "
                     "upload data, start jobs and delete datasets. Set API_KEY.", host)
@@ -128,6 +130,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``keys generate``: a new random key and its API_KEYS entry. Nothing is stored: the
+    operator adds the entry to the service's settings and gives the key to its user."""
+    scopes = parse_scopes(args.scopes, "--scopes")
+    key = new_key()
+    entry = entry_line(key, scopes)
+    if args.json:
+        emit_json({"key": key, "scopes": ordered(scopes), "api_keys_entry": entry})
+        return EXIT_OK
+    print(f"a new API key with the scopes {', '.join(ordered(scopes))} (give it to its user; "
+          "it is stored nowhere):")
+    print(f"  {key}")
+    print("add this entry to API_KEYS (entries are separated by ';'), then restart the API:")
+    print(f"  API_KEYS={entry}")
+    print("e.g. in .env for docker compose; in a shell, quote the value: "
+          f"API_KEYS='...;{entry}'")
+    return EXIT_OK
+
+
 def register(command: AddCommand) -> None:
     p = command("migrate", cmd_migrate, "create or upgrade the service's database schema "
                 "(DATABASE_URL, default SQLite in DATA_DIR)",
@@ -164,3 +185,14 @@ def register(command: AddCommand) -> None:
                    "127.0.0.1); ALLOWED_HOSTS defaults from it")
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     p.add_argument("--log-level", default="info")
+
+    p = command("keys", cmd_keys, "make an API key with scopes (predict, read, train, admin) "
+                "for API_KEYS",
+                "examples:\n  hotdog keys generate --scopes predict        # a phone app\n"
+                "  hotdog keys generate --scopes read,train      # a data scientist\n"
+                "  hotdog keys generate --scopes read,train,admin --json\n\n")
+    p.add_argument("action", choices=["generate"], help="generate: print a new random key and "
+                   "the API_KEYS entry to add")
+    p.add_argument("--scopes", required=True, metavar="SCOPE[,SCOPE...]",
+                   help=f"what the key may do: {', '.join(SCOPES)} (see the README's scopes "
+                   "table)")

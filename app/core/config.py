@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.keys import KeyEntry, all_keys
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
@@ -60,7 +62,11 @@ class Settings(BaseSettings):
     model_loads_per_second: int = 2
     # When set, every request but /health, /ready and the web page's files (reads, writes,
     # /docs and /metrics alike) needs ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+    # API_KEY is one key with every scope; API_KEYS adds keys with scopes of their own:
+    # ``KEY:SCOPE[,SCOPE...]`` entries separated by ``;`` (scopes: predict, read, train,
+    # admin; see app.core.keys and, for what each scope allows, app.api.keys).
     api_key: str | None = None
+    api_keys: str | None = None
     # Queued + running jobs at most; more get 429 with Retry-After (a burst of submissions
     # cannot pile up unbounded work).
     max_active_jobs: int = 100
@@ -126,6 +132,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'hotdog.db').resolve()}"
+
+    def key_entries(self) -> list[KeyEntry]:
+        """Every configured key with its scopes (KeysInvalid when API_KEYS cannot be used)."""
+        return all_keys(self.api_key, self.api_keys)
 
     @property
     def host_names(self) -> list[str]:

@@ -181,6 +181,11 @@
   // One API call: JSON in (``json``) or multipart (``form``), JSON out. A 401 asks for the
   // key once and retries; every other error becomes an ApiError with the API's words.
   async function api(method, path, { json, form, onProgress } = {}) {
+    const lacking = window.hotdogScopes.missing(method, path);
+    if (lacking.length) {
+      throw new ApiError(`this API key lacks the ${lacking.map((s) => `'${s}'`).join(" or ")} `
+        + `scope, which ${method} /${path.split("?")[0]} needs`, 403);
+    }
     for (let attempt = 0; attempt < 20; attempt++) {
       const key = sessionStorage.getItem(KEY_STORE);
       const headers = { Accept: "application/json" };
@@ -212,6 +217,17 @@
       }
     }
     throw new ApiError("the API key was refused too many times", 401);
+  }
+
+  // ---------------------------------------------------------------- the key's scopes
+
+  // What this key may do (scopes.js hides the rest); before anything else is loaded.
+  async function refreshScopes() {
+    try {
+      window.hotdogScopes.apply(await api("GET", "keys/me"));
+    } catch (_) {
+      // no key given: the page stays as it was, and each panel says what the API answered
+    }
   }
 
   // ---------------------------------------------------------------- small helpers
@@ -667,10 +683,11 @@
       "aria-label": `draw job ${short(job.id)} on the charts` });
     tick.addEventListener("change", () => tickChart(job.id, tick.checked));
     const cancelButton = el("button", { type: "button", class: "secondary cancel",
-      text: "Cancel", "aria-label": `cancel job ${short(job.id)}` });
+      text: "Cancel", "aria-label": `cancel job ${short(job.id)}`, "data-needs": "train" });
     cancelButton.addEventListener("click", () => cancel(job.id));
     const activateButton = el("button", { type: "button", class: "secondary activate",
-      text: "Activate", "aria-label": `make job ${short(job.id)}'s model the active model` });
+      text: "Activate", "aria-label": `make job ${short(job.id)}'s model the active model`,
+      "data-needs": "admin" });
     activateButton.addEventListener("click", () => activate(job.id));
     const r = {
       tr: el("tr", { "data-job": job.id }),
@@ -1038,6 +1055,7 @@
     $("key-button").addEventListener("click", () => {
       state.keyDeclined = false;
       askForKey("").then(async () => {
+        await refreshScopes();
         await loadJobForm();
         await refreshDatasets();
         await refreshModels();
@@ -1050,6 +1068,7 @@
     });
     drawCurves();
     (async () => {
+      await refreshScopes();
       await loadJobForm();
       await refreshDatasets();
       await refreshModels();

@@ -4,13 +4,12 @@ evaluations on datasets (evaluate jobs)."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import GUARDED, SessionDep, StateDep
+from app.api.deps import GUARDED, SessionDep, StateDep, caller
 from app.api.routes.jobs import queue
 from app.api.schemas import (
     ERRORS,
@@ -22,7 +21,6 @@ from app.api.schemas import (
     ModelOut,
 )
 from app.api.state import State
-from app.core.config import Settings
 from app.db.models import Evaluation, Job
 from app.jobs import evaluations as evaluate_jobs
 from app.models import promotion
@@ -41,11 +39,11 @@ def model_out(job: Job, active: bool) -> ModelOut:
                     finished_at=job.finished_at)
 
 
-def who(request: Request, settings: Settings) -> promotion.Who:
-    """Who sends this request: the API key's fingerprint when the service has one (every
-    request then carries it), else ``anonymous``; and the client's address."""
-    actor = ("key:" + hashlib.sha256(settings.api_key.encode()).hexdigest()[:12]
-             if settings.api_key else "anonymous")
+def who(request: Request) -> promotion.Who:
+    """Who sends this request: its API key's fingerprint when the service has keys (every
+    request then carries one), else ``anonymous``; and the client's address."""
+    key = caller(request)
+    actor = f"key:{key.fingerprint}" if key else "anonymous"
     return promotion.Who(actor, request.client.host if request.client else None)
 
 
@@ -70,7 +68,7 @@ def activation_history(
 def rollback(session: SessionDep, state: StateDep, request: Request) -> ActivationOut:
     """Activate again the model that the newest activation (not yet undone) replaced; 409
     when there is none."""
-    record = promotion.rollback(session, who=who(request, state.settings))
+    record = promotion.rollback(session, who=who(request))
     out = ActivationOut.model_validate(record)
     _committed(session, state)
     return out
@@ -88,7 +86,7 @@ def activate_model(
     the active model on ``PROMOTION_METRIC``, on the test split both were trained on (or on
     ``against``'s); else 409 with both scores, unless ``force``. Recorded in the history."""
     settings = state.settings
-    promotion.activate(session, job_id=job_id, who=who(request, settings),
+    promotion.activate(session, job_id=job_id, who=who(request),
                        metric=settings.promotion_metric, force=force, against=against)
     _committed(session, state)
     return model_out(models.summary(session, job_id), True)
