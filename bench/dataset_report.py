@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None,
                     help="where the synthetic set is (made when missing)")
     ap.add_argument("--leaks", type=int, default=20)
+    ap.add_argument("--show", action="store_true", help="print every group found")
     args = ap.parse_args()
     data = args.data or Path(tempfile.gettempdir()) / f"hotdog-report-bench-{args.images}"
     if not data.exists():
@@ -55,13 +56,20 @@ def main() -> None:
                               seed=0)
         leak(data, args.leaks)
         print(f"generated {data} in {time.monotonic() - t:.0f} s", file=sys.stderr)
-    t = time.monotonic()
+    t, cpu = time.monotonic(), time.process_time()
     report = build_report(data, threads=args.threads)
-    seconds = time.monotonic() - t
+    seconds, cpu = time.monotonic() - t, time.process_time() - cpu
     s = report["summary"]
+    if args.show:
+        for g in report["groups"]:
+            print(g["scope"], g["kind"], g.get("max_distance"), [i["path"] for i in g["images"]])
     print(json.dumps({
         "images": s["images"], "threads": args.threads, "cpus": os.cpu_count(),
         "seconds": round(seconds, 1), "images_per_s": round(s["images"] / seconds, 1),
+        # CPU time of the whole report (all threads): on a machine shared with other work,
+        # the wall time is longer than cpu_seconds / threads.
+        "cpu_seconds": round(cpu, 1), "load_average": round(os.getloadavg()[0], 1),
+        "planted_leaks": args.leaks,
         "leakage_groups": s["leakage_groups"], "leaked_images": s["leaked_images"],
         "exact_groups": s["exact_groups"], "near_groups": s["near_groups"],
         "issues": s["issues"],

@@ -233,3 +233,37 @@ def test_relabel_makes_a_new_version_and_leaves_the_old_one(
 
     assert client.post("/datasets/nope/relabel",
                        json={"changes": {"0": "drop"}}).status_code == 404
+
+
+def test_a_report_left_running_by_a_dead_process_is_taken_up_again(
+        settings: Settings, tmp_path: Path) -> None:
+    """A restart (a new app on the same database) recomputes a report left 'running' with
+    an old heartbeat, and fails one that was interrupted REPORT_MAX_ATTEMPTS times."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+    from sqlalchemy.orm import Session
+
+    from app.api.app import create_app
+    from app.db.models import Dataset, ReportStatus
+    from app.db.session import make_engine
+
+    src = write_color_dataset(tmp_path / "src", train=2, test=1)
+    with TestClient(create_app(settings)) as client:
+        ids = [upload(client, zip_tree(src)).json()["id"] for _ in range(2)]
+        for i in ids:
+            _ready(client, i)
+    engine = make_engine(settings.db_url)
+    long_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    with Session(engine) as s:  # as a process killed while computing them leaves them
+        s.execute(update(Dataset).values(report_status=ReportStatus.RUNNING,
+                                         report_heartbeat_at=long_ago))
+        s.execute(update(Dataset).where(Dataset.id == ids[1])
+                  .values(report_attempts=settings.report_max_attempts))
+        s.commit()
+    engine.dispose()
+    with TestClient(create_app(settings)) as client:
+        assert _ready(client, ids[0])["status"] == "ready"
+        failed = _ready(client, ids[1])
+        assert failed["status"] == "failed" and "interrupted" in failed["error"]
+        assert client.get(f"/datasets/{ids[1]}").json()["report_status"] == "failed"

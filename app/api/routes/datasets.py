@@ -128,12 +128,13 @@ def dataset_report(session: SessionDep, state: StateDep, dataset_id: str,
     ds = _looked_at(state, datasets.get_live(session, dataset_id))
     if ds.report_status in (ReportStatus.PENDING, ReportStatus.RUNNING):
         response.status_code = status.HTTP_202_ACCEPTED
-        return ReportOut(dataset_id=ds.id, status=ds.report_status.value)
+        return ReportOut(dataset_id=ds.id, status=ds.report_status.value, report=None)
     report = (read_report(state.settings.dataset_dir(ds.id))
               if ds.report_status == ReportStatus.READY else None)
     if ds.report_status == ReportStatus.READY and report is None:
         return ReportOut(dataset_id=ds.id, status="failed",
-                         error="the report's file is missing from the dataset's folder")
+                         error="the report's file is missing from the dataset's folder",
+                         report=None)
     return ReportOut(dataset_id=ds.id, status=ds.report_status.value, error=ds.report_error,
                      report=report)
 
@@ -167,7 +168,7 @@ def relabel_dataset(
     """A new version of the dataset with some images relabelled or dropped; the old one is
     not modified (its jobs keep working). The new version records its parent and the
     changes, and gets its own report."""
-    request = body if isinstance(body, RelabelRequest) else RelabelRequest(changes=body)
+    request = body if isinstance(body, RelabelRequest) else RelabelRequest(changes=body, name=None)
     settings = state.settings
     new_id = datasets.new_id()
     with state.uploads.slot():  # a new dataset's files, as an upload's
