@@ -8,11 +8,13 @@ statistics of a small grey copy (image-level issues). Images are named as everyw
 (:mod:`app.engine.catalogue`: id, split, class and the path in the upload).
 
 Near duplicates: two images whose pHash and dHash differ in at most
-:data:`NEAR_DUPLICATE_BITS` bits together (of 128). Measured on the synthetic photos
-(``tests/test_report.py``, README "Dataset report"): copies that are re-encoded, resized
-and cropped by up to 4 % per side differ by at most 18 bits, distinct photos by at least 26.
-Either hash alone overlaps: copies up to 12 (pHash) or 17 (dHash) bits, distinct photos
-from 7 or 8.
+:data:`NEAR_DUPLICATE_BITS` bits together (of 128) and whose coarse colours are alike
+(:data:`NEAR_COLOUR_DIFF`). Measured on synthetic photos (``bench/hash_separation.py``,
+README "Dataset report"): copies re-encoded, resized and cropped by up to 5 % at each edge
+differ by at most 23 bits (up to 20 for crops of 4 % or less), distinct photos by at least
+29; either hash alone overlaps (copies up to 12 bits, distinct photos from 8 or 12). On
+2,000 photos a few distinct pairs (empty plates, plain tables) come within 20 bits; their
+colours differ by 37 and more, copies' by at most 8.
 
 The report is a JSON file in the dataset's folder (:data:`REPORT_FILE`), written to a temp
 name and renamed; the dataset's images are never modified.
@@ -43,8 +45,12 @@ from app.engine.images import DecodeBudget, decode_budget, open_rgb
 REPORT_FILE = "report.json"
 VERSION = 1
 
-# Near duplicates: pHash + dHash Hamming distance (bits of 128) at most this.
+# Near duplicates: pHash + dHash Hamming distance (bits of 128) at most this, and colours
+# alike: the mean absolute difference of the 4 x 4 grids of mean RGB colours (0..255) at most
+# NEAR_COLOUR_DIFF (the hashes see grey structure only: two empty plates on differently
+# coloured tables can hash alike).
 NEAR_DUPLICATE_BITS = 20
+NEAR_COLOUR_DIFF = 16.0
 # Image-level issues.
 TINY_SIDE = 32  # shorter side under this: upscaled 7x or more by the recipe's 224 crop
 ASPECT_RATIO = 2.0  # long side / short side above this: CenterCrop keeps under half of it
@@ -60,7 +66,8 @@ GRAYSCALE_SPREAD = 3.0
 STATS_SIDE = 256
 
 THRESHOLDS: dict[str, float] = {
-    "near_duplicate_bits": NEAR_DUPLICATE_BITS, "tiny_side": TINY_SIDE,
+    "near_duplicate_bits": NEAR_DUPLICATE_BITS, "near_colour_diff": NEAR_COLOUR_DIFF,
+    "tiny_side": TINY_SIDE,
     "aspect_ratio": ASPECT_RATIO, "uniform_std": UNIFORM_STD, "dark_mean": DARK_MEAN,
     "blurry_laplacian": BLURRY_LAPLACIAN, "grayscale_spread": GRAYSCALE_SPREAD,
 }
@@ -73,6 +80,7 @@ class Features:
     height: int
     digest: bytes  # of the decoded RGB pixels and the size
     hashes: np.ndarray  # two uint64: pHash, dHash
+    colours: np.ndarray  # 4 x 4 x 3 mean colours (float32)
     grey_mean: float
     grey_std: float
     laplacian: float
@@ -100,7 +108,9 @@ def describe(rgb: Image.Image) -> Features:
         laplacian = 0.0
     colour = np.asarray(rgb.resize((32, 32), Image.Resampling.BILINEAR), dtype=np.int16)
     spread = float((colour.max(axis=2) - colour.min(axis=2)).mean())
+    grid = np.asarray(rgb.resize((4, 4), Image.Resampling.BOX), dtype=np.float32)
     return Features(width=rgb.width, height=rgb.height, digest=digest.digest(), hashes=hashes,
+                    colours=grid,
                     grey_mean=float(a.mean()), grey_std=float(a.std()), laplacian=laplacian,
                     spread=spread)
 
@@ -214,6 +224,8 @@ def build_report(root: str | Path, *, threads: int = 2, budget: DecodeBudget | N
         distance: dict[tuple[int, int], int] = {}
         for a, b, d in near_pairs(hashes, NEAR_DUPLICATE_BITS):
             i, j = ok[a], ok[b]
+            if float(np.abs(feats[i].colours - feats[j].colours).mean()) > NEAR_COLOUR_DIFF:
+                continue
             near.join(i, j)
             distance[(i, j)] = d
         for g in near.sets(ok):
