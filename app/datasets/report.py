@@ -64,6 +64,7 @@ BLURRY_LAPLACIAN = 30.0
 # of the dataset is in colour.
 GRAYSCALE_SPREAD = 3.0
 STATS_SIDE = 256
+PROGRESS_EVERY = 100  # images between two progress calls
 
 THRESHOLDS: dict[str, float] = {
     "near_duplicate_bits": NEAR_DUPLICATE_BITS, "near_colour_diff": NEAR_COLOUR_DIFF,
@@ -190,18 +191,23 @@ def build_report(root: str | Path, *, threads: int = 2, budget: DecodeBudget | N
                  max_near_images: int | None = None, dataset_id: str | None = None,
                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """The report of the dataset at ``root`` (a JSON-able dict). ``max_near_images``: above
-    this many images the near-duplicate search (quadratic) is skipped, and said so."""
+    this many images the near-duplicate search (quadratic) is skipped, and said so.
+    ``progress(done, total)`` is called every PROGRESS_EVERY images; what it raises stops
+    the report (images not started yet are not decoded)."""
     started = time.monotonic()
     root = Path(root)
     entries = catalogue(root)
     budget = budget or decode_budget()
-    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="report") as pool:
-        results: list[Features | str] = []
+    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="report")
+    results: list[Features | str] = []
+    try:
         for i, r in enumerate(pool.map(lambda e: _describe_file(root / e.path, budget),
                                        entries)):
             results.append(r)
-            if progress is not None and (i + 1) % 100 == 0:
-                progress(i + 1, len(entries))
+            if progress is not None and (i + 1) % PROGRESS_EVERY == 0:
+                progress(i + 1, len(entries))  # may raise to stop the report
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     ok = [i for i, r in enumerate(results) if not isinstance(r, str)]
     feats: dict[int, Features] = {i: r for i, r in enumerate(results) if not isinstance(r, str)}
     unreadable = [{**entries[i].as_dict(), "error": r}

@@ -6,7 +6,8 @@ report is *claimed* in the database before it runs (pending, or running but sile
 one, and one whose process died is taken up again: at the API's start (every pending or
 silent one) and when a client looks at it (``GET /datasets/{id}`` or its report). After
 ``REPORT_MAX_ATTEMPTS`` starts it is ``failed``, saying so. A running report renews its
-heartbeat every :data:`HEARTBEAT_IMAGES` images.
+heartbeat every ``PROGRESS_EVERY`` images; one in progress when the API stops is put back
+(pending, the attempt not counted), for the next start to take up at once.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ from app.engine.images import decode_budget
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_IMAGES = 100
+
+
+class Stopped(RuntimeError):
+    """The API process is stopping: the report in progress is put back (pending)."""
+
 ERROR_LENGTH = 2000
 
 
@@ -72,6 +77,15 @@ def finish(session: Session, dataset_id: str, *, error: str | None = None) -> No
                     .execution_options(synchronize_session=False))
 
 
+def put_back(session: Session, dataset_id: str) -> None:
+    """An interrupted report (not failed) is pending again, its attempt not counted."""
+    session.execute(update(Dataset).where(Dataset.id == dataset_id,
+                                          Dataset.report_status == ReportStatus.RUNNING)
+                    .values(report_status=ReportStatus.PENDING,
+                            report_attempts=Dataset.report_attempts - 1)
+                    .execution_options(synchronize_session=False))
+
+
 def needs_taking_up(dataset: Dataset, *, stale_seconds: float) -> bool:
     """Whether a client's look at ``dataset`` should (re)queue its report: pending or
     running, and silent for ``stale_seconds`` (a pending one since its creation)."""
@@ -99,12 +113,14 @@ class Reports:
         self._lock = threading.Lock()
         self._queued: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
+        self._stopping = threading.Event()
 
     def submit(self, dataset_id: str) -> None:
         with self._lock:
             if dataset_id in self._queued:
                 return
             if self._pool is None:
+                self._stopping.clear()
                 self._pool = ThreadPoolExecutor(max_workers=self.settings.report_workers,
                                                 thread_name_prefix="report-runner")
             self._queued.add(dataset_id)
@@ -122,7 +138,9 @@ class Reports:
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            # Queued reports stay pending in the database: the next start takes them up.
+            # Queued reports stay pending in the database, the running one is put back
+            # within PROGRESS_EVERY images: the next start takes them up.
+            self._stopping.set()
             pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             self._queued.clear()
@@ -152,6 +170,8 @@ class Reports:
                 return
 
         def alive(_done: int, _total: int) -> None:
+            if self._stopping.is_set():
+                raise Stopped("the API is stopping")
             with self.sessions() as s:
                 heartbeat(s, dataset_id)
                 s.commit()
@@ -165,6 +185,11 @@ class Reports:
                                   progress=alive)
             write_report(root, report)
             log.info("dataset %s: report ready in %.1f s", dataset_id, report["seconds"])
+        except Stopped:
+            with self.sessions() as session:
+                put_back(session, dataset_id)
+                session.commit()
+            return
         except Exception as exc:
             log.warning("dataset %s: report failed: %s", dataset_id, exc)
             # (the dataset's folder named by its id: the error is shown to clients)

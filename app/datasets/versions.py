@@ -49,12 +49,11 @@ def check_changes(entries: tuple[ImageEntry, ...], classes: list[str],
     ids: dict[int, str] = {}
     bad_ids, bad_classes = [], []
     for key, value in changes.items():
-        try:
-            image_id = int(key)
-        except (TypeError, ValueError):
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
             bad_ids.append(repr(key))
             continue
-        if not 0 <= image_id < len(entries):
+        image_id = int(key)
+        if not image_id < len(entries):
             bad_ids.append(str(key))
         elif value != DROP and value not in classes:
             bad_classes.append(f"{key}: {value!r}")
