@@ -267,3 +267,21 @@ def test_a_report_left_running_by_a_dead_process_is_taken_up_again(
         failed = _ready(client, ids[1])
         assert failed["status"] == "failed" and "interrupted" in failed["error"]
         assert client.get(f"/datasets/{ids[1]}").json()["report_status"] == "failed"
+
+
+def test_the_relabel_csv_is_read_or_refused_naming_the_line(tmp_path: Path) -> None:
+    from app.cli.remote import read_changes
+
+    good = tmp_path / "fixes.csv"
+    good.write_text("image_id,new_class\n3, not-hotdog\n\n7,drop\n")
+    assert read_changes(good) == {"3": "not-hotdog", "7": "drop"}
+    headless = tmp_path / "headless.csv"
+    headless.write_text("3,hotdog\n")
+    assert read_changes(headless) == {"3": "hotdog"}
+    for text, words in [("image_id,new_class\n", "no changes"),
+                        ("x,hotdog\n", "line 1"), ("3\n", "line 1"),
+                        ("3,hotdog\n3,drop\n", "given twice")]:
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=words):
+            read_changes(bad)
