@@ -33,6 +33,34 @@ class Dataset(TypedDict):
     warnings: list[str]
     size_bytes: int
     created_at: str
+    report_status: Literal["pending", "running", "ready", "failed"]
+    report_error: str | None
+    parent_id: str | None  # a relabelled version: the dataset it was made from
+    changes: dict[str, str] | None  # and its changes: parent's image id -> class | "drop"
+
+
+class ReportImage(TypedDict):
+    image_id: int  # its id in the dataset (GET /datasets/{id}/images/{image_id})
+    split: str
+    label: str
+    path: str  # its path in the uploaded zip
+
+
+class ReportGroup(TypedDict):
+    kind: Literal["exact", "near"]  # the same decoded pixels, or perceptual hashes close
+    scope: str  # train | val | test, or leakage (images in more than one split)
+    splits: list[str]
+    labels: list[str]
+    label_conflict: bool  # the same photo under two classes
+    images: list[ReportImage]
+
+
+class DatasetReport(TypedDict):
+    dataset_id: str
+    status: Literal["pending", "running", "ready", "failed"]
+    error: str | None
+    # summary, counts, thresholds, groups (ReportGroup), image_issues, unreadable
+    report: dict[str, Any] | None
 
 
 class Progress(TypedDict):
@@ -273,6 +301,40 @@ class Client:
 
     def datasets(self) -> list[Dataset]:
         return cast(list[Dataset], self._json("GET", "/datasets"))
+
+    def dataset(self, dataset_id: str) -> Dataset:
+        return cast(Dataset, self._json("GET", f"/datasets/{dataset_id}"))
+
+    def report(self, dataset_id: str) -> DatasetReport:
+        """The dataset's report (``report`` None while pending or running)."""
+        return cast(DatasetReport, self._json("GET", f"/datasets/{dataset_id}/report"))
+
+    def wait_report(self, dataset_id: str, *, interval: float = 1.0,
+                    timeout: float | None = None) -> DatasetReport:
+        """Poll until the report is ready or failed (TimeoutError after ``timeout`` s)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            out = self.report(dataset_id)
+            if out["status"] in ("ready", "failed"):
+                return out
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"dataset {dataset_id}'s report is still {out['status']} "
+                                   f"after {timeout} s")
+            time.sleep(interval)
+
+    def thumbnail(self, dataset_id: str, image_id: int, *, size: int = 128) -> bytes:
+        """Image ``image_id`` of the dataset as a JPEG fitted in ``size`` x ``size``."""
+        return self.request("GET", f"/datasets/{dataset_id}/images/{image_id}",
+                            params={"size": size}).content
+
+    def relabel(self, dataset_id: str, changes: Mapping[str, str] | Mapping[int, str], *,
+                name: str | None = None) -> Dataset:
+        """A new version of the dataset: ``changes`` maps image ids to a class or
+        ``"drop"``. The old version is not modified."""
+        body: dict[str, Any] = {"changes": {str(k): v for k, v in changes.items()}}
+        if name is not None:
+            body["name"] = name
+        return cast(Dataset, self._json("POST", f"/datasets/{dataset_id}/relabel", json=body))
 
     def submit(self, dataset_id: str, **params: ParamValue) -> Job:
         """Start a job; a parameter left out or ``None`` takes the service's default.

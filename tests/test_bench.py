@@ -110,3 +110,20 @@ def test_the_hostile_load_bench_runs_quick_and_the_server_holds(tmp_path: Path) 
     assert result["health"]["answered"] > 0 and result["slowest_health_ms"] > 0
     assert result["disk_written_mib"] > 0  # its figures are read, whatever they are
     assert result["held"] is True and proc.returncode == 0, result
+
+
+def test_the_dataset_report_benchmarks_run(tmp_path: Path) -> None:
+    """bench/dataset_report.py and bench/hash_separation.py on a few images (the README's
+    figures come from their full runs)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "dataset_report.py"),
+                           "--images", "40", "--leaks", "3", "--data", str(tmp_path / "set")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["images"] == 39 and out["leaked_images"] == out["planted_leaks"] == 3
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "hash_separation.py"),
+                           "--photos", "20", "--copies", "5"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads(proc.stdout)
+    assert {"phash", "dhash", "phash+dhash", "colour_diff"} <= set(table)

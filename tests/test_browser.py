@@ -25,7 +25,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.helpers import Stack, embedded_stack, wait_for
+from tests.helpers import Stack, embedded_stack, wait_for, write_color_dataset
 
 try:
     from selenium import webdriver
@@ -549,6 +549,54 @@ def test_the_page_offers_only_what_the_key_may_do(browser: WebDriver,
     assert_no_script_errors(browser)
 
 
+def test_the_data_panel_shows_leakage_and_makes_a_new_version(
+        browser: WebDriver, service: Stack, tmp_path: Path) -> None:
+    src = write_color_dataset(tmp_path / "leaky", train=4, test=2, seed=3)
+    shutil.copy(src / "test" / "hotdog" / "001.jpg", src / "train" / "hotdog" / "copy.jpg")
+    data = zip_folder(src, tmp_path / "leaky.zip")
+    with data.open("rb") as f:
+        r = httpx.post(f"{service.url}/datasets", files={"file": ("leaky.zip", f)},
+                       data={"name": "leaky"}, timeout=120)
+    assert r.status_code == 201, r.text
+    dataset = r.json()
+
+    open_page(browser, service)
+    select = wait_on_page(browser, "the dataset in the Data panel", lambda d: d.find_elements(
+        By.CSS_SELECTOR, f'#data-dataset option[value="{dataset["id"]}"]')
+        and Select(d.find_element(By.ID, "data-dataset")))
+    select.select_by_value(dataset["id"])
+    summary = wait_on_page(browser, "the report's summary", lambda d: d.find_elements(
+        By.CSS_SELECTOR, f'#data-summary .report-summary[data-dataset="{dataset["id"]}"]'))[0]
+    assert "leakage: 1 val/test image(s)" in summary.text
+    group = browser.find_element(By.CSS_SELECTOR, "#data-leakage .group")
+    assert "same pixels" in group.text
+    assert "train/hotdog/copy.jpg" in group.text and "test/hotdog/001.jpg" in group.text
+    # Both thumbnails load (fetched from /datasets/{id}/images/{image_id}).
+    wait_on_page(browser, "the thumbnails", lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#data-leakage img')]"
+        ".filter((i) => i.complete && i.naturalWidth > 0).length") == 2)
+    assert "No duplicates within a split" in visible_text(browser, "data-duplicates")
+
+    copy_id = next(i["image_id"] for i in httpx.get(
+        f"{service.url}/datasets/{dataset['id']}/report", timeout=10).json()["report"]
+        ["groups"][0]["images"] if i["split"] == "train")
+    browser.find_element(By.CSS_SELECTOR, f'#data-leakage button[data-drop="{copy_id}"]').click()
+    button = browser.find_element(By.ID, "data-relabel")
+    assert button.text == "Make a new version with 1 change" and button.is_enabled()
+    button.click()
+    result = wait_on_page(browser, "the new version", lambda d: visible_text(
+        d, "data-relabel-result"))
+    new = [d for d in httpx.get(f"{service.url}/datasets", timeout=10).json()
+           if d["parent_id"] == dataset["id"]]
+    assert len(new) == 1 and new[0]["changes"] == {str(copy_id): "drop"}
+    assert new[0]["id"] in result
+    # The panel now shows the new version, whose report has no leakage left.
+    wait_on_page(browser, "the new version's report", lambda d: d.find_elements(
+        By.CSS_SELECTOR, f'#data-summary .report-summary[data-dataset="{new[0]["id"]}"]'))
+    assert "No photo is in two splits" in visible_text(browser, "data-leakage")
+    assert_no_script_errors(browser)
+
+
 def test_the_page_needs_nothing_from_elsewhere() -> None:
     """No CDN, font or script from another site: the page works offline (and its CSP,
     ``default-src 'self'``, would block them anyway)."""
@@ -576,4 +624,5 @@ def test_the_page_is_packaged(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     (wheel,) = (tmp_path / "wheel").glob("hotdog-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"app/web/index.html", "app/web/app.js", "app/web/style.css"} <= names
+    assert {"app/web/index.html", "app/web/app.js", "app/web/style.css",
+            "app/web/data.js"} <= names

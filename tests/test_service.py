@@ -372,3 +372,42 @@ def test_the_promotion_gate_history_rollback_and_evaluate_jobs(
     # The worker's evaluation is the engine's (`hotdog evaluate` on the same model and data).
     local = hotdog_json("evaluate", str(ckpt), str(color_dataset))
     assert evaluation["confusion"] == local["confusion"]
+
+
+def test_dataset_report_relabel_and_a_job_on_the_old_version(
+        stack: Stack, color_dataset: Path, tmp_path: Path) -> None:
+    """The report, thumbnails and relabel over HTTP and through the commands; the old
+    version still trains after a relabel."""
+    env = {"HOTDOG_URL": stack.url}
+    with stack.client() as c:
+        ds = c.upload(color_dataset, name="colors")
+        out = c.wait_report(ds["id"], interval=0.2, timeout=120)
+        assert out["status"] == "ready", out
+        assert out["report"] is not None
+        assert out["report"]["summary"]["images"] == sum(
+            n for per in ds["counts"].values() for n in per.values())
+        assert c.dataset(ds["id"])["report_status"] == "ready"
+        thumb = c.thumbnail(ds["id"], 0, size=32)
+        assert thumb[:2] == b"\xff\xd8"  # a JPEG
+        with pytest.raises(ServiceError) as err:
+            c.thumbnail(ds["id"], 10_000)
+        assert err.value.status == 404
+
+        printed = subprocess.run([sys.executable, "-m", "app.cli", "report", ds["id"]],
+                                 capture_output=True, text=True, timeout=120,
+                                 env={**os.environ, **env})
+        assert printed.returncode == 0, printed.stderr
+        assert f"dataset {ds['id']}" in printed.stdout and "leakage:" in printed.stdout
+
+        fixes = tmp_path / "fixes.csv"
+        fixes.write_text("image_id,new_class\n0,not-hotdog\n1,drop\n")
+        new = hotdog_json("relabel", ds["id"], "--from", str(fixes), env=env)
+        assert new["parent_id"] == ds["id"] and new["changes"] == {"0": "not-hotdog",
+                                                                  "1": "drop"}
+        assert new["counts"]["train"] == {"hotdog": 6, "not-hotdog": 9}
+        assert c.wait_report(new["id"], interval=0.2, timeout=120)["status"] == "ready"
+        assert c.dataset(ds["id"])["counts"] == ds["counts"]
+
+        job = c.submit(ds["id"], **TINY, epochs=1)  # the old version still trains
+        job = stack.wait(job["id"], {"succeeded", "failed", "cancelled"})
+        assert job["status"] == "succeeded", job["error"]

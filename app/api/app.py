@@ -19,6 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter, Histogram
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -164,6 +165,17 @@ def _allowed_methods(api: FastAPI) -> Callable[[str], list[str]]:
     return allowed
 
 
+def _recover_reports(state: State) -> None:
+    """Queue the dataset reports that nobody computes (this process's last run stopped)."""
+    try:
+        queued = state.reports.recover()
+    except DBAPIError as exc:  # the database is down: GET takes them up later
+        log.warning("dataset reports not recovered at start: %s", exc)
+        return
+    if queued:
+        log.info("queued %d dataset report(s) left pending or interrupted", queued)
+
+
 def create_app(settings: Settings | None = None, *, check: bool = True) -> FastAPI:
     settings = settings or get_settings()
     ring = KeyRing(settings.key_entries())  # an unusable API_KEYS stops here, naming the entry
@@ -174,6 +186,7 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
         if check:
             await run_in_threadpool(check_schema, state)
         state.sweep_incoming()
+        await run_in_threadpool(_recover_reports, state)
         log.info("hotdog API ready: database %s, broker %s, data dir %s",
                  state.engine.url.render_as_string(hide_password=True),
                  settings.broker.split("@")[-1], settings.data_dir.resolve())

@@ -13,8 +13,10 @@ from app.api.redact import public_message
 from app.api.serving import Overloaded
 from app.core.logs import REQUEST_ID
 from app.datasets.archive import StorageFull
+from app.datasets.report import ImageNotFound
 from app.datasets.service import DatasetBusy, DatasetNotFound
 from app.datasets.uploads import UploadsBusy
+from app.datasets.versions import InvalidChanges
 from app.engine.checkpoint import CheckpointError
 from app.engine.data import DatasetError
 from app.engine.images import DecodeBusy, ImageDecodeError
@@ -34,6 +36,7 @@ class Unprocessable(ValueError):
 # Each domain's errors, by status. The domains raise them; only this table knows HTTP.
 STATUS: list[tuple[type[Exception], int]] = [
     (DatasetNotFound, 404),
+    (ImageNotFound, 404),
     (JobNotFound, 404),
     (ModelNotFound, 404),
     (DatasetBusy, 409),
@@ -48,6 +51,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (CheckpointError, 409),  # a stored checkpoint that cannot serve: the job's state
     (Unprocessable, 422),
     (InvalidParams, 422),
+    (InvalidChanges, 422),  # a relabel naming unknown images/classes, or emptying a class
     (DatasetError, 422),
     (ImageDecodeError, 422),
     (TooManyActiveJobs, 429),

@@ -27,6 +27,36 @@ class DatasetOut(BaseModel):
     warnings: list[str]
     size_bytes: int
     created_at: datetime
+    report_status: Literal["pending", "running", "ready", "failed"] = Field(
+        description="its report (GET /datasets/{id}/report), computed in the background")
+    report_error: str | None = None
+    parent_id: str | None = Field(
+        None, description="the dataset this version was relabelled from")
+    changes: dict[str, str] | None = Field(
+        None, description="a relabelled version's changes: parent's image id -> class or "
+        "\"drop\"")
+
+
+class ReportOut(BaseModel):
+    """A dataset's report. 202 while it is pending or running (``report`` null), 200 once
+    it is ready (or failed: ``error`` says why)."""
+
+    dataset_id: str
+    status: Literal["pending", "running", "ready", "failed"]
+    error: str | None = None
+    report: dict[str, Any] | None = Field(
+        None, description="summary, counts, thresholds, duplicate/leakage groups, image "
+        "issues; every image as {image_id, split, label, path} (path: as uploaded)")
+
+
+class RelabelRequest(BaseModel):
+    """A new version of the dataset with these changes (the old one is never modified)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    changes: dict[str, str] = Field(
+        description="image id -> an existing class, or \"drop\" to leave it out")
+    name: str | None = Field(None, max_length=200)
 
 
 class JobRequest(BaseModel):

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app.api.readiness import PROBE_SECONDS, Readiness
 from app.api.serving import Intake, ModelCache, ServingMetrics
 from app.core.config import Settings
+from app.datasets.reporting import Reports
 from app.datasets.uploads import Uploads
 from app.engine.images import DecodeBudget, set_decode_budget
 from app.jobs.broker import make_celery, send_job
@@ -42,6 +43,8 @@ class State:
     intake: Intake
     decode_pool: ThreadPoolExecutor
     decode_budget: DecodeBudget
+    # dataset reports, computed after the upload's answer on a bounded executor of their own
+    reports: Reports = field(init=False)
     # /ready's: an engine of its own with short timeouts, probed on threads of its own.
     probe_engine: Engine = field(init=False)
     readiness: Readiness = field(init=False)
@@ -50,6 +53,7 @@ class State:
         from app.db.session import make_probe_engine
 
         self.probe_engine = make_probe_engine(self.settings.db_url, PROBE_SECONDS)
+        self.reports = Reports(self.settings, self.session)
         self.readiness = Readiness({"database": self.check_database,
                                     "broker": self.check_broker})
 
@@ -79,6 +83,7 @@ class State:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         self.models.close()
         self.uploads.close()
+        self.reports.close()
         self.readiness.close()
         self.engine.dispose()
         self.probe_engine.dispose()

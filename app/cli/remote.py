@@ -1,6 +1,6 @@
 """A running service, through app.client: ``hotdog upload``, ``submit``, ``watch``,
-``jobs``, ``cancel``, ``classify``, and the models: ``models``, ``activate``, ``rollback``,
-``history``, ``evaluate-model``.
+``jobs``, ``cancel``, ``classify``, the models: ``models``, ``activate``, ``rollback``,
+``history``, ``evaluate-model``, and the data: ``report``, ``relabel``.
 
 ``--url`` (or ``HOTDOG_URL``) says where the service is, default ``http://127.0.0.1:8000``
 (what ``make run`` starts); ``--api-key`` (or ``HOTDOG_API_KEY``) when it needs a key.
@@ -9,14 +9,17 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from app.cli.exit_codes import EXIT_OK, job_exit_code
+from app.cli.exit_codes import EXIT_FAILED, EXIT_OK, job_exit_code
 from app.cli.local import probabilities_text
 from app.cli.options import AddCommand, add_service_options, add_train_options, given
 from app.cli.output import EpochTable, emit_json, progress_bar
-from app.client import JOB_STATUSES, Activation, Client, Dataset, Job
+from app.client import JOB_STATUSES, Activation, Client, Dataset, Job, ReportGroup
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -264,6 +267,89 @@ def cmd_evaluate_model(args: argparse.Namespace) -> int:
     return job_exit_code(job)
 
 
+def _image_text(img: dict[str, Any]) -> str:
+    return f"{img['path']} (#{img['image_id']} {img['split']}/{img['label']})"
+
+
+def _group_text(g: ReportGroup) -> str:
+    how = "same pixels" if g["kind"] == "exact" else "near duplicates"
+    conflict = ", CLASSES DIFFER" if g["label_conflict"] else ""
+    return f"  {g['scope']} ({how}{conflict}): " + " = ".join(
+        _image_text(dict(i)) for i in g["images"])
+
+
+def print_report(dataset_id: str, report: dict[str, Any]) -> None:
+    s = report["summary"]
+    print(f"dataset {dataset_id}: {s['images']} images")
+    for split, per in report["counts"].items():
+        ratio = s["imbalance"].get(split)
+        print(f"  {split}: " + ", ".join(f"{c} {n}" for c, n in per.items())
+              + (f" (imbalance {ratio:g}x)" if ratio is not None else " (a class is empty)"))
+    print(f"leakage: {s['leaked_images']} image(s) of val/test also in another split "
+          f"({s['leakage_groups']} group(s)); same photo under two classes: "
+          f"{s['label_conflicts']}")
+    if report.get("near_duplicates_skipped"):
+        print("  (near duplicates not searched: the dataset has more images than "
+              "REPORT_NEAR_MAX_IMAGES)")
+    groups: list[ReportGroup] = report["groups"]
+    order = {"leakage": 0}
+    for g in sorted(groups, key=lambda g: (order.get(g["scope"], 1), not g["label_conflict"])):
+        print(_group_text(g))
+    issues = {k: v for k, v in s["issues"].items() if v}
+    print("image issues: " + (", ".join(f"{k} {v}" for k, v in issues.items()) or "none"))
+    for item in report["image_issues"]:
+        print(f"  {', '.join(item['issues'])}: {_image_text(item)} "
+              f"{item['width']}x{item['height']}")
+    for item in report["unreadable"]:
+        print(f"  unreadable: {_image_text(item)}: {item['error']}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        out = c.wait_report(args.dataset_id, interval=args.interval, timeout=args.timeout)
+    if args.json:
+        emit_json(out)
+    elif out["report"] is not None:
+        print_report(args.dataset_id, out["report"])
+    else:
+        print(f"dataset {args.dataset_id}: the report {out['status']}: {out['error']}")
+    return EXIT_OK if out["status"] == "ready" else EXIT_FAILED
+
+
+def read_changes(path: Path) -> dict[str, str]:
+    """image_id,new_class rows (a header row is optional; new_class may be ``drop``)."""
+    changes: dict[str, str] = {}
+    with open(path, newline="") as fh:
+        for n, row in enumerate(csv.reader(fh), start=1):
+            cells = [c.strip() for c in row]
+            if not any(cells) or (n == 1 and cells[0].lower() == "image_id"):
+                continue
+            if len(cells) < 2 or not cells[0].isdigit() or not cells[1]:
+                raise ValueError(f"{path}, line {n}: expected image_id,new_class (an image "
+                                 f"id from `hotdog report`, a class or drop); got {row}")
+            if changes.get(cells[0], cells[1]) != cells[1]:
+                raise ValueError(f"{path}, line {n}: image {cells[0]} is given twice, "
+                                 "differently")
+            changes[cells[0]] = cells[1]
+    if not changes:
+        raise ValueError(f"{path}: no changes (rows image_id,new_class)")
+    return changes
+
+
+def cmd_relabel(args: argparse.Namespace) -> int:
+    changes = read_changes(args.changes_csv)
+    with _client(args) as c:
+        ds = c.relabel(args.dataset_id, changes, name=args.name)
+    if args.json:
+        emit_json(ds)
+    else:
+        print(ds["id"])
+        print(f"new version of {args.dataset_id} with {len(ds['changes'] or {})} change(s)")
+        print_dataset(ds)
+        print(f"next: hotdog report {ds['id']}; hotdog submit {ds['id']} --watch")
+    return EXIT_OK
+
+
 def register(command: AddCommand) -> None:
     def client_command(name: str, func: Callable[[argparse.Namespace], int], help: str,
                        epilog: str) -> argparse.ArgumentParser:
@@ -345,3 +431,24 @@ def register(command: AddCommand) -> None:
     p.add_argument("--queue-anyway", action="store_true",
                    help="queue it even when no running worker would take it now")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+
+    p = client_command("report", cmd_report, "a dataset's report: duplicates, train/test "
+                       "leakage, the same photo under two classes, image issues, counts "
+                       "(waits while it is computed)",
+                       "examples:\n  hotdog report DATASET_ID\n"
+                       "  hotdog report DATASET_ID --json\n\n"
+                       "images are named by their path in the upload and their id (#N).\n\n")
+    p.add_argument("dataset_id", metavar="DATASET_ID")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many s")
+
+    p = client_command("relabel", cmd_relabel, "make a new version of a dataset with some "
+                       "images relabelled or dropped (the old one is kept as it is); prints "
+                       "the new dataset's id",
+                       "examples:\n  hotdog relabel DATASET_ID --from fixes.csv\n\n"
+                       "fixes.csv has rows image_id,new_class (ids from `hotdog report`; "
+                       "new_class: a class of the dataset, or drop):\n"
+                       "  image_id,new_class\n  12,not-hotdog\n  40,drop\n\n")
+    p.add_argument("dataset_id", metavar="DATASET_ID")
+    p.add_argument("--from", dest="changes_csv", type=Path, required=True, metavar="CSV")
+    p.add_argument("--name", default=None, help="the new version's name")

@@ -81,6 +81,18 @@ class Settings(BaseSettings):
     # Uploads received and ingested at once (each holds a spooled body and an extraction); one
     # more gets 503 with Retry-After before its body is read.
     max_concurrent_uploads: int = 2
+    # Dataset reports (duplicates, leakage, image issues), computed in the API process after
+    # an upload: reports computed at once, decode threads each, how long a running one may
+    # stay silent before another start takes it up, starts before it is failed, and the
+    # most images whose near duplicates are searched (the search is quadratic; above it,
+    # exact duplicates and image issues only).
+    report_workers: int = 1
+    report_threads: int = 2
+    report_stale_seconds: float = 120.0
+    report_max_attempts: int = 3
+    report_near_max_images: int = 50_000
+    # Relabelled versions: the most changes one request may make.
+    relabel_max_changes: int = 100_000
     # /predict: files per request, bytes per request, and the batcher that pools the images
     # of concurrent requests into one forward pass.
     predict_max_files: int = 64

@@ -72,6 +72,12 @@ def validate(root: Path, *, threads: int | None = None, budget: DecodeBudget | N
     return splits, warnings
 
 
+def layout_warnings(root: Path, splits: ImageFolderSplits) -> list[str]:
+    """The warnings of a stored dataset's layout and counts (image sizes aside: its report
+    lists tiny images)."""
+    return _warnings(root, splits, [])
+
+
 def _warnings(
     root: Path, splits: ImageFolderSplits, sizes: list[tuple[int, int]]
 ) -> list[str]:

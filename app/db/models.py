@@ -50,6 +50,16 @@ class JobKind(str, enum.Enum):
     EVALUATE = "evaluate"
 
 
+class ReportStatus(str, enum.Enum):
+    """Where a dataset's report (duplicates, leakage, image issues) stands: computed in the
+    background after the upload; ``failed`` says why in ``report_error``."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    READY = "ready"
+    FAILED = "failed"
+
+
 class ErrorKind(str, enum.Enum):
     """Why a job ended other than ``succeeded`` (``jobs.error_kind``); ``error`` says more.
 
@@ -112,6 +122,20 @@ class Dataset(Base):
     created_at: Mapped[datetime] = _created()
     # Deleting a dataset removes its files and hides it; the row stays for its jobs' history.
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Its report (report.json in its folder): status, why it failed, when the computation in
+    # progress started (a stale one is taken up again) and how many times it was started.
+    report_status: Mapped[ReportStatus] = mapped_column(
+        Enum(ReportStatus, native_enum=False, length=16, validate_strings=True,
+             values_callable=lambda e: [m.value for m in e]),
+        default=ReportStatus.PENDING, server_default=ReportStatus.PENDING.value)
+    report_error: Mapped[str | None] = mapped_column(Text)
+    report_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    report_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A relabelled version: the dataset it was made from, and the changes (the parent's image
+    # ids: new class or "drop").
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True)
+    changes: Mapped[dict[str, Any] | None]
 
     jobs: Mapped[list[Job]] = relationship(back_populates="dataset")
 

@@ -382,6 +382,7 @@
       }
       if (chosen && state.datasets.has(chosen)) select.value = chosen;
       showError("job-error", null);
+      document.dispatchEvent(new CustomEvent("hotdog:datasets")); // (data.js listens)
     } catch (err) {
       showError("job-error", err);
     }
@@ -794,6 +795,7 @@
     }
     state.chartJobs = state.chartJobs.filter((id) => jobs.some((j) => j.id === id));
     renderJobs();
+    document.dispatchEvent(new CustomEvent("hotdog:jobs"));
     await refreshWorkers();
     await refreshCurves();
   }
@@ -1076,6 +1078,10 @@
       schedulePoll();
     })();
   }
+
+  // What the page's other panels (data.js) use: requests, helpers, the shared state.
+  window.hotdog = { api, el, $, showError, announce, state, short, pct, refreshDatasets,
+    KEY_STORE };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
