@@ -214,6 +214,10 @@
     throw new ApiError("the API key was refused too many times", 401);
   }
 
+  // What the other panels' files (batch.js) use: the API (key handling included) and the
+  // page's ways of showing errors and building elements.
+  window.hotdog = { api, showError, announce, ApiError };
+
   // ---------------------------------------------------------------- small helpers
 
   function el(tag, attrs = {}, ...children) {
@@ -450,6 +454,7 @@
         text: `job ${short(m.id)}: ${m.classes.join(" / ")}${acc}${m.active ? " (active)" : ""}` }));
     }
     if (chosen && state.models.some((m) => m.id === chosen)) select.value = chosen;
+    document.dispatchEvent(new CustomEvent("hotdog:models", { detail: state.models }));
 
     const init = $("job-init");
     const initChosen = init.value;
@@ -655,6 +660,10 @@
       return job.status === "running" ? `evaluating on the test split, ${pct(p.fraction)}`
         : job.status === "succeeded" ? "evaluated" : job.status;
     }
+    if (job.kind === "predict") {
+      return job.status === "running" ? `classifying photos, ${pct(p.fraction)}`
+        : job.status === "succeeded" ? `classified ${job.params.photos} photos` : job.status;
+    }
     let text = `epoch ${p.epoch} of ${p.epochs}`;
     if (job.status === "running" && p.eta_seconds !== null && p.eta_seconds !== undefined) {
       text += `, about ${duration(p.eta_seconds)} left`;
@@ -697,11 +706,12 @@
     const active = state.models.length && state.models[0].active && state.models[0].id === job.id;
     r.tr.dataset.status = job.status;
     r.tick.checked = state.chartJobs.includes(job.id);
-    r.dataset.textContent = datasetName(job.dataset_id);
+    r.dataset.textContent = job.dataset_id ? datasetName(job.dataset_id) : "uploaded photos";
     const lr = job.params.lr === undefined ? "" : `, lr ${job.params.lr}`;
     const size = job.params.image_size ? `, ${job.params.image_size} px` : "";
     r.init.textContent = job.kind === "evaluate" ? `evaluates job ${short(job.model_id)}`
-      : `${initText(job.params.init)}${lr}${size}`;
+      : job.kind === "predict" ? `classifies with job ${short(job.model_id)}`
+        : `${initText(job.params.init)}${lr}${size}`;
     const badge = el("span", { class: `badge status-${job.status}`, text: job.status });
     const parts = [badge];
     if (job.cancel_requested && ACTIVE.has(job.status)) {
@@ -722,7 +732,7 @@
     }
     if (job.note) r.acc.append(el("p", { class: "hint", text: job.note }));
     r.cancelButton.hidden = !ACTIVE.has(job.status) || job.cancel_requested;
-    r.activateButton.hidden = job.status !== "succeeded" || job.kind === "evaluate" || active;
+    r.activateButton.hidden = job.status !== "succeeded" || job.kind !== "train" || active;
     r.activeMark.hidden = !active;
   }
 
@@ -766,7 +776,7 @@
     state.jobs = jobs;
     const succeeded = jobs.some((j) => j.status === "succeeded" && before.get(j.id) !== "succeeded"
       && before.size);
-    const unknownDataset = jobs.some((j) => !state.datasets.has(j.dataset_id));
+    const unknownDataset = jobs.some((j) => j.dataset_id && !state.datasets.has(j.dataset_id));
     if (unknownDataset) await refreshDatasets();
     if (succeeded) await refreshModels();
     if (state.firstLoad) {

@@ -4,6 +4,7 @@ time; the results are streamed back as CSV or JSON lines once the job has succee
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,13 +207,18 @@ def prediction_results(
     format: Annotated[Literal["csv", "jsonl"], Query(
         description="csv: filename, label, p_<class>..., error; jsonl: one JSON object "
         "per photo ({filename, label, probabilities, error})")] = "csv",
+    limit: Annotated[int | None, Query(ge=1, le=MAX_OFFSET,
+                                       description="only the first rows (a preview)")] = None,
 ) -> StreamingResponse:
     """The results of a succeeded job, streamed (409 until then)."""
     job = predictions.get_prediction(session, job_id)
     path = predictions.results_file(job, settings.job_dir(job_id))
     body: Iterator[str] | Iterator[bytes]
     if format == "csv":
-        body = _joined(csv_lines(read_rows(path), predictions.classes_of(session, job)))
+        rows = itertools.islice(read_rows(path), limit)
+        body = _joined(csv_lines(rows, predictions.classes_of(session, job)))
+    elif limit is not None:
+        body = _joined(itertools.islice(_lines(path), limit))
     else:
         body = _chunks(path)
     return StreamingResponse(body, media_type=MEDIA[format], headers={
@@ -232,6 +238,11 @@ def _joined(lines: Iterator[str], size: int = 1 << 16) -> Iterator[str]:
             piece, length = [], 0
     if piece:
         yield "".join(piece)
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as fh:
+        yield from fh
 
 
 def _chunks(path: Path) -> Iterator[bytes]:
