@@ -104,6 +104,8 @@ def test_a_zip_of_photos_is_classified_as_predict_classifies_each(
     summary = job["summary"]
     assert (summary["photos"], summary["predicted"], summary["failed"]) == (10, 9, 1)
     assert sum(summary["labels"].values()) == 9
+    # Its uploaded photos are gone once it has ended; its results stay.
+    assert not (settings.job_dir(job["id"]) / "photos").exists()
     as_job = client.get(f"/jobs/{job['id']}").json()  # a job like the others
     assert as_job["kind"] == "predict" and as_job["dataset_id"] is None
     assert "1 of 10 photos did not decode" in as_job["note"]
@@ -161,6 +163,7 @@ def test_a_batch_job_is_cancelled_queued_or_running(
     r = client.post(f"/predictions/{queued['id']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     assert client.post(f"/predictions/{queued['id']}/cancel").status_code == 409
+    assert not settings.job_dir(queued["id"]).joinpath("photos").exists()
 
     # Running: its process waits (after it has started) until the flag file exists.
     flag = tmp_path / "go"
@@ -209,6 +212,8 @@ def test_bad_zips_and_requests_are_refused_naming_the_problem(
         ({"json": {"dataset_id": model["dataset"], "split": "val"}}, 422, "no 'val' split"),
         ({"json": {"dataset_id": model["dataset"], "split": "holdout"}}, 422, "split"),
         ({"content": b"photos", "headers": {"content-type": "text/plain"}}, 422, "multipart"),
+        ({"content": b" " * (2 << 20), "headers": {"content-type": "application/json"}}, 413,
+         "at most"),
     ]
     for kwargs, code, words in cases:
         r = client.post("/predictions", **kwargs)  # type: ignore[arg-type]

@@ -174,7 +174,7 @@ def _predict_spec(s: Session, settings: Settings, job: Job) -> dict[str, Any]:
     where its results go."""
     job_dir = settings.job_dir(job.id)
     from_dataset = job.dataset_id is not None
-    return {"model": _checkpoint_of(s, job.model_id or ""),
+    return {"model": _checkpoint_of(s, job.model_id or ""), "job_dir": str(job_dir),
             "photos": str(settings.dataset_dir(job.dataset_id) if job.dataset_id is not None
                           else predictions.photos_dir(job_dir)),
             "split": job.params.get("split", "test") if from_dataset else None,
@@ -280,7 +280,10 @@ def _record_outcome(engine: Engine, claim: Claim, outcome: ev.Outcome | None,
                 finish_job(s, job_id, worker=name, status=JobStatus.FAILED, error=outcome.text,
                            error_kind=outcome.kind)
                 s.commit()
-        return get_job(s, job_id).status.value
+        status = get_job(s, job_id).status
+        if claim.predict is not None and status.is_terminal:
+            predictions.remove_uploaded_photos(Path(claim.predict["job_dir"]))
+        return status.value
 
 
 def _checkpoint_of(s: Session, source_id: str) -> str:

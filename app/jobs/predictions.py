@@ -75,6 +75,11 @@ def store_upload(source: BinaryIO, job_dir: Path, limits: Limits) -> tuple[int, 
     return len(photos), others
 
 
+def remove_uploaded_photos(job_dir: Path) -> None:
+    """A predict job that has ended needs its uploaded photos no more (its results stay)."""
+    shutil.rmtree(photos_dir(job_dir), ignore_errors=True)
+
+
 def _model(session: Session, model_id: str) -> Job:
     model = get_job(session, model_id)
     if model.kind is not JobKind.TRAIN:

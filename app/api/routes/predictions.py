@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
@@ -45,6 +45,7 @@ router = APIRouter(prefix="/predictions", tags=["predictions"], dependencies=GUA
 
 MEDIA = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 TRUE = ("1", "true", "yes", "on")
+JSON_BODY_LIMIT = 1 << 20  # as every other JSON body (app.api.app)
 
 
 def prediction_out(job: Job, settings: Settings, waiting_for: str | None = None
@@ -156,8 +157,14 @@ async def submit_predictions(request: Request, state: StateDep) -> PredictionJob
     if kind == "multipart/form-data":
         return await _upload(request, state)
     if kind == "application/json":
+        raw = bytearray()
+        async for chunk in request.stream():  # this route's body limit is an upload's
+            raw += chunk
+            if len(raw) > JSON_BODY_LIMIT:
+                raise HTTPException(413, "a JSON body of POST /predictions is at most "
+                                    f"{JSON_BODY_LIMIT} bytes")
         try:
-            body = PredictionsFromDataset.model_validate_json(await request.body())
+            body = PredictionsFromDataset.model_validate_json(bytes(raw))
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from None
         return await run_in_threadpool(_from_dataset, state, body)
@@ -191,7 +198,11 @@ def cancel_prediction(session: SessionDep, settings: SettingsDep, job_id: str
     """A queued job ends ``cancelled`` at once; a running one stops before its next batch of
     photos. 409 for a job that has ended."""
     predictions.get_prediction(session, job_id)
-    return prediction_out(jobs.request_cancel(session, job_id), settings)
+    job = jobs.request_cancel(session, job_id)
+    if job.status is JobStatus.CANCELLED:  # it was queued: no worker will read its photos
+        session.commit()
+        predictions.remove_uploaded_photos(settings.job_dir(job_id))
+    return prediction_out(job, settings)
 
 
 RESULTS_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {
