@@ -85,9 +85,10 @@ class EpochRecord(TypedDict):
 
 class Job(TypedDict):
     id: str
-    kind: Literal["train", "evaluate"]  # evaluate: scores the model ``model_id``
+    # evaluate: scores the model ``model_id``; predict: classifies photos with it
+    kind: Literal["train", "evaluate", "predict"]
     model_id: str | None
-    dataset_id: str
+    dataset_id: str | None  # None: a predict job of uploaded photos
     status: JobStatus
     params: dict[str, Any]
     progress: Progress
@@ -201,6 +202,44 @@ class Predictions(TypedDict):
     calibrated: bool  # probabilities = softmax(logits / temperature), fitted on validation
     temperature: float  # 1 when not calibrated
     predictions: list[Prediction]
+
+
+class BatchSummary(TypedDict):
+    photos: int
+    predicted: int
+    failed: int  # photos that did not decode (their row has the error)
+    labels: dict[str, int]
+    runtime: str | None
+    device: str | None
+    seconds: float | None  # the worker's time for the whole job
+
+
+class PredictionJob(TypedDict):
+    """A batch prediction job (POST /predictions)."""
+
+    id: str
+    status: JobStatus
+    model_id: str
+    source: Literal["upload", "dataset"]
+    dataset_id: str | None
+    split: str | None
+    photos: int
+    done: int  # photos classified so far
+    fraction: float
+    ignored: int  # files of the zip that are not images by their name
+    summary: BatchSummary | None  # once it succeeded
+    results: str | None  # the path of its results, once it succeeded
+    attempt: int
+    cancel_requested: bool
+    error: str | None
+    error_kind: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    waiting_for: str | None
+
+
+ResultsFormat = Literal["csv", "jsonl"]
 
 
 class ServiceError(RuntimeError):
@@ -435,6 +474,73 @@ class Client:
         return cast(Predictions, self._json("POST", "/predict", files=files,
                                             data={"model": model} if model else {}))
 
+    def predict_files(self, files: Sequence[tuple[str, bytes]], *, model: str | None = None
+                      ) -> Predictions:
+        """/predict on photos given as (filename, bytes): one request."""
+        parts = [("file", (name, data, "application/octet-stream")) for name, data in files]
+        return cast(Predictions, self._json("POST", "/predict", files=parts,
+                                            data={"model": model} if model else {}))
+
+    def submit_predictions(self, source: str | Path, *, model: str | None = None,
+                           queue_anyway: bool = False,
+                           progress: Callable[[int, int], None] | None = None
+                           ) -> PredictionJob:
+        """A batch prediction job for a zip of photos, or a folder (its photos zipped on the
+        fly, by their paths in it). The zip is streamed; ``progress(bytes_sent, total)``."""
+        source = Path(source)
+        with tempfile.TemporaryDirectory(prefix="hotdog-photos-") as tmp:
+            archive = (zip_photos(source, Path(tmp) / "photos.zip") if source.is_dir()
+                       else source)
+            form: dict[str, str] = {"model": model} if model else {}
+            if queue_anyway:
+                form["queue_anyway"] = "true"
+            with open(archive, "rb") as fh:
+                body = _ReadProgress(fh, progress) if progress is not None else fh
+                return cast(PredictionJob, self._json(
+                    "POST", "/predictions", data=form,
+                    files={"file": (archive.name, body, "application/zip")}))
+
+    def submit_dataset_predictions(self, dataset_id: str, *, split: str = "test",
+                                   model: str | None = None, queue_anyway: bool = False
+                                   ) -> PredictionJob:
+        """A batch prediction job for one split of a stored dataset."""
+        body: dict[str, Any] = {"dataset_id": dataset_id, "split": split}
+        if model:
+            body["model"] = model
+        if queue_anyway:
+            body["queue_anyway"] = True
+        return cast(PredictionJob, self._json("POST", "/predictions", json=body))
+
+    def prediction(self, job_id: str) -> PredictionJob:
+        return cast(PredictionJob, self._json("GET", f"/predictions/{job_id}"))
+
+    def predictions(self) -> list[PredictionJob]:
+        """The batch prediction jobs, newest first."""
+        return cast(list[PredictionJob], self._json("GET", "/predictions"))
+
+    def cancel_prediction(self, job_id: str) -> PredictionJob:
+        return cast(PredictionJob, self._json("POST", f"/predictions/{job_id}/cancel"))
+
+    @contextmanager
+    def prediction_results(self, job_id: str, fmt: ResultsFormat = "csv"
+                           ) -> Iterator[Iterator[bytes]]:
+        """The results of a succeeded batch job as they stream in (ServiceError 409 until
+        it has succeeded)."""
+        with self._stream(f"/predictions/{job_id}/results", {"format": fmt}) as r:
+            yield r.iter_bytes()
+
+    def watch_prediction(self, job_id: str, *, interval: float = 1.0,
+                         on_update: Callable[[PredictionJob], None] | None = None
+                         ) -> PredictionJob:
+        """Poll until the batch job ends; returns its final state."""
+        while True:
+            job = self.prediction(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["status"] in TERMINAL:
+                return job
+            time.sleep(interval)
+
     def watch(self, job_id: str, *, interval: float = 1.0,
               on_update: Callable[[Job], None] | None = None) -> Job:
         """Poll until the job ends; returns its final state."""
@@ -445,6 +551,19 @@ class Client:
             if job["status"] in TERMINAL:
                 return job
             time.sleep(interval)
+
+
+def zip_photos(folder: Path, out: Path) -> Path:
+    """The photos under ``folder`` (any layout), stored by their paths in it."""
+    import zipfile
+
+    from app.engine.batch import photos_in
+
+    photos, _ = photos_in(folder)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:  # photos do not deflate
+        for photo in photos:
+            zf.write(photo.path, photo.name)
+    return out
 
 
 class _ReadProgress:

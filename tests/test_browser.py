@@ -274,6 +274,53 @@ def test_a_photo_shows_its_label_and_probabilities(browser: WebDriver, service: 
     assert_no_script_errors(browser)
 
 
+def test_a_zip_of_photos_becomes_a_batch_job_and_a_csv(browser: WebDriver, service: Stack,
+                                                       trained: dict, color_dataset: Path,
+                                                       tmp_path: Path) -> None:
+    photos = tmp_path / "photos.zip"
+    with zipfile.ZipFile(photos, "w") as zf:
+        for i, photo in enumerate(sorted((color_dataset / "test").rglob("*.jpg"))[:4]):
+            zf.write(photo, f"lunch/{i}-{photo.name}")
+        zf.writestr("broken.jpg", b"not a photo")
+    open_page(browser, service)
+    job_id = trained["job"]["id"]
+    wait_on_page(browser, "the model in the batch panel", lambda d: d.find_elements(
+        By.CSS_SELECTOR, f'#batch-model option[value="{job_id}"]'))
+    Select(browser.find_element(By.ID, "batch-model")).select_by_value(job_id)
+    browser.find_element(By.ID, "batch-file").send_keys(str(photos))
+    browser.find_element(By.ID, "batch-submit").click()
+    panel = wait_on_page(browser, "the batch job", lambda d: (
+        d.find_element(By.ID, "batch-job") if d.find_element(By.ID, "batch-job").is_displayed()
+        else None))
+    batch_id = panel.get_attribute("data-job")
+    wait_on_page(browser, "the batch job to succeed", lambda d: d.find_element(
+        By.ID, "batch-job").get_attribute("data-status") == "succeeded", timeout=300)
+    assert "5 of 5 photos" in visible_text(browser, "batch-count")
+    assert "4 classified" in visible_text(browser, "batch-summary")
+    assert "1 did not decode" in visible_text(browser, "batch-summary")
+    assert browser.find_element(By.ID, "batch-progress").get_attribute("value") == "1"
+    # The preview: a row per photo, the broken one with its error.
+    rows = wait_on_page(browser, "the preview", lambda d: d.find_elements(
+        By.CSS_SELECTOR, "#batch-preview tbody tr"))
+    assert rows[0].get_attribute("data-file") == "broken.jpg"
+    assert "broken.jpg" in rows[0].text and len(rows) == 5
+    # The link downloads the job's CSV.
+    link = browser.find_element(By.ID, "batch-download")
+    assert link.is_displayed() and link.get_attribute("download")
+    csv_text = httpx.get(link.get_attribute("href"), timeout=30).text
+    assert csv_text.splitlines()[0].startswith("filename,label,p_")
+    assert len(csv_text.splitlines()) == 6
+    labels = {r.get_attribute("data-file"): r.find_element(By.CSS_SELECTOR, "td.label").text
+              for r in rows[1:]}
+    for line in csv_text.splitlines()[2:]:
+        name, label = line.split(",")[:2]
+        assert labels[name] == label
+    # The job is in the jobs list as well.
+    wait_on_page(browser, "the batch job in the jobs list",
+                 lambda d: row_status(d, batch_id) == "succeeded")
+    assert_no_script_errors(browser)
+
+
 def test_a_job_s_curves_gain_points_while_it_trains(browser: WebDriver, service: Stack,
                                                     trained: dict, tmp_path: Path) -> None:
     open_page(browser, service)

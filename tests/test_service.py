@@ -3,6 +3,8 @@ process, on Postgres + Redis and on the embedded default (SQLite + file-system b
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -411,3 +413,55 @@ def test_dataset_report_relabel_and_a_job_on_the_old_version(
         job = c.submit(ds["id"], **TINY, epochs=1)  # the old version still trains
         job = stack.wait(job["id"], {"succeeded", "failed", "cancelled"})
         assert job["status"] == "succeeded", job["error"]
+def _classify_rows(*args: str, env: dict[str, str]) -> list[dict[str, str]]:
+    """``hotdog classify`` of a folder: its CSV rows."""
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "classify", *args],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return list(csv.DictReader(io.StringIO(proc.stdout)))
+
+
+def test_a_batch_prediction_job_equals_predict_and_classify_splits_a_folder(
+        stack: Stack, color_dataset: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    for i, photo in enumerate(sorted((color_dataset / "test").rglob("*.jpg"))):
+        target = folder / ("lunch" if i % 2 else "dinner/late") / f"{photo.parent.name}-{i}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(photo.read_bytes())
+    (folder / "broken.jpg").write_bytes(photo.read_bytes()[:100])
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+    with stack.client() as c:
+        ds = c.upload(color_dataset)["id"]
+        model = stack.wait(c.submit(ds, **TINY, epochs=1)["id"], {"succeeded", "failed"})
+        assert model["status"] == "succeeded", model["error"]
+        job = c.submit_predictions(folder, model=model["id"])  # zipped on the fly
+        assert (job["photos"], job["model_id"]) == (9, model["id"])
+        job = c.watch_prediction(job["id"], interval=0.2)
+        assert job["status"] == "succeeded", job
+        assert job["summary"] is not None and job["summary"]["failed"] == 1
+        with c.prediction_results(job["id"], "jsonl") as chunks:
+            rows = [json.loads(line) for line in b"".join(chunks).decode().splitlines()]
+        assert [r["filename"] for r in rows] == names
+        good = [r for r in rows if not r["error"]]
+        answers = c.predict([folder / r["filename"] for r in good], model=model["id"])
+        for row, answer in zip(good, answers["predictions"], strict=True):
+            assert row["label"] == answer["label"]
+            assert row["probabilities"] == pytest.approx(answer["probabilities"], abs=1e-5)
+    env = {"HOTDOG_URL": stack.url}
+    assert hotdog_json("prediction", job["id"], env=env)["summary"]["predicted"] == 8
+    # The command line: in /predict requests of 3 photos, or as one batch job: the same rows.
+    common = ("--model", model["id"])
+    in_requests = _classify_rows(str(folder), *common, "--per-request", "3", env=env)
+    as_job = _classify_rows(str(folder), *common, "--batch-over", "2", "--interval", "0.2",
+                            env=env)
+    for rows_out in (in_requests, as_job):
+        assert [r["filename"] for r in rows_out] == names
+        for line, row in zip(rows_out, rows, strict=True):
+            assert line["label"] == (row["label"] or "")
+            assert bool(line["error"]) == bool(row["error"])
+            if row["probabilities"]:
+                assert float(line["p_hotdog"]) == pytest.approx(
+                    row["probabilities"]["hotdog"], abs=1e-5)
+    listed = hotdog_json("predictions", env=env)["predictions"]
+    assert len(listed) == 2 and job["id"] in [j["id"] for j in listed]

@@ -44,7 +44,10 @@ from app.engine import (
     fit,
     load_image_folder,
 )
+from app.engine.batch import Progress as BatchRunProgress
+from app.engine.batch import ResultsWriter, dataset_photos, photos_in, predict_photos
 from app.engine.export import export_for_job
+from app.engine.predict import choose_runtime
 from worker import protocol as ev
 
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
@@ -76,7 +79,8 @@ PROGRESS_INTERVAL = 1.0  # seconds between progress events
 # SIGKILL right after epoch N's checkpoint is written (where a kill is most likely to lose
 # an epoch); "hang-after-checkpoint:N": hang there, deaf to SIGTERM; "wait-after-training:
 # PATH": after the last epoch, before the export, wait until the file PATH exists;
-# "wait-before-evaluation:PATH": an evaluate job's, after Start, until PATH exists.
+# "wait-before-evaluation:PATH": an evaluate job's, after Start, until PATH exists;
+# "wait-before-predictions:PATH": a predict job's, likewise.
 FAULT_ENV = "HOTDOG_TEST_FAULT"
 
 
@@ -172,6 +176,8 @@ def run(spec: dict[str, Any]) -> int:
     export_onnx (default true); with ``evaluate`` (a model file), :func:`evaluate` instead."""
     if spec.get("evaluate"):
         return evaluate(spec)
+    if spec.get("predict"):
+        return predict(spec)
     reporter = listening_reporter()
     resume = spec.get("resume_from")
     try:
@@ -240,6 +246,71 @@ def evaluate(spec: dict[str, Any]) -> int:
                  evaluation=evaluation.to_dict(), exports={}, selected_epoch=None,
                  note=None))
     return EXIT_OK
+
+
+def predict(spec: dict[str, Any]) -> int:
+    """A predict job: every photo of ``spec["predict"]["photos"]`` (a folder of uploaded
+    photos, or with ``split`` a stored dataset's split) classified by the model
+    ``spec["predict"]["model"]`` in batches, its results written to ``results`` (JSON
+    lines, renamed into place when complete) and counted in ``summary``. It says ``Start``
+    (one epoch: ``test_count`` photos), ``Progress`` (fraction: photos done / total), then
+    ``Done`` (no evaluation, no exports; ``note``: how many photos did not decode); cancel
+    (before any batch) and errors as in training."""
+    reporter = listening_reporter()
+    job = spec["predict"]
+    config = TrainConfig.from_dict(spec["config"])
+    started = time.monotonic()
+    try:
+        model = Path(job["model"])
+        onnx_file = model.with_suffix(".onnx")
+        runtime = choose_runtime(job["runtime"], onnx_file=onnx_file, device=config.device,
+                                 precision=config.precision)
+        predictor = Predictor(model, device=config.device, precision=config.precision,
+                              runtime=runtime,
+                              onnx_file=onnx_file if runtime == "onnx" else None)
+        root = Path(job["photos"])
+        photos = dataset_photos(root, job["split"]) if job.get("split") else photos_in(root)[0]
+        batch_size = int(job["batch_size"])
+        emit(ev.Start(classes=predictor.classes, train_count=0, test_count=len(photos),
+                      device=str(predictor.plan.device), precision=predictor.precision,
+                      start_epoch=0, epochs=1, world_size=1,
+                      batches_per_epoch=-(-len(photos) // batch_size), val_count=0))
+        act_out_fault("before-predictions")
+        last = [time.monotonic()]
+
+        def on_batch(progress: BatchRunProgress) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_INTERVAL and progress.done < progress.total:
+                last[0] = now
+                emit(ev.Progress(epoch=1, fraction=progress.done / progress.total))
+
+        counts = BatchRunProgress(total=len(photos))
+        with ResultsWriter(Path(job["results"])) as out:
+            out.write(predict_photos(predictor, photos, batch_size=batch_size,
+                                     should_stop=reporter.should_stop, on_batch=on_batch,
+                                     progress=counts))
+            seconds = time.monotonic() - started
+            _write_json(Path(job["summary"]), {
+                "photos": counts.total, "predicted": counts.total - counts.failed,
+                "failed": counts.failed, "labels": counts.labels, "runtime": runtime,
+                "device": str(predictor.plan.device), "seconds": round(seconds, 3)})
+            out.commit()
+    except TrainingCancelled:
+        emit(ev.Cancelled())
+        return EXIT_CANCELLED
+    except (ValueError, RuntimeError, MemoryError) as exc:
+        return _failed(exc, spec)
+    note = (f"{counts.failed} of {counts.total} photos did not decode (see the error column "
+            "of the results)" if counts.failed else None)
+    emit(ev.Done(checkpoint=str(model), test_acc=0.0, evaluation={}, exports={},
+                 selected_epoch=None, note=note))
+    return EXIT_OK
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 def _die_with_launcher() -> None:

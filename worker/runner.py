@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from app.core.logs import job_env
 from app.engine import TrainConfig
@@ -105,6 +106,9 @@ class TrainingProcess:
     epoch_checkpoint: Path
     export_onnx: bool = True
     evaluate: Path | None = None
+    # A predict job (worker.child's predict()): model, photos, split, results, summary,
+    # runtime, batch_size.
+    predict: dict[str, Any] | None = None
     env: dict[str, str] = field(default_factory=dict)
     # More than one: ``torchrun`` starts this many training processes (DDP, one per GPU, or
     # gloo on CPU); rank 0 reports on the shared stdout. See :func:`training_processes`.
@@ -120,6 +124,7 @@ class TrainingProcess:
             "resume_from": str(self.epoch_checkpoint), "config": self.config.to_dict(),
             "export_onnx": self.export_onnx,
             **({"evaluate": str(self.evaluate)} if self.evaluate is not None else {}),
+            **({"predict": self.predict} if self.predict is not None else {}),
         }
         self.out.parent.mkdir(parents=True, exist_ok=True)
         # One attempt of a job runs at a time (the claim is atomic), so a spec already here

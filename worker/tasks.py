@@ -24,6 +24,7 @@ from app.core.logs import job_context
 from app.db.models import ErrorKind, Job, JobKind, JobStatus
 from app.db.session import make_engine
 from app.engine import TrainConfig
+from app.jobs import predictions
 from app.jobs.broker import celery_app
 from app.jobs.queues import queue_for
 from app.jobs.service import (
@@ -124,6 +125,9 @@ class Claim:
     processes: int  # training processes (see worker.runner.training_processes)
     started_at: datetime  # the job's first start: MAX_JOB_SECONDS counts from it
     evaluate: str | None = None  # an evaluate job: the model file it scores
+    # A predict job: what worker.child's predict() needs (model, photos, results; see
+    # _predict_spec).
+    predict: dict[str, Any] | None = None
 
 
 def _claim(engine: Engine, settings: Settings, job_id: str, name: str) -> Claim | str:
@@ -137,9 +141,15 @@ def _claim(engine: Engine, settings: Settings, job_id: str, name: str) -> Claim 
             log.info("job %s not claimed (status %s)", job_id, status)
             return status
         config = TrainConfig.from_dict(job.params)
+        if job.kind is JobKind.PREDICT:  # one process classifies the photos, on any worker
+            spec = _predict_spec(s, settings, job)
+            return Claim(job_id=job_id, worker=name, attempt=job.attempt, config=config,
+                         dataset_dir=Path(spec["photos"]), processes=1,
+                         started_at=job.started_at or utcnow(), predict=spec)
+        dataset_dir = settings.dataset_dir(job.dataset_id or "")
         if job.kind is JobKind.EVALUATE:  # one process scores the model, on any worker
             return Claim(job_id=job_id, worker=name, attempt=job.attempt, config=config,
-                         dataset_dir=settings.dataset_dir(job.dataset_id), processes=1,
+                         dataset_dir=dataset_dir, processes=1,
                          started_at=job.started_at or utcnow(),
                          evaluate=_checkpoint_of(s, job.model_id or ""))
         source_id = source_job_id(config.init)
@@ -155,19 +165,36 @@ def _claim(engine: Engine, settings: Settings, job_id: str, name: str) -> Claim 
             log.warning("job %s failed: %s", job_id, exc)
             return get_job(s, job_id).status.value
         return Claim(job_id=job_id, worker=name, attempt=job.attempt, config=config,
-                     dataset_dir=settings.dataset_dir(job.dataset_id), processes=processes,
+                     dataset_dir=dataset_dir, processes=processes,
                      started_at=job.started_at or utcnow())
+
+
+def _predict_spec(s: Session, settings: Settings, job: Job) -> dict[str, Any]:
+    """A predict job's model file, photos (its own folder's, or a split of its dataset) and
+    where its results go."""
+    job_dir = settings.job_dir(job.id)
+    from_dataset = job.dataset_id is not None
+    return {"model": _checkpoint_of(s, job.model_id or ""), "job_dir": str(job_dir),
+            "photos": str(settings.dataset_dir(job.dataset_id) if job.dataset_id is not None
+                          else predictions.photos_dir(job_dir)),
+            "split": job.params.get("split", "test") if from_dataset else None,
+            "results": str(predictions.results_path(job_dir)),
+            "summary": str(predictions.summary_path(job_dir)),
+            "runtime": str(job.params.get("runtime") or settings.predict_runtime),
+            "batch_size": int(job.params.get("batch_size") or settings.batch_predict_size)}
 
 
 def _launch(settings: Settings, claim: Claim) -> TrainingProcess:
     job_dir = settings.job_dir(claim.job_id)
+    doing = (f"evaluating {claim.evaluate}" if claim.evaluate else
+             "predicting" if claim.predict else "training")
     log.info("job %s attempt %d: %s on %s in %d process(es)", claim.job_id, claim.attempt,
-             f"evaluating {claim.evaluate}" if claim.evaluate else "training",
-             claim.dataset_dir, claim.processes)
+             doing, claim.dataset_dir, claim.processes)
     return TrainingProcess(data_dir=claim.dataset_dir, config=claim.config,
                            out=job_dir / "model.pt", epoch_checkpoint=job_dir / "last.pt",
                            export_onnx=settings.export_onnx, processes=claim.processes,
-                           evaluate=Path(claim.evaluate) if claim.evaluate else None).start()
+                           evaluate=Path(claim.evaluate) if claim.evaluate else None,
+                           predict=claim.predict).start()
 
 
 def _consume_events(engine: Engine, settings: Settings, claim: Claim,
@@ -234,11 +261,13 @@ def _record_outcome(engine: Engine, claim: Claim, outcome: ev.Outcome | None,
             case ev.Done():
                 # A cancel recorded while it evaluated or exported wins (finish_job refuses
                 # to mark a job with a cancel request succeeded).
-                # An evaluate job's result is its evaluation: the model file is not its own.
-                checkpoint = None if claim.evaluate else outcome.checkpoint
+                # An evaluate job's result is its evaluation, a predict job's its results
+                # file: the model file is not their own.
+                checkpoint = None if claim.evaluate or claim.predict else outcome.checkpoint
                 if not finish_job(s, job_id, worker=name, status=JobStatus.SUCCEEDED,
                                   checkpoint_path=checkpoint,
-                                  evaluation=outcome.evaluation, exports=outcome.exports,
+                                  evaluation=None if claim.predict else outcome.evaluation,
+                                  exports=outcome.exports,
                                   selected_epoch=outcome.selected_epoch, note=outcome.note):
                     finish_job(s, job_id, worker=name, status=JobStatus.CANCELLED,
                                error_kind=ErrorKind.CANCELLED_BY_USER)
@@ -251,7 +280,10 @@ def _record_outcome(engine: Engine, claim: Claim, outcome: ev.Outcome | None,
                 finish_job(s, job_id, worker=name, status=JobStatus.FAILED, error=outcome.text,
                            error_kind=outcome.kind)
                 s.commit()
-        return get_job(s, job_id).status.value
+        status = get_job(s, job_id).status
+        if claim.predict is not None and status.is_terminal:
+            predictions.remove_uploaded_photos(Path(claim.predict["job_dir"]))
+        return status.value
 
 
 def _checkpoint_of(s: Session, source_id: str) -> str:

@@ -160,12 +160,15 @@ class EpochOut(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    kind: Literal["train", "evaluate"] = Field(
+    kind: Literal["train", "evaluate", "predict"] = Field(
         "train", description="train: fine-tunes a model (the job id is then the model's id); "
         "evaluate: scores the model `model_id` on the test split of `dataset_id` (POST "
-        "/models/{id}/evaluate); its result is GET /jobs/{id}/evaluation")
-    model_id: str | None = Field(None, description="an evaluate job's model")
-    dataset_id: str
+        "/models/{id}/evaluate); its result is GET /jobs/{id}/evaluation; predict: "
+        "classifies a batch of photos with the model `model_id` (POST /predictions); its "
+        "result is GET /predictions/{id}/results")
+    model_id: str | None = Field(None, description="an evaluate or predict job's model")
+    dataset_id: str | None = Field(description="null only for a predict job of uploaded "
+                                   "photos")
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     params: dict[str, Any]
     progress: Progress
@@ -334,6 +337,57 @@ class PredictOut(BaseModel):
         "trained without one: plain softmax)")
     temperature: float = Field(description="the temperature applied (1 when not calibrated)")
     predictions: list[PredictionOut]
+
+
+class PredictionsFromDataset(BaseModel):
+    """Classify the images of one split of a stored dataset (its labels are not used)."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset_id: str = Field(min_length=1, max_length=64)
+    split: Literal["train", "val", "test"] = "test"
+    model: str | None = Field(None, min_length=1, max_length=64,
+                              description="job id; default: the active model (recorded)")
+    queue_anyway: bool = Field(False, description="queue it even when no running worker "
+                               "would take it now")
+
+
+class BatchSummaryOut(BaseModel):
+    photos: int
+    predicted: int = Field(description="photos classified")
+    failed: int = Field(description="photos that did not decode (each has its `error` in "
+                        "the results)")
+    labels: dict[str, int] = Field(description="photos by predicted label")
+    runtime: str | None = Field(None, description="what computed them: onnx or torch")
+    device: str | None = Field(None, description="where: cpu, cuda, cuda:N")
+    seconds: float | None = Field(None, description="the worker's time for the whole job, "
+                                  "model loading included")
+
+
+class PredictionJobOut(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    model_id: str = Field(description="the model that classifies the photos (the active "
+                          "one at submission when none was named)")
+    source: Literal["upload", "dataset"]
+    dataset_id: str | None = Field(description="source dataset: the dataset whose split "
+                                   "is classified")
+    split: str | None
+    photos: int = Field(description="photos in the job")
+    done: int = Field(description="photos classified so far")
+    fraction: float
+    ignored: int = Field(0, description="files of the zip that are not images by their name "
+                         "(not classified)")
+    summary: BatchSummaryOut | None = Field(
+        None, description="once it succeeded: photos classified and failed, by label")
+    results: str | None = Field(None, description="once it succeeded: where the results are")
+    attempt: int
+    cancel_requested: bool
+    error: str | None
+    error_kind: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    waiting_for: str | None = None
 
 
 class ErrorOut(BaseModel):

@@ -1,6 +1,8 @@
 """A running service, through app.client: ``hotdog upload``, ``submit``, ``watch``,
-``jobs``, ``cancel``, ``classify``, the models: ``models``, ``activate``, ``rollback``,
-``history``, ``evaluate-model``, and the data: ``report``, ``relabel``.
+``jobs``, ``cancel``, ``classify`` (photos, or a folder or zip of them: in requests, or as a
+batch job), the batch jobs: ``predictions``, ``prediction``, the models: ``models``,
+``activate``, ``rollback``, ``history``, ``evaluate-model``, and the data: ``report``,
+``relabel``.
 
 ``--url`` (or ``HOTDOG_URL``) says where the service is, default ``http://127.0.0.1:8000``
 (what ``make run`` starts); ``--api-key`` (or ``HOTDOG_API_KEY``) when it needs a key.
@@ -11,15 +13,32 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+import os
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
 from app.cli.exit_codes import EXIT_FAILED, EXIT_OK, job_exit_code
 from app.cli.local import probabilities_text
 from app.cli.options import AddCommand, add_service_options, add_train_options, given
 from app.cli.output import EpochTable, emit_json, progress_bar
-from app.client import JOB_STATUSES, Activation, Client, Dataset, Job, ReportGroup
+from app.client import (
+    JOB_STATUSES,
+    Activation,
+    Client,
+    Dataset,
+    Job,
+    Prediction,
+    PredictionJob,
+    ReportGroup,
+    ServiceError,
+)
+from app.engine.batch import csv_lines, photos_in
+from app.engine.data import DatasetError
+from app.engine.images import is_image_file
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -163,6 +182,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    if len(args.images) == 1 and _is_collection(Path(args.images[0])):
+        return classify_collection(args, Path(args.images[0]))
     with _client(args) as c:
         out = c.predict(args.images, model=args.model)
     if args.json:
@@ -171,6 +192,252 @@ def cmd_classify(args: argparse.Namespace) -> int:
         for p in out["predictions"]:
             print(f"{p['filename']}: {p['label']}  ({probabilities_text(p['probabilities'])})")
     return EXIT_OK
+
+
+# ------------------------------------------------------- a folder or zip of photos
+
+# Photos per /predict request (the service's PREDICT_MAX_FILES, by default) and the bytes of
+# one request's photos (PREDICT_MAX_BYTES is 64 MiB by default): a folder is sent in pieces.
+PER_REQUEST = 64
+REQUEST_BYTES = 32 << 20
+# More photos than this go to the service as one batch job (POST /predictions), not requests.
+BATCH_OVER = int(os.environ.get("HOTDOG_BATCH_OVER") or 256)
+
+
+def _is_collection(path: Path) -> bool:
+    return path.is_dir() or (path.suffix.lower() == ".zip" and path.is_file())
+
+
+def _zip_photos(path: Path) -> list[str]:
+    """The photos of a zip, by their paths in it (as the service finds them)."""
+    with zipfile.ZipFile(path) as zf:
+        names = [i.filename for i in zf.infolist() if not i.is_dir()]
+    return sorted(n for n in names if is_image_file(Path(n)) and not any(
+        part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(n).parts))
+
+
+class _Photos:
+    """The photos of a folder or zip, by name, read one at a time."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.zip = zipfile.ZipFile(source) if source.is_file() else None
+        self.paths: dict[str, Path] = {}
+        if self.zip is not None:
+            self.names = _zip_photos(source)
+        else:
+            photos, _ = photos_in(source)
+            self.paths = {p.name: p.path for p in photos}
+            self.names = list(self.paths)
+
+    def size(self, name: str) -> int:
+        return (self.zip.getinfo(name).file_size if self.zip is not None
+                else self.paths[name].stat().st_size)
+
+    def read(self, name: str) -> bytes:
+        return self.zip.read(name) if self.zip is not None else self.paths[name].read_bytes()
+
+    def pieces(self, per_request: int) -> Iterator[list[str]]:
+        """The names in requests of at most ``per_request`` photos and REQUEST_BYTES."""
+        piece: list[str] = []
+        size = 0
+        for name in self.names:
+            n = self.size(name)
+            if piece and (len(piece) >= per_request or size + n > REQUEST_BYTES):
+                yield piece
+                piece, size = [], 0
+            piece.append(name)
+            size += n
+        if piece:
+            yield piece
+
+
+def _in_requests(c: Client, photos: _Photos, args: argparse.Namespace
+                 ) -> tuple[str, list[str], list[dict[str, Any]]]:
+    """Every photo through /predict, a request per piece; a piece refused for a photo that
+    does not decode is sent again photo by photo, so that only that photo's row has an
+    error. Returns the model (the first answer's, then named in every request: an
+    activation meanwhile does not mix two models), its classes and the rows."""
+    model: str | None = args.model
+    classes: list[str] = []
+    rows: list[dict[str, Any]] = []
+    bar = progress_bar(total=len(photos.names), desc="classifying", unit="photo")
+    try:
+        for piece in photos.pieces(args.per_request):
+            try:
+                out = c.predict_files([(n, photos.read(n)) for n in piece], model=model)
+                answers: list[tuple[str, Prediction | None, str | None]] = [
+                    (n, p, None) for n, p in zip(piece, out["predictions"], strict=True)]
+            except ServiceError as exc:
+                if exc.status != 422:
+                    raise
+                answers = []
+                for name in piece:
+                    try:
+                        out = c.predict_files([(name, photos.read(name))], model=model)
+                        answers.append((name, out["predictions"][0], None))
+                    except ServiceError as one:
+                        if one.status != 422:
+                            raise
+                        answers.append((name, None, str(one.detail)))
+            for name, p, error in answers:
+                if p is not None:
+                    model = model or out["model"]
+                    classes = classes or list(p["probabilities"])
+                rows.append({"filename": name, "label": p["label"] if p else None,
+                             "probabilities": p["probabilities"] if p else None,
+                             "error": error})
+            bar.update(len(piece))
+    finally:
+        bar.close()
+    return model or "", classes, rows
+
+
+def _as_batch_job(c: Client, source: Path, args: argparse.Namespace) -> PredictionJob:
+    """One batch job for all the photos (uploaded as a zip), watched until it ends."""
+    job = c.submit_predictions(source, model=args.model, queue_anyway=args.queue_anyway)
+    print(f"batch job {job['id']}: {job['photos']} photos, model {job['model_id']}",
+          file=sys.stderr)
+    return _watch_prediction(c, job["id"], args.interval)
+
+
+def _watch_prediction(c: Client, job_id: str, interval: float) -> PredictionJob:
+    bar = progress_bar(desc="queued", unit="photo")
+
+    def update(j: PredictionJob) -> None:
+        bar.total = j["photos"]
+        bar.n = j["done"]
+        bar.set_description(j["status"])
+        bar.refresh()
+
+    try:
+        return c.watch_prediction(job_id, interval=interval, on_update=update)
+    finally:
+        bar.close()
+
+
+class _Output:
+    """Where the CSV goes: ``--out`` (a temp name renamed once complete), else stdout."""
+
+    def __init__(self, out: str | None) -> None:
+        self.out = Path(out) if out else None
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> IO[bytes]:
+        if self.out is None:
+            return sys.stdout.buffer
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".part",
+                                   dir=self.out.parent or ".")
+        self.tmp = Path(tmp)
+        self.fh = os.fdopen(fd, "wb")
+        return self.fh
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self.out is None:
+            sys.stdout.flush()
+            return
+        assert self.tmp is not None
+        self.fh.close()
+        if exc_type is None:
+            self.tmp.replace(self.out)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def classify_collection(args: argparse.Namespace, source: Path) -> int:
+    """``hotdog classify DIR_OR_ZIP``: every photo in it (any folder layout), as CSV rows
+    (filename, label, p_<class>..., error) on stdout or in ``--out``. Up to ``--batch-over``
+    photos go through /predict in requests of ``--per-request``; more go as one batch job."""
+    photos = _Photos(source)
+    if not photos.names:
+        raise DatasetError(f"{source}: no photos (files named .jpg, .jpeg, .png, .gif, .bmp, "
+                           ".tif(f) or .webp)")
+    to_json = args.json and not args.out
+    with _client(args) as c:
+        if len(photos.names) > args.batch_over:
+            job = _as_batch_job(c, source, args)
+            if job["status"] != "succeeded":
+                print(f"batch job {job['id']} {job['status']}"
+                      + (f": {job['error']}" if job["error"] else ""), file=sys.stderr)
+                if args.json:
+                    emit_json({"job": job})
+                return EXIT_FAILED
+            summary = job["summary"]
+            result: dict[str, Any] = {
+                "model": job["model_id"], "job": job["id"], "photos": job["photos"],
+                "failed": summary["failed"] if summary else None}
+            if to_json:
+                import json
+
+                with c.prediction_results(job["id"], "jsonl") as chunks:
+                    text = b"".join(chunks).decode()
+                result["predictions"] = [json.loads(line) for line in text.splitlines()
+                                         if line.strip()]
+            else:
+                with c.prediction_results(job["id"], "csv") as chunks, \
+                        _Output(args.out) as out:
+                    for chunk in chunks:
+                        out.write(chunk)
+        else:
+            model, classes, rows = _in_requests(c, photos, args)
+            result = {"model": model, "job": None, "photos": len(rows),
+                      "failed": sum(1 for r in rows if r["error"])}
+            if to_json:
+                result["predictions"] = rows
+            else:
+                with _Output(args.out) as out:
+                    for line in csv_lines(rows, classes):
+                        out.write(line.encode())
+    if args.json:
+        emit_json({**result, "out": args.out})
+    elif result["failed"]:
+        print(f"{result['failed']} of {result['photos']} photos did not decode (see the error "
+              "column)", file=sys.stderr)
+    return EXIT_OK
+
+
+def print_prediction(j: PredictionJob) -> None:
+    source = (f"dataset {j['dataset_id']} ({j['split']})" if j["source"] == "dataset"
+              else "upload")
+    print(f"{j['id']:<32} {j['status']:<9} {j['done']:>6}/{j['photos']:<6} {source:<44} "
+          f"{j['model_id']:<32} {j['created_at'][:19]}")
+
+
+def cmd_predictions(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.predictions()
+    if args.json:
+        emit_json({"predictions": rows})
+        return EXIT_OK
+    print(f"{'id':<32} {'status':<9} {'photos':>13} {'source':<44} {'model':<32} created")
+    for j in rows:
+        print_prediction(j)
+    return EXIT_OK
+
+
+def cmd_prediction(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        job = (_watch_prediction(c, args.job_id, args.interval) if args.wait
+               else c.prediction(args.job_id))
+        if args.results:
+            with c.prediction_results(args.job_id, args.results) as chunks, \
+                    _Output(args.out) as out:
+                for chunk in chunks:
+                    out.write(chunk)
+            return EXIT_OK
+    if args.json:
+        emit_json(job)
+        return EXIT_OK if job["status"] != "failed" else EXIT_FAILED
+    print(f"batch job {job['id']}: {job['status']}, {job['done']} of {job['photos']} photos, "
+          f"model {job['model_id']}" + (f": {job['error']}" if job["error"] else ""))
+    summary = job["summary"]
+    if summary:
+        print(f"  {summary['predicted']} classified ("
+              + ", ".join(f"{k} {v}" for k, v in summary["labels"].items())
+              + f"), {summary['failed']} did not decode; {summary['runtime']} on "
+              f"{summary['device']}, {summary['seconds']} s")
+        print(f"next: hotdog prediction {job['id']} --results csv --out predictions.csv")
+    return EXIT_OK if job["status"] != "failed" else EXIT_FAILED
 
 
 def _score(x: float | None) -> str:
@@ -394,12 +661,50 @@ def register(command: AddCommand) -> None:
     p.add_argument("job_id", metavar="JOB_ID")
 
     p = client_command("classify", cmd_classify, "classify photos with the service's model "
-                       "(each photo's label and every class's probability)",
+                       "(each photo's label and every class's probability), or every photo "
+                       "of a folder or zip (CSV rows)",
                        "examples:\n  hotdog classify lunch.jpg dinner.png\n"
-                       "  hotdog classify lunch.jpg --model JOB_ID --json\n\n")
-    p.add_argument("images", metavar="IMAGE", nargs="+")
+                       "  hotdog classify lunch.jpg --model JOB_ID --json\n"
+                       "  hotdog classify holiday-photos/ > predictions.csv\n"
+                       "  hotdog classify photos.zip --out predictions.csv\n\n"
+                       "a folder or zip (any layout) gives one CSV row per photo: filename "
+                       "(its path in it), label, p_<class> for every class, error (a photo "
+                       "that does not decode). Up to --batch-over photos are sent to /predict "
+                       f"in requests of --per-request photos (at most {REQUEST_BYTES >> 20} MiB"
+                       "); more are uploaded as one batch job (POST /predictions) that a "
+                       "worker runs, and its results are streamed when it ends.\n\n")
+    p.add_argument("images", metavar="IMAGE", nargs="+",
+                   help="photos, or one folder or .zip of photos")
     p.add_argument("--model", default=None, help="job id (default: the active model)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="a folder or zip: write the CSV here (default: stdout)")
+    p.add_argument("--batch-over", type=int, default=BATCH_OVER, metavar="N",
+                   help="a folder or zip of more than N photos goes as one batch job "
+                   "(default: $HOTDOG_BATCH_OVER or 256)")
+    p.add_argument("--per-request", type=int, default=PER_REQUEST, metavar="N",
+                   help="photos per /predict request, at most the service's PREDICT_MAX_FILES "
+                   f"(default: {PER_REQUEST})")
+    p.add_argument("--queue-anyway", action="store_true",
+                   help="a batch job: queue it even when no running worker would take it now")
+    p.add_argument("--interval", type=float, default=1.0,
+                   help="a batch job: seconds between polls")
     p.set_defaults(unusable_422=True)  # a file that is no image is unusable input (exit 3)
+
+    client_command("predictions", cmd_predictions, "list the service's batch prediction "
+                   "jobs, newest first", "examples:\n  hotdog predictions\n\n")
+
+    p = client_command("prediction", cmd_prediction, "show a batch prediction job (photos "
+                       "done, summary), or stream its results",
+                       "examples:\n  hotdog prediction JOB_ID\n"
+                       "  hotdog prediction JOB_ID --wait\n"
+                       "  hotdog prediction JOB_ID --results csv --out predictions.csv\n"
+                       "  hotdog cancel JOB_ID      # cancel it, as any job\n\n")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--wait", action="store_true", help="first wait until it ends")
+    p.add_argument("--results", choices=("csv", "jsonl"), default=None,
+                   help="stream its results in this format (it must have succeeded)")
+    p.add_argument("--out", default=None, metavar="FILE", help="--results: write them here")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
 
 
     client_command("models", cmd_models, "list the service's models (succeeded training jobs), "

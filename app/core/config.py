@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     # (a CPU without native bf16, or PREDICT_PRECISION=fp32), PyTorch otherwise or when a
     # model has no export.
     predict_runtime: Literal["auto", "onnx", "torch"] = "auto"
+    # Batch prediction jobs (POST /predictions): photos per job at most (an uploaded zip's
+    # images, or a dataset split's), and images per forward pass on the worker. The zip
+    # itself is held to the dataset uploads' limits (MAX_UPLOAD_BYTES, MAX_DATASET_BYTES,
+    # MAX_DATASET_FILES, MIN_FREE_DISK_BYTES, MAX_CONCURRENT_UPLOADS).
+    batch_max_photos: int = 100_000
+    batch_predict_size: int = 64
     # Workers export each succeeded job to ONNX (verified against PyTorch) for /predict.
     export_onnx: bool = True
     # A worker without CUDA runs a job that asks for N GPUs (2 <= N <= this) as N CPU

@@ -42,12 +42,15 @@ class JobStatus(str, enum.Enum):
 
 
 class JobKind(str, enum.Enum):
-    """What a job does: ``train`` a model (its checkpoint is a model), or ``evaluate`` one
-    (``jobs.model_id``) on the test split of its dataset (its evaluation row is the result).
-    Both have the same life cycle: queue, worker, lease, cancel, progress, limits."""
+    """What a job does: ``train`` a model (its checkpoint is a model), ``evaluate`` one
+    (``jobs.model_id``) on the test split of its dataset (its evaluation row is the result),
+    or ``predict``: classify a batch of photos with one (an uploaded zip's, in the job's own
+    folder, or a split of its dataset; its results file is the result). All have the same
+    life cycle: queue, worker, lease, cancel, progress, limits."""
 
     TRAIN = "train"
     EVALUATE = "evaluate"
+    PREDICT = "predict"
 
 
 class ReportStatus(str, enum.Enum):
@@ -144,7 +147,8 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    dataset_id: Mapped[str] = mapped_column(
+    # None only for a predict job of uploaded photos (they are in the job's own folder).
+    dataset_id: Mapped[str | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="RESTRICT"), index=True
     )
     status: Mapped[JobStatus] = mapped_column(
@@ -156,7 +160,7 @@ class Job(Base):
         Enum(JobKind, native_enum=False, length=16, validate_strings=True,
              values_callable=lambda e: [m.value for m in e]),
         default=JobKind.TRAIN, server_default=JobKind.TRAIN.value)
-    # An evaluate job: the model (a train job's id) it evaluates on this job's dataset.
+    # An evaluate or predict job: the model (a train job's id) it uses.
     model_id: Mapped[str | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     params: Mapped[dict[str, Any]]
@@ -192,7 +196,7 @@ class Job(Base):
     # the activations table is the history of these changes.
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    dataset: Mapped[Dataset] = relationship(back_populates="jobs")
+    dataset: Mapped[Dataset | None] = relationship(back_populates="jobs")
     metrics: Mapped[list[EpochMetric]] = relationship(
         back_populates="job", order_by="EpochMetric.epoch", cascade="all, delete-orphan"
     )

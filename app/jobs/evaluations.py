@@ -35,7 +35,7 @@ def model_classes(model: Job) -> list[str]:
     """The classes a trained model predicts, in index order (its dataset's, sorted)."""
     if model.evaluation is not None:
         return list(model.evaluation.classes)
-    return list(model.dataset.classes)
+    return list(model.dataset.classes) if model.dataset is not None else []
 
 
 def submit_evaluation(

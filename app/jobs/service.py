@@ -63,17 +63,20 @@ def utcnow() -> datetime:
 def create_job(
     session: Session,
     *,
-    dataset_id: str,
+    dataset_id: str | None,
     params: dict[str, Any],
     epochs: int,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     kind: JobKind = JobKind.TRAIN,
     model_id: str | None = None,
+    job_id: str | None = None,
 ) -> Job:
+    """``job_id``: an id chosen beforehand (a predict job's photos are stored under it
+    before its row is written); else a new one."""
     job = Job(
-        id=uuid.uuid4().hex, dataset_id=dataset_id, status=JobStatus.QUEUED, params=params,
-        epochs=epochs, epoch=0, attempt=0, max_attempts=max_attempts, cancel_requested=False,
-        kind=kind, model_id=model_id,
+        id=job_id or uuid.uuid4().hex, dataset_id=dataset_id, status=JobStatus.QUEUED,
+        params=params, epochs=epochs, epoch=0, attempt=0, max_attempts=max_attempts,
+        cancel_requested=False, kind=kind, model_id=model_id,
     )
     session.add(job)
     session.flush()

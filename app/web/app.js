@@ -467,6 +467,7 @@
         text: `job ${short(m.id)}: ${m.classes.join(" / ")}${acc}${m.active ? " (active)" : ""}` }));
     }
     if (chosen && state.models.some((m) => m.id === chosen)) select.value = chosen;
+    document.dispatchEvent(new CustomEvent("hotdog:models", { detail: state.models }));
 
     const init = $("job-init");
     const initChosen = init.value;
@@ -672,6 +673,10 @@
       return job.status === "running" ? `evaluating on the test split, ${pct(p.fraction)}`
         : job.status === "succeeded" ? "evaluated" : job.status;
     }
+    if (job.kind === "predict") {
+      return job.status === "running" ? `classifying photos, ${pct(p.fraction)}`
+        : job.status === "succeeded" ? `classified ${job.params.photos} photos` : job.status;
+    }
     let text = `epoch ${p.epoch} of ${p.epochs}`;
     if (job.status === "running" && p.eta_seconds !== null && p.eta_seconds !== undefined) {
       text += `, about ${duration(p.eta_seconds)} left`;
@@ -715,11 +720,12 @@
     const active = state.models.length && state.models[0].active && state.models[0].id === job.id;
     r.tr.dataset.status = job.status;
     r.tick.checked = state.chartJobs.includes(job.id);
-    r.dataset.textContent = datasetName(job.dataset_id);
+    r.dataset.textContent = job.dataset_id ? datasetName(job.dataset_id) : "uploaded photos";
     const lr = job.params.lr === undefined ? "" : `, lr ${job.params.lr}`;
     const size = job.params.image_size ? `, ${job.params.image_size} px` : "";
     r.init.textContent = job.kind === "evaluate" ? `evaluates job ${short(job.model_id)}`
-      : `${initText(job.params.init)}${lr}${size}`;
+      : job.kind === "predict" ? `classifies with job ${short(job.model_id)}`
+        : `${initText(job.params.init)}${lr}${size}`;
     const badge = el("span", { class: `badge status-${job.status}`, text: job.status });
     const parts = [badge];
     if (job.cancel_requested && ACTIVE.has(job.status)) {
@@ -740,7 +746,7 @@
     }
     if (job.note) r.acc.append(el("p", { class: "hint", text: job.note }));
     r.cancelButton.hidden = !ACTIVE.has(job.status) || job.cancel_requested;
-    r.activateButton.hidden = job.status !== "succeeded" || job.kind === "evaluate" || active;
+    r.activateButton.hidden = job.status !== "succeeded" || job.kind !== "train" || active;
     r.activeMark.hidden = !active;
   }
 
@@ -784,7 +790,7 @@
     state.jobs = jobs;
     const succeeded = jobs.some((j) => j.status === "succeeded" && before.get(j.id) !== "succeeded"
       && before.size);
-    const unknownDataset = jobs.some((j) => !state.datasets.has(j.dataset_id));
+    const unknownDataset = jobs.some((j) => j.dataset_id && !state.datasets.has(j.dataset_id));
     if (unknownDataset) await refreshDatasets();
     if (succeeded) await refreshModels();
     if (state.firstLoad) {
@@ -1080,7 +1086,7 @@
   }
 
   // What the page's other panels (data.js) use: requests, helpers, the shared state.
-  window.hotdog = { api, el, $, showError, announce, state, short, pct, refreshDatasets,
+  window.hotdog = { api, ApiError, el, $, showError, announce, state, short, pct, refreshDatasets,
     KEY_STORE };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -31,8 +31,8 @@ router = APIRouter(prefix="/models", tags=["models"], dependencies=GUARDED, resp
 
 def model_out(job: Job, active: bool) -> ModelOut:
     ev = job.evaluation
-    return ModelOut(id=job.id, dataset_id=job.dataset_id,
-                    classes=ev.classes if ev else job.dataset.classes,
+    return ModelOut(id=job.id, dataset_id=dataset_of(job),
+                    classes=ev.classes if ev else evaluate_jobs.model_classes(job),
                     image_size=int(job.params.get("image_size", 224)),
                     accuracy=ev.accuracy if ev else None,
                     macro_f1=promotion.macro_f1(ev) if ev else None, active=active,
@@ -45,6 +45,14 @@ def who(request: Request) -> promotion.Who:
     key = caller(request)
     actor = f"key:{key.fingerprint}" if key else "anonymous"
     return promotion.Who(actor, request.client.host if request.client else None)
+
+
+def dataset_of(job: Job) -> str:
+    """A training or evaluate job's dataset (only predict jobs of uploaded photos have
+    none)."""
+    if job.dataset_id is None:
+        raise ValueError(f"job {job.id} ({job.kind.value}) has no dataset")
+    return job.dataset_id
 
 
 @router.get("", response_model=list[ModelOut])
@@ -119,7 +127,7 @@ def model_evaluations(session: SessionDep, job_id: str) -> list[ModelEvaluationO
 
 def _evaluation_out(model_id: str, job: Job, ev: Evaluation) -> ModelEvaluationOut:
     return ModelEvaluationOut(
-        model_id=model_id, dataset_id=job.dataset_id, job_id=job.id,
+        model_id=model_id, dataset_id=dataset_of(job), job_id=job.id,
         source="training" if job.id == model_id else "evaluation", accuracy=ev.accuracy,
         macro_f1=promotion.macro_f1(ev), loss=ev.loss, classes=ev.classes,
         confusion=ev.confusion, per_class=ev.per_class, created_at=job.finished_at)
