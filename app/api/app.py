@@ -27,7 +27,7 @@ from app.api import errors
 from app.api.deps import MISSING_KEY, key_matches
 from app.api.guards import CrossSiteGuard, HostCheck, RequestId
 from app.api.metrics import register as register_collectors
-from app.api.routes import datasets, jobs, models, ops, predict, workers
+from app.api.routes import datasets, jobs, models, ops, predict, storage, workers
 from app.api.routes.ops import WEB_DIR, WEB_PREFIX
 from app.api.state import State
 from app.core.config import Settings, get_settings
@@ -219,7 +219,7 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
     )
     api.state.hotdog = state
     errors.install(api)
-    for module in (datasets, jobs, models, predict, workers, ops):
+    for module in (datasets, jobs, models, predict, workers, storage, ops):
         api.include_router(module.router)
     register_collectors(state)  # jobs by status, queue depth, training speed, epoch times
 
