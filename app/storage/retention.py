@@ -100,14 +100,14 @@ def check_deletable(job: Job, *, active_id: str | None, users: dict[str, list[st
     if job.status in LIVE:
         raise JobBusy(f"job {job.id} is {job.status.value}: cancel it first (POST "
                       f"/jobs/{job.id}/cancel), then delete it once it has ended")
-    if job.id == active_id:
-        raise ModelInUse(f"job {job.id} is the active model (the default of /predict): "
-                         "activate another model first", "active_model", [job.id])
     if job.id in users:
         ids = users[job.id]
         raise ModelInUse(f"the model of job {job.id} is used by queued or running job(s) "
                          f"{', '.join(ids)} (as their init job:{job.id}, or the model they "
                          "evaluate): cancel them or wait until they end", "model_in_use", ids)
+    if job.id == active_id:
+        raise ModelInUse(f"job {job.id} is the active model (the default of /predict): "
+                         "activate another model first", "active_model", [job.id])
 
 
 def delete_job(session: Session, *, job_id: str, files_only: bool = False,

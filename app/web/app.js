@@ -180,7 +180,7 @@
 
   // One API call: JSON in (``json``) or multipart (``form``), JSON out. A 401 asks for the
   // key once and retries; every other error becomes an ApiError with the API's words.
-  async function api(method, path, { json, form, onProgress } = {}) {
+  async function api(method, path, { json, form, onProgress, text } = {}) {
     for (let attempt = 0; attempt < 20; attempt++) {
       const key = sessionStorage.getItem(KEY_STORE);
       const headers = { Accept: "application/json" };
@@ -203,6 +203,7 @@
         throw errorFromResponse(xhr.status, xhr.statusText, xhr.responseText,
           xhr.getResponseHeader("Retry-After"));
       }
+      if (text) return xhr.responseText; // a plain-text answer (a job's log)
       if (xhr.status === 204 || !xhr.responseText) return null;
       try {
         return JSON.parse(xhr.responseText);
@@ -742,6 +743,9 @@
       const want = previous ? previous.nextSibling : body.firstChild;
       if (want !== r.tr) body.insertBefore(r.tr, want);
       previous = r.tr;
+      // A row storage.js shows under a job (its log) stays with it.
+      const under = r.tr.nextSibling;
+      if (under && under.dataset && under.dataset.logsOf === job.id) previous = under;
     }
     for (const [id, r] of state.rows) {
       if (!seen.has(id)) {
@@ -751,6 +755,7 @@
     }
     $("jobs-table").hidden = !state.jobs.length;
     $("jobs-empty").hidden = state.jobs.length > 0;
+    document.dispatchEvent(new CustomEvent("hotdog:jobs", { detail: state.jobs }));
   }
 
   async function refreshJobs() {
@@ -1028,6 +1033,10 @@
   }
 
   // ---------------------------------------------------------------- start
+
+  // What other panels' scripts (storage.js) use.
+  window.hotdog = { api, el, short, showError, announce, ApiError, refreshJobs,
+    refreshDatasets, refreshModels, ACTIVE };
 
   function start() {
     setUpDrop();
