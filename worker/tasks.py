@@ -229,12 +229,16 @@ def _record_outcome(engine: Engine, claim: Claim, outcome: ev.Outcome | None,
                            error_kind=ErrorKind.TIMEOUT, error=watcher.reason)
                 s.commit()
             case None:  # the training process died or hung: another attempt, or failed
-                log.warning("job %s: its training process ended without an outcome (exit "
-                            "code %s)%s", job_id, returncode,
-                            f": {watcher.reason}" if watcher.reason else "")
                 released = release_job(
                     s, job_id, worker=name, error_kind=watcher.killed_for or ErrorKind.CRASHED,
                     error=watcher.reason or f"training process exited with code {returncode}")
+                if released is JobStatus.CANCELLED:  # stopped by force: it did not listen
+                    log.info("job %s cancelled (its training process was stopped)", job_id)
+                elif released is not None:
+                    log.warning("job %s: its training process ended without an outcome (exit "
+                                "code %s)%s; the job is %s now", job_id, returncode,
+                                f": {watcher.reason}" if watcher.reason else "",
+                                released.value)
                 s.commit()
                 if released is not None:
                     return released.value

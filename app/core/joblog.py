@@ -5,8 +5,8 @@ line saying how many bytes were (:data:`TRIMMED`), so a reader that follows the 
 where it is (:func:`read_from`).
 
 Several processes write one job's log (the worker, the training process, its torchrun
-ranks): each line is appended under an exclusive ``flock`` of a lock file beside the log,
-and the trim writes the kept tail to a temporary file renamed over the log, so a reader
+ranks): each line is appended under an exclusive ``flock`` of the job's folder, and the
+trim writes the kept tail to a temporary file renamed over the log, so a reader
 never sees a half-trimmed file. Writing never raises (a log must not fail a job); a job whose
 folder does not exist (not started yet, or deleted) gets no log.
 """
@@ -23,7 +23,6 @@ from pathlib import Path
 
 from app.core.logs import JOB_ID, JobIdFilter, TextFormatter
 
-LOCK_NAME = ".job.log.lock"
 TRIMMED = "[log trimmed: the first {dropped} bytes were dropped (JOB_LOG_BYTES)]\n"
 TRIMMED_PATTERN = re.compile(rb"\[log trimmed: the first (\d+) bytes were dropped[^\n]*\n")
 SAFE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
@@ -33,7 +32,8 @@ def append(path: Path, text: str, max_bytes: int) -> None:
     """Append ``text`` to the log at ``path`` (its folder must exist), trimming it to the
     newest half of ``max_bytes`` once it passes ``max_bytes``."""
     data = text.encode("utf-8", "replace")
-    lock_fd = os.open(path.parent / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    # The lock is the job folder's own (no lock file is left in it).
+    lock_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -38,7 +38,6 @@ from sqlalchemy import CursorResult, Engine, select, update
 from sqlalchemy.orm import Session
 
 from app.core.config import JOB_LOG_NAME, Settings
-from app.core.joblog import LOCK_NAME as JOB_LOG_LOCK
 from app.db.models import Dataset, Job, JobKind, JobStatus
 from app.db.session import lock_for_writing
 from app.jobs import service as jobs
@@ -53,7 +52,7 @@ LIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 INTERMEDIATE = ("last.pt", "best.pt")
 INTERMEDIATE_GLOBS = (".spec-*.json",)
 # The per-job log outlives the job's model files (files_only, retention).
-KEPT_WITH_LOG = frozenset({JOB_LOG_NAME, JOB_LOG_LOCK})
+KEPT_WITH_LOG = frozenset({JOB_LOG_NAME})
 TRASH_PREFIX = ".deleted-"
 INCOMING_PREFIX = ".incoming-"
 

@@ -224,8 +224,11 @@ def delete_job(
     retention.remove_job_files(state.settings.job_dir(job_id), keep_log=files_only)
 
 
-@router.get("/{job_id}/logs", response_class=PlainTextResponse,
-            responses={200: {"content": {"text/plain": {}}}})
+LOG_TEXT: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}}}
+
+
+@router.get("/{job_id}/logs", response_class=Response, responses=LOG_TEXT)
 def job_logs(
     session: SessionDep, state: StateDep, job_id: str,
     tail: Annotated[int | None, Query(ge=0, le=100_000, description="only the last N lines")
