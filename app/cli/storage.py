@@ -48,13 +48,22 @@ def cmd_storage(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    """The log as text; with --json one object {job_id, log} at the end (following, the
+    lines go to stderr as they come)."""
+    out = sys.stderr if args.json else sys.stdout
+    got: list[str] = []
     with _client(args) as c:
         if not args.follow:
-            sys.stdout.write(c.logs(args.job_id, tail=args.tail))
-            return EXIT_OK
-        for text in c.follow_logs(args.job_id, tail=args.tail):
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            got.append(c.logs(args.job_id, tail=args.tail))
+            if not args.json:
+                out.write(got[0])
+        else:
+            for text in c.follow_logs(args.job_id, tail=args.tail):
+                got.append(text)
+                out.write(text)
+                out.flush()
+    if args.json:
+        emit_json({"job_id": args.job_id, "log": "".join(got)})
     return EXIT_OK
 
 
