@@ -227,13 +227,12 @@ class SweepReport:
 
     retired: list[str] = field(default_factory=list)
     freed_bytes: int = 0
-    removed: list[str] = field(default_factory=list)  # what went, for the log (bounded)
 
-    def add(self, what: str, freed: int) -> None:
-        if freed or what:
-            self.freed_bytes += freed
-            if len(self.removed) < 50:
-                self.removed.append(what)
+    def add(self, what: str, freed: int, job_id: str | None = None) -> None:
+        """Count and log one removal (a job's lines carry its id, so they reach its log)."""
+        self.freed_bytes += freed
+        log.info("sweep: %s (%d bytes)", what, freed,
+                 extra={"job_id": job_id} if job_id else None)
 
 
 def retire_old_models(session: Session, *, keep: int, now: datetime | None = None
@@ -282,8 +281,6 @@ def sweep(engine: Engine, settings: Settings, *, now: float | None = None) -> Sw
         stale = [p for p in tmp.iterdir() if _untouched_for(p, settings.stale_temp_seconds, now)]
         for p in stale:
             report.add(f"stale upload spool {p.name}", _unlink(p))
-    if report.removed:
-        log.info("sweep freed %d bytes: %s", report.freed_bytes, "; ".join(report.removed))
     return report
 
 
@@ -321,8 +318,8 @@ def _sweep_jobs(engine: Engine, settings: Settings, report: SweepReport, now: fl
         if job is None or job.status in LIVE:
             continue  # not ours to judge; a live job's worker cleans up after itself
         if job.deleted_at is not None:
-            report.add(f"files of deleted job {job.id}", remove_job_files(job_dir,
-                                                                          keep_log=False))
+            report.add(f"files of deleted job {job.id}",
+                       remove_job_files(job_dir, keep_log=False), job.id)
             continue
         if job.files_removed_at is not None:
             freed = remove_job_files(job_dir, keep_log=True)
@@ -330,7 +327,7 @@ def _sweep_jobs(engine: Engine, settings: Settings, report: SweepReport, now: fl
             freed = _remove_intermediate(job_dir)
         freed += _stale(job_dir.glob(".*.tmp"), settings.stale_temp_seconds, now)
         if freed:
-            report.add(f"job {job.id}: {freed} bytes", freed)
+            report.add(f"job {job.id}: files it no longer needs removed", freed, job.id)
 
 
 def _sweep_datasets(engine: Engine, settings: Settings, report: SweepReport,
