@@ -112,6 +112,8 @@ class Job(TypedDict):
     heartbeat_at: str | None
     # A queued job that no live worker would take: the worker it waits for, in words.
     waiting_for: str | None
+    deleted_at: str | None  # DELETE /jobs/{id}: its files are gone, its history stays
+    files_removed_at: str | None  # its model files were removed (files_only, KEEP_MODELS)
 
 
 class Worker(TypedDict):
@@ -188,6 +190,30 @@ class Activation(TypedDict):
     client: str | None
     note: str
     created_at: str
+
+
+class StorageItem(TypedDict):
+    kind: Literal["dataset", "job"]
+    id: str
+    name: str
+    bytes: int
+    by_category: dict[str, int]
+    status: str | None  # a job's
+    created_at: str | None
+    protected: str | None  # why deleting it is refused now; None: it can be deleted
+    deleted: bool
+    files_removed: bool
+
+
+class Storage(TypedDict):
+    free_bytes: int  # on DATA_DIR's file system
+    total_bytes: int
+    used_bytes: int  # every file under DATA_DIR
+    # datasets, checkpoints, exports, logs, temporary, database, other
+    categories: dict[str, int]
+    datasets: int
+    jobs_with_files: int
+    biggest: list[StorageItem]  # biggest first
 
 
 class Prediction(TypedDict):
@@ -403,6 +429,41 @@ class Client:
 
     def cancel(self, job_id: str) -> Job:
         return cast(Job, self._json("POST", f"/jobs/{job_id}/cancel"))
+
+    def delete_job(self, job_id: str, *, files_only: bool = False) -> None:
+        """Delete the job's files and hide it (its history stays), or with ``files_only``
+        free its model files and keep it listed. ServiceError 409 while it is queued or
+        running, the active model, or used by a live job (``body["used_by"]``)."""
+        self.request("DELETE", f"/jobs/{job_id}",
+                     params={"files_only": "true"} if files_only else None)
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self.request("DELETE", f"/datasets/{dataset_id}")
+
+    def logs(self, job_id: str, *, tail: int | None = None) -> str:
+        """The job's log (its worker's and training process's lines), or its last ``tail``
+        lines."""
+        params = {"tail": str(tail)} if tail is not None else None
+        return self.request("GET", f"/jobs/{job_id}/logs", params=params).text
+
+    def follow_logs(self, job_id: str, *, tail: int | None = None) -> Iterator[str]:
+        """The job's log as it is written, until the job ends (from its last ``tail``
+        lines, else from the start)."""
+        params = {"follow": "true", **({"tail": str(tail)} if tail is not None else {})}
+        try:
+            with self.http.stream("GET", f"/jobs/{job_id}/logs", params=params,
+                                  timeout=httpx.Timeout(self.http.timeout.connect,
+                                                        read=None)) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    _raise_for_status(r)
+                yield from r.iter_text()
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
+    def storage(self, *, limit: int = 20) -> Storage:
+        """What the service's DATA_DIR holds, its free space, the biggest items."""
+        return cast(Storage, self._json("GET", "/storage", params={"limit": limit}))
 
     def download_checkpoint(self, job_id: str, out: str | Path) -> Path:
         return self._download(f"/jobs/{job_id}/checkpoint", out)

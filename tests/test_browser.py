@@ -494,6 +494,37 @@ def test_the_page_shows_the_workers(browser: WebDriver, service: Stack) -> None:
     assert_no_script_errors(browser)
 
 
+def test_the_storage_table_deletes_and_a_job_shows_its_log(
+        browser: WebDriver, service: Stack, trained: dict[str, Any]) -> None:
+    with trained["zip"].open("rb") as f:  # a dataset nobody uses, to delete from the table
+        r = httpx.post(f"{service.url}/datasets", files={"file": ("spare.zip", f)},
+                       data={"name": "spare"}, timeout=120)
+    assert r.status_code == 201, r.text
+    spare = r.json()["id"]
+    open_page(browser, service)
+    row = f'#storage-body tr[data-item="dataset:{spare}"]'
+    wait_on_page(browser, "the storage table", lambda d: d.find_elements(By.CSS_SELECTOR, row))
+    assert "free of" in visible_text(browser, "storage-summary")
+    assert "spare" in browser.find_element(By.CSS_SELECTOR, row).text
+    browser.find_element(By.CSS_SELECTOR, f'{row} button[data-action="delete"]').click()
+    browser.switch_to.alert.accept()
+    wait_on_page(browser, "the deleted dataset's row to go", lambda d: not d.find_elements(
+        By.CSS_SELECTOR, row))
+    assert httpx.get(f"{service.url}/datasets/{spare}", timeout=30).status_code == 404
+    assert httpx.get(f"{service.url}/datasets/{trained['dataset']['id']}",
+                     timeout=30).status_code == 200
+
+    # The trained job's log, under its row in the job list.
+    job_id = trained["job"]["id"]
+    browser.find_element(By.CSS_SELECTOR,
+                         f'#jobs-body tr[data-job="{job_id}"] button.logs-button').click()
+    shown = wait_on_page(browser, "the job's log", lambda d: [
+        e.text for e in d.find_elements(By.CSS_SELECTOR, f'tr[data-logs-of="{job_id}"] pre')
+        if "attempt 1" in e.text])[0]
+    assert f"job {job_id} done" in shown
+    assert_no_script_errors(browser)
+
+
 def test_the_page_works_with_an_api_key(browser: WebDriver, keyed_service: Stack,
                                         color_dataset: Path, tmp_path: Path) -> None:
     url = keyed_service.url

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from app.core import joblog
 from app.core.logs import adopt_job_from_environment, configure_logging
 from app.db.models import ErrorKind
 from app.engine import (
@@ -215,6 +216,7 @@ def _failed(exc: Exception, spec: dict[str, Any]) -> int:
     error = job_failure(exc, spec["config"])
     if error is None:
         raise exc
+    logging.getLogger(__name__).error("the job failed (%s): %s", error.kind.value, error.text)
     emit(error)
     return EXIT_ERROR
 
@@ -335,7 +337,18 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m worker.child SPEC.json", file=sys.stderr)
         return 2
-    return run(json.loads(Path(args[0]).read_text()))
+    spec = json.loads(Path(args[0]).read_text())
+    if spec.get("job_log"):  # the job's own log gets these lines too
+        job_log = Path(spec["job_log"])
+        joblog.install(lambda _job_id: job_log, int(spec.get("job_log_bytes") or 0))
+    sys.excepthook = _log_uncaught
+    return run(spec)
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """A crash of the training process (a bug, not the job's failure) is logged, so that
+    the job's log says why its attempt died."""
+    logging.getLogger(__name__).critical("the training process crashed", exc_info=(kind, exc, tb))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,9 @@ class TrainingProcess:
     # More than one: ``torchrun`` starts this many training processes (DDP, one per GPU, or
     # gloo on CPU); rank 0 reports on the shared stdout. See :func:`training_processes`.
     processes: int = 1
+    # The job's own log (app.core.joblog): the training process appends its lines there too.
+    log: Path | None = None
+    log_bytes: int = 0
     proc: subprocess.Popen[str] | None = None
     returncode: int | None = None
 
@@ -125,6 +128,8 @@ class TrainingProcess:
             "export_onnx": self.export_onnx,
             **({"evaluate": str(self.evaluate)} if self.evaluate is not None else {}),
             **({"predict": self.predict} if self.predict is not None else {}),
+            **({"job_log": str(self.log), "job_log_bytes": self.log_bytes}
+               if self.log is not None and self.log_bytes > 0 else {}),
         }
         self.out.parent.mkdir(parents=True, exist_ok=True)
         # One attempt of a job runs at a time (the claim is atomic), so a spec already here

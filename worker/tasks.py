@@ -19,6 +19,7 @@ from celery.signals import worker_ready, worker_shutting_down
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from app.core import joblog
 from app.core.config import Settings, get_settings
 from app.core.logs import job_context
 from app.db.models import ErrorKind, Job, JobKind, JobStatus
@@ -41,7 +42,7 @@ from app.jobs.service import (
     source_job_id,
     utcnow,
 )
-from worker import presence
+from worker import presence, sweeper
 from worker import protocol as ev
 from worker.runner import (
     NotEnoughDevices,
@@ -188,11 +189,13 @@ def _launch(settings: Settings, claim: Claim) -> TrainingProcess:
     job_dir = settings.job_dir(claim.job_id)
     doing = (f"evaluating {claim.evaluate}" if claim.evaluate else
              "predicting" if claim.predict else "training")
+    job_dir.mkdir(parents=True, exist_ok=True)  # the job's log starts here
     log.info("job %s attempt %d: %s on %s in %d process(es)", claim.job_id, claim.attempt,
              doing, claim.dataset_dir, claim.processes)
     return TrainingProcess(data_dir=claim.dataset_dir, config=claim.config,
                            out=job_dir / "model.pt", epoch_checkpoint=job_dir / "last.pt",
                            export_onnx=settings.export_onnx, processes=claim.processes,
+                           log=settings.job_log(claim.job_id), log_bytes=settings.job_log_bytes,
                            evaluate=Path(claim.evaluate) if claim.evaluate else None,
                            predict=claim.predict).start()
 
@@ -248,6 +251,7 @@ def _record_outcome(engine: Engine, claim: Claim, outcome: ev.Outcome | None,
                 if released is JobStatus.QUEUED:
                     return INTERRUPTED
             case None if watcher.killed_for is ErrorKind.TIMEOUT:
+                log.warning("job %s failed: %s", job_id, watcher.reason)
                 finish_job(s, job_id, worker=name, status=JobStatus.FAILED,
                            error_kind=ErrorKind.TIMEOUT, error=watcher.reason)
                 s.commit()
@@ -255,10 +259,19 @@ def _record_outcome(engine: Engine, claim: Claim, outcome: ev.Outcome | None,
                 released = release_job(
                     s, job_id, worker=name, error_kind=watcher.killed_for or ErrorKind.CRASHED,
                     error=watcher.reason or f"training process exited with code {returncode}")
+                if released is JobStatus.CANCELLED:  # stopped by force: it did not listen
+                    log.info("job %s cancelled (its training process was stopped)", job_id)
+                elif released is not None:
+                    log.warning("job %s: its training process ended without an outcome (exit "
+                                "code %s)%s; the job is %s now", job_id, returncode,
+                                f": {watcher.reason}" if watcher.reason else "",
+                                released.value)
                 s.commit()
                 if released is not None:
                     return released.value
             case ev.Done():
+                log.info("job %s done: %s", job_id, "evaluated" if claim.evaluate else
+                         "predicted" if claim.predict else f"kept epoch {outcome.selected_epoch}")
                 # A cancel recorded while it evaluated or exported wins (finish_job refuses
                 # to mark a job with a cancel request succeeded).
                 # An evaluate job's result is its evaluation, a predict job's its results
@@ -273,10 +286,13 @@ def _record_outcome(engine: Engine, claim: Claim, outcome: ev.Outcome | None,
                                error_kind=ErrorKind.CANCELLED_BY_USER)
                 s.commit()
             case ev.Cancelled():
+                log.info("job %s cancelled", job_id)
                 finish_job(s, job_id, worker=name, status=JobStatus.CANCELLED,
                            error_kind=ErrorKind.CANCELLED_BY_USER)
                 s.commit()
             case ev.Error():
+                # Logged before the status is: a reader following the log sees it.
+                log.warning("job %s failed (%s): %s", job_id, outcome.kind.value, outcome.text)
                 finish_job(s, job_id, worker=name, status=JobStatus.FAILED, error=outcome.text,
                            error_kind=outcome.kind)
                 s.commit()
@@ -454,6 +470,9 @@ class Reaper(threading.Thread):
 
 @worker_ready.connect
 def _start_reaper(sender: Any = None, **_kwargs: Any) -> None:
-    Reaper(get_settings(), presence.consumed_queues(sender) if sender is not None else ()
-           ).start()
-    presence.start(get_settings(), worker_name(), sender)
+    settings = get_settings()
+    # Lines about a job (this worker's and its training processes') go to its own log too.
+    joblog.install(settings.job_log, settings.job_log_bytes)
+    Reaper(settings, presence.consumed_queues(sender) if sender is not None else ()).start()
+    presence.start(settings, worker_name(), sender)
+    sweeper.start(settings)

@@ -29,7 +29,7 @@ from app.api.guards import CrossSiteGuard, HostCheck, RequestId
 from app.api.keys import ApiKeyGate, KeyRing, document_scopes
 from app.api.keys import router as keys_router
 from app.api.metrics import register as register_collectors
-from app.api.routes import datasets, jobs, models, ops, predict, predictions, workers
+from app.api.routes import datasets, jobs, models, ops, predict, predictions, storage, workers
 from app.api.routes.ops import WEB_DIR, WEB_PREFIX
 from app.api.state import State
 from app.core.config import Settings, get_settings
@@ -206,7 +206,7 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
     )
     api.state.hotdog = state
     errors.install(api)
-    for module in (datasets, jobs, models, predict, predictions, workers, ops):
+    for module in (datasets, jobs, models, predict, predictions, workers, storage, ops):
         api.include_router(module.router)
     api.include_router(keys_router)  # GET /keys/me
     document_scopes(api)  # each operation names its scope (app.api.keys.RULES)

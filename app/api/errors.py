@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from app.api.logs import LogFollowersBusy
 from app.api.redact import public_message
 from app.api.serving import Overloaded
 from app.core.logs import REQUEST_ID
@@ -24,6 +25,7 @@ from app.jobs.broker import QueueUnreachable
 from app.jobs.service import InvalidParams, JobConflict, JobNotFound, TooManyActiveJobs
 from app.models.promotion import NotComparable, NothingToRollBack, PromotionRefused
 from app.models.service import ModelNotFound, ModelUnavailable, NoModelYet
+from app.storage.retention import JobBusy, ModelInUse
 from app.workers.service import NoLiveWorker, WeightsUnavailable
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ STATUS: list[tuple[type[Exception], int]] = [
     (JobNotFound, 404),
     (ModelNotFound, 404),
     (DatasetBusy, 409),
+    (JobBusy, 409),  # queued or running: cancel it first
+    (ModelInUse, 409),  # the active model, or a live job's start or model (used_by)
     (JobConflict, 409),
     (ModelUnavailable, 409),
     (NoModelYet, 409),
@@ -55,6 +59,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (DatasetError, 422),
     (ImageDecodeError, 422),
     (TooManyActiveJobs, 429),
+    (LogFollowersBusy, 503),  # LOG_FOLLOWERS streams are open
     (Overloaded, 503),  # shed load; Retry-After tells clients when to try again
     (DecodeBusy, 503),
     (QueueUnreachable, 503),

@@ -203,6 +203,11 @@ class JobOut(BaseModel):
     waiting_for: str | None = Field(
         None, description="a queued job that no live worker would take: the worker it "
         "waits for, e.g. 'a worker with a GPU (none is running)'; null otherwise")
+    deleted_at: datetime | None = Field(
+        None, description="when DELETE /jobs/{id} removed its files (its history stays)")
+    files_removed_at: datetime | None = Field(
+        None, description="when its model files were removed (DELETE ?files_only=true, "
+        "KEEP_MODELS retention, or the deletion); its row, metrics and log stay")
 
 
 class WorkerOut(BaseModel):
@@ -403,6 +408,9 @@ class ErrorOut(BaseModel):
         None, description="a refused activation: both models' scores")
     scopes: list[str] | None = Field(
         None, description="a 403 `scope_missing`: the scopes of which the key needs one")
+    used_by: list[str] | None = Field(
+        None, description="a refused DELETE /jobs/{id} (`kind` `active_model` or "
+        "`model_in_use`): the job(s) that hold it")
 
 
 _ERROR_TEXT = {
@@ -444,3 +452,31 @@ class KeyOut(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = {}
+
+
+class StorageItem(BaseModel):
+    kind: Literal["dataset", "job"]
+    id: str
+    name: str = Field(description="a dataset's name; for a job, what it holds and its status")
+    bytes: int
+    by_category: dict[str, int] = Field(description="its bytes by category (see categories)")
+    status: str | None = Field(None, description="a job's status")
+    created_at: datetime | None = None
+    protected: str | None = Field(
+        None, description="why DELETE would be refused now (queued or running, the active "
+        "model, used by a live job); null: it can be deleted")
+    deleted: bool = False
+    files_removed: bool = False
+
+
+class StorageOut(BaseModel):
+    free_bytes: int = Field(description="free space on DATA_DIR's file system")
+    total_bytes: int = Field(description="the size of DATA_DIR's file system")
+    used_bytes: int = Field(description="every file under DATA_DIR")
+    categories: dict[str, int] = Field(
+        description="bytes under DATA_DIR by category: datasets, checkpoints (model.pt and "
+        "the per-epoch last.pt/best.pt), exports (ONNX, TorchScript), logs (per-job logs), "
+        "temporary (uploads in progress or left by a crash), database (SQLite), other")
+    datasets: int = Field(description="datasets with files")
+    jobs_with_files: int = Field(description="jobs whose folder holds more than a log")
+    biggest: list[StorageItem] = Field(description="the biggest datasets and jobs, biggest first")

@@ -333,6 +333,17 @@ class ModelCache:
         with self.lock:
             self.lookups.clear()
 
+    def drop(self, job_id: str) -> None:
+        """Unload ``job_id``'s model (its files were deleted): the next request for it finds
+        out in the database that it is gone."""
+        with self.lock:
+            self.lookups.clear()
+            model = self.models.pop(job_id, None)
+            if model is not None:
+                model.evicted = True
+                if not model.users:
+                    self._forget(model)
+
     def get(self, job_id: str, checkpoint: Path) -> LoadedModel:
         with self.lock:
             if job_id in self.models:

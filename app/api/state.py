@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from app.api.logs import Followers
 from app.api.readiness import PROBE_SECONDS, Readiness
 from app.api.serving import Intake, ModelCache, ServingMetrics
 from app.core.config import Settings
@@ -48,10 +49,12 @@ class State:
     # /ready's: an engine of its own with short timeouts, probed on threads of its own.
     probe_engine: Engine = field(init=False)
     readiness: Readiness = field(init=False)
+    log_followers: Followers = field(init=False)  # GET /jobs/{id}/logs?follow=true streams
 
     def __post_init__(self) -> None:
         from app.db.session import make_probe_engine
 
+        self.log_followers = Followers(self.settings.log_followers)
         self.probe_engine = make_probe_engine(self.settings.db_url, PROBE_SECONDS)
         self.reports = Reports(self.settings, self.session)
         self.readiness = Readiness({"database": self.check_database,

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from app.cli import demo, local, ops, remote
+from app.cli import demo, local, ops, remote, storage
 from app.cli.exit_codes import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_USAGE, error_exit_code
 from app.core.logs import configure_logging
 
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register_data(command)
     ops.register(command)
     remote.register(command)
+    storage.register(command)
     demo.register(command)
     return parser
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.core.keys import KeyEntry, all_keys
+
+JOB_LOG_NAME = "job.log"  # in each job's folder (app.core.joblog)
 
 
 class Settings(BaseSettings):
@@ -139,6 +142,23 @@ class Settings(BaseSettings):
     # not faster than one process. 0: such a job fails at once (the worker has no GPUs).
     cpu_ddp_processes: int = 0
     models_cached: int = 4  # loaded models kept in memory
+
+    # --- Retention and storage (a worker sweeps every SWEEP_SECONDS)
+    # Keep the model files of the N most recent succeeded training jobs, plus the active
+    # model and every model a queued or running job starts from (job:<id>) or evaluates;
+    # the sweep removes older ones' files (their rows, metrics and logs stay). None: keep all.
+    keep_models: Annotated[int | None, Field(ge=0)] = None
+    # How often each worker sweeps DATA_DIR: KEEP_MODELS, last.pt/best.pt of finished jobs,
+    # files of deleted jobs and datasets left by a crash, stale temporary files. 0: never.
+    sweep_seconds: Annotated[float, Field(ge=0)] = 300.0
+    # A temporary file (.tmp, .incoming-*, DATA_DIR/tmp/*) untouched this long was left by a
+    # crash: the sweep removes it.
+    stale_temp_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    # Each job's log (its worker's and training process's lines) in its folder, at most this
+    # many bytes: past it the oldest lines are dropped. 0: no per-job logs.
+    job_log_bytes: Annotated[int, Field(ge=0)] = 1 << 20
+    # GET /jobs/{id}/logs?follow=true streams open at once; one more gets 503.
+    log_followers: Annotated[int, Field(ge=1)] = 16
     # What the promotion gate compares (POST /models/{id}/activate): a candidate replaces the
     # active model only if it scores at least as well on this, on the same test split.
     # macro_f1 (the mean of the per-class F1: an imbalanced test split cannot hide a class
@@ -179,6 +199,9 @@ class Settings(BaseSettings):
 
     def job_dir(self, job_id: str) -> Path:
         return (self.data_dir / "jobs" / job_id).resolve()
+
+    def job_log(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / JOB_LOG_NAME
 
 
 def is_loopback(host: str) -> bool:

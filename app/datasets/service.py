@@ -102,7 +102,12 @@ def delete(session: Session, *, dataset_id: str) -> None:
 
 
 def remove_files(path: Path) -> None:
-    if path.exists():  # rename first: a half-deleted tree never sits under the live name
-        trash = path.with_name(f".deleted-{path.name}")
+    # Rename first: a half-deleted tree never sits under the live name. The worker's sweep
+    # may remove the same folder at the same time (a leftover of a crash): whoever renames
+    # it first deletes it.
+    trash = path.with_name(f".deleted-{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
         path.rename(trash)
-        shutil.rmtree(trash, ignore_errors=True)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)

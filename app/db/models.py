@@ -195,6 +195,12 @@ class Job(Base):
     # The active model for /predict is the succeeded job activated last (else the newest);
     # the activations table is the history of these changes.
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # DELETE /jobs/{id}: its files are gone, the row stays for its history (metrics,
+    # evaluation), hidden from the job list and unusable as a model or a job:<id> start.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Its model files were removed (DELETE ?files_only=true, or the KEEP_MODELS sweep); the
+    # row and the job's log stay.
+    files_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     dataset: Mapped[Dataset | None] = relationship(back_populates="jobs")
     metrics: Mapped[list[EpochMetric]] = relationship(

@@ -433,6 +433,10 @@ def _check_init(session: Session, init: str) -> None:
     if source.status is not JobStatus.SUCCEEDED or not source.checkpoint_path:
         raise InvalidParams(f"init: job {source.id} has not succeeded ({source.status.value}); "
                             "only a finished model can start another job")
+    if source.deleted_at is not None or source.files_removed_at is not None:
+        raise InvalidParams(f"init: the model of job {source.id} was "
+                            + ("deleted" if source.deleted_at is not None else
+                               "removed (files_only deletion or KEEP_MODELS retention)"))
 
 
 def fail_unqueued(session: Session, job_id: str, *, error: str) -> bool:
@@ -446,10 +450,11 @@ def fail_unqueued(session: Session, job_id: str, *, error: str) -> bool:
 # ---------------------------------------------------------------------------- reading
 def list_jobs(
     session: Session, *, status: JobStatus | None, dataset_id: str | None, limit: int,
-    offset: int,
+    offset: int, include_deleted: bool = False,
 ) -> Sequence[Job]:
-    """Newest first, optionally only those with ``status`` or on ``dataset_id``."""
-    q = select(Job)
+    """Newest first, optionally only those with ``status`` or on ``dataset_id``; deleted
+    jobs only with ``include_deleted``."""
+    q = select(Job) if include_deleted else select(Job).where(Job.deleted_at.is_(None))
     if status is not None:
         q = q.where(Job.status == status)
     if dataset_id is not None:

@@ -27,7 +27,8 @@ ACTIVATION_TICK = datetime.resolution * 1000  # 1 ms
 # Usable models, the active one first: the model activated last, else the newest.
 USABLE = (
     select(Job).where(Job.kind == JobKind.TRAIN, Job.status == JobStatus.SUCCEEDED,
-                      Job.checkpoint_path.is_not(None))
+                      Job.checkpoint_path.is_not(None), Job.deleted_at.is_(None),
+                      Job.files_removed_at.is_(None))
     .order_by(Job.activated_at.is_(None), Job.activated_at.desc(), Job.finished_at.desc(),
               Job.id)
 )
@@ -78,6 +79,11 @@ def model_file(job: Job) -> Path:
     if job.status is not JobStatus.SUCCEEDED or not job.checkpoint_path:
         raise ModelUnavailable(
             f"job {job.id} is {job.status.value}; only a succeeded job has a model")
+    if job.deleted_at is not None:
+        raise ModelUnavailable(f"job {job.id} was deleted; its model is gone")
+    if job.files_removed_at is not None:
+        raise ModelUnavailable(f"the model files of job {job.id} were removed (DELETE "
+                               "?files_only=true, or KEEP_MODELS retention); its history stays")
     path = Path(job.checkpoint_path)
     if not path.is_file():
         log.warning("the checkpoint of job %s is missing: %s", job.id, path)

@@ -180,7 +180,7 @@
 
   // One API call: JSON in (``json``) or multipart (``form``), JSON out. A 401 asks for the
   // key once and retries; every other error becomes an ApiError with the API's words.
-  async function api(method, path, { json, form, onProgress } = {}) {
+  async function api(method, path, { json, form, onProgress, text } = {}) {
     const lacking = window.hotdogScopes.missing(method, path);
     if (lacking.length) {
       throw new ApiError(`this API key lacks the ${lacking.map((s) => `'${s}'`).join(" or ")} `
@@ -208,6 +208,7 @@
         throw errorFromResponse(xhr.status, xhr.statusText, xhr.responseText,
           xhr.getResponseHeader("Retry-After"));
       }
+      if (text) return xhr.responseText; // a plain-text answer (a job's log)
       if (xhr.status === 204 || !xhr.responseText) return null;
       try {
         return JSON.parse(xhr.responseText);
@@ -766,6 +767,9 @@
       const want = previous ? previous.nextSibling : body.firstChild;
       if (want !== r.tr) body.insertBefore(r.tr, want);
       previous = r.tr;
+      // A row storage.js shows under a job (its log) stays with it.
+      const under = r.tr.nextSibling;
+      if (under && under.dataset && under.dataset.logsOf === job.id) previous = under;
     }
     for (const [id, r] of state.rows) {
       if (!seen.has(id)) {
@@ -775,6 +779,7 @@
     }
     $("jobs-table").hidden = !state.jobs.length;
     $("jobs-empty").hidden = state.jobs.length > 0;
+    document.dispatchEvent(new CustomEvent("hotdog:jobs", { detail: state.jobs }));
   }
 
   async function refreshJobs() {
@@ -1053,6 +1058,10 @@
   }
 
   // ---------------------------------------------------------------- start
+
+  // What other panels' scripts (storage.js) use.
+  window.hotdog = { api, el, short, showError, announce, ApiError, refreshJobs,
+    refreshDatasets, refreshModels, ACTIVE };
 
   function start() {
     setUpDrop();

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, status
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
+from app.api import logs
 from app.api.deps import GUARDED, SessionDep, SettingsDep, StateDep
 from app.api.schemas import (
     ERRORS,
@@ -20,6 +21,7 @@ from app.api.schemas import (
     Progress,
 )
 from app.api.state import State
+from app.core import joblog
 from app.core.config import Settings
 from app.db.models import EpochMetric, Job, JobStatus
 from app.engine import selection
@@ -30,6 +32,7 @@ from app.jobs import service as jobs
 from app.jobs.broker import QueueUnreachable
 from app.jobs.queues import queue_for
 from app.models import service as models
+from app.storage import retention
 from app.workers import service as workers
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=GUARDED, responses=ERRORS)
@@ -78,6 +81,7 @@ def job_out(job: Job, metrics: list[EpochMetric], waiting_for: str | None = None
         cancel_requested=job.cancel_requested, error=job.error, error_kind=job.error_kind,
         exports=job.exports or {}, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, heartbeat_at=job.heartbeat_at, waiting_for=waiting_for,
+        deleted_at=job.deleted_at, files_removed_at=job.files_removed_at,
     )
 
 
@@ -138,9 +142,12 @@ def list_jobs(
     dataset_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    include_deleted: Annotated[bool, Query(description="list deleted jobs too")] = False,
 ) -> list[JobOut]:
+    """Newest first; deleted jobs only with ``include_deleted`` (``GET /jobs/{id}`` shows
+    any)."""
     rows = jobs.list_jobs(session, status=status_, dataset_id=dataset_id, limit=limit,
-                          offset=offset)
+                          offset=offset, include_deleted=include_deleted)
     metrics = jobs.epoch_metrics(session, [j.id for j in rows])
     waiting = _Waiting(session, settings)
     return [job_out(j, metrics[j.id], waiting.of(j)) for j in rows]
@@ -198,3 +205,53 @@ def job_export(
     path = models.export_file(jobs.get_job(session, job_id), format)
     return FileResponse(path, media_type="application/octet-stream",
                         filename=f"hotdog-{job_id}{SUFFIXES[format]}")
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_job(
+    session: SessionDep, state: StateDep, job_id: str,
+    files_only: Annotated[bool, Query(description="free the disk (model files, exports, "
+                                      "checkpoints) and keep the job listed, with its log")
+                          ] = False,
+) -> None:
+    """Delete a job's files (its folder: checkpoints, exports, log) and hide it from the list;
+    its history (GET /jobs/{id}, metrics, evaluation) stays. 409 while it is queued or
+    running (cancel it first), the active model, or used by a queued or running job
+    (``init: job:<id>``, or an evaluation of it): ``kind`` and ``used_by`` say which."""
+    retention.delete_job(session, job_id=job_id, files_only=files_only)
+    session.commit()  # the row says so before its files go
+    state.models.drop(job_id)
+    retention.remove_job_files(state.settings.job_dir(job_id), keep_log=files_only)
+
+
+LOG_TEXT: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}}}
+
+
+@router.get("/{job_id}/logs", response_class=Response, responses=LOG_TEXT)
+def job_logs(
+    session: SessionDep, state: StateDep, job_id: str,
+    tail: Annotated[int | None, Query(ge=0, le=100_000, description="only the last N lines")
+                    ] = None,
+    follow: Annotated[bool, Query(description="keep the answer open and send new lines "
+                                  "until the job ends (chunked text/plain)")] = False,
+) -> Response:
+    """The job's log: its worker's and training process's lines about it (at most
+    JOB_LOG_BYTES, the oldest dropped first), as plain text."""
+    job = jobs.get_job(session, job_id)
+    if job.deleted_at is not None:
+        raise jobs.JobConflict(f"job {job_id} was deleted; its log went with its files")
+    path = state.settings.job_log(job_id)
+    if not follow:
+        return PlainTextResponse(joblog.tail(path, tail))
+    position = logs.start_position(path, tail)
+    state.log_followers.take()
+
+    def ended() -> bool:
+        with state.session() as s:
+            return jobs.get_job(s, job_id).status.is_terminal
+
+    return StreamingResponse(
+        logs.followed(state.log_followers, path, position, ended),
+        media_type="text/plain; charset=utf-8",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
