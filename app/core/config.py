@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     # not faster than one process. 0: such a job fails at once (the worker has no GPUs).
     cpu_ddp_processes: int = 0
     models_cached: int = 4  # loaded models kept in memory
+    # torch.compile of the training step (app/engine/compiled.py): "auto" compiles a job whose
+    # training work (epochs x train images, in images at 224 px) exceeds the break-even of
+    # the compile time (TRAIN_COMPILE_BREAK_EVEN; None: the figure measured for the device
+    # type), "on" every job, "off" none. A compile failure falls back to eager training.
+    train_compile: Literal["auto", "on", "off"] = "auto"
+    train_compile_break_even: int | None = None
     # What the promotion gate compares (POST /models/{id}/activate): a candidate replaces the
     # active model only if it scores at least as well on this, on the same test split.
     # macro_f1 (the mean of the per-class F1: an imbalanced test split cannot hide a class
