@@ -395,7 +395,7 @@ def measure_compile(
 
         loss, _ = step_with(step)
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     def eager(step: Callable[[nn.Module], Any]) -> Any:
         return step(eager_model)
