@@ -117,8 +117,8 @@ class Settings(BaseSettings):
     models_cached: int = 4  # loaded models kept in memory
     # torch.compile of the training step (app/engine/compiled.py): "auto" compiles a job whose
     # training work (epochs x train images, in images at 224 px) exceeds the break-even of
-    # the compile time (TRAIN_COMPILE_BREAK_EVEN; None: the figure measured for the device
-    # type), "on" every job, "off" none. A compile failure falls back to eager training.
+    # the compile time (TRAIN_COMPILE_BREAK_EVEN; None: the default for the device type),
+    # "on" every job, "off" none. A compile failure falls back to eager training.
     train_compile: Literal["auto", "on", "off"] = "auto"
     train_compile_break_even: int | None = None
     # What the promotion gate compares (POST /models/{id}/activate): a candidate replaces the

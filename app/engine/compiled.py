@@ -12,8 +12,9 @@ The left side is the job's training work in images at 224 px (a step's time grow
 pixels, the compile time hardly does). The break-even is where the saved time equals the
 compile time, ``compile_s / (1/eager_img_s - 1/compiled_img_s)`` in images at 224 px, as
 ``bench/train_throughput.py`` measures it on a machine (its last lines print it);
-:data:`BREAK_EVEN_IMAGES` holds the figures measured for each device type (see the README,
-"Speed"), ``compile_break_even`` (``TRAIN_COMPILE_BREAK_EVEN``) overrides them. Runs of
+:data:`BREAK_EVEN_IMAGES` holds a figure for each device type (estimates so far: see its
+comment and the README, "Speed"); ``compile_break_even`` (``TRAIN_COMPILE_BREAK_EVEN``)
+sets the figure a machine measured. Runs of
 several CPU processes (DDP over gloo, a development mode) are never compiled by ``auto``.
 ``on`` compiles every run, ``off`` none. The decision and its reason go in the checkpoint's
 ``compute`` record.
@@ -46,11 +47,15 @@ log = logging.getLogger(__name__)
 
 COMPILE_CHOICES = ("auto", "on", "off")
 REFERENCE_SIZE = 224  # the break-even is counted in images of this side
-# Break-even in images at 224 px, by device type, measured with bench/train_throughput.py
-# (README, "Speed"). CPU: a 2-core AVX512-BF16 machine, bf16. CUDA: not measured here; a
-# conservative figure for a GPU, where compile time is of the same order and steps are
-# ~50x faster, so the break-even in images is larger too.
-BREAK_EVEN_IMAGES: dict[str, int] = {"cpu": 20_000, "cuda": 500_000}
+# Break-even in images at 224 px, by device type (README, "Speed"). Neither is yet a clean
+# measurement: on the 2-core AVX512-BF16 development machine the only run
+# (bench/train_throughput.py, 112 px, under ~90% CPU contention from other processes) found
+# compiled/eager 0.88 per round (spread 0.76-1.65) after a 694 s compile, i.e. no gain shown.
+# An estimate from idle figures (eager bf16 ~55 img/s at 224 px; inductor ~1.1x, as for the
+# forward pass; ~60 s compile) gives ~36,000 images; the CPU figure is set well above it until
+# an idle machine measures it. CUDA: compile time of the same order, steps ~50x faster, so the
+# break-even in images is larger. TRAIN_COMPILE_BREAK_EVEN sets the figure a machine measured.
+BREAK_EVEN_IMAGES: dict[str, int] = {"cpu": 100_000, "cuda": 500_000}
 
 T = TypeVar("T")
 

@@ -163,9 +163,9 @@ class TrainConfig:
         ge=0, le=64, optional=True, surfaces=frozenset({"cli"}))
     compile: str = _param(
         "auto", "torch.compile the training step: auto (when the job's training work exceeds "
-        "the measured break-even of its compile time; see app/engine/compiled.py), on, off",
+        "the break-even of its compile time; see app/engine/compiled.py), on, off",
         choices=COMPILE_CHOICES, surfaces=frozenset({"cli"}))
-    # auto's break-even, in images at 224 px; None: the figure measured for the device type.
+    # auto's break-even, in images at 224 px; None: the default for the device type.
     compile_break_even: int | None = None
     cache_bytes: int | None = None  # decoded-image cache budget; None: a quarter of free RAM
     channels_last: bool = True
