@@ -29,7 +29,8 @@ an eager run's.
 A compile failure never fails the job: the first compiled step is guarded, and if it
 raises, the model's state (parameters, BatchNorm statistics) is put back as it was before
 that step, its gradients cleared, the failure logged and recorded, and the run continues
-eagerly from that same batch.
+eagerly from that same batch. (Under DDP, a failure inside the first backward pass, after
+some gradient buckets were all-reduced, may leave the reducer unable to go on; untested.)
 """
 
 from __future__ import annotations
