@@ -48,6 +48,25 @@ spin-waiting, N torch threads sharing cores with another busy process can run se
 slower than one thread, and the bf16 kernels suffer most. On a shared machine measure with
 ``--threads 1`` (one core each side) or ``OMP_WAIT_POLICY=PASSIVE``.
 
+Then (unless ``--compile-rounds 0``; ``--quick`` skips it) it measures ``torch.compile`` on
+the engine's own training step (``app.engine.train.forward_backward`` and the optimiser step,
+through ``app.engine.compiled.CompiledStep``, inductor, with the precision and memory format
+of the engine's device plan) against the same step eager, on two copies of one model and the
+same fixed batches (no data loading: this is what compiling changes):
+
+* ``first compiled step`` / ``compile time``: the first compiled step's wall time, and that
+  less one eager step. By default inductor's on-disk cache starts empty (a worker's first
+  compiling job); ``--warm-compile-cache`` uses the usual cache (its later jobs).
+* steady ``img/s`` of each side over ``--compile-rounds`` rounds that alternate which side
+  goes first, ``--compile-steps`` steps per side per round; medians with [min-max], and the
+  per-round ratio compiled/eager (each round's two sides ran under the same load).
+* ``break-even``: training images after which the compiled run has caught up its compile
+  time, ``compile_s / (1/eager - 1/compiled)``, at the run's image size and in images at
+  224 px (the unit of the engine's rule, ``TRAIN_COMPILE_BREAK_EVEN``; see
+  ``app/engine/compiled.py``).
+* the first step's loss on each side from the same weights and batch (they agree within the
+  precision's tolerance), and the compile decision the engine's run above took.
+
 Accuracies are printed to show the two runs learn alike; on a few epochs from scratch they
 are close to chance and differ by the run's randomness (augmentation, shuffling), not by a
 bug. The first side run in a process can be slightly disadvantaged (allocator, caches):
@@ -59,12 +78,15 @@ Usage::
     .venv/bin/python bench/train_throughput.py --quick    # seconds: a smoke test
     .venv/bin/python bench/train_throughput.py --threads 1 --engine-precision fp32
     .venv/bin/python bench/train_throughput.py --data ~/data/hotdog --init imagenet --json
+    .venv/bin/python bench/train_throughput.py --compile-rounds 5 --image-size 112
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -80,10 +102,13 @@ from torchvision import datasets, transforms
 from torchvision.models import resnet18
 
 from app.engine import BatchProgress, Callback, EpochMetrics, StartInfo, TrainConfig, fit
+from app.engine.checkpoint import load_checkpoint
+from app.engine.compiled import BREAK_EVEN_IMAGES, COMPILE_CHOICES, REFERENCE_SIZE, CompiledStep
 from app.engine.config import INIT_IMAGENET, INIT_SCRATCH
 from app.engine.data import DatasetError, load_image_folder
 from app.engine.device import DevicePlan, plan_device
 from app.engine.model import PretrainedWeightsMissing, build_model, load_imagenet_state_dict
+from app.engine.train import forward_backward, make_optimizer
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
@@ -92,11 +117,11 @@ SIDES = ("bare", "engine")
 # Defaults of a normal run and of --quick; an option given on the command line wins.
 DEFAULTS: dict[str, Any] = {
     "train_per_class": 64, "test_per_class": 32, "min_side": 256, "max_side": 640,
-    "epochs": 3, "image_size": 224, "batch_size": 32,
+    "epochs": 3, "image_size": 224, "batch_size": 32, "compile_rounds": 5,
 }
 QUICK: dict[str, Any] = {
     "train_per_class": 16, "test_per_class": 8, "min_side": 80, "max_side": 160,
-    "epochs": 1, "image_size": 64, "batch_size": 32,
+    "epochs": 1, "image_size": 64, "batch_size": 32, "compile_rounds": 0,
 }
 
 
@@ -309,6 +334,7 @@ def run_engine(data: Path, cfg: TrainConfig, out: Path) -> SideResult:
     res.test_acc = result.test_acc
     res.extra = {
         "classes": result.classes,
+        "compile": load_checkpoint(out)["compute"]["compile"],
         "decode_cache_seconds": timer.info.decode_seconds,
         "decode_cache_mb": timer.info.cached_bytes / 1e6,
         "epoch_metrics_images_per_s": [m.images_per_s for m in result.history],
@@ -316,6 +342,140 @@ def run_engine(data: Path, cfg: TrainConfig, out: Path) -> SideResult:
         "fit_minus_epochs_seconds": res.whole_seconds - sum(m.seconds for m in result.history),
     }
     return res
+
+
+# ------------------------------------------------------------------- torch.compile's step
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def measure_compile(
+    cfg: TrainConfig, num_classes: int, plan: DevicePlan, *, rounds: int, steps: int,
+    out: Callable[[str], None],
+) -> dict[str, Any]:
+    """The engine's training step (``app.engine.train.forward_backward`` + the optimiser
+    step, under its device plan) eager and compiled (``CompiledStep``, inductor), on two
+    copies of the same model and the same fixed batches: the first compiled step's time
+    (compile + one step), then ``rounds`` alternating rounds of ``steps`` steps each side.
+    Data loading is left out: this is the step that compiling changes."""
+    device = plan.device
+    size, batch = cfg.image_size, cfg.batch_size
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches = [
+        (torch.randn(batch, 3, size, size, generator=gen).to(device).contiguous(
+            memory_format=torch.channels_last if plan.channels_last else torch.contiguous_format),
+         torch.randint(0, num_classes, (batch,), generator=gen).to(device))
+        for _ in range(2)
+    ]
+
+    def make() -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(cfg.seed)
+        model = build_model(num_classes, cfg.init).to(device)
+        if plan.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model.train(), make_optimizer(model, cfg)
+
+    def sync() -> None:
+        if plan.is_cuda:
+            torch.cuda.synchronize(device)
+
+    eager_model, eager_opt = make()
+    compiled_model, compiled_opt = make()
+    compiled = CompiledStep(compiled_model, compiled_model)
+
+    def one(step_with: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
+            opt: torch.optim.Optimizer, i: int) -> float:
+        x, y = batches[i % len(batches)]
+        opt.zero_grad(set_to_none=True)
+
+        def step(net: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+            return forward_backward(net, x, y, plan)
+
+        loss, _ = step_with(step)
+        opt.step()
+        return float(loss.detach())
+
+    def eager(step: Callable[[nn.Module], Any]) -> Any:
+        return step(eager_model)
+
+    def through_compiled(step: Callable[[nn.Module], Any]) -> Any:
+        return compiled.run(batch, step)
+
+    def timed(fn: Callable[[Any], Any], opt: torch.optim.Optimizer) -> float:
+        sync()
+        start = time.perf_counter()
+        for i in range(steps):
+            one(fn, opt, i)
+        sync()
+        return batch * steps / (time.perf_counter() - start)
+
+    first_loss_eager = one(eager, eager_opt, 0)  # also eager's own warm-up step
+    sync()
+    start = time.perf_counter()
+    first_loss_compiled = one(through_compiled, compiled_opt, 0)
+    sync()
+    first_step_s = time.perf_counter() - start
+    if compiled.failure is not None:
+        out(f"compile FAILED, the step ran eagerly: {compiled.failure}")
+    eager_ips: list[float] = []
+    compiled_ips: list[float] = []
+    for r in range(rounds):
+        sides = [("eager", eager, eager_opt), ("compiled", through_compiled, compiled_opt)]
+        for name, fn, opt in sides if r % 2 == 0 else sides[::-1]:
+            (eager_ips if name == "eager" else compiled_ips).append(timed(fn, opt))
+    ratios = [c / e for c, e in zip(compiled_ips, eager_ips, strict=True)]
+    e_med, c_med = _median(eager_ips), _median(compiled_ips)
+    compile_s = max(0.0, first_step_s - batch / e_med) if rounds else first_step_s
+    per_image_saved = 1 / e_med - 1 / c_med if rounds else float("nan")
+    break_even = compile_s / per_image_saved if per_image_saved > 0 else None
+    scale = (size / REFERENCE_SIZE) ** 2
+    return {
+        "image_size": size, "batch_size": batch, "rounds": rounds, "steps_per_round": steps,
+        "first_step_seconds": first_step_s, "compile_seconds": compile_s,
+        "failure": compiled.failure,
+        "eager_images_per_s": eager_ips, "compiled_images_per_s": compiled_ips,
+        "eager_median": e_med, "compiled_median": c_med, "ratios": ratios,
+        "ratio_median": _median(ratios),
+        "break_even_images": break_even,
+        "break_even_images_224": None if break_even is None else break_even * scale,
+        "first_step_loss": {"eager": first_loss_eager, "compiled": first_loss_compiled},
+        "cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "inductor's default"),
+    }
+
+
+def report_compile(c: dict[str, Any], plan: DevicePlan, engine_compile: dict[str, Any],
+                   out: Callable[[str], None]) -> None:
+    def spread(values: Sequence[float], spec: str = ".1f") -> str:
+        if not values:
+            return "-"
+        return f"{_median(values):{spec}} [{min(values):{spec}}-{max(values):{spec}}]"
+
+    out("")
+    out(f"torch.compile of the training step (inductor; {plan.precision}, "
+        f"{'channels_last' if plan.channels_last else 'contiguous'}, batch {c['batch_size']} at "
+        f"{c['image_size']} px, fixed batches, no data loading; cache {c['cache']}):")
+    out(f"  first compiled step {c['first_step_seconds']:.1f}s -> compile time "
+        f"~{c['compile_seconds']:.1f}s")
+    out(f"  steady step img/s over {c['rounds']} alternating rounds of {c['steps_per_round']} "
+        f"steps, median [min-max]: eager {spread(c['eager_images_per_s'])}, compiled "
+        f"{spread(c['compiled_images_per_s'])}")
+    out(f"  ratio compiled/eager (per round): {spread(c['ratios'], '.2f')}")
+    if c["break_even_images"] is None:
+        out("  break-even: never (compiled not faster)")
+    else:
+        out(f"  break-even: {c['break_even_images']:,.0f} training images at "
+            f"{c['image_size']} px = {c['break_even_images_224']:,.0f} images at "
+            f"{REFERENCE_SIZE} px (TRAIN_COMPILE_BREAK_EVEN; the engine's default for "
+            f"{plan.device.type}: {BREAK_EVEN_IMAGES.get(plan.device.type, '-')})")
+    losses = c["first_step_loss"]
+    out(f"  first-step loss from the same weights: eager {losses['eager']:.5f}, compiled "
+        f"{losses['compiled']:.5f} (|diff| {abs(losses['eager'] - losses['compiled']):.1e})")
+    if "cpu_wait_pct" in c:
+        out(f"  thread-time spent waiting for a CPU: {c['cpu_wait_pct']:.0f}% (ratios of "
+            "alternating rounds still compare the two steps under the same load)")
+    out(f"  the engine run above: {engine_compile.get('reason')}")
 
 
 # ------------------------------------------------------------------------------ the harness
@@ -370,6 +530,19 @@ def measured(run: Callable[[], SideResult], threads: int) -> SideResult:
     return res
 
 
+def measured_compile(cfg: TrainConfig, num_classes: int, plan: DevicePlan,
+                     args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    """:func:`measure_compile` with the share of thread-time spent waiting for a CPU."""
+    wait = runqueue_wait_s()
+    start = time.perf_counter()
+    figures = measure_compile(cfg, num_classes, plan, rounds=args.compile_rounds,
+                              steps=args.compile_steps, out=print)
+    after, seconds = runqueue_wait_s(), time.perf_counter() - start
+    if wait is not None and after is not None and seconds > 0:
+        figures["cpu_wait_pct"] = 100 * (after - wait) / (seconds * threads)
+    return figures
+
+
 def same_initial_weights(num_classes: int, recipe: Recipe) -> bool:
     """Whether the bare model and the engine's ``build_model`` start bit-identical."""
     bare = bare_model(num_classes, recipe.init, recipe.seed).state_dict()
@@ -407,6 +580,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="auto: the engine's own choice (bf16 autocast on a CPU with native bf16); fp32: "
         "force fp32, to separate the bf16 gain from channels_last + caching",
     )
+    p.add_argument(
+        "--engine-compile", choices=COMPILE_CHOICES, default="auto",
+        help="the engine run's TrainConfig.compile (auto: its own rule, see "
+        "app/engine/compiled.py)")
+    p.add_argument(
+        "--compile-rounds", type=int,
+        help="torch.compile measurement: alternating eager/compiled rounds after the first "
+        f"(compiling) step; 0 skips it (default {d['compile_rounds']}, --quick "
+        f"{QUICK['compile_rounds']})")
+    p.add_argument("--compile-steps", type=int, default=3,
+                   help="training steps per side per round (default 3)")
+    p.add_argument(
+        "--warm-compile-cache", action="store_true",
+        help="use inductor's usual on-disk cache (a worker's later jobs); default: an empty "
+        "one, so the compile time is a first job's")
     p.add_argument("--no-warmup", dest="warmup", action="store_false")
     p.add_argument("--device", default="cpu",
                    help="cpu or cuda[:N]: where both sides train (default cpu)")
@@ -488,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             init=args.init, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             head_lr_mult=args.head_lr_mult, image_size=args.image_size, seed=args.seed,
             device=args.device,  # both sides on the same device
-            precision=args.engine_precision,
+            precision=args.engine_precision, compile=args.engine_compile,
         ).resolved()
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -557,7 +745,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sides["bare"].extra["classes"] != sides["engine"].extra["classes"]:
             print("warning: the two sides see different classes", file=sys.stderr)
 
+        compile_figures = None
+        if args.compile_rounds:
+            if not args.warm_compile_cache:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")
+            compile_figures = measured_compile(cfg, counts["classes"], plan, args, threads)
+
     ratios = report(sides, recipe, meta, print)
+    if compile_figures is not None:
+        report_compile(compile_figures, plan, sides["engine"].extra["compile"], print)
     if args.json:
         print(json.dumps({
             "recipe": asdict(recipe),
@@ -566,6 +762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "engine": sides["engine"].to_dict(),
             "ratio_train_images_per_s": ratios["train_images_per_s"],
             "ratio_whole_run": ratios["whole_run"],
+            "compile": compile_figures,
+            "engine_compile": sides["engine"].extra["compile"],
         }))
     return 0
 

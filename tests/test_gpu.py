@@ -81,3 +81,21 @@ def test_two_gpus_train_one_job_over_nccl(color_dataset: Path, tmp_path: Path) -
     assert [e.metrics.epoch for e in events if isinstance(e, Epoch)] == [1, 2]
     ckpt = load_checkpoint(tmp_path / "model.pt")
     assert ckpt["compute"]["world_size"] == 2 and ckpt["compute"]["device"].startswith("cuda")
+
+
+def test_a_compiled_training_step_on_cuda_matches_eager(color_dataset: Path,
+                                                         tmp_path: Path) -> None:
+    # torch.compile on CUDA (inductor, Triton) under the GPU's autocast: the run compiles,
+    # learns as the eager run does (within bf16/fp16 tolerance) and saves the plain model.
+    from app.engine import load_checkpoint
+
+    runs = {mode: load_checkpoint(fit(color_dataset, TrainConfig(**TINY, epochs=1, lr=1e-3,
+                                                                 device="cuda", compile=mode),
+                                      tmp_path / f"{mode}.pt").checkpoint)
+            for mode in ("off", "on")}
+    record = runs["on"]["compute"]["compile"]
+    assert record["compiled"] is True and record["failure"] is None, record
+    assert runs["on"]["model"].keys() == runs["off"]["model"].keys()
+    for key in ("train_loss", "test_loss"):
+        assert runs["on"]["metrics"][key] == pytest.approx(runs["off"]["metrics"][key],
+                                                           rel=0.05), key

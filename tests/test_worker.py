@@ -108,6 +108,7 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]
             downgrade(db_url, "base")
 
 
+@pytest.mark.worker_env(TRAIN_COMPILE="off")
 def test_job_runs_to_success_on_a_real_worker(service: Service, color_dataset: Path) -> None:
     job_id = service.submit(service.add_dataset(color_dataset), epochs=2)
     assert service.wait(job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED}) is JobStatus.SUCCEEDED
@@ -124,6 +125,8 @@ def test_job_runs_to_success_on_a_real_worker(service: Service, color_dataset: P
         # The kept epoch (chosen on the validation split) is recorded with the job.
         assert job.selected_epoch == ckpt["selected_epoch"] and job.selected_epoch in (1, 2)
         assert all(m.val_loss is not None for m in job.metrics)
+        # How to compute comes from the worker's settings (TRAIN_COMPILE), not the job.
+        assert ckpt["compute"]["compile"]["mode"] == "off"
 
 
 @pytest.mark.worker_env(QUEUED_RESEND_SECONDS="1")

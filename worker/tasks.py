@@ -156,6 +156,9 @@ def _claim(engine: Engine, settings: Settings, job_id: str, name: str) -> Claim 
         source_id = source_job_id(config.init)
         if source_id is not None:
             config = replace(config, init=_checkpoint_of(s, source_id))
+        # How to compute, not what: the worker's settings (TRAIN_COMPILE...), not the job's.
+        config = replace(config, compile=settings.train_compile,
+                         compile_break_even=settings.train_compile_break_even)
         try:
             processes = training_processes(config.gpus, cuda_device_count(),
                                            settings.cpu_ddp_processes)

@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     # not faster than one process. 0: such a job fails at once (the worker has no GPUs).
     cpu_ddp_processes: int = 0
     models_cached: int = 4  # loaded models kept in memory
+    # torch.compile of the training step (app/engine/compiled.py): "auto" compiles a job whose
+    # training work (epochs x train images, in images at 224 px) exceeds the break-even of
+    # the compile time (TRAIN_COMPILE_BREAK_EVEN; None: the default for the device type),
+    # "on" every job, "off" none. A compile failure falls back to eager training.
+    train_compile: Literal["auto", "on", "off"] = "auto"
+    train_compile_break_even: int | None = None
 
     # --- Retention and storage (a worker sweeps every SWEEP_SECONDS)
     # Keep the model files of the N most recent succeeded training jobs, plus the active

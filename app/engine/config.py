@@ -6,6 +6,7 @@ import re
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from app.engine.compiled import COMPILE_CHOICES
 from app.engine.imbalance import CLASS_WEIGHTS, SAMPLERS
 from app.engine.presets import DEFAULT_IMAGE_SIZE
 from app.engine.schedule import LR_SCHEDULES
@@ -160,6 +161,12 @@ class TrainConfig:
     workers: int | None = _param(
         None, "data loader processes (default: 0 on small CPUs, more on CUDA)",
         ge=0, le=64, optional=True, surfaces=frozenset({"cli"}))
+    compile: str = _param(
+        "auto", "torch.compile the training step: auto (when the job's training work exceeds "
+        "the break-even of its compile time; see app/engine/compiled.py), on, off",
+        choices=COMPILE_CHOICES, surfaces=frozenset({"cli"}))
+    # auto's break-even, in images at 224 px; None: the default for the device type.
+    compile_break_even: int | None = None
     cache_bytes: int | None = None  # decoded-image cache budget; None: a quarter of free RAM
     channels_last: bool = True
     # GPUs the job trains on, one process each (DDP under torchrun); 0: every GPU of the

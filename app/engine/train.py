@@ -30,6 +30,7 @@ from app.engine.callback import (
     TrainingCancelled,
 )
 from app.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from app.engine.compiled import CompileDecision, CompiledStep, decide
 from app.engine.config import INIT_IMAGENET, INIT_SCRATCH, TrainConfig
 from app.engine.data import (
     CachedImages,
@@ -127,6 +128,26 @@ def image_loss(logits: torch.Tensor, targets: torch.Tensor,
     return F.cross_entropy(logits, targets, weight=class_weights, reduction="none").mean()
 
 
+def forward_backward(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: DevicePlan, *,
+    scaler: torch.amp.GradScaler | None = None, scale: float | None = None,
+    class_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's forward pass (under the plan's autocast) and backward pass, the gradients
+    left in the parameters; returns (loss, logits). ``scale``: the batch's loss weight
+    (several processes). The training step of :func:`train_one_epoch` and of the benchmark's
+    compile measurement."""
+    with plan.autocast():
+        logits = net(x)
+        loss = image_loss(logits, y, class_weights)
+    objective = loss if scale is None else loss * scale
+    if scaler is not None:  # fp16 autocast: scale the loss so small gradients survive
+        torch.autograd.backward(scaler.scale(objective))
+    else:
+        torch.autograd.backward(objective)
+    return loss, logits
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -142,13 +163,15 @@ def train_one_epoch(
     weights: Sequence[float] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     class_weights: torch.Tensor | None = None,
+    compiled: CompiledStep | None = None,
 ) -> tuple[float, float, int, float]:
     """One pass over ``loader``. Returns (mean loss, accuracy, images, seconds).
 
     Several processes: ``weights[i]`` scales batch i's loss for the backward pass (this
     rank's share of the global batch, see :mod:`app.engine.distributed`), and ``reduce``
     sums the (loss, correct, images) totals over the ranks. ``class_weights``: see
-    :func:`image_loss`.
+    :func:`image_loss`. ``compiled``: the steps go through it (``model`` is then the module
+    it compiled; see :mod:`app.engine.compiled`).
     """
     if class_weights is not None:
         class_weights = class_weights.to(plan.device)
@@ -165,17 +188,19 @@ def train_one_epoch(
             images, pre.mean, pre.std, device=device, channels_last=plan.channels_last
         )
         y = targets.to(device, non_blocking=True)
-        with plan.autocast():
-            logits = model(x)
-            loss = image_loss(logits, y, class_weights)
-        objective = loss if weights is None else loss * weights[i]
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:  # fp16 autocast: scale the loss so small gradients survive
-            torch.autograd.backward(scaler.scale(objective))
+        scale = None if weights is None else weights[i]
+
+        def step(net: nn.Module, x: torch.Tensor = x, y: torch.Tensor = y,
+                 scale: float | None = scale) -> tuple[torch.Tensor, torch.Tensor]:
+            return forward_backward(net, x, y, plan, scaler=scaler, scale=scale,
+                                    class_weights=class_weights)
+
+        loss, logits = step(model) if compiled is None else compiled.run(y.numel(), step)
+        if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
-            torch.autograd.backward(objective)
             optimizer.step()
         # Accumulate on the device: no per-batch host sync.
         loss_sum += loss.detach().float() * y.numel()
@@ -269,6 +294,8 @@ class _Run:
     class_weights: torch.Tensor | None  # class_weights: balanced
     sample_weights: torch.Tensor | None  # sampler: balanced
     best: _Best | None  # by the validation split (None without one, or before any epoch)
+    compile: CompileDecision
+    compiled: CompiledStep | None  # the compiled training step, when the run compiles
     note: str | None = None
 
     @classmethod
@@ -305,6 +332,11 @@ class _Run:
         cached_bytes, decode_seconds = _fill_caches(cfg, train_ds, [val_ds, test_ds],
                                                     strategy.local_processes)
         batch_size = min(cfg.batch_size, len(train_ds))
+        decision = decide(cfg.compile, device_type=plan.device.type,
+                          world_size=strategy.world_size, epochs_left=cfg.epochs - start_epoch,
+                          train_images=len(train_ds), image_size=cfg.image_size,
+                          break_even=cfg.compile_break_even)
+        log.info("torch.compile: %s", decision.reason)
         val = (EvalSet(split.val, strategy.eval_loader(val_ds, cfg.batch_size))
                if split.exists else None)
         run = cls(
@@ -316,6 +348,7 @@ class _Run:
             test=EvalSet(splits.test, strategy.eval_loader(test_ds, cfg.batch_size)),
             val=val, split=split, root=splits.root, select=select, best=best,
             class_weights=class_weights, sample_weights=sample_weights,
+            compile=decision, compiled=CompiledStep(net, model) if decision.compiled else None,
         )
         run.announce(cached_bytes, decode_seconds)
         return run
@@ -439,7 +472,7 @@ class _Run:
             self.net, batches.loader, self.optimizer, strategy.plan, self.pre,
             epoch=epoch, epochs=cfg.epochs, batches=self.batches, callback=self.callback,
             scaler=self.scaler, weights=batches.weights, reduce=strategy.reduce,
-            class_weights=self.class_weights,
+            class_weights=self.class_weights, compiled=self.compiled,
         )
         evaluation = self.evaluate(self.test)
         val = self.evaluate(self.val) if self.val is not None else None
@@ -469,6 +502,14 @@ class _Run:
     def evaluate(self, on: EvalSet) -> Evaluation:
         return evaluation_from_logits(self.classes, *self.logits(on))
 
+    def compile_record(self) -> dict[str, Any]:
+        """The compile decision, and for a compiled run how its first step went; ``compiled``
+        false once a compile failure sent the run back to eager steps."""
+        record = self.compile.to_dict()
+        if self.compiled is not None:
+            record.update(self.compiled.record(), compiled=self.compiled.active)
+        return record
+
     def payload(self, epoch: int, evaluation: Evaluation | None) -> dict[str, Any]:
         """The checkpoint: complete (``evaluation`` given) or one to resume from."""
         plan, cfg, history = self.strategy.plan, self.cfg, self.history
@@ -478,7 +519,8 @@ class _Run:
             "preprocessing": self.pre.to_dict(),
             "params": cfg.to_dict(),
             "compute": {"device": str(plan.device), "precision": plan.precision,
-                        "world_size": self.strategy.world_size},
+                        "world_size": self.strategy.world_size,
+                        "compile": self.compile_record()},
             "epoch": epoch,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
