@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from app.api.explainers import TooManyToExplain
 from app.api.redact import public_message
 from app.api.serving import Overloaded
 from app.core.logs import REQUEST_ID
@@ -20,6 +21,7 @@ from app.engine.data import DatasetError
 from app.engine.images import DecodeBusy, ImageDecodeError
 from app.jobs.broker import QueueUnreachable
 from app.jobs.service import InvalidParams, JobConflict, JobNotFound, TooManyActiveJobs
+from app.models.decision import InvalidDecision
 from app.models.promotion import NotComparable, NothingToRollBack, PromotionRefused
 from app.models.service import ModelNotFound, ModelUnavailable, NoModelYet
 from app.workers.service import NoLiveWorker, WeightsUnavailable
@@ -48,6 +50,8 @@ STATUS: list[tuple[type[Exception], int]] = [
     (CheckpointError, 409),  # a stored checkpoint that cannot serve: the job's state
     (Unprocessable, 422),
     (InvalidParams, 422),
+    (InvalidDecision, 422),  # a threshold the model cannot take (POST /models/{id}/activate)
+    (TooManyToExplain, 422),  # more images in one request than EXPLAIN_QUEUE_IMAGES
     (DatasetError, 422),
     (ImageDecodeError, 422),
     (TooManyActiveJobs, 429),

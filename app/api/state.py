@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from app.api.explainers import Explanations
 from app.api.readiness import PROBE_SECONDS, Readiness
 from app.api.serving import Intake, ModelCache, ServingMetrics
 from app.core.config import Settings
@@ -42,6 +43,8 @@ class State:
     intake: Intake
     decode_pool: ThreadPoolExecutor
     decode_budget: DecodeBudget
+    # /predict?explain=true: Grad-CAM on threads and within a bound of its own.
+    explain: Explanations = field(init=False)
     # /ready's: an engine of its own with short timeouts, probed on threads of its own.
     probe_engine: Engine = field(init=False)
     readiness: Readiness = field(init=False)
@@ -49,6 +52,7 @@ class State:
     def __post_init__(self) -> None:
         from app.db.session import make_probe_engine
 
+        self.explain = Explanations(self.settings)
         self.probe_engine = make_probe_engine(self.settings.db_url, PROBE_SECONDS)
         self.readiness = Readiness({"database": self.check_database,
                                     "broker": self.check_broker})
@@ -77,6 +81,7 @@ class State:
 
     def close(self) -> None:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.explain.close()
         self.models.close()
         self.uploads.close()
         self.readiness.close()

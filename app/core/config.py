@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -108,6 +109,17 @@ class Settings(BaseSettings):
     # (a CPU without native bf16, or PREDICT_PRECISION=fp32), PyTorch otherwise or when a
     # model has no export.
     predict_runtime: Literal["auto", "onnx", "torch"] = "auto"
+    # /predict with explain=true (Grad-CAM heatmaps, app.engine.explain): computed outside the
+    # batched fast path, with gradients, on threads of their own. Images being explained or
+    # waiting at most (a request beyond it gets 503 with Retry-After; one with more images
+    # than this, 422); the threads that compute them; the torch intra-op threads each uses
+    # (kept low so that a burst of explanations leaves the cores to plain predictions); where
+    # (an fp32 copy of each model, kept for EXPLAIN_MODELS_CACHED models).
+    explain_queue_images: Annotated[int, Field(ge=1, le=1024)] = 8
+    explain_workers: Annotated[int, Field(ge=1, le=64)] = 1
+    explain_threads: Annotated[int, Field(ge=1, le=256)] = 1
+    explain_device: str = "cpu"
+    explain_models_cached: Annotated[int, Field(ge=1, le=64)] = 2
     # Workers export each succeeded job to ONNX (verified against PyTorch) for /predict.
     export_onnx: bool = True
     # A worker without CUDA runs a job that asks for N GPUs (2 <= N <= this) as N CPU

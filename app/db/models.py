@@ -167,6 +167,11 @@ class Job(Base):
     # The active model for /predict is the succeeded job activated last (else the newest);
     # the activations table is the history of these changes.
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A two-class model's decision rule, set at activation: /predict answers
+    # ``decision_class`` when its probability is at least ``decision_threshold``, the other
+    # class otherwise (NULL: the most probable class).
+    decision_threshold: Mapped[float | None] = mapped_column(Float)
+    decision_class: Mapped[str | None] = mapped_column(String(200))
 
     dataset: Mapped[Dataset] = relationship(back_populates="jobs")
     metrics: Mapped[list[EpochMetric]] = relationship(
