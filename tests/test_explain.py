@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +257,29 @@ def test_a_decision_threshold_set_at_activation_decides_the_label(
         assert c.post(f"/models/{job}/activate", json={"threshold": None}).json()[
             "decision"] is None
         assert c.post("/predict", files=_files(photos)).json() == plain
+
+
+def test_hotdog_predict_writes_the_overlay(served: tuple[Settings, str, list[bytes]],
+                                           tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from app.cli.main import main
+
+    settings, _job, photos = served
+    ckpt = Path(settings.data_dir).parent / "model-0.pt"
+    paths = []
+    for i, photo in enumerate(photos):
+        paths.append(tmp_path / f"photo{i}.jpg")
+        paths[-1].write_bytes(photo)
+    assert main(["predict", str(ckpt), str(paths[0]), "--explain", str(tmp_path / "o.png"),
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "heatmap of" in out and str(tmp_path / "o.png") in out
+    assert Image.open(tmp_path / "o.png").size == (120, 64)
+    # Several photos: a folder of overlays, one per photo, and the JSON carries them too.
+    assert main(["predict", str(ckpt), *map(str, paths), "--explain", str(tmp_path / "maps"),
+                 "--crop", "full", "--json", "--device", "cpu"]) == 0
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert answer["crop"] == "full"
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["photo0.png", "photo1.png"]
+    for p in answer["predictions"]:
+        assert p["explanation"]["crop_box"] == [0, 0, *p["explanation"]["size"]]
