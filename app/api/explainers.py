@@ -42,11 +42,13 @@ class Explanations:
         self.threads = settings.explain_threads
         self.device = settings.explain_device
         self.size = settings.explain_models_cached
-        self.executor = ThreadPoolExecutor(max_workers=settings.explain_workers,
-                                           thread_name_prefix="explain")
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.explain_workers, thread_name_prefix="explain",
+            initializer=partial(_lower_priority, settings.explain_nice))
         self.waiting = 0
         self.explainers: OrderedDict[str, Explainer] = OrderedDict()
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the decisions
+        self.loading = threading.Lock()  # the explainers
         self.decisions: dict[str, tuple[float, Decision | None]] = {}
 
     @contextmanager
@@ -66,7 +68,7 @@ class Explanations:
             self.waiting -= images
 
     def explainer(self, job_id: str, checkpoint: Path) -> Explainer:
-        with self.lock:  # loads are rare and one at a time: nothing else holds this long
+        with self.loading:  # loads are rare and one at a time (decisions have their own lock)
             if job_id in self.explainers:
                 self.explainers.move_to_end(job_id)
                 return self.explainers[job_id]
@@ -116,3 +118,15 @@ class Explanations:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority(nice: int) -> None:
+    """This explain thread yields the CPU to everything else of the process (Linux: nice is
+    a per-thread attribute, and the threads torch starts from it inherit it): when plain
+    predictions need the cores, explanations wait, instead of slowing them; an idle machine
+    still runs explanations at full speed."""
+    import os
+    from contextlib import suppress
+
+    with suppress(AttributeError, OSError):  # not Linux, or not allowed: normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)

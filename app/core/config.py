@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     explain_threads: Annotated[int, Field(ge=1, le=256)] = 1
     explain_device: str = "cpu"
     explain_models_cached: Annotated[int, Field(ge=1, le=64)] = 2
+    # The explain threads' niceness (Linux; 0 to 19): at 19 they get the cores only when plain
+    # predictions (and everything else) leave them idle, so a burst of explanations barely
+    # slows plain predictions.
+    explain_nice: Annotated[int, Field(ge=0, le=19)] = 19
     # Workers export each succeeded job to ONNX (verified against PyTorch) for /predict.
     export_onnx: bool = True
     # A worker without CUDA runs a job that asks for N GPUs (2 <= N <= this) as N CPU
