@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, TypedDict, cast, get_args
+from typing import Any, BinaryIO, Literal, NotRequired, TypedDict, cast, get_args
 
 import httpx
 
@@ -220,6 +220,7 @@ class Prediction(TypedDict):
     filename: str
     label: str
     probabilities: dict[str, float]
+    explanation: NotRequired[dict[str, Any] | None]  # with explain: the Grad-CAM heatmap
 
 
 class Predictions(TypedDict):
@@ -496,7 +497,8 @@ class Client:
     def models(self) -> list[Model]:
         return cast(list[Model], self._json("GET", "/models"))
 
-    def activate(self, job_id: str, *, force: bool = False, against: str | None = None
+    def activate(self, job_id: str, *, force: bool = False, against: str | None = None,
+                 threshold: float | None = None, threshold_class: str | None = None
                  ) -> Model:
         """Make the model the default of /predict. Refused (ServiceError 409, ``kind``
         ``promotion_refused``, ``against_required`` or ``evaluation_missing``, ``body``
@@ -505,7 +507,11 @@ class Client:
         params: dict[str, str] = {"force": "true"} if force else {}
         if against:
             params["against"] = against
-        return cast(Model, self._json("POST", f"/models/{job_id}/activate", params=params))
+        body: dict[str, object] | None = None
+        if threshold is not None:  # a two-class model's decision threshold on this class
+            body = {"threshold": threshold, "class": threshold_class}
+        return cast(Model, self._json("POST", f"/models/{job_id}/activate", params=params,
+                                      json=body))
 
     def rollback(self) -> Activation:
         """Activate again the model the newest activation replaced (409: none left)."""
@@ -528,12 +534,20 @@ class Client:
     def model_evaluations(self, job_id: str) -> list[ModelEvaluation]:
         return cast(list[ModelEvaluation], self._json("GET", f"/models/{job_id}/evaluations"))
 
-    def predict(self, images: Sequence[str | Path], *, model: str | None = None
-                ) -> Predictions:
+    def predict(self, images: Sequence[str | Path], *, model: str | None = None,
+                explain: bool = False, explain_class: str | None = None,
+                top_k: int | None = None, crop: str | None = None) -> Predictions:
+        """``explain``: each prediction carries its Grad-CAM ``explanation`` (the overlay
+        PNG in base64 among it); ``crop="full"``: the whole photo, not the centre crop."""
         files = [("file", (Path(p).name, Path(p).read_bytes(), "application/octet-stream"))
                  for p in images]
-        return cast(Predictions, self._json("POST", "/predict", files=files,
-                                            data={"model": model} if model else {}))
+        data: dict[str, str] = {"model": model} if model else {}
+        if explain:
+            data["explain"] = "true"
+        for key, value in (("explain_class", explain_class), ("top_k", top_k), ("crop", crop)):
+            if value is not None:
+                data[key] = str(value)
+        return cast(Predictions, self._json("POST", "/predict", files=files, data=data))
 
     def predict_files(self, files: Sequence[tuple[str, bytes]], *, model: str | None = None
                       ) -> Predictions:

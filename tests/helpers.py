@@ -56,6 +56,54 @@ def write_color_dataset(
 
 
 
+# Objects that tell the classes apart by colour, painted on grey noise (write_object_dataset).
+OBJECT_COLOURS = {"hotdog": (205, 95, 35), "not-hotdog": (40, 150, 60)}
+
+
+def object_photo(cls: str, box: tuple[int, int, int, int], size: tuple[int, int],
+                 rng: np.random.Generator) -> bytes:
+    """A JPEG of ``size`` (w, h): grey noise with one ellipse of ``cls``'s colour filling
+    ``box`` (x0, y0, x1, y1): the only thing in the photo that says its class."""
+    w, h = size
+    grey = rng.integers(90, 170)
+    arr = np.clip(grey + rng.normal(0, 18, size=(h, w, 3)), 0, 255)
+    ys, xs = np.mgrid[0:h, 0:w]
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    rx, ry = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+    inside = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1
+    arr[inside] = np.clip(np.array(OBJECT_COLOURS[cls]) + rng.normal(0, 12, (int(inside.sum()), 3)),
+                          0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint8)).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def write_object_dataset(root: Path, *, train: int = 48, test: int = 16, seed: int = 0,
+                         size: tuple[int, int] = (128, 96), side: int = 30
+                         ) -> dict[str, tuple[int, int, int, int]]:
+    """Photos of one coloured object each, placed off-centre at random (but inside what
+    CenterCrop keeps of a 64 px model's input); returns each test photo's object box by its
+    path under ``root``. For the pointing game (tests/test_explain.py)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    boxes: dict[str, tuple[int, int, int, int]] = {}
+    for split, n in (("train", train), ("test", test)):
+        for cls in CLASSES:
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                while True:  # off-centre: the object's centre at least side/2 from the photo's
+                    x0 = int(rng.integers(w // 6, w - w // 6 - side))
+                    y0 = int(rng.integers(h // 12, h - h // 12 - side))
+                    if max(abs(x0 + side / 2 - w / 2), abs(y0 + side / 2 - h / 2)) >= side / 2:
+                        break
+                box = (x0, y0, x0 + side, y0 + side)
+                (d / f"{i:03d}.jpg").write_bytes(object_photo(cls, box, size, rng))
+                if split == "test":
+                    boxes[f"{split}/{cls}/{i:03d}.jpg"] = box
+    return boxes
+
+
 class TrainingSize(TypedDict):
     init: str
     image_size: int

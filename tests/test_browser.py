@@ -318,6 +318,43 @@ def test_a_zip_of_photos_becomes_a_batch_job_and_a_csv(browser: WebDriver, servi
     # The job is in the jobs list as well.
     wait_on_page(browser, "the batch job in the jobs list",
                  lambda d: row_status(d, batch_id) == "succeeded")
+def test_the_overlay_shows_the_crop_and_toggles_to_the_whole_photo(
+        browser: WebDriver, service: Stack, trained: dict, tmp_path: Path) -> None:
+    open_page(browser, service)
+    job_id = trained["job"]["id"]
+    wait_on_page(browser, "the trained model in the model list", lambda d: d.find_elements(
+        By.CSS_SELECTOR, f'#model-select option[value="{job_id}"]'))
+    photo = tmp_path / "wide.png"  # wide: the centre crop cuts its sides off
+    Image.new("RGB", (160, 64), (190, 90, 40)).save(photo)
+    with photo.open("rb") as f:
+        r = httpx.post(f"{service.url}/predict", files={"file": (photo.name, f)},
+                       data={"crop": "full", "explain": "true"}, timeout=60)
+    whole = r.json()["predictions"][0]
+
+    browser.find_element(By.ID, "explain-toggle").click()
+    browser.find_element(By.ID, "photo-input").send_keys(str(photo))
+    overlay = wait_on_page(browser, "the overlay", lambda d: d.find_elements(
+        By.CSS_SELECTOR, "#predict-result img.overlay"))[0]
+    # The overlay is the original photo's size, the crop box drawn on it.
+    assert overlay.get_attribute("src").startswith("data:image/png;base64,")
+    assert browser.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth", overlay) == 160
+    note = browser.find_element(By.CSS_SELECTOR, "#predict-result .explain-note").text
+    assert note.startswith("heatmap of ") and ("inside the crop box" in note
+                                               or "no evidence" in note)
+    centre_src = overlay.get_attribute("src")
+    toggle = browser.find_element(By.CSS_SELECTOR, "#predict-result .explain-toggle")
+    assert toggle.get_attribute("aria-pressed") == "false"
+    toggle.click()
+    line = wait_on_page(browser, "the whole photo's prediction", lambda d: d.find_element(
+        By.CSS_SELECTOR, "#predict-result .explain-full").text)
+    assert line.startswith(f"whole photo: {whole['label']} (")
+    assert toggle.get_attribute("aria-pressed") == "true"
+    assert overlay.get_attribute("src") != centre_src  # the box is now the whole photo
+    toggle.click()
+    assert overlay.get_attribute("src") == centre_src
+    assert not browser.find_element(By.CSS_SELECTOR, "#predict-result .explain-full"
+                                    ).is_displayed()
     assert_no_script_errors(browser)
 
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from app.api.explainers import TooManyToExplain
 from app.api.logs import LogFollowersBusy
 from app.api.redact import public_message
 from app.api.serving import Overloaded
@@ -23,6 +24,7 @@ from app.engine.data import DatasetError
 from app.engine.images import DecodeBusy, ImageDecodeError
 from app.jobs.broker import QueueUnreachable
 from app.jobs.service import InvalidParams, JobConflict, JobNotFound, TooManyActiveJobs
+from app.models.decision import InvalidDecision
 from app.models.promotion import NotComparable, NothingToRollBack, PromotionRefused
 from app.models.service import ModelNotFound, ModelUnavailable, NoModelYet
 from app.storage.retention import JobBusy, ModelInUse
@@ -56,6 +58,8 @@ STATUS: list[tuple[type[Exception], int]] = [
     (Unprocessable, 422),
     (InvalidParams, 422),
     (InvalidChanges, 422),  # a relabel naming unknown images/classes, or emptying a class
+    (InvalidDecision, 422),  # a threshold the model cannot take (POST /models/{id}/activate)
+    (TooManyToExplain, 422),  # more images in one request than EXPLAIN_QUEUE_IMAGES
     (DatasetError, 422),
     (ImageDecodeError, 422),
     (TooManyActiveJobs, 429),

@@ -268,6 +268,31 @@ class ModelOut(BaseModel):
                                    "dataset's test split")
     active: bool
     finished_at: datetime | None
+    decision: DecisionOut | None = Field(
+        None, description="a two-class model's decision threshold, set at activation "
+        "(null: /predict answers the most probable class)")
+
+
+class DecisionOut(BaseModel):
+    threshold: float = Field(description="the answer is `class` when its probability is at "
+                             "least this, the model's other class otherwise")
+    class_: str = Field(alias="class", description="the class the threshold is on")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class ActivateRequest(BaseModel):
+    """Optional body of POST /models/{id}/activate: the model's decision threshold. Omitted,
+    the stored threshold stays; ``{"threshold": null}`` clears it."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="two-class models only: answer `class` when its "
+        "probability is at least this")
+    class_: str | None = Field(
+        None, alias="class", min_length=1, max_length=200,
+        description="the class the threshold is on (default: the model's first class)")
 
 
 class EvaluateRequest(BaseModel):
@@ -326,10 +351,41 @@ class ActivationOut(BaseModel):
     created_at: datetime
 
 
+class HeatmapOut(BaseModel):
+    grid: list[list[float]] = Field(description="Grad-CAM on layer4, rows top to bottom, "
+                                    "normalised to a maximum of 1")
+    box: list[int] = Field(description="[x0, y0, x1, y1]: the original photo's pixels the "
+                           "grid covers")
+    rows: int
+    cols: int
+
+
+class ExplanationOut(BaseModel):
+    class_: str = Field(alias="class", description="the class explained")
+    size: list[int] = Field(description="the original photo's [width, height]")
+    crop: Literal["center", "full"]
+    crop_box: list[int] = Field(description="[x0, y0, x1, y1] in original pixels: what the "
+                                "model's input kept (CenterCrop's box; the photo for crop=full)")
+    heatmap: HeatmapOut
+    peak: list[int] | None = Field(description="[x, y] of the heatmap's maximum, in original "
+                                   "pixels (null: empty heatmap)")
+    crop_coverage: float | None = Field(
+        description="the heatmap's share inside crop_box, the heatmap being computed on the "
+        "whole photo")
+    warning: str | None
+    overlay_png: str | None = Field(None, description="base64 PNG: the photo, the heatmap, "
+                                    "the crop box and the peak")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
 class PredictionOut(BaseModel):
     filename: str
     label: str
-    probabilities: dict[str, float]
+    probabilities: dict[str, float] = Field(
+        description="every class in the model's order; with top_k, the k most probable, most "
+        "probable first")
+    explanation: ExplanationOut | None = Field(None, description="with explain=true")
 
 
 class PredictOut(BaseModel):
@@ -341,6 +397,11 @@ class PredictOut(BaseModel):
         "with a temperature fitted on the model's validation split (false for a model "
         "trained without one: plain softmax)")
     temperature: float = Field(description="the temperature applied (1 when not calibrated)")
+    crop: Literal["center", "full"] = Field(
+        "center", description="center: Resize + CenterCrop (the recipe); full: the whole photo "
+        "resized to the model's square input")
+    decision: DecisionOut | None = Field(
+        None, description="the model's decision threshold, when it has one: labels follow it")
     predictions: list[PredictionOut]
 
 

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from app.api.explainers import Explanations
 from app.api.logs import Followers
 from app.api.readiness import PROBE_SECONDS, Readiness
 from app.api.serving import Intake, ModelCache, ServingMetrics
@@ -46,6 +47,8 @@ class State:
     decode_budget: DecodeBudget
     # dataset reports, computed after the upload's answer on a bounded executor of their own
     reports: Reports = field(init=False)
+    # /predict?explain=true: Grad-CAM on threads and within a bound of its own.
+    explain: Explanations = field(init=False)
     # /ready's: an engine of its own with short timeouts, probed on threads of its own.
     probe_engine: Engine = field(init=False)
     readiness: Readiness = field(init=False)
@@ -55,6 +58,7 @@ class State:
         from app.db.session import make_probe_engine
 
         self.log_followers = Followers(self.settings.log_followers)
+        self.explain = Explanations(self.settings)
         self.probe_engine = make_probe_engine(self.settings.db_url, PROBE_SECONDS)
         self.reports = Reports(self.settings, self.session)
         self.readiness = Readiness({"database": self.check_database,
@@ -84,6 +88,7 @@ class State:
 
     def close(self) -> None:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.explain.close()
         self.models.close()
         self.uploads.close()
         self.reports.close()

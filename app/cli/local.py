@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from app.cli.exit_codes import EXIT_OK
 from app.cli.options import AddCommand, add_train_options, train_config
@@ -152,15 +155,70 @@ def probabilities_text(probabilities: dict[str, float]) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     predictor = _predictor(args)
-    preds = predictor.predict([Path(p) for p in args.images], names=list(args.images))
+    paths = [Path(p) for p in args.images]
+    if args.crop == "full":
+        from app.engine.explain import load_full_image
+
+        batch = torch.stack([load_full_image(p, predictor.preprocessing, name=str(p))
+                             for p in paths])
+        preds = predictor.report(predictor.probabilities(batch), list(args.images))
+    else:
+        preds = predictor.predict(paths, names=list(args.images))
+    rows = [p.to_dict() for p in preds]
+    written: list[Path | None] = [None] * len(rows)
+    if args.explain:
+        from app.engine.explain import Explainer
+
+        explainer = Explainer(args.checkpoint)
+        for row, path in zip(rows, paths, strict=True):
+            row["explanation"] = explainer.explain(path, row["label"], crop=args.crop).to_dict()
+        written = list(write_overlays(rows, args.images, args.explain))
     if args.json:
         emit_json({"model": str(args.checkpoint), "calibrated": predictor.calibrated,
-                   "temperature": predictor.temperature,
-                   "predictions": [p.to_dict() for p in preds]})
+                   "temperature": predictor.temperature, "crop": args.crop,
+                   "predictions": rows})
     else:
-        for p in preds:
-            print(f"{p.filename}: {p.label}  ({probabilities_text(p.probabilities)})")
+        for row, out in zip(rows, written, strict=True):
+            print(f"{row['filename']}: {row['label']}  "
+                  f"({probabilities_text(row['probabilities'])})")
+            if out is not None:
+                print(f"  {explanation_text(row['explanation'])}; overlay {out}")
     return EXIT_OK
+
+
+def add_explain_options(p: argparse.ArgumentParser, metavar: str, help: str) -> None:
+    p.add_argument("--explain", default=None, metavar=metavar, help=help)
+    p.add_argument("--crop", choices=("center", "full"), default="center",
+                   help="center: Resize + CenterCrop (the recipe); full: the whole photo "
+                   "resized to the model's square input")
+
+
+def write_overlays(rows: Sequence[Mapping[str, Any]], images: list[str], out: str
+                   ) -> list[Path]:
+    """Each row's explanation overlay as a PNG: ``out`` itself for one photo named *.png,
+    else ``out/<photo name>.png`` (a folder made if needed). Temp name, then rename."""
+    import base64
+
+    target = Path(out)
+    if len(rows) == 1 and target.suffix.lower() == ".png":
+        files = [target]
+    else:
+        target.mkdir(parents=True, exist_ok=True)
+        files = [target / f"{Path(name).stem}.png" for name in images]
+        if len(set(files)) != len(files):  # photos of one name in different folders
+            files = [target / f"{i:03d}-{Path(name).stem}.png" for i, name in enumerate(images)]
+    for row, path in zip(rows, files, strict=True):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(base64.b64decode(row["explanation"]["overlay_png"]))
+        tmp.replace(path)
+    return files
+
+
+def explanation_text(e: Mapping[str, Any]) -> str:
+    coverage = "n/a" if e["crop_coverage"] is None else f"{e['crop_coverage']:.0%}"
+    peak = "none" if e["peak"] is None else f"({e['peak'][0]}, {e['peak'][1]})"
+    text = f"heatmap of {e['class']}: peak {peak}, {coverage} inside the crop"
+    return text + (f"; warning: {e['warning']}" if e["warning"] else "")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -225,9 +283,12 @@ def register(command: AddCommand) -> None:
     _runtime_options(p)
 
     p = command("predict", cmd_predict, "classify photos with a checkpoint",
-                "examples:\n  hotdog predict model.pt lunch.jpg dinner.png\n\n")
+                "examples:\n  hotdog predict model.pt lunch.jpg dinner.png\n"
+                "  hotdog predict model.pt lunch.jpg --explain lunch-heatmap.png\n\n")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("images", metavar="IMAGE", nargs="+")
+    add_explain_options(p, "OUT", "write the Grad-CAM overlay (the crop box drawn) to OUT.png "
+                        "(one photo), or into the folder OUT")
     _runtime_options(p)
 
     p = command("export", cmd_export, "export a checkpoint for other runtimes (ONNX, "

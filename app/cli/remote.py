@@ -22,7 +22,12 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from app.cli.exit_codes import EXIT_FAILED, EXIT_OK, job_exit_code
-from app.cli.local import probabilities_text
+from app.cli.local import (
+    add_explain_options,
+    explanation_text,
+    probabilities_text,
+    write_overlays,
+)
 from app.cli.options import AddCommand, add_service_options, add_train_options, given
 from app.cli.output import EpochTable, emit_json, progress_bar
 from app.client import (
@@ -185,12 +190,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if len(args.images) == 1 and _is_collection(Path(args.images[0])):
         return classify_collection(args, Path(args.images[0]))
     with _client(args) as c:
-        out = c.predict(args.images, model=args.model)
+        out = c.predict(args.images, model=args.model, explain=args.explain is not None,
+                        top_k=args.top_k, crop=args.crop)
+    written: list[Path | None] = [None] * len(out["predictions"])
+    if args.explain:
+        written = list(write_overlays(out["predictions"], args.images, args.explain))
     if args.json:
         emit_json(out)
     else:
-        for p in out["predictions"]:
+        for p, path in zip(out["predictions"], written, strict=True):
             print(f"{p['filename']}: {p['label']}  ({probabilities_text(p['probabilities'])})")
+            explanation = p.get("explanation")
+            if path is not None and explanation:
+                print(f"  {explanation_text(explanation)}; overlay {path}")
     return EXIT_OK
 
 
@@ -460,7 +472,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_activate(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        model = c.activate(args.job_id, force=args.force, against=args.against)
+        model = c.activate(args.job_id, force=args.force, against=args.against,
+                           threshold=args.threshold, threshold_class=args.threshold_class)
         record = c.history(limit=1)
     if args.json:
         emit_json({"model": model, "activation": record[0] if record else None})
@@ -688,6 +701,10 @@ def register(command: AddCommand) -> None:
                    help="a batch job: queue it even when no running worker would take it now")
     p.add_argument("--interval", type=float, default=1.0,
                    help="a batch job: seconds between polls")
+    add_explain_options(p, "OUTDIR", "write each photo's Grad-CAM overlay (the crop box drawn) "
+                        "to OUTDIR/<photo name>.png")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="only the K most probable classes")
     p.set_defaults(unusable_422=True)  # a file that is no image is unusable input (exit 3)
 
     client_command("predictions", cmd_predictions, "list the service's batch prediction "
@@ -717,6 +734,10 @@ def register(command: AddCommand) -> None:
         "  hotdog activate JOB_ID --force\n\na refusal (exit 1) says both scores.\n\n")
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("--force", action="store_true", help="activate even if the gate refuses")
+    p.add_argument("--threshold", type=float, default=None, help="two-class models: answer "
+                   "--threshold-class when its probability is at least this, else the other")
+    p.add_argument("--threshold-class", default=None, metavar="CLASS",
+                   help="the class the threshold is on (default: the model's first class)")
     p.add_argument("--against", default=None, metavar="DATASET_ID",
                    help="compare both models on this dataset's test split (each needs an "
                    "evaluation on it: hotdog evaluate-model)")

@@ -135,6 +135,21 @@ class Settings(BaseSettings):
     # MAX_DATASET_FILES, MIN_FREE_DISK_BYTES, MAX_CONCURRENT_UPLOADS).
     batch_max_photos: int = 100_000
     batch_predict_size: int = 64
+    # /predict with explain=true (Grad-CAM heatmaps, app.engine.explain): computed outside the
+    # batched fast path, with gradients, on threads of their own. Images being explained or
+    # waiting at most (a request beyond it gets 503 with Retry-After; one with more images
+    # than this, 422); the threads that compute them; the torch intra-op threads each uses
+    # (kept low so that a burst of explanations leaves the cores to plain predictions); where
+    # (an fp32 copy of each model, kept for EXPLAIN_MODELS_CACHED models).
+    explain_queue_images: Annotated[int, Field(ge=1, le=1024)] = 8
+    explain_workers: Annotated[int, Field(ge=1, le=64)] = 1
+    explain_threads: Annotated[int, Field(ge=1, le=256)] = 1
+    explain_device: str = "cpu"
+    explain_models_cached: Annotated[int, Field(ge=1, le=64)] = 2
+    # The explain threads' niceness (Linux; 0 to 19): at 19 they get the cores only when plain
+    # predictions (and everything else) leave them idle, so a burst of explanations barely
+    # slows plain predictions.
+    explain_nice: Annotated[int, Field(ge=0, le=19)] = 19
     # Workers export each succeeded job to ONNX (verified against PyTorch) for /predict.
     export_onnx: bool = True
     # A worker without CUDA runs a job that asks for N GPUs (2 <= N <= this) as N CPU

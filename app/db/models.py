@@ -201,6 +201,11 @@ class Job(Base):
     # Its model files were removed (DELETE ?files_only=true, or the KEEP_MODELS sweep); the
     # row and the job's log stay.
     files_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A two-class model's decision rule, set at activation: /predict answers
+    # ``decision_class`` when its probability is at least ``decision_threshold``, the other
+    # class otherwise (NULL: the most probable class).
+    decision_threshold: Mapped[float | None] = mapped_column(Float)
+    decision_class: Mapped[str | None] = mapped_column(String(200))
 
     dataset: Mapped[Dataset | None] = relationship(back_populates="jobs")
     metrics: Mapped[list[EpochMetric]] = relationship(

@@ -325,9 +325,12 @@
     for (const f of files) form.append("file", f, f.name);
     const model = $("model-select").value;
     if (model) form.append("model", model);
+    const explain = window.hotdogExplain; // explain.js: heatmaps and the whole-photo toggle
+    if (explain) explain.prepare(form);
     try {
       const res = await api("POST", "predict", { form });
       res.predictions.forEach((p, i) => fillPrediction(cards[i].body, p));
+      if (explain) res.predictions.forEach((p, i) => explain.show(cards[i], p, files[i], model));
       out.append(el("p", { class: "hint", text: `model: job ${short(res.model)}` }));
     } catch (err) {
       for (const c of cards) {
@@ -1097,6 +1100,7 @@
   // What the page's other panels (data.js) use: requests, helpers, the shared state.
   window.hotdog = { api, ApiError, el, $, showError, announce, state, short, pct, refreshDatasets,
     KEY_STORE };
+  window.hotdogPage = { api, el, pct }; // for the panels in their own files (explain.js)
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();

@@ -14,7 +14,9 @@ from app.api.routes.jobs import queue
 from app.api.schemas import (
     ERRORS,
     MAX_OFFSET,
+    ActivateRequest,
     ActivationOut,
+    DecisionOut,
     EvaluateRequest,
     JobOut,
     ModelEvaluationOut,
@@ -23,7 +25,7 @@ from app.api.schemas import (
 from app.api.state import State
 from app.db.models import Evaluation, Job
 from app.jobs import evaluations as evaluate_jobs
-from app.models import promotion
+from app.models import decision, promotion
 from app.models import service as models
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=GUARDED, responses=ERRORS)
@@ -36,7 +38,12 @@ def model_out(job: Job, active: bool) -> ModelOut:
                     image_size=int(job.params.get("image_size", 224)),
                     accuracy=ev.accuracy if ev else None,
                     macro_f1=promotion.macro_f1(ev) if ev else None, active=active,
-                    finished_at=job.finished_at)
+                    finished_at=job.finished_at, decision=_decision(job))
+
+
+def _decision(job: Job) -> DecisionOut | None:
+    rule = decision.decision_of(job)
+    return None if rule is None else DecisionOut.model_validate(rule.to_dict())
 
 
 def who(request: Request) -> promotion.Who:
@@ -89,13 +96,18 @@ def activate_model(
     against: Annotated[str | None, Query(
         min_length=1, max_length=64, description="compare both models on this dataset's "
         "test split (each needs an evaluation on it: POST /models/{id}/evaluate)")] = None,
+    body: ActivateRequest | None = None,
 ) -> ModelOut:
     """Make this job's model the default of ``/predict`` if it scores at least as well as
     the active model on ``PROMOTION_METRIC``, on the test split both were trained on (or on
-    ``against``'s); else 409 with both scores, unless ``force``. Recorded in the history."""
+    ``against``'s); else 409 with both scores, unless ``force``. Recorded in the history.
+    A body ``{"threshold": 0.7, "class": "hotdog"}`` sets a two-class model's decision
+    threshold (``{"threshold": null}`` clears it; no body keeps it)."""
     settings = state.settings
     promotion.activate(session, job_id=job_id, who=who(request),
                        metric=settings.promotion_metric, force=force, against=against)
+    if body is not None and "threshold" in body.model_fields_set:
+        decision.set_threshold(session, job_id, body.threshold, body.class_)
     _committed(session, state)
     return model_out(models.summary(session, job_id), True)
 
@@ -103,6 +115,7 @@ def activate_model(
 def _committed(session: Session, state: State) -> None:
     session.commit()  # before the lookups are forgotten, or one could cache the old default
     state.models.forget_lookups()  # this process sees the change at once
+    state.explain.forget_decisions()
 
 
 @router.post("/{job_id}/evaluate", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)

@@ -14,6 +14,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,11 +24,14 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 
+from app.api import explain
 from app.api.deps import GUARDED, StateDep
 from app.api.errors import Unprocessable
+from app.api.explain import PredictOptionsDep
 from app.api.schemas import ERRORS, PredictOut
 from app.api.serving import LoadedModel, Overloaded
 from app.api.state import State
+from app.engine.explain import Crop, load_full_image
 from app.engine.images import DecodeBusy
 from app.models import service as models
 
@@ -92,21 +96,24 @@ class _Progress:
         return not self.active and self.left() <= 0
 
 
-def _load(state: State, loaded: LoadedModel, file: UploadFile, name: str, progress: _Progress
-          ) -> torch.Tensor:
+def _load(state: State, loaded: LoadedModel, file: UploadFile, name: str, progress: _Progress,
+          crop: Crop = "center") -> torch.Tensor:
     wait = progress.left()
     if wait <= 0:
         raise DecodeBusy("images are decoded slower than they arrive; retry shortly")
     progress.moved(+1)
     try:
         file.file.seek(0)
+        if crop == "full":
+            return load_full_image(file.file, loaded.predictor.preprocessing, name=name,
+                                   budget=state.decode_budget, wait=wait)
         return loaded.predictor.load(file.file, name=name, budget=state.decode_budget, wait=wait)
     finally:
         progress.moved(-1)
 
 
 async def _decode(state: State, loaded: LoadedModel, files: list[UploadFile],
-                  names: list[str]) -> list[torch.Tensor]:
+                  names: list[str], crop: Crop = "center") -> list[torch.Tensor]:
     """Every file decoded and cropped on the decode threads, in parallel. Each image must
     get its share of the decode budget within the wait, and the request is shed as soon as
     none of its images has started or finished for that long (waiting behind other
@@ -115,7 +122,7 @@ async def _decode(state: State, loaded: LoadedModel, files: list[UploadFile],
     loop = asyncio.get_running_loop()
     progress = _Progress(state.settings.predict_decode_wait_seconds)
     decodes = [loop.run_in_executor(state.decode_pool,
-                                    partial(_load, state, loaded, f, n, progress))
+                                    partial(_load, state, loaded, f, n, progress, crop))
                for f, n in zip(files, names, strict=True)]
     try:
         pending: set[asyncio.Future[torch.Tensor]] = set(decodes)
@@ -134,26 +141,30 @@ async def _decode(state: State, loaded: LoadedModel, files: list[UploadFile],
         raise
 
 
-@router.post("/predict", response_model=PredictOut)
+@router.post("/predict", response_model=PredictOut,
+             responses={200: {"content": {"image/png": {}},
+                              "description": "JSON; or, for one image with `Accept: image/png`, "
+                              "its explanation's overlay"}})
 async def predict_images(
     state: StateDep,
     file: Annotated[list[UploadFile], File(description="one or more images (repeat the field)")],
+    options: PredictOptionsDep,
     model: Annotated[str | None, Form(description="job id; default: the active model")] = None,
-) -> dict[str, Any]:
-    """Classify photos. Images of concurrent requests share forward passes."""
+) -> dict[str, Any] | Response:
+    """Classify photos. Images of concurrent requests share forward passes; explanations
+    (Grad-CAM) run outside them."""
     limit = state.settings.predict_max_files
     if len(file) > limit:
         raise Unprocessable(f"{len(file)} files in one request; the limit is {limit}")
     loaded = await run_in_threadpool(_model, state, model)
+    options.check(loaded.predictor.classes, len(file))
     names = [f.filename or f"file {i + 1}" for i, f in enumerate(file)]
-    with state.models.held(loaded):  # its metric series stay until its last request is done
+    explaining = state.explain.admit(len(file)) if options.explain else nullcontext()
+    with state.models.held(loaded), explaining:  # metric series stay until it is done
         with loaded.batcher.admit(len(file)), state.intake.decode(len(file)):
-            images = await _decode(state, loaded, file, names)
+            images = await _decode(state, loaded, file, names, options.crop)
         rows = await loaded.batcher.submit(images)
         predictions = loaded.predictor.report(torch.stack(rows), names)
         state.models.metrics.images.inc(len(predictions))
         state.models.predicted(loaded, [p.label for p in predictions])
-    return {"model": loaded.job_id, "runtime": loaded.predictor.runtime,
-            "calibrated": loaded.predictor.calibrated,
-            "temperature": loaded.predictor.temperature,
-            "predictions": [p.to_dict() for p in predictions]}
+        return await explain.answer(state, loaded, file, names, predictions, options)
