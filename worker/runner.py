@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from app.core.logs import job_env
 from app.engine import TrainConfig
@@ -97,7 +98,8 @@ def training_processes(gpus: int, gpu_count: int, cpu_processes: int = 0) -> int
 class TrainingProcess:
     """One training run in a child process; iterate :meth:`events` until it ends. With
     ``evaluate`` (a model file), the process scores that model on ``data_dir``'s test split
-    instead (an evaluate job), with the same events and signals."""
+    instead (an evaluate job); with ``review``, it reviews the labels of ``data_dir``'s
+    training images (a review job); both with the same events and signals."""
 
     data_dir: Path
     config: TrainConfig
@@ -105,6 +107,7 @@ class TrainingProcess:
     epoch_checkpoint: Path
     export_onnx: bool = True
     evaluate: Path | None = None
+    review: dict[str, Any] | None = None  # a review job: see worker.child.review
     env: dict[str, str] = field(default_factory=dict)
     # More than one: ``torchrun`` starts this many training processes (DDP, one per GPU, or
     # gloo on CPU); rank 0 reports on the shared stdout. See :func:`training_processes`.
@@ -120,6 +123,7 @@ class TrainingProcess:
             "resume_from": str(self.epoch_checkpoint), "config": self.config.to_dict(),
             "export_onnx": self.export_onnx,
             **({"evaluate": str(self.evaluate)} if self.evaluate is not None else {}),
+            **({"review": self.review} if self.review is not None else {}),
         }
         self.out.parent.mkdir(parents=True, exist_ok=True)
         # One attempt of a job runs at a time (the claim is atomic), so a spec already here

@@ -19,6 +19,7 @@ from app.engine.checkpoint import CheckpointError
 from app.engine.data import DatasetError
 from app.engine.images import DecodeBusy, ImageDecodeError
 from app.jobs.broker import QueueUnreachable
+from app.jobs.reviews import ReviewNotFound
 from app.jobs.service import InvalidParams, JobConflict, JobNotFound, TooManyActiveJobs
 from app.models.promotion import NotComparable, NothingToRollBack, PromotionRefused
 from app.models.service import ModelNotFound, ModelUnavailable, NoModelYet
@@ -36,6 +37,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (DatasetNotFound, 404),
     (JobNotFound, 404),
     (ModelNotFound, 404),
+    (ReviewNotFound, 404),
     (DatasetBusy, 409),
     (JobConflict, 409),
     (ModelUnavailable, 409),
