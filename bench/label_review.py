@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": {k: round(v, 2) for k, v in review.seconds.items()},
             "total_seconds": round(sum(review.seconds.values()), 2)}
     train_images = sum(1 for e in catalogue(noisy) if e.split == "train")
-    print(f"{len(truth)} of {train_images} training images flipped; fine-tune from {start_name}: {args.epochs} epochs, test "
-          f"accuracy {result.test_acc:.3f} on the noisy labels ({train_seconds:.0f} s)",
+    print(f"{len(truth)} of {train_images} training images flipped; fine-tune from "
+          f"{start_name}: {args.epochs} epochs, test accuracy {result.test_acc:.3f} on the "
+          f"noisy labels ({train_seconds:.0f} s)",
           file=sys.stderr)
     print(f"{'backbone':<11} {'P@k':>5} {'R@k':>5} {'flagged':>7} {'P':>5} {'R':>5} "
           f"{'cv acc':>6} {'seconds':>7}", file=sys.stderr)

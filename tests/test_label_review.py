@@ -164,9 +164,9 @@ def test_review_endpoints_in_process(client: TestClient, settings: Settings,
     runs them in tests/test_service.py)."""
     from sqlalchemy.orm import Session
 
+    from app.db.models import JobStatus
     from app.db.session import make_engine
     from app.jobs.service import claim_job, create_job, finish_job
-    from app.db.models import JobStatus
 
     ds = upload(client, zip_tree(color_dataset)).json()["id"]
     engine = make_engine(settings.db_url)
