@@ -263,6 +263,7 @@
 
   function jobTitle(job) {
     if (job.kind === "evaluate") return `job ${short(job.id)} (evaluates job ${short(job.model_id)})`;
+    if (job.kind === "review") return `job ${short(job.id)} (reviews the labels of job ${short(job.model_id)})`;
     return `job ${short(job.id)} (${initText(job.params.init)})`;
   }
 
@@ -615,6 +616,7 @@
       if (raw !== "") body[input.name] = Number(raw);
     }
     if ($("job-queue_anyway").checked) body.queue_anyway = true;
+    if ($("job-review_labels").checked) body.review_labels = true;
     const button = $("job-submit");
     button.disabled = true;
     try {
@@ -654,6 +656,10 @@
     if (job.kind === "evaluate") {
       return job.status === "running" ? `evaluating on the test split, ${pct(p.fraction)}`
         : job.status === "succeeded" ? "evaluated" : job.status;
+    }
+    if (job.kind === "review") {
+      return job.status === "running" ? `reviewing the training labels, ${pct(p.fraction)}`
+        : job.status === "succeeded" ? "labels reviewed" : job.status;
     }
     let text = `epoch ${p.epoch} of ${p.epochs}`;
     if (job.status === "running" && p.eta_seconds !== null && p.eta_seconds !== undefined) {
@@ -701,6 +707,7 @@
     const lr = job.params.lr === undefined ? "" : `, lr ${job.params.lr}`;
     const size = job.params.image_size ? `, ${job.params.image_size} px` : "";
     r.init.textContent = job.kind === "evaluate" ? `evaluates job ${short(job.model_id)}`
+      : job.kind === "review" ? `reviews the labels of job ${short(job.model_id)}`
       : `${initText(job.params.init)}${lr}${size}`;
     const badge = el("span", { class: `badge status-${job.status}`, text: job.status });
     const parts = [badge];
@@ -722,7 +729,7 @@
     }
     if (job.note) r.acc.append(el("p", { class: "hint", text: job.note }));
     r.cancelButton.hidden = !ACTIVE.has(job.status) || job.cancel_requested;
-    r.activateButton.hidden = job.status !== "succeeded" || job.kind === "evaluate" || active;
+    r.activateButton.hidden = job.status !== "succeeded" || job.kind !== "train" || active;
     r.activeMark.hidden = !active;
   }
 
