@@ -212,7 +212,7 @@ def cmd_review_local(args: argparse.Namespace) -> int:
         args.init = INIT_IMAGENET
     config = ReviewConfig(folds=args.folds, seed=args.seed, batch_size=args.batch_size,
                           device=args.device, precision=args.precision,
-                          backbone=args.backbone, max_listed=args.limit)
+                          max_listed=args.limit)
     backbone = choose_backbone(args.checkpoint, start=args.init, prefer=args.backbone,
                                image_size=args.image_size, seed=args.seed)
     progress = _ReviewProgress()

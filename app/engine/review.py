@@ -70,7 +70,6 @@ class ReviewConfig:
     batch_size: int = 64  # images per forward pass
     device: str = "auto"
     precision: str = "auto"
-    backbone: str = "auto"  # auto | start | fine-tuned (see module docstring)
     max_listed: int = 1000  # issues and outliers listed at most (the most likely first)
 
     def __post_init__(self) -> None:
@@ -78,9 +77,6 @@ class ReviewConfig:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
         if self.batch_size < 1 or self.max_listed < 0:
             raise ValueError("batch_size must be at least 1 and max_listed at least 0")
-        if self.backbone not in BACKBONE_CHOICES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONE_CHOICES)}, got "
-                             f"{self.backbone!r}")
 
 
 @dataclass(frozen=True)
@@ -172,6 +168,9 @@ def choose_backbone(
     ``fine-tuned``. Without a checkpoint the start alone is used (``scratch``: random weights
     seeded by ``seed``, a weak baseline), at ``image_size``.
     """
+    if prefer not in BACKBONE_CHOICES:
+        raise ValueError(f"backbone must be one of {', '.join(BACKBONE_CHOICES)}, got "
+                         f"{prefer!r}")
     ckpt = load_checkpoint(checkpoint) if checkpoint is not None else None
     if ckpt is not None:
         pre = Preprocessing.from_dict(ckpt["preprocessing"])
