@@ -119,6 +119,13 @@ def test_the_backbone_is_the_start_unless_that_is_scratch(scratch_model: Path,
     assert chosen.description == "job:abc (the starting backbone)"
     assert chosen.preprocessing.image_size == 32
     assert choose_backbone(child, prefer="fine-tuned").description == FINE_TUNED
+    # The model it started from is gone: the fine-tuned backbone, saying so.
+    ckpt["params"]["init"] = str(tmp_path / "gone.pt")
+    save_checkpoint(ckpt, child)
+    assert choose_backbone(child, start_name="job:abc").description == (
+        FINE_TUNED + " (the model it started from, job:abc, is gone)")
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        choose_backbone(start="imagenet", prefer="fine-tuned")
 
 
 def test_review_local_lists_the_issues_with_their_paths(

@@ -41,7 +41,7 @@ from torchvision.models import resnet18
 
 from app.engine.callback import BatchProgress, Callback, TrainingCancelled
 from app.engine.catalogue import ImageEntry, catalogue
-from app.engine.checkpoint import load_checkpoint
+from app.engine.checkpoint import CheckpointError, load_checkpoint
 from app.engine.config import INIT_IMAGENET, INIT_SCRATCH
 from app.engine.data import DatasetError, Sample, eval_dataset, load_image_folder, make_loader
 from app.engine.device import DevicePlan, plan_device
@@ -177,8 +177,9 @@ def choose_backbone(
         start = start or str((ckpt.get("params") or {}).get("init") or INIT_SCRATCH)
     else:
         pre = Preprocessing.for_size(image_size)
-        if start is None:
-            raise ValueError("a label review needs a checkpoint or a starting backbone")
+        if start is None or prefer == FINE_TUNED:
+            raise ValueError("a label review needs a checkpoint for its fine-tuned backbone, "
+                             "or a starting backbone (imagenet, scratch or a checkpoint)")
     assert start is not None
     name = start_name or start
     use_start = prefer == "start" or (prefer == "auto" and start != INIT_SCRATCH)
@@ -200,7 +201,15 @@ def choose_backbone(
                             "this machine)", pre)
         return Backbone(_features(state, seed), "imagenet (the starting backbone)"
                         if ckpt is not None else "imagenet", pre)
-    source = load_checkpoint(start)["model"]
+    try:
+        source = load_checkpoint(start)["model"]
+    except CheckpointError:
+        if ckpt is None or prefer == "start":
+            raise
+        log.warning("the model %s started from is unreadable: reviewing with the fine-tuned "
+                    "backbone", name)
+        return Backbone(_features(ckpt["model"], seed), FINE_TUNED + f" (the model it started "
+                        f"from, {name}, is gone)", pre)
     return Backbone(_features(source, seed), f"{name} (the starting backbone)"
                     if ckpt is not None else name, pre)
 
