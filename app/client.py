@@ -85,8 +85,9 @@ class EpochRecord(TypedDict):
 
 class Job(TypedDict):
     id: str
-    # evaluate: scores the model ``model_id``; predict: classifies photos with it
-    kind: Literal["train", "evaluate", "predict"]
+    # evaluate: scores the model ``model_id``; predict: classifies photos with it; review:
+    # reviews the labels of its dataset
+    kind: Literal["train", "evaluate", "predict", "review"]
     model_id: str | None
     dataset_id: str | None  # None: a predict job of uploaded photos
     status: JobStatus
@@ -267,6 +268,31 @@ class PredictionJob(TypedDict):
 
 
 ResultsFormat = Literal["csv", "jsonl"]
+class LabelIssue(TypedDict):
+    image_id: int  # the image's id in its dataset
+    split: str
+    label: str  # its given class
+    path: str  # as uploaded
+    suggested: str  # the class an out-of-sample classifier finds likeliest
+    confidence: float  # that classifier's probability of ``suggested``
+    rank: int  # 1: the likeliest to be mislabeled
+
+
+class Outlier(TypedDict):
+    image_id: int
+    split: str
+    label: str
+    path: str
+    score: float  # cleanlab's outlier score: the lower, the more unusual
+
+
+class LabelReview(TypedDict):
+    job_id: str  # the review job
+    dataset_id: str
+    status: JobStatus
+    backbone: str  # empty until it succeeded
+    issues: list[LabelIssue]  # the likeliest mislabeled first
+    outliers: list[Outlier]  # the most unusual first
 
 
 class ServiceError(RuntimeError):
@@ -530,6 +556,17 @@ class Client:
         if queue_anyway:
             body["queue_anyway"] = True
         return cast(Job, self._json("POST", f"/models/{job_id}/evaluate", json=body))
+
+    def review(self, job_id: str, *, queue_anyway: bool = False) -> Job:
+        """Start a job that reviews the labels of a succeeded training job's training
+        images (ServiceError 409 when it has not succeeded, or a review is running)."""
+        body = {"queue_anyway": True} if queue_anyway else {}
+        return cast(Job, self._json("POST", f"/jobs/{job_id}/review", json=body))
+
+    def label_review(self, job_id: str) -> LabelReview:
+        """The newest label review of a training job (or the review job ``job_id``); its
+        lists are empty until it succeeded (ServiceError 404 when there is none)."""
+        return cast(LabelReview, self._json("GET", f"/jobs/{job_id}/label-review"))
 
     def model_evaluations(self, job_id: str) -> list[ModelEvaluation]:
         return cast(list[ModelEvaluation], self._json("GET", f"/models/{job_id}/evaluations"))

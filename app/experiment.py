@@ -75,6 +75,9 @@ class DemoConfig:
     seed: int = _TRAIN_DEFAULTS.seed
     start: str = "auto"  # the fine-tune's start: auto (ImageNet if available), imagenet, pretext
     png: Path | None = None  # default: out/curves.png
+    # > 0: the label-noise experiment instead (run_label_noise): this share of the training
+    # labels flipped, the drop in test accuracy, a label review, relabelling, retraining.
+    label_noise: float = 0.0
 
     def __post_init__(self) -> None:
         ranges = {f.name: p for f, p in params()}
@@ -82,6 +85,8 @@ class DemoConfig:
         problems.append(ranges["epochs"].problem("pretext_epochs", self.pretext_epochs))
         if min(self.train_per_class, self.test_per_class, self.pretext_per_class) < 1:
             problems.append("image counts must be at least 1")
+        if not 0 <= self.label_noise <= 0.5:
+            problems.append(f"label_noise must be in [0, 0.5], got {self.label_noise:g}")
         if self.start not in START_CHOICES:
             problems.append(f"start must be one of {', '.join(START_CHOICES)}")
         found = [p for p in problems if p]
@@ -203,11 +208,22 @@ def pretext_note(reason: str | None) -> str:
 # ------------------------------------------------------------------------- in-process
 def run_local(cfg: DemoConfig, out: DemoOutput) -> DemoResult:
     """Both runs through the engine in this process."""
+    data = hotdog_data(cfg, out)
+    init, note, pretext = _local_start(cfg, out)
+    params = cfg.train_params()
+    fine = _local_run(FINE_TUNE, data, TrainConfig(init=init, **params),
+                      cfg.out / "fine-tune.pt", out)
+    scratch = _local_run(SCRATCH, data, TrainConfig(init=INIT_SCRATCH, **params),
+                         cfg.out / "scratch.pt", out)
+    return _finish(DemoResult("local", str(data), fine, scratch, pretext, note, cfg.png_path))
+
+
+def _local_start(cfg: DemoConfig, out: DemoOutput) -> tuple[str, str | None, Run | None]:
+    """Where the fine-tune starts: ImageNet weights, or (without them, or asked to) the
+    other-task model, trained here first; the note that says so, and that run."""
     from app.engine.model import PretrainedWeightsMissing, load_imagenet_state_dict
 
-    data = hotdog_data(cfg, out)
     note: str | None = None
-    init = INIT_IMAGENET
     if cfg.start == "pretext":
         note = pretext_note(None)
     else:
@@ -217,21 +233,15 @@ def run_local(cfg: DemoConfig, out: DemoOutput) -> DemoResult:
             if cfg.start == "imagenet":
                 raise
             note = pretext_note(_short_reason(str(exc)))
-    pretext: Run | None = None
-    params = cfg.train_params()
-    if note is not None:
-        out.say(note)
-        foods = pretext_data(cfg, out)
-        ckpt = cfg.out / f"pretext-{cfg.image_size}px-{cfg.pretext_epochs}ep-s{cfg.seed}.pt"
-        pretext = _local_run(PRETEXT, foods, TrainConfig(
-            init=INIT_SCRATCH, **{**params, "epochs": cfg.pretext_epochs}), ckpt, out,
-            reuse=True)
-        init = str(ckpt)
-    fine = _local_run(FINE_TUNE, data, TrainConfig(init=init, **params),
-                      cfg.out / "fine-tune.pt", out)
-    scratch = _local_run(SCRATCH, data, TrainConfig(init=INIT_SCRATCH, **params),
-                         cfg.out / "scratch.pt", out)
-    return _finish(DemoResult("local", str(data), fine, scratch, pretext, note, cfg.png_path))
+    if note is None:
+        return INIT_IMAGENET, None, None
+    out.say(note)
+    foods = pretext_data(cfg, out)
+    ckpt = cfg.out / f"pretext-{cfg.image_size}px-{cfg.pretext_epochs}ep-s{cfg.seed}.pt"
+    pretext = _local_run(PRETEXT, foods, TrainConfig(
+        init=INIT_SCRATCH, **{**cfg.train_params(), "epochs": cfg.pretext_epochs}), ckpt, out,
+        reuse=True)
+    return str(ckpt), note, pretext
 
 
 def _local_run(name: str, data: Path, config: TrainConfig, ckpt: Path, out: DemoOutput,
@@ -410,6 +420,102 @@ def _service_run(client: Client, name: str, job: Job) -> Run:
     history: list[EpochRecord] = client.metrics(job["id"])
     return Run(name, p["init"], float(p["lr"]), float(p["head_lr_mult"]),
                history=[dict(m) for m in history], job_id=job["id"])
+
+
+# ---------------------------------------------------------------------- label noise
+CLEAN, NOISY, RELABELLED = "clean", "noisy", "relabelled"
+
+
+@dataclass
+class NoiseResult:
+    """``hotdog demo --label-noise``: the fine-tune on the clean labels, on the noisy ones,
+    and on the noisy ones relabelled as the label review suggested; and how well the review
+    found the flipped images (whose truth the experiment knows)."""
+
+    dataset: str
+    label_noise: float
+    runs: list[Run]  # clean, noisy, relabelled
+    flipped: int  # training images whose label was flipped
+    flagged: int  # images the review flagged (and the relabelled copy moved)
+    found: int  # flagged images that were flipped
+    precision_at_k: float  # of the review's top k, k = flipped
+    backbone: str
+    review_seconds: float
+    relabelled_correctly: int  # flagged flipped images moved back to their true class
+    note: str | None
+
+    @property
+    def precision(self) -> float:
+        return self.found / self.flagged if self.flagged else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.found / self.flipped if self.flipped else 0.0
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per epoch, each run's test accuracy (None where a run has none)."""
+        epochs = sorted({int(m["epoch"]) for r in self.runs for m in r.history})
+        return [{"epoch": e, **{f"{r.name}_test_acc": next(
+            (float(m["test_acc"]) for m in r.history if int(m["epoch"]) == e), None)
+            for r in self.runs}} for e in epochs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": "local", "dataset": self.dataset, "label_noise": self.label_noise,
+                "note": self.note, "runs": {r.name: asdict(r) for r in self.runs},
+                "test_acc": {r.name: r.test_acc for r in self.runs},
+                "review": {"flipped": self.flipped, "flagged": self.flagged,
+                           "found": self.found, "precision": self.precision,
+                           "recall": self.recall, "precision_at_k": self.precision_at_k,
+                           "relabelled_correctly": self.relabelled_correctly,
+                           "backbone": self.backbone, "seconds": self.review_seconds},
+                "table": self.rows()}
+
+
+def run_label_noise(cfg: DemoConfig, out: DemoOutput) -> NoiseResult:
+    """In this process: flip ``cfg.label_noise`` of the training labels (seeded) in a copy
+    of the data, fine-tune on the clean and on the noisy copy, review the noisy labels with
+    the fine-tune's starting backbone, relabel what the review flagged (a new copy, the
+    suggested classes), and fine-tune on that."""
+    import shutil
+
+    from app.datasets.label_noise import flip_labels, relabelled_copy
+    from app.engine.catalogue import catalogue
+    from app.engine.review import (
+        ReviewConfig,
+        choose_backbone,
+        precision_recall_at,
+        review_labels,
+    )
+
+    data = hotdog_data(cfg, out)
+    init, note, _pretext = _local_start(cfg, out)
+    params = cfg.train_params()
+    pct = round(100 * cfg.label_noise)
+    noisy, fixed = cfg.out / f"{data.name}-noise{pct}", cfg.out / f"{data.name}-noise{pct}-fixed"
+    for old in (noisy, fixed):  # each run flips and relabels afresh
+        shutil.rmtree(old, ignore_errors=True)
+    truth = flip_labels(data, noisy, fraction=cfg.label_noise, seed=cfg.seed)
+    out.say(f"flipped the labels of {len(truth)} training images ({pct} %) in {noisy}")
+    clean = _local_run(CLEAN, data, TrainConfig(init=init, **params), cfg.out / "clean.pt", out)
+    noisy_ckpt = cfg.out / "noisy.pt"
+    dirty = _local_run(NOISY, noisy, TrainConfig(init=init, **params), noisy_ckpt, out)
+    backbone = choose_backbone(noisy_ckpt, start=init, seed=cfg.seed)
+    out.say(f"reviewing the noisy labels (backbone: {backbone.description})")
+    review = review_labels(noisy, backbone, ReviewConfig(seed=cfg.seed))
+    entries = catalogue(noisy)
+    flipped = {e.id for e in entries if e.path in truth}
+    flagged = {i.image_id for i in review.issues}
+    at_k, _ = precision_recall_at(review.ranking, flipped)
+    changes = {entries[i.image_id].path: i.suggested for i in review.issues}
+    back = sum(1 for path, cls in changes.items() if truth.get(path) == cls)
+    relabelled_copy(noisy, fixed, changes)
+    out.say(f"the review flagged {len(flagged)} images, {len(flagged & flipped)} of them "
+            f"flipped; relabelled them as suggested in {fixed}")
+    relabelled = _local_run(RELABELLED, fixed, TrainConfig(init=init, **params),
+                            cfg.out / "relabelled.pt", out)
+    return NoiseResult(str(data), cfg.label_noise, [clean, dirty, relabelled], len(flipped),
+                       len(flagged), len(flagged & flipped), at_k, review.backbone,
+                       sum(review.seconds.values()), back, note)
 
 
 # --------------------------------------------------------------------------- results

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from app.engine.data import load_image_folder
 from app.plot import PALETTE, chart_size
 from tests.helpers import Stack, stack_without_weights
 
@@ -123,3 +124,53 @@ def test_demo_through_a_running_service(stack: Stack, tmp_path: Path) -> None:
     # Refused, not run: no job failed, and none started from ImageNet.
     assert [j for j in jobs.values() if j["status"] != "succeeded"] == []
     assert all(j["params"]["init"] != "imagenet" for j in jobs.values())
+
+
+def test_demo_with_label_noise_trains_clean_noisy_and_relabelled(
+        tmp_path: Path, no_imagenet: Path) -> None:
+    out = tmp_path / "noise"
+    proc = hotdog("demo", "--mode", "local", "--label-noise", "0.25", "--out", str(out),
+                  "--json", *TINY_DEMO)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert list(result["runs"]) == ["clean", "noisy", "relabelled"]
+    assert all(len(run["history"]) == 2 for run in result["runs"].values())
+    assert set(result["table"][0]) == {"epoch", "clean_test_acc", "noisy_test_acc",
+                                       "relabelled_test_acc"}
+    review = result["review"]
+    assert review["flipped"] == 4  # a quarter of 16 training images, seeded
+    assert 0 <= review["found"] <= min(review["flagged"], review["flipped"])
+    assert review["backbone"].endswith("(the starting backbone)")  # the other-task model
+    # The data: the clean set untouched, the noisy copy and its relabelled copy beside it.
+    clean = Path(result["dataset"])
+    counts = load_image_folder(clean).counts()["train"]
+    assert counts == {"hotdog": 8, "not-hotdog": 8}
+    noisy = out / f"{clean.name}-noise25"
+    fixed = out / f"{clean.name}-noise25-fixed"
+    assert sum(load_image_folder(noisy).counts()["train"].values()) == 16
+    assert sum(load_image_folder(fixed).counts()["train"].values()) == 16
+    refused = hotdog("demo", "--mode", "service", "--label-noise", "0.1", "--out", str(out))
+    assert refused.returncode == 2 and "--label-noise runs in this process" in refused.stderr
+
+
+def test_the_label_noise_results_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
+    from app.cli.demo import print_noise_result
+    from app.cli.output import Output
+    from app.experiment import NoiseResult, Run
+
+    def run(name: str, accs: list[float]) -> Run:
+        return Run(name, "imagenet", 0.0064, 10.0, history=[
+            {"epoch": e, "train_loss": 0.5, "test_acc": a} for e, a in enumerate(accs, 1)])
+
+    result = NoiseResult("data", 0.1, [run("clean", [0.9, 0.95]), run("noisy", [0.8, 0.85]),
+                                       run("relabelled", [0.88, 0.93])], flipped=20,
+                         flagged=16, found=15, precision_at_k=0.8, backbone="imagenet",
+                         review_seconds=3.2, relabelled_correctly=15, note=None)
+    print_noise_result(result, Output())
+    text = capsys.readouterr().out
+    assert re.search(r"epoch +clean +noisy +relabelled\n +1 +0\.900 +0\.800 +0\.880\n"
+                     r" +2 +0\.950 +0\.850 +0\.930", text)
+    assert "final   clean 0.950, noisy 0.850, relabelled 0.930" in text
+    assert ("flagged 16, of which 15 flipped (precision 0.94, recall 0.75 of 20 flipped; "
+            "precision of the top 20: 0.80)") in text
+    assert result.to_dict()["review"]["recall"] == 0.75

@@ -19,7 +19,9 @@ import httpx
 import pytest
 
 from app.client import ServiceError
+from app.datasets.label_noise import flip_labels
 from app.db.session import downgrade
+from app.engine.catalogue import catalogue
 from app.engine.export import PARITY_TOLERANCE, OnnxModel
 from tests.helpers import (
     INTERRUPTED_EPOCHS,
@@ -465,3 +467,49 @@ def test_a_batch_prediction_job_equals_predict_and_classify_splits_a_folder(
                     row["probabilities"]["hotdog"], abs=1e-5)
     listed = hotdog_json("predictions", env=env)["predictions"]
     assert len(listed) == 2 and job["id"] in [j["id"] for j in listed]
+
+
+def test_label_review_jobs(stack: Stack, color_dataset: Path, tmp_path: Path) -> None:
+    """review_labels: a follow-up review job when the training succeeds; POST
+    /jobs/{id}/review another; GET /jobs/{id}/label-review the result; hotdog review."""
+    noisy = tmp_path / "noisy"
+    truth = flip_labels(color_dataset, noisy, fraction=0.25, seed=1)
+    entries = {e.id: e for e in catalogue(noisy)}
+    with stack.client() as c:
+        ds = c.upload(noisy)["id"]
+        job = c.submit(ds, **TINY, epochs=2, review_labels=True)
+        with pytest.raises(ServiceError) as err:  # nothing to review before it succeeds
+            c.review(job["id"])
+        assert err.value.status == 409
+        assert stack.wait(job["id"], {"succeeded", "failed", "cancelled"})["status"] == (
+            "succeeded")
+        # The follow-up was queued with the success: it is there at once.
+        first = c.label_review(job["id"])
+        assert first["dataset_id"] == ds and first["status"] in ("queued", "running",
+                                                                 "succeeded")
+        done = stack.wait(first["job_id"], {"succeeded", "failed", "cancelled"})
+        assert done["status"] == "succeeded", done["error"]
+        assert done["kind"] == "review" and done["model_id"] == job["id"]
+        assert done["progress"]["fraction"] == 1.0 and "training images flagged" in done["note"]
+        review = c.label_review(job["id"])
+        assert review["status"] == "succeeded" and review["job_id"] == first["job_id"]
+        # A scratch start has no pretrained backbone: the fine-tuned one, and it says so.
+        assert review["backbone"].startswith("fine-tuned (the job started from scratch")
+        assert review["issues"] or review["outliers"]
+        for item in review["issues"] + review["outliers"]:  # by id and by path as uploaded
+            entry = entries[item["image_id"]]
+            assert (item["path"], item["label"], item["split"]) == (
+                entry.uploaded, entry.label, "train")
+        assert [i["rank"] for i in review["issues"]] == list(range(1, len(review["issues"]) + 1))
+        # Another review on demand, from the command line: started, waited for, listed.
+        out = hotdog_json("review", review["job_id"], env={"HOTDOG_URL": stack.url})
+        assert out["job_id"] == review["job_id"] and out["issues"] == review["issues"]
+        again = c.review(job["id"])
+        assert again["kind"] == "review" and again["id"] != review["job_id"]
+        assert stack.wait(again["id"], {"succeeded", "failed", "cancelled"})["status"] == (
+            "succeeded")
+        assert c.label_review(job["id"])["job_id"] == again["id"]  # the newest
+        with pytest.raises(ServiceError) as err:
+            c.label_review("0" * 32)
+        assert err.value.status == 404
+    assert truth  # the flipped images are in the upload (the engine test measures recall)

@@ -179,6 +179,8 @@ def run(spec: dict[str, Any]) -> int:
         return evaluate(spec)
     if spec.get("predict"):
         return predict(spec)
+    if spec.get("review"):
+        return review(spec)
     reporter = listening_reporter()
     resume = spec.get("resume_from")
     try:
@@ -313,6 +315,46 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
+
+
+def review(spec: dict[str, Any]) -> int:
+    """A review job: the labels of ``spec["data_dir"]``'s training images reviewed
+    (:mod:`app.engine.review`) with the backbone ``spec["review"]`` says (the model's start,
+    preferred, or the model itself). It says ``Start`` (one epoch: the embedding pass over
+    the training images), ``Progress``, writes the result to ``review["out"]`` (temporary
+    name, then renamed), then ``Done`` naming that file, with the summary as its note;
+    cancel and errors as in training."""
+    from app.engine.device import plan_device
+    from app.engine.review import ReviewConfig, choose_backbone, review_labels, write_review
+
+    reporter = listening_reporter()
+    config = TrainConfig.from_dict(spec["config"])
+    r = spec["review"]
+    try:
+        settings = ReviewConfig(folds=int(r["folds"]), seed=int(r["seed"]),
+                                batch_size=config.batch_size, device=config.device,
+                                precision=config.precision, max_listed=int(r["max_listed"]))
+        backbone = choose_backbone(r["model"], start=r["start"], start_name=r["start_name"],
+                                   seed=settings.seed)
+        splits = load_image_folder(spec["data_dir"])
+        images = len(splits.train)
+        plan = plan_device(settings.device, precision=settings.precision, workers=0)
+        emit(ev.Start(classes=splits.classes, train_count=images, test_count=0,
+                      device=str(plan.device), precision=plan.precision,
+                      start_epoch=0, epochs=1, world_size=1,
+                      batches_per_epoch=-(-images // settings.batch_size), val_count=0))
+        result = review_labels(spec["data_dir"], backbone, settings, callback=reporter)
+        out = write_review(result, r["out"])
+    except TrainingCancelled:
+        emit(ev.Cancelled())
+        return EXIT_CANCELLED
+    except (ValueError, RuntimeError, MemoryError) as exc:
+        return _failed(exc, spec)
+    note = (f"{result.flagged} of {result.images} training images flagged as likely "
+            f"mislabeled, {len(result.outliers)} outliers; backbone: {result.backbone}")
+    emit(ev.Done(checkpoint=str(out), test_acc=result.cv_accuracy, evaluation={}, exports={},
+                 selected_epoch=None, note=note))
+    return EXIT_OK
 
 
 def _die_with_launcher() -> None:

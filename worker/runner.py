@@ -98,7 +98,8 @@ def training_processes(gpus: int, gpu_count: int, cpu_processes: int = 0) -> int
 class TrainingProcess:
     """One training run in a child process; iterate :meth:`events` until it ends. With
     ``evaluate`` (a model file), the process scores that model on ``data_dir``'s test split
-    instead (an evaluate job), with the same events and signals."""
+    instead (an evaluate job); with ``review``, it reviews the labels of ``data_dir``'s
+    training images (a review job); both with the same events and signals."""
 
     data_dir: Path
     config: TrainConfig
@@ -109,6 +110,7 @@ class TrainingProcess:
     # A predict job (worker.child's predict()): model, photos, split, results, summary,
     # runtime, batch_size.
     predict: dict[str, Any] | None = None
+    review: dict[str, Any] | None = None  # a review job: see worker.child.review
     env: dict[str, str] = field(default_factory=dict)
     # More than one: ``torchrun`` starts this many training processes (DDP, one per GPU, or
     # gloo on CPU); rank 0 reports on the shared stdout. See :func:`training_processes`.
@@ -130,6 +132,7 @@ class TrainingProcess:
             **({"predict": self.predict} if self.predict is not None else {}),
             **({"job_log": str(self.log), "job_log_bytes": self.log_bytes}
                if self.log is not None and self.log_bytes > 0 else {}),
+            **({"review": self.review} if self.review is not None else {}),
         }
         self.out.parent.mkdir(parents=True, exist_ok=True)
         # One attempt of a job runs at a time (the claim is atomic), so a spec already here

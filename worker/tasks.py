@@ -28,7 +28,9 @@ from app.engine import TrainConfig
 from app.jobs import predictions
 from app.jobs.broker import celery_app
 from app.jobs.queues import queue_for
+from app.jobs.reviews import REVIEW_FILE, submit_review, wants_review
 from app.jobs.service import (
+    JobConflict,
     JobNotFound,
     claim_job,
     claim_resend,
@@ -111,7 +113,7 @@ def _attempt(engine: Engine, settings: Settings, job_id: str, name: str) -> str:
         return claimed
     proc = _launch(settings, claimed)
     outcome, watcher = _consume_events(engine, settings, claimed, proc)
-    return _record_outcome(engine, claimed, outcome, watcher, proc.returncode)
+    return _record_outcome(engine, settings, claimed, outcome, watcher, proc.returncode)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class Claim:
     # A predict job: what worker.child's predict() needs (model, photos, results; see
     # _predict_spec).
     predict: dict[str, Any] | None = None
+    review: dict[str, Any] | None = None  # a review job: what worker.child.review reads
 
 
 def _claim(engine: Engine, settings: Settings, job_id: str, name: str) -> Claim | str:
@@ -153,6 +156,11 @@ def _claim(engine: Engine, settings: Settings, job_id: str, name: str) -> Claim 
                          dataset_dir=dataset_dir, processes=1,
                          started_at=job.started_at or utcnow(),
                          evaluate=_checkpoint_of(s, job.model_id or ""))
+        if job.kind is JobKind.REVIEW:  # one process embeds and reviews, on any worker
+            return Claim(job_id=job_id, worker=name, attempt=job.attempt, config=config,
+                         dataset_dir=dataset_dir, processes=1,
+                         started_at=job.started_at or utcnow(),
+                         review=_review_spec(s, job, settings))
         source_id = source_job_id(config.init)
         if source_id is not None:
             config = replace(config, init=_checkpoint_of(s, source_id))
@@ -191,7 +199,8 @@ def _predict_spec(s: Session, settings: Settings, job: Job) -> dict[str, Any]:
 def _launch(settings: Settings, claim: Claim) -> TrainingProcess:
     job_dir = settings.job_dir(claim.job_id)
     doing = (f"evaluating {claim.evaluate}" if claim.evaluate else
-             "predicting" if claim.predict else "training")
+             "predicting" if claim.predict else
+             "reviewing labels" if claim.review else "training")
     job_dir.mkdir(parents=True, exist_ok=True)  # the job's log starts here
     log.info("job %s attempt %d: %s on %s in %d process(es)", claim.job_id, claim.attempt,
              doing, claim.dataset_dir, claim.processes)
@@ -200,7 +209,7 @@ def _launch(settings: Settings, claim: Claim) -> TrainingProcess:
                            export_onnx=settings.export_onnx, processes=claim.processes,
                            log=settings.job_log(claim.job_id), log_bytes=settings.job_log_bytes,
                            evaluate=Path(claim.evaluate) if claim.evaluate else None,
-                           predict=claim.predict).start()
+                           predict=claim.predict, review=claim.review).start()
 
 
 def _consume_events(engine: Engine, settings: Settings, claim: Claim,
@@ -240,8 +249,9 @@ def _remove_partial_files(job_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _record_outcome(engine: Engine, claim: Claim, outcome: ev.Outcome | None,
-                    watcher: _Watcher, returncode: int | None) -> str:
+def _record_outcome(engine: Engine, settings: Settings, claim: Claim,
+                    outcome: ev.Outcome | None, watcher: _Watcher, returncode: int | None
+                    ) -> str:
     """Write how the attempt ended; the job's status afterwards, or ``INTERRUPTED``."""
     job_id, name = claim.job_id, claim.worker
     with Session(engine) as s:
@@ -274,20 +284,30 @@ def _record_outcome(engine: Engine, claim: Claim, outcome: ev.Outcome | None,
                     return released.value
             case ev.Done():
                 log.info("job %s done: %s", job_id, "evaluated" if claim.evaluate else
-                         "predicted" if claim.predict else f"kept epoch {outcome.selected_epoch}")
+                         "predicted" if claim.predict else
+                         "reviewed" if claim.review else f"kept epoch {outcome.selected_epoch}")
                 # A cancel recorded while it evaluated or exported wins (finish_job refuses
                 # to mark a job with a cancel request succeeded).
                 # An evaluate job's result is its evaluation, a predict job's its results
-                # file: the model file is not their own.
-                checkpoint = None if claim.evaluate or claim.predict else outcome.checkpoint
-                if not finish_job(s, job_id, worker=name, status=JobStatus.SUCCEEDED,
-                                  checkpoint_path=checkpoint,
-                                  evaluation=None if claim.predict else outcome.evaluation,
-                                  exports=outcome.exports,
-                                  selected_epoch=outcome.selected_epoch, note=outcome.note):
+                # file, a review job's its label_review.json: the model file is not their own.
+                checkpoint = (None if claim.evaluate or claim.predict or claim.review
+                              else outcome.checkpoint)
+                follow_up = None
+                if finish_job(s, job_id, worker=name, status=JobStatus.SUCCEEDED,
+                              checkpoint_path=checkpoint,
+                              evaluation=(None if claim.predict or claim.review
+                                          else outcome.evaluation),
+                              exports=outcome.exports,
+                              selected_epoch=outcome.selected_epoch, note=outcome.note):
+                    # Asked for with the job (review_labels): queued in the same transaction
+                    # as the success, so that no crash can lose it.
+                    follow_up = _follow_up_review(s, settings, job_id)
+                else:
                     finish_job(s, job_id, worker=name, status=JobStatus.CANCELLED,
                                error_kind=ErrorKind.CANCELLED_BY_USER)
                 s.commit()
+                if follow_up is not None:
+                    _send(settings, follow_up)
             case ev.Cancelled():
                 log.info("job %s cancelled", job_id)
                 finish_job(s, job_id, worker=name, status=JobStatus.CANCELLED,
@@ -303,6 +323,47 @@ def _record_outcome(engine: Engine, claim: Claim, outcome: ev.Outcome | None,
         if claim.predict is not None and status.is_terminal:
             predictions.remove_uploaded_photos(Path(claim.predict["job_dir"]))
         return status.value
+
+
+def _review_spec(s: Session, job: Job, settings: Settings) -> dict[str, Any]:
+    """What a review job's process needs: the model file under review, where it started
+    (``imagenet``, ``scratch``, or a ``job:<id>`` start's model file, and that start's name),
+    the cross-validation's folds and seed, and where the result goes."""
+    params = job.params
+    init = str(params.get("init") or "scratch")
+    source_id = source_job_id(init)
+    return {"model": _checkpoint_of(s, job.model_id or ""),
+            "start": _checkpoint_of(s, source_id) if source_id else init, "start_name": init,
+            "folds": int(params.get("folds", settings.review_folds)),
+            "seed": int(params.get("seed", 0)),
+            "max_listed": int(params.get("max_listed", settings.review_max_listed)),
+            "out": str(settings.job_dir(job.id) / REVIEW_FILE)}
+
+
+def _follow_up_review(s: Session, settings: Settings, job_id: str) -> Job | None:
+    """The label review a training job submitted with ``review_labels`` asked for, added to
+    the session (the caller commits and sends it); None when it asked for none."""
+    job = get_job(s, job_id)
+    if not wants_review(job):
+        return None
+    try:
+        review = submit_review(s, model_id=job_id, max_active_jobs=None,
+                               max_attempts=settings.max_attempts, folds=settings.review_folds,
+                               max_listed=settings.review_max_listed)
+    except (JobConflict, LookupError) as exc:  # one is already queued; the dataset is gone
+        log.warning("job %s: no follow-up label review: %s", job_id, exc)
+        return None
+    log.info("job %s succeeded; its label review is job %s", job_id, review.id)
+    return review
+
+
+def _send(settings: Settings, job: Job) -> None:
+    """Send a committed queued job to its queue. A broker that refuses it now leaves it
+    queued: the workers send such jobs again after QUEUED_RESEND_SECONDS."""
+    try:
+        run_job.apply_async(args=[job.id], queue=queue_for(settings.training_queue, job.params))
+    except Exception:
+        log.exception("job %s could not be sent now; it will be sent again", job.id)
 
 
 def _checkpoint_of(s: Session, source_id: str) -> str:

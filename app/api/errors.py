@@ -23,6 +23,7 @@ from app.engine.checkpoint import CheckpointError
 from app.engine.data import DatasetError
 from app.engine.images import DecodeBusy, ImageDecodeError
 from app.jobs.broker import QueueUnreachable
+from app.jobs.reviews import ReviewNotFound
 from app.jobs.service import InvalidParams, JobConflict, JobNotFound, TooManyActiveJobs
 from app.models.decision import InvalidDecision
 from app.models.promotion import NotComparable, NothingToRollBack, PromotionRefused
@@ -43,6 +44,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (ImageNotFound, 404),
     (JobNotFound, 404),
     (ModelNotFound, 404),
+    (ReviewNotFound, 404),
     (DatasetBusy, 409),
     (JobBusy, 409),  # queued or running: cancel it first
     (ModelInUse, 409),  # the active model, or a live job's start or model (used_by)

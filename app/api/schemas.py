@@ -70,11 +70,16 @@ class JobRequest(BaseModel):
         False, description="queue the job even when no live worker would take it now (no "
         "worker for its queue, or none with the ImageNet weights for an `imagenet` start); "
         "it waits until one starts. Without it such a job is refused with 409")
+    review_labels: bool = Field(
+        False, description="when the training succeeds, review its training images' labels "
+        "in a follow-up job (kind `review`): likely mislabeled images and outliers, at GET "
+        "/jobs/{id}/label-review")
 
     def train_config(self) -> TrainConfig:
         """The engine's config as asked for (``jobs.service.submit`` fills in the defaults
         that depend on ``init`` and checks the ranges)."""
-        return TrainConfig(**self.model_dump(exclude={"dataset_id", "queue_anyway"}))
+        return TrainConfig(**self.model_dump(exclude={"dataset_id", "queue_anyway",
+                                                      "review_labels"}))
 
 
 def _full_match(pattern: str, message: str) -> Any:
@@ -160,13 +165,16 @@ class EpochOut(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    kind: Literal["train", "evaluate", "predict"] = Field(
+    kind: Literal["train", "evaluate", "predict", "review"] = Field(
         "train", description="train: fine-tunes a model (the job id is then the model's id); "
         "evaluate: scores the model `model_id` on the test split of `dataset_id` (POST "
         "/models/{id}/evaluate); its result is GET /jobs/{id}/evaluation; predict: "
         "classifies a batch of photos with the model `model_id` (POST /predictions); its "
-        "result is GET /predictions/{id}/results")
-    model_id: str | None = Field(None, description="an evaluate or predict job's model")
+        "result is GET /predictions/{id}/results; review: reviews the labels of the training "
+        "images of `model_id`'s dataset (POST /jobs/{id}/review); its result is GET "
+        "/jobs/{id}/label-review")
+    model_id: str | None = Field(None, description="an evaluate, predict or review job's "
+                                 "model")
     dataset_id: str | None = Field(description="null only for a predict job of uploaded "
                                    "photos")
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -303,6 +311,47 @@ class EvaluateRequest(BaseModel):
     dataset_id: str = Field(min_length=1, max_length=64)
     queue_anyway: bool = Field(
         False, description="queue the job even when no live worker would take it now")
+
+
+class ReviewRequest(BaseModel):
+    """Review the labels of a succeeded training job's training images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue_anyway: bool = Field(
+        False, description="queue the job even when no live worker would take it now")
+
+
+class LabelIssueOut(BaseModel):
+    image_id: int = Field(description="the image's id in its dataset (ImageFolder order)")
+    split: str
+    label: str = Field(description="its given class (the folder it is in)")
+    path: str = Field(description="its path in the uploaded zip")
+    suggested: str = Field(description="the class an out-of-sample classifier finds likeliest")
+    confidence: float = Field(description="that classifier's probability of `suggested`")
+    rank: int = Field(description="1: the likeliest to be mislabeled")
+
+
+class OutlierOut(BaseModel):
+    image_id: int
+    split: str
+    label: str
+    path: str
+    score: float = Field(description="cleanlab's outlier score in (0, 1]: the lower, the "
+                         "more unlike the other training images")
+
+
+class LabelReviewOut(BaseModel):
+    job_id: str = Field(description="the review job (follow it, or cancel it, at /jobs/{id})")
+    dataset_id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    backbone: str = Field(description="whose embeddings the review used: the model's "
+                          "starting backbone (imagenet, job:<id>) or the fine-tuned one (a "
+                          "model trained from scratch); empty until it succeeded")
+    issues: list[LabelIssueOut] = Field(description="likely mislabeled training images, the "
+                                        "likeliest first (empty until it succeeded)")
+    outliers: list[OutlierOut] = Field(description="training images unlike the others, the "
+                                       "most unusual first")
 
 
 class ModelEvaluationOut(BaseModel):

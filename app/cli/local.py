@@ -1,4 +1,5 @@
-"""The engine in this process: ``hotdog train``, ``evaluate``, ``predict``, ``export``."""
+"""The engine in this process: ``hotdog train``, ``evaluate``, ``predict``, ``export``,
+``review-local``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from app.cli.options import AddCommand, add_train_options, train_config
 from app.cli.output import EpochTable, emit_json, progress_bar
 from app.engine import Callback, EpochMetrics, Evaluation, Predictor, StartInfo, fit
 from app.engine.callback import BatchProgress
-from app.engine.config import TrainConfig
+from app.engine.config import INIT_IMAGENET, INIT_SCRATCH, TrainConfig
 from app.engine.train import best_beside
 
 TRAIN_EPILOG = """examples:
@@ -250,6 +251,59 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _ReviewProgress(Callback):
+    """``hotdog review-local``'s bar over the embedding pass."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def on_batch(self, progress: BatchProgress) -> None:
+        if self.bar is None:
+            self.bar = progress_bar(total=progress.batches, unit="batch", desc="embedding")
+        self.bar.update(1)
+
+
+def cmd_review_local(args: argparse.Namespace) -> int:
+    from app.engine.review import ReviewConfig, choose_backbone, review_labels, write_review
+
+    if args.checkpoint is None and args.init is None:
+        args.init = INIT_IMAGENET
+    config = ReviewConfig(folds=args.folds, seed=args.seed, batch_size=args.batch_size,
+                          device=args.device, precision=args.precision,
+                          max_listed=args.limit)
+    backbone = choose_backbone(args.checkpoint, start=args.init, prefer=args.backbone,
+                               image_size=args.image_size, seed=args.seed)
+    progress = _ReviewProgress()
+    try:
+        review = review_labels(args.data_dir, backbone, config, callback=progress)
+    finally:
+        if progress.bar is not None:
+            progress.bar.close()
+    if args.out:
+        write_review(review, args.out)
+    if args.json:
+        emit_json({"data_dir": str(args.data_dir), **review.to_dict(),
+                   "summary": review.summary()})
+        return EXIT_OK
+    s = review.summary()
+    print(f"label review of {args.data_dir}: {s['images']} training images, backbone: "
+          f"{s['backbone']}; out-of-sample accuracy {s['cv_accuracy']:.3f} ({s['folds']} "
+          f"folds); {s['flagged']} flagged, {s['outliers']} outliers "
+          f"({sum(s['seconds'].values()):.1f} s)")
+    if review.issues:
+        print(f"{'rank':>4} {'id':>6} {'given':<14} {'suggested':<14} {'conf':>5}  path")
+    for i in review.issues:
+        print(f"{i.rank:>4} {i.image_id:>6} {i.label[:14]:<14} {i.suggested[:14]:<14} "
+              f"{i.confidence:>5.2f}  {i.path}")
+    if review.outliers:
+        print("outliers (the most unusual first):")
+    for o in review.outliers:
+        print(f"     {o.image_id:>6} {o.label[:14]:<14} {'':<14} {o.score:>5.2f}  {o.path}")
+    if args.out:
+        print(f"written to {args.out}")
+    return EXIT_OK
+
+
 def _runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
@@ -307,3 +361,37 @@ def register(command: AddCommand) -> None:
                    help="verify on this dataset's test images (default: random pixels)")
     p.add_argument("--verify-images", type=int, default=64, metavar="N",
                    help="images to compare the export with PyTorch on")
+
+    p = command("review-local", cmd_review_local, "find likely mislabeled training images and "
+                "outliers in a dataset folder, without a service",
+                "examples:\n  hotdog review-local data/demo --checkpoint model.pt   # its "
+                "starting backbone (or the model's own, from scratch)\n"
+                "  hotdog review-local data/demo                         # ImageNet "
+                "embeddings\n  hotdog review-local data/demo --checkpoint model.pt --backbone "
+                "fine-tuned\n  hotdog review-local data/demo --init scratch --image-size 64   "
+                "# random weights: weak\n\nEach training image is embedded once; a logistic "
+                "regression in k-fold cross-validation\ngives every image out-of-sample "
+                "probabilities, and cleanlab's confident learning ranks\nthe likely label "
+                "errors. Images are named by their path in DATA_DIR.\n\n")
+    p.add_argument("data_dir", metavar="DATA_DIR",
+                   help="folder with train/<class>/ and test/<class>/")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--checkpoint", metavar="CKPT", default=None,
+                       help="a model trained on these labels: the review embeds with the "
+                       "backbone it started from (ImageNet, or its --init checkpoint), or "
+                       "with the model itself when it started from scratch")
+    start.add_argument("--init", choices=(INIT_IMAGENET, INIT_SCRATCH), default=None,
+                       help="no model: embed with ImageNet weights (the default) or random "
+                       "weights (scratch: a weak baseline)")
+    p.add_argument("--backbone", choices=("auto", "start", "fine-tuned"), default="auto",
+                   help="with --checkpoint: auto (the start, unless it is scratch), start, or "
+                   "fine-tuned (the checkpoint's own backbone)")
+    p.add_argument("--image-size", type=int, default=224,
+                   help="without --checkpoint: the crops' side (a checkpoint has its own)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    p.add_argument("--seed", type=int, default=0, help="the folds' shuffle (and scratch weights)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--limit", type=int, default=1000, help="list at most this many of each")
+    p.add_argument("--out", metavar="FILE", default=None, help="also write the review as JSON")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))

@@ -1,8 +1,8 @@
 """A running service, through app.client: ``hotdog upload``, ``submit``, ``watch``,
 ``jobs``, ``cancel``, ``classify`` (photos, or a folder or zip of them: in requests, or as a
 batch job), the batch jobs: ``predictions``, ``prediction``, the models: ``models``,
-``activate``, ``rollback``, ``history``, ``evaluate-model``, and the data: ``report``,
-``relabel``.
+``activate``, ``rollback``, ``history``, ``evaluate-model``, the data: ``report``,
+``relabel``, and ``review`` (a label review job).
 
 ``--url`` (or ``HOTDOG_URL``) says where the service is, default ``http://127.0.0.1:8000``
 (what ``make run`` starts); ``--api-key`` (or ``HOTDOG_API_KEY``) when it needs a key.
@@ -32,10 +32,12 @@ from app.cli.options import AddCommand, add_service_options, add_train_options, 
 from app.cli.output import EpochTable, emit_json, progress_bar
 from app.client import (
     JOB_STATUSES,
+    TERMINAL,
     Activation,
     Client,
     Dataset,
     Job,
+    LabelReview,
     Prediction,
     PredictionJob,
     ReportGroup,
@@ -79,7 +81,8 @@ def cmd_upload(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     with _client(args) as c:
         job = c.submit(args.dataset_id, **given(args, "api"),
-                       queue_anyway=True if args.queue_anyway else None)
+                       queue_anyway=True if args.queue_anyway else None,
+                       review_labels=True if args.review_labels else None)
         if not args.json:
             print(f"job {job['id']} {job['status']}")
         if args.watch:
@@ -122,6 +125,9 @@ def _watch(c: Client, job_id: str, args: argparse.Namespace) -> int:
         ev = c.evaluation(job_id)
         print(f"job {job_id} succeeded: job {job['model_id']} on dataset {job['dataset_id']}: "
               f"accuracy {ev['accuracy']:.3f}, macro F1 {ev['macro_f1']:.3f}")
+    elif job["status"] == "succeeded" and job.get("kind") == "review":
+        print(f"job {job_id} succeeded: {job.get('note') or 'label review done'}")
+        print(f"next: hotdog review {job_id}")
     elif job["status"] == "succeeded":
         print(f"job {job_id} succeeded: {kept_text(job)}")
         if job.get("note"):
@@ -628,6 +634,64 @@ def cmd_relabel(args: argparse.Namespace) -> int:
         print_dataset(ds)
         print(f"next: hotdog report {ds['id']}; hotdog submit {ds['id']} --watch")
     return EXIT_OK
+def cmd_review(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        try:
+            review = c.label_review(args.job_id)
+        except ServiceError as exc:
+            if exc.status != 404 or c.job(args.job_id)["kind"] != "train":
+                raise
+            job = c.review(args.job_id, queue_anyway=args.queue_anyway)
+            say(args, f"label review of job {args.job_id}: job {job['id']} {job['status']}")
+            review = c.label_review(job["id"])
+        if review["status"] not in TERMINAL:
+            say(args, f"waiting for label review job {review['job_id']} ({review['status']})")
+            bar = progress_bar(total=1000, bar_format="{l_bar}{bar}|")
+
+            def update(j: Job) -> None:
+                bar.n = int(j["progress"]["fraction"] * 1000)
+                bar.set_description(j["status"])
+
+            try:
+                c.watch(review["job_id"], interval=args.interval, on_update=update)
+            finally:
+                bar.close()
+            review = c.label_review(review["job_id"])
+        job = c.job(review["job_id"])
+    if args.json:
+        emit_json({**review, "note": job.get("note"), "error": job.get("error")})
+    elif review["status"] == "succeeded":
+        print_review(review, limit=args.limit)
+        if job.get("note"):
+            print(job["note"])
+    else:
+        print(f"label review job {review['job_id']} {review['status']}"
+              + (f": {job['error']}" if job.get("error") else ""))
+    return job_exit_code(job)
+
+
+def say(args: argparse.Namespace, message: str) -> None:
+    if not args.json:
+        print(message, flush=True)
+
+
+def print_review(review: LabelReview, *, limit: int) -> None:
+    """The likely mislabeled images, the likeliest first, and the outliers: each with its
+    path as uploaded (where to find it), split, given and suggested class."""
+    issues, outliers = review["issues"], review["outliers"]
+    print(f"label review of dataset {review['dataset_id']} (job {review['job_id']}), "
+          f"backbone: {review['backbone']}")
+    print(f"{len(issues)} likely mislabeled training image(s)"
+          + (f", the first {limit}:" if len(issues) > limit else ":" if issues else ""))
+    if issues:
+        print(f"{'rank':>4} {'id':>6} {'given':<14} {'suggested':<14} {'conf':>5}  path")
+    for i in issues[:limit]:
+        print(f"{i['rank']:>4} {i['image_id']:>6} {i['label'][:14]:<14} "
+              f"{i['suggested'][:14]:<14} {i['confidence']:>5.2f}  {i['path']}")
+    print(f"{len(outliers)} outlier(s)" + (":" if outliers else ""))
+    for o in outliers[:limit]:
+        print(f"     {o['image_id']:>6} {o['label'][:14]:<14} {'':<14} {o['score']:>5.2f}  "
+              f"{o['path']}")
 
 
 def register(command: AddCommand) -> None:
@@ -654,6 +718,9 @@ def register(command: AddCommand) -> None:
     p.add_argument("--queue-anyway", action="store_true",
                    help="queue it even when no running worker would take it now (else the "
                    "service refuses it: exit 5, or 4 for want of ImageNet weights)")
+    p.add_argument("--review-labels", action="store_true",
+                   help="when it succeeds, review its training images' labels in a follow-up "
+                   "job (hotdog review JOB_ID shows the result)")
     p.add_argument("--watch", action="store_true", help="then show progress until it ends")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
 
@@ -748,6 +815,22 @@ def register(command: AddCommand) -> None:
     p = client_command("history", cmd_history, "the changes of the active model, newest first "
                        "(who, when, both models and scores)", "examples:\n  hotdog history\n\n")
     p.add_argument("--limit", type=int, default=20, help="at most this many")
+
+    p = client_command(
+        "review", cmd_review, "review the labels of a succeeded training job's training "
+        "images (a job on a worker, started if it has none), wait, and list the likely "
+        "mislabeled images and the outliers with their paths as uploaded",
+        "examples:\n  hotdog review JOB_ID\n  hotdog review JOB_ID --json > review.json\n"
+        "  hotdog review REVIEW_JOB_ID              # a review job's result\n\nThe review "
+        "embeds each training image once with the job's starting backbone (ImageNet\nor the "
+        "job:<id> it started from; the fine-tuned one for a scratch start), predicts\neach "
+        "image's class out of sample (k-fold logistic regression) and ranks the label\n"
+        "issues with cleanlab's confident learning.\n\n")
+    p.add_argument("job_id", metavar="JOB_ID", help="a training job (or a review job)")
+    p.add_argument("--limit", type=int, default=50, help="list at most this many of each")
+    p.add_argument("--queue-anyway", action="store_true",
+                   help="queue it even when no running worker would take it now")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
 
     p = client_command("evaluate-model", cmd_evaluate_model, "score a model of the service on "
                        "a dataset's test split, as a job on a worker, and wait for it",

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     # Queued + running jobs at most; more get 429 with Retry-After (a burst of submissions
     # cannot pile up unbounded work).
     max_active_jobs: int = 100
+    # Label reviews (app.engine.review): the cross-validation folds of the logistic
+    # regression, and the likely mislabeled images and outliers a review lists at most (the
+    # likeliest first; the result file and GET /jobs/{id}/label-review stay bounded).
+    review_folds: Annotated[int, Field(ge=2, le=20)] = 5
+    review_max_listed: Annotated[int, Field(ge=1, le=100_000)] = 1000
     max_upload_bytes: int = 2 << 30  # one dataset zip
     max_dataset_bytes: int = 8 << 30  # its extracted size
     max_dataset_files: int = 200_000

@@ -44,13 +44,16 @@ class JobStatus(str, enum.Enum):
 class JobKind(str, enum.Enum):
     """What a job does: ``train`` a model (its checkpoint is a model), ``evaluate`` one
     (``jobs.model_id``) on the test split of its dataset (its evaluation row is the result),
-    or ``predict``: classify a batch of photos with one (an uploaded zip's, in the job's own
-    folder, or a split of its dataset; its results file is the result). All have the same
-    life cycle: queue, worker, lease, cancel, progress, limits."""
+    ``predict``: classify a batch of photos with one (an uploaded zip's, in the job's own
+    folder, or a split of its dataset; its results file is the result), or ``review`` the
+    labels of the training images of a model's dataset (its result is
+    ``label_review.json`` in its folder). All have the same life cycle: queue, worker,
+    lease, cancel, progress, limits."""
 
     TRAIN = "train"
     EVALUATE = "evaluate"
     PREDICT = "predict"
+    REVIEW = "review"
 
 
 class ReportStatus(str, enum.Enum):
@@ -160,7 +163,8 @@ class Job(Base):
         Enum(JobKind, native_enum=False, length=16, validate_strings=True,
              values_callable=lambda e: [m.value for m in e]),
         default=JobKind.TRAIN, server_default=JobKind.TRAIN.value)
-    # An evaluate or predict job: the model (a train job's id) it uses.
+    # An evaluate or predict job: the model (a train job's id) it uses; a review job: the
+    # training job whose dataset's labels it reviews.
     model_id: Mapped[str | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     params: Mapped[dict[str, Any]]

@@ -362,12 +362,14 @@ class InvalidParams(ValueError):
 
 def submit(
     session: Session, *, dataset_id: str, config: TrainConfig, max_active_jobs: int,
-    max_attempts: int,
+    max_attempts: int, review_labels: bool = False,
 ) -> Job:
     """Check and store a new queued job: its parameters are in range (the init-dependent
     defaults filled in), the dataset exists, fewer than ``max_active_jobs`` jobs are queued
     or running, and a ``job:<id>`` start names a succeeded job. The caller commits, then
-    sends the job to its queue (the worker must find the row before the message)."""
+    sends the job to its queue (the worker must find the row before the message).
+    ``review_labels``: when it succeeds, its worker queues a label review of it
+    (:mod:`app.jobs.reviews`); recorded in its parameters."""
     try:
         config = config.resolved()
     except ValueError as exc:
@@ -376,7 +378,8 @@ def submit(
     _check_split(config, datasets.get_live(session, dataset_id))
     check_capacity(session, max_active_jobs)
     _check_init(session, config.init)
-    return create_job(session, dataset_id=dataset_id, params=config.to_dict(),
+    params = {**config.to_dict(), **({"review_labels": True} if review_labels else {})}
+    return create_job(session, dataset_id=dataset_id, params=params,
                       epochs=config.epochs, max_attempts=max_attempts)
 
 
@@ -429,7 +432,7 @@ def _check_init(session: Session, init: str) -> None:
     if source is None:
         raise InvalidParams(f"init: job {source_id} not found")
     if source.kind is not JobKind.TRAIN:
-        raise InvalidParams(f"init: job {source.id} is an evaluation, not a model")
+        raise InvalidParams(f"init: job {source.id} is a {source.kind.value} job, not a model")
     if source.status is not JobStatus.SUCCEEDED or not source.checkpoint_path:
         raise InvalidParams(f"init: job {source.id} has not succeeded ({source.status.value}); "
                             "only a finished model can start another job")

@@ -80,11 +80,12 @@ def lock(session: Session) -> None:
 
 def live_users(session: Session) -> dict[str, list[str]]:
     """Model (job) id -> the queued or running jobs that use it: training jobs that start
-    from it (``init: job:<id>``) and evaluate jobs that score it (``model_id``)."""
+    from it (``init: job:<id>``), and evaluate, predict and review jobs that use it
+    (``model_id``)."""
     users: dict[str, list[str]] = {}
     for job in session.scalars(select(Job).where(Job.status.in_(LIVE))
                                .order_by(Job.created_at, Job.id)):
-        if job.kind is JobKind.EVALUATE:
+        if job.kind is not JobKind.TRAIN:  # evaluate, predict, review: their model
             used = job.model_id
         else:
             used = jobs.source_job_id(str(job.params.get("init", "")))

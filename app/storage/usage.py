@@ -158,6 +158,8 @@ def _job_item(it: Item, job: Job, active_id: str | None,
     elif job.id in users:
         protected = f"used by queued or running job(s) {', '.join(users[job.id])}"
     what = ("evaluation" if job.kind is JobKind.EVALUATE else
+            "batch prediction" if job.kind is JobKind.PREDICT else
+            "label review" if job.kind is JobKind.REVIEW else
             "model" if job.status is JobStatus.SUCCEEDED else "training")
     return {"kind": "job", "id": job.id, "name": f"{what} ({job.status.value})",
             "bytes": it.bytes, "by_category": it.by_category, "status": job.status.value,

@@ -280,6 +280,7 @@
 
   function jobTitle(job) {
     if (job.kind === "evaluate") return `job ${short(job.id)} (evaluates job ${short(job.model_id)})`;
+    if (job.kind === "review") return `job ${short(job.id)} (reviews the labels of job ${short(job.model_id)})`;
     return `job ${short(job.id)} (${initText(job.params.init)})`;
   }
 
@@ -637,6 +638,7 @@
       if (raw !== "") body[input.name] = Number(raw);
     }
     if ($("job-queue_anyway").checked) body.queue_anyway = true;
+    if ($("job-review_labels").checked) body.review_labels = true;
     const button = $("job-submit");
     button.disabled = true;
     try {
@@ -680,6 +682,10 @@
     if (job.kind === "predict") {
       return job.status === "running" ? `classifying photos, ${pct(p.fraction)}`
         : job.status === "succeeded" ? `classified ${job.params.photos} photos` : job.status;
+    }
+    if (job.kind === "review") {
+      return job.status === "running" ? `reviewing the training labels, ${pct(p.fraction)}`
+        : job.status === "succeeded" ? "labels reviewed" : job.status;
     }
     let text = `epoch ${p.epoch} of ${p.epochs}`;
     if (job.status === "running" && p.eta_seconds !== null && p.eta_seconds !== undefined) {
@@ -729,7 +735,8 @@
     const size = job.params.image_size ? `, ${job.params.image_size} px` : "";
     r.init.textContent = job.kind === "evaluate" ? `evaluates job ${short(job.model_id)}`
       : job.kind === "predict" ? `classifies with job ${short(job.model_id)}`
-        : `${initText(job.params.init)}${lr}${size}`;
+      : job.kind === "review" ? `reviews the labels of job ${short(job.model_id)}`
+      : `${initText(job.params.init)}${lr}${size}`;
     const badge = el("span", { class: `badge status-${job.status}`, text: job.status });
     const parts = [badge];
     if (job.cancel_requested && ACTIVE.has(job.status)) {

@@ -18,7 +18,9 @@ from app.api.schemas import (
     EvaluationOut,
     JobCreate,
     JobOut,
+    LabelReviewOut,
     Progress,
+    ReviewRequest,
 )
 from app.api.state import State
 from app.core import joblog
@@ -28,6 +30,7 @@ from app.engine import selection
 from app.engine.config import INIT_IMAGENET
 from app.engine.export import SUFFIXES
 from app.engine.metrics import balanced_accuracy, macro_f1
+from app.jobs import reviews
 from app.jobs import service as jobs
 from app.jobs.broker import QueueUnreachable
 from app.jobs.queues import queue_for
@@ -109,7 +112,7 @@ def submit_job(session: SessionDep, state: StateDep, body: JobCreate) -> JobOut:
     settings = state.settings
     job = jobs.submit(session, dataset_id=body.dataset_id, config=body.train_config(),
                       max_active_jobs=settings.max_active_jobs,
-                      max_attempts=settings.max_attempts)
+                      max_attempts=settings.max_attempts, review_labels=body.review_labels)
     return queue(session, state, job, queue_anyway=body.queue_anyway,
                  imagenet=job.params["init"] == INIT_IMAGENET)
 
@@ -255,3 +258,27 @@ def job_logs(
         logs.followed(state.log_followers, path, position, ended),
         media_type="text/plain; charset=utf-8",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+@router.post("/{job_id}/review", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+def review_job(session: SessionDep, state: StateDep, job_id: str,
+               body: ReviewRequest | None = None) -> JobOut:
+    """Queue a job (kind ``review``) that reviews the labels of this succeeded training
+    job's training images: likely mislabeled ones and outliers. 409 when the job has not
+    succeeded or a review of it is already queued or running. Its result: ``GET
+    /jobs/{job_id}/label-review``."""
+    settings = state.settings
+    job = reviews.submit_review(
+        session, model_id=job_id, max_active_jobs=settings.max_active_jobs,
+        max_attempts=settings.max_attempts, folds=settings.review_folds,
+        max_listed=settings.review_max_listed)
+    return queue(session, state, job, queue_anyway=bool(body and body.queue_anyway))
+
+
+@router.get("/{job_id}/label-review", response_model=LabelReviewOut)
+def label_review(session: SessionDep, settings: SettingsDep, job_id: str) -> LabelReviewOut:
+    """The newest label review of a training job (or the review job ``job_id``): its
+    status, and once it succeeded the likely mislabeled training images (given label,
+    suggested label, confidence, rank) and the outliers, each with its id, split, class and
+    path as uploaded. 404 when the job has no review."""
+    review = reviews.latest_review(session, job_id)
+    return LabelReviewOut.model_validate(
+        reviews.review_result(review, settings.job_dir(review.id)))
