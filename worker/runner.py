@@ -104,6 +104,7 @@ class TrainingProcess:
     out: Path
     epoch_checkpoint: Path
     export_onnx: bool = True
+    export_int8: bool = True
     evaluate: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     # More than one: ``torchrun`` starts this many training processes (DDP, one per GPU, or
@@ -118,7 +119,7 @@ class TrainingProcess:
             "epoch_checkpoint": str(self.epoch_checkpoint),
             # An earlier attempt's last epoch, if any: a resumed job continues from it.
             "resume_from": str(self.epoch_checkpoint), "config": self.config.to_dict(),
-            "export_onnx": self.export_onnx,
+            "export_onnx": self.export_onnx, "export_int8": self.export_int8,
             **({"evaluate": str(self.evaluate)} if self.evaluate is not None else {}),
         }
         self.out.parent.mkdir(parents=True, exist_ok=True)

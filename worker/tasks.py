@@ -166,7 +166,8 @@ def _launch(settings: Settings, claim: Claim) -> TrainingProcess:
              claim.dataset_dir, claim.processes)
     return TrainingProcess(data_dir=claim.dataset_dir, config=claim.config,
                            out=job_dir / "model.pt", epoch_checkpoint=job_dir / "last.pt",
-                           export_onnx=settings.export_onnx, processes=claim.processes,
+                           export_onnx=settings.export_onnx,
+                           export_int8=settings.export_int8, processes=claim.processes,
                            evaluate=Path(claim.evaluate) if claim.evaluate else None).start()
 
 

@@ -31,6 +31,10 @@ class Unprocessable(ValueError):
     """A request the schema cannot describe fully is refused (e.g. too many files)."""
 
 
+class UnsupportedMediaType(ValueError):
+    """A request body of a content type the endpoint does not take (415)."""
+
+
 # Each domain's errors, by status. The domains raise them; only this table knows HTTP.
 STATUS: list[tuple[type[Exception], int]] = [
     (DatasetNotFound, 404),
@@ -50,6 +54,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (InvalidParams, 422),
     (DatasetError, 422),
     (ImageDecodeError, 422),
+    (UnsupportedMediaType, 415),
     (TooManyActiveJobs, 429),
     (Overloaded, 503),  # shed load; Retry-After tells clients when to try again
     (DecodeBusy, 503),

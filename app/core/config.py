@@ -7,6 +7,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -103,13 +104,20 @@ class Settings(BaseSettings):
     predict_threads: int | None = None
     predict_device: str = "auto"
     predict_precision: str = "auto"
-    # Which runtime computes /predict: "onnx" (the job's verified ONNX export in ONNX
-    # Runtime), "torch" (eager PyTorch), or "auto": ONNX Runtime where it is the faster one
-    # (a CPU without native bf16, or PREDICT_PRECISION=fp32), PyTorch otherwise or when a
-    # model has no export.
-    predict_runtime: Literal["auto", "onnx", "torch"] = "auto"
-    # Workers export each succeeded job to ONNX (verified against PyTorch) for /predict.
+    # Which runtime computes /predict: "torch" (eager PyTorch), "compiled" (torch.compile,
+    # built in the background while eager serves), "onnx" (the job's verified ONNX export in
+    # ONNX Runtime), "onnx_int8" (its verified INT8 model), or "auto": each runtime the model
+    # has is timed when it is loaded (PREDICT_TUNE_SECONDS each, off the request path) and
+    # the fastest serves.
+    predict_runtime: Literal["auto", "torch", "compiled", "onnx", "onnx_int8"] = "auto"
+    predict_tune_seconds: float = Field(default=1.0, gt=0, le=30)
+    # Whether auto also builds the compiled PyTorch runtime (a compile costs a minute or more
+    # of CPU on a small machine, once per model load).
+    predict_compile: bool = True
+    # Workers export each succeeded job to ONNX (verified against PyTorch) for /predict,
+    # and (with EXPORT_INT8) an INT8 model of it, verified against the fp32 export.
     export_onnx: bool = True
+    export_int8: bool = True
     # A worker without CUDA runs a job that asks for N GPUs (2 <= N <= this) as N CPU
     # processes with DDP over gloo, as it would on N GPUs: for tests and development, it is
     # not faster than one process. 0: such a job fails at once (the worker has no GPUs).
