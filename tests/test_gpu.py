@@ -81,3 +81,27 @@ def test_two_gpus_train_one_job_over_nccl(color_dataset: Path, tmp_path: Path) -
     assert [e.metrics.epoch for e in events if isinstance(e, Epoch)] == [1, 2]
     ckpt = load_checkpoint(tmp_path / "model.pt")
     assert ckpt["compute"]["world_size"] == 2 and ckpt["compute"]["device"].startswith("cuda")
+
+
+def test_compiled_pytorch_on_cuda_is_checked_then_serves(cuda_checkpoint: Path,
+                                                         color_dataset: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from app.api.serving import ModelCache, ServingMetrics
+    from app.engine.export import write_verification_set
+
+    write_verification_set(cuda_checkpoint, color_dataset)
+    models = ModelCache(size=1, device="cuda", precision="auto", max_batch=8, max_delay=0,
+                        max_queue=16, metrics=ServingMetrics(CollectorRegistry()),
+                        runtime="compiled", tune_seconds=0.5)  # inductor, freezing
+    try:
+        model = models.get("job", cuda_checkpoint)
+        assert model.tuned.wait(600)
+        assert model.predictor.runtime == "compiled", model.runtimes
+        assert model.runtimes["compiled"]["images_per_second"] > 0
+        images = [p for p, _ in load_image_folder(color_dataset).test]
+        eager = Predictor(cuda_checkpoint, device="cuda")
+        x = torch.stack([eager.load(p) for p in images])
+        assert torch.equal(model.forward(x).argmax(1), eager.probabilities(x).argmax(1))
+    finally:
+        models.close()

@@ -377,6 +377,19 @@ class ModelCache:
                 self.lookups = {k: v for k, v in self.lookups.items() if v[0] > now}
         return found
 
+    def cached(self, model: str | None) -> LoadedModel | None:
+        """The loaded model ``model`` names when both the lookup and the model are cached:
+        no database, no thread hop (the request path's common case); else None."""
+        now = time.monotonic()
+        with self.lock:
+            hit = self.lookups.get(model)
+            if hit is None or hit[0] <= now:
+                return None
+            loaded = self.models.get(hit[1][0])
+            if loaded is not None:
+                self.models.move_to_end(loaded.job_id)
+            return loaded
+
     def forget_lookups(self) -> None:
         with self.lock:
             self.lookups.clear()

@@ -184,7 +184,8 @@ async def predict_images(
     limit = state.settings.predict_max_files
     if len(sources) > limit:
         raise Unprocessable(f"{len(sources)} files in one request; the limit is {limit}")
-    loaded = await run_in_threadpool(_model, state, model_query or model)
+    name = model_query or model
+    loaded = state.models.cached(name) or await run_in_threadpool(_model, state, name)
     with state.models.held(loaded):  # its metric series stay until its last request is done
         with loaded.batcher.admit(len(sources)), state.intake.decode(len(sources)):
             images = await _decode(state, loaded, sources, names)
