@@ -185,7 +185,8 @@ async def predict_images(
     if len(sources) > limit:
         raise Unprocessable(f"{len(sources)} files in one request; the limit is {limit}")
     name = model_query or model
-    loaded = state.models.cached(name) or await run_in_threadpool(_model, state, name)
+    cached = state.models.cached(name)
+    loaded = cached if cached is not None else await run_in_threadpool(_model, state, name)
     with state.models.held(loaded):  # its metric series stay until its last request is done
         with loaded.batcher.admit(len(sources)), state.intake.decode(len(sources)):
             images = await _decode(state, loaded, sources, names)
