@@ -226,7 +226,8 @@ class Prediction(TypedDict):
 
 class Predictions(TypedDict):
     model: str
-    runtime: Literal["torch", "onnx"]
+    runtime: Literal["torch", "compiled", "onnx", "onnx_int8"]
+    images_per_second: float | None  # the runtime's measured batched speed
     calibrated: bool  # probabilities = softmax(logits / temperature), fitted on validation
     temperature: float  # 1 when not calibrated
     predictions: list[Prediction]

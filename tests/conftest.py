@@ -59,6 +59,12 @@ CONFIGURED_REDIS = os.environ.get("REDIS_URL")
 for _name in ("DATABASE_URL", "BROKER_URL", "API_KEY", "API_KEYS", "TRAINING_QUEUE", "HOST",
               "ALLOWED_HOSTS"):
     os.environ.pop(_name, None)
+# Runtimes that cost CPU seconds on every model load or job: a compile (a minute or more on
+# 2 cores), INT8 calibration; tests/test_runtimes.py asks for them (and the services a test
+# starts inherit this). Measuring the runtimes of a loaded model takes a fraction of a second.
+os.environ.setdefault("PREDICT_COMPILE", "false")
+os.environ.setdefault("EXPORT_INT8", "false")
+os.environ.setdefault("PREDICT_TUNE_SECONDS", "0.2")
 os.environ["DATA_DIR"] = tempfile.mkdtemp(prefix="hotdog-tests-data-")
 atexit.register(shutil.rmtree, os.environ["DATA_DIR"], True)
 

@@ -30,7 +30,7 @@ from app.core.config import Settings
 from app.db.models import JobStatus
 from app.db.session import make_engine, upgrade
 from app.engine import TrainConfig, fit
-from app.engine.export import export_for_job
+from app.engine.export import exports_for_job
 from app.jobs.service import claim_job, create_job, finish_job
 from tests.servers import free_port as free_port  # tests take it from here with the rest
 
@@ -341,15 +341,15 @@ def upload(client: TestClient, data: bytes, name: str = "set.zip") -> httpx.Resp
 
 def finished_job(settings: Settings, dataset_id: str, tmp_path: Path, data: Path,
                   seed: int = 0, lr: float | None = None, export: bool = False,
-                  val_fraction: float = 0.1) -> str:
+                  val_fraction: float = 0.1, int8: bool = False) -> str:
     """A job run to success by the engine directly, recorded as a worker would (with its
-    verified ONNX export when ``export``)."""
+    verified ONNX export and verification set when ``export``, and its INT8 model when
+    ``int8`` too)."""
     engine = make_engine(settings.db_url)
     cfg = TrainConfig(**TINY, epochs=1, seed=seed, lr=lr, val_fraction=val_fraction)
     out = tmp_path / f"model-{seed}.pt"
     result = fit(data, cfg, out)
-    exports = ({"onnx": export_for_job(out, data, out.with_suffix(".onnx")).to_dict()}
-               if export else None)
+    exports = exports_for_job(out, data, int8=int8) if export else None
     with Session(engine) as s:
         job = create_job(s, dataset_id=dataset_id, params=cfg.to_dict(), epochs=1)
         s.commit()

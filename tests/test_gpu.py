@@ -99,3 +99,25 @@ def test_a_compiled_training_step_on_cuda_matches_eager(color_dataset: Path,
     for key in ("train_loss", "test_loss"):
         assert runs["on"]["metrics"][key] == pytest.approx(runs["off"]["metrics"][key],
                                                            rel=0.05), key
+def test_compiled_pytorch_on_cuda_is_checked_then_serves(cuda_checkpoint: Path,
+                                                         color_dataset: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from app.api.serving import ModelCache, ServingMetrics
+    from app.engine.export import write_verification_set
+
+    write_verification_set(cuda_checkpoint, color_dataset)
+    models = ModelCache(size=1, device="cuda", precision="auto", max_batch=8, max_delay=0,
+                        max_queue=16, metrics=ServingMetrics(CollectorRegistry()),
+                        runtime="compiled", tune_seconds=0.5)  # inductor, freezing
+    try:
+        model = models.get("job", cuda_checkpoint)
+        assert model.tuned.wait(600)
+        assert model.predictor.runtime == "compiled", model.runtimes
+        assert model.runtimes["compiled"]["images_per_second"] > 0
+        images = [p for p, _ in load_image_folder(color_dataset).test]
+        eager = Predictor(cuda_checkpoint, device="cuda")
+        x = torch.stack([eager.load(p) for p in images])
+        assert torch.equal(model.forward(x).argmax(1), eager.probabilities(x).argmax(1))
+    finally:
+        models.close()

@@ -437,6 +437,12 @@ def test_a_batch_prediction_job_equals_predict_and_classify_splits_a_folder(
         ds = c.upload(color_dataset)["id"]
         model = stack.wait(c.submit(ds, **TINY, epochs=1)["id"], {"succeeded", "failed"})
         assert model["status"] == "succeeded", model["error"]
+        # /predict loads the model and measures its runtimes; a batch job then uses the
+        # runtime that serves it, so that both give the same probabilities.
+        c.predict([next(folder.rglob("*-0.jpg"))], model=model["id"])
+        serving = wait_for(lambda: next(
+            (m["serving"] for m in c.models() if m["id"] == model["id"]
+             and m["serving"] and not m["serving"]["measuring"]), None), timeout=120)
         job = c.submit_predictions(folder, model=model["id"])  # zipped on the fly
         assert (job["photos"], job["model_id"]) == (9, model["id"])
         job = c.watch_prediction(job["id"], interval=0.2)
@@ -447,6 +453,7 @@ def test_a_batch_prediction_job_equals_predict_and_classify_splits_a_folder(
         assert [r["filename"] for r in rows] == names
         good = [r for r in rows if not r["error"]]
         answers = c.predict([folder / r["filename"] for r in good], model=model["id"])
+        assert answers["runtime"] == serving["runtime"] == job["summary"]["runtime"]
         for row, answer in zip(good, answers["predictions"], strict=True):
             assert row["label"] == answer["label"]
             assert row["probabilities"] == pytest.approx(answer["probabilities"], abs=1e-5)

@@ -47,7 +47,7 @@ from app.engine import (
 )
 from app.engine.batch import Progress as BatchRunProgress
 from app.engine.batch import ResultsWriter, dataset_photos, photos_in, predict_photos
-from app.engine.export import export_for_job
+from app.engine.export import exports_for_job
 from app.engine.predict import choose_runtime
 from worker import protocol as ev
 
@@ -174,7 +174,8 @@ def listening_reporter() -> Reporter:
 
 def run(spec: dict[str, Any]) -> int:
     """``spec``: data_dir, out, epoch_checkpoint, config (TrainConfig fields), resume_from,
-    export_onnx (default true); with ``evaluate`` (a model file), :func:`evaluate` instead."""
+    export_onnx and export_int8 (default true); with ``evaluate`` (a model file),
+    :func:`evaluate` instead."""
     if spec.get("evaluate"):
         return evaluate(spec)
     if spec.get("predict"):
@@ -200,11 +201,11 @@ def run(spec: dict[str, Any]) -> int:
     act_out_fault("after-training")
     exports: dict[str, Any] = {}
     if spec.get("export_onnx", True):
-        # Verified against PyTorch on the test images, or discarded with the reason: the job
-        # succeeds either way, and prediction falls back to PyTorch without the export.
-        record = export_for_job(result.checkpoint, spec["data_dir"],
-                                Path(result.checkpoint).with_suffix(".onnx"))
-        exports["onnx"] = record.to_dict()
+        # Verified against PyTorch on the test images (INT8: against the fp32 export), or
+        # discarded with the reason: the job succeeds either way, and prediction uses what
+        # was kept.
+        exports = exports_for_job(result.checkpoint, spec["data_dir"],
+                                  int8=spec.get("export_int8", True))
     assert result.selected_epoch is not None
     emit(ev.Done(checkpoint=str(result.checkpoint), test_acc=result.test_acc,
               evaluation=result.evaluation.to_dict(), exports=exports,

@@ -106,6 +106,7 @@ class TrainingProcess:
     out: Path
     epoch_checkpoint: Path
     export_onnx: bool = True
+    export_int8: bool = True
     evaluate: Path | None = None
     # A predict job (worker.child's predict()): model, photos, split, results, summary,
     # runtime, batch_size.
@@ -127,7 +128,7 @@ class TrainingProcess:
             "epoch_checkpoint": str(self.epoch_checkpoint),
             # An earlier attempt's last epoch, if any: a resumed job continues from it.
             "resume_from": str(self.epoch_checkpoint), "config": self.config.to_dict(),
-            "export_onnx": self.export_onnx,
+            "export_onnx": self.export_onnx, "export_int8": self.export_int8,
             **({"evaluate": str(self.evaluate)} if self.evaluate is not None else {}),
             **({"predict": self.predict} if self.predict is not None else {}),
             **({"job_log": str(self.log), "job_log_bytes": self.log_bytes}

@@ -206,7 +206,8 @@ def _launch(settings: Settings, claim: Claim) -> TrainingProcess:
              doing, claim.dataset_dir, claim.processes)
     return TrainingProcess(data_dir=claim.dataset_dir, config=claim.config,
                            out=job_dir / "model.pt", epoch_checkpoint=job_dir / "last.pt",
-                           export_onnx=settings.export_onnx, processes=claim.processes,
+                           export_onnx=settings.export_onnx,
+                           export_int8=settings.export_int8, processes=claim.processes,
                            log=settings.job_log(claim.job_id), log_bytes=settings.job_log_bytes,
                            evaluate=Path(claim.evaluate) if claim.evaluate else None,
                            predict=claim.predict, review=claim.review).start()

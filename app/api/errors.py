@@ -38,6 +38,10 @@ class Unprocessable(ValueError):
     """A request the schema cannot describe fully is refused (e.g. too many files)."""
 
 
+class UnsupportedMediaType(ValueError):
+    """A request body of a content type the endpoint does not take (415)."""
+
+
 # Each domain's errors, by status. The domains raise them; only this table knows HTTP.
 STATUS: list[tuple[type[Exception], int]] = [
     (DatasetNotFound, 404),
@@ -64,6 +68,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (TooManyToExplain, 422),  # more images in one request than EXPLAIN_QUEUE_IMAGES
     (DatasetError, 422),
     (ImageDecodeError, 422),
+    (UnsupportedMediaType, 415),
     (TooManyActiveJobs, 429),
     (LogFollowersBusy, 503),  # LOG_FOLLOWERS streams are open
     (Overloaded, 503),  # shed load; Retry-After tells clients when to try again

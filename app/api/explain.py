@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, TypeVar
 from urllib.parse import quote
 
-from fastapi import Depends, Form, Query, Request, UploadFile
+from fastapi import Depends, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
@@ -103,7 +103,7 @@ def _checkpoint(state: State, job_id: str) -> Path:
     return state.models.lookup(job_id, find)[1]
 
 
-async def answer(state: State, loaded: LoadedModel, files: list[UploadFile], names: list[str],
+async def answer(state: State, loaded: LoadedModel, files: list[BinaryIO], names: list[str],
                  predictions: list[Prediction], options: PredictOptions
                  ) -> dict[str, Any] | Response:
     """``/predict``'s answer: labels by the model's decision threshold, the top_k, and each
@@ -117,8 +117,8 @@ async def answer(state: State, loaded: LoadedModel, files: list[UploadFile], nam
     if options.explain:
         photos = []
         for f, name, p in zip(files, names, predictions, strict=True):
-            f.file.seek(0)
-            photos.append((f.file.read(), name, options.explain_class or p.label))
+            f.seek(0)
+            photos.append((f.read(), name, options.explain_class or p.label))
         checkpoint = await run_in_threadpool(_checkpoint, state, loaded.job_id)
         explained = await explainer.explain(
             loaded.job_id, checkpoint, photos, options.crop, budget=state.decode_budget,
@@ -137,6 +137,7 @@ async def answer(state: State, loaded: LoadedModel, files: list[UploadFile], nam
         for row, e in zip(out, explained, strict=True):
             row["explanation"] = e.to_dict()
     return {"model": loaded.job_id, "runtime": loaded.predictor.runtime,
+            "images_per_second": loaded.images_per_second,
             "calibrated": loaded.predictor.calibrated,
             "temperature": loaded.predictor.temperature, "crop": options.crop,
             "decision": decision.to_dict() if decision is not None else None,

@@ -276,6 +276,10 @@ class ModelOut(BaseModel):
                                    "dataset's test split")
     active: bool
     finished_at: datetime | None
+    serving: dict[str, Any] | None = Field(
+        None, description="when this API process has the model loaded: the `runtime` "
+        "serving it, its `precision` and measured `images_per_second`, each runtime's "
+        "measurement or why it is not used (`runtimes`), and `measuring` (still under way)")
     decision: DecisionOut | None = Field(
         None, description="a two-class model's decision threshold, set at activation "
         "(null: /predict answers the most probable class)")
@@ -439,8 +443,12 @@ class PredictionOut(BaseModel):
 
 class PredictOut(BaseModel):
     model: str
-    runtime: Literal["torch", "onnx"] = Field(
-        description="what computed the predictions: ONNX Runtime or eager PyTorch")
+    runtime: Literal["torch", "compiled", "onnx", "onnx_int8"] = Field(
+        description="what computed the predictions: eager PyTorch, compiled PyTorch "
+        "(torch.compile), ONNX Runtime (fp32) or ONNX Runtime INT8")
+    images_per_second: float | None = Field(
+        None, description="that runtime's batched speed as measured when the model was "
+        "loaded (null while it is being measured)")
     calibrated: bool = Field(
         description="whether the probabilities are calibrated: softmax(logits / temperature) "
         "with a temperature fitted on the model's validation split (false for a model "
@@ -532,6 +540,8 @@ _ERROR_TEXT = {
     409: "not possible in the resource's state (e.g. a job that has not succeeded), no "
          "live worker would take the job, or the promotion gate refused an activation",
     413: "the request body is over its limit",
+    415: "a body of a content type the endpoint does not take (POST /predict: a form or "
+         "one image/jpeg, image/png or image/webp)",
     422: "invalid parameters or unusable content (the detail names them)",
     429: "too many jobs queued or running; retry after Retry-After seconds",
     503: "overloaded or a dependency is unreachable; retry after Retry-After seconds",

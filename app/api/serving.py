@@ -9,6 +9,15 @@ the next one. The queue is bounded: past ``max_queue`` waiting images a request 
 at once (503 with Retry-After) rather than left to time out. Images being decoded count
 too: a request is admitted (``Batcher.admit``) before its images are decoded, so a flood
 is refused before it costs any decoding.
+
+Which runtime computes a model's forward passes is decided by measurement
+(:meth:`ModelCache.tune`): a model starts on the runtime :func:`choose_runtime` picks without
+measuring (so its first requests never wait), then, on a thread of its own, every runtime
+the model has (``PREDICT_RUNTIME=auto``; else the one asked for) is built, checked where it
+was not verified by the worker (compiled PyTorch, against eager on the job's verification
+set), timed on a short batched run (twice, in two passes, keeping each one's better
+figure), and the fastest is swapped in. A runtime that fails to
+build, compile or check is recorded with the reason and never serves.
 """
 
 from __future__ import annotations
@@ -21,14 +30,23 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from app.engine.predict import Predictor, choose_runtime
+from app.engine.export import load_verification_set
+from app.engine.predict import (
+    Predictor,
+    available_runtimes,
+    check_against,
+    choose_runtime,
+    images_per_second,
+    runtime_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +253,36 @@ class TooManyLoads(Overloaded):
 @dataclass(eq=False)
 class LoadedModel:
     job_id: str
+    # The runtime serving now; :meth:`ModelCache.tune` swaps in the fastest verified one.
+    # Every runtime of a model decodes and reports alike (same checkpoint, preprocessing and
+    # classes), so a request may use one for decoding and another for its forward pass.
     predictor: Predictor
-    batcher: Batcher
+    batcher: Batcher = field(init=False)
     # Requests using it now (``ModelCache.held``): an evicted model's metric series go when
     # the last of them is done, and are never re-created after that.
     users: int = 0
     evicted: bool = False
     forgotten: bool = False
+    # By runtime: {"images_per_second", "precision"} once measured, {"error"} when it could
+    # not be built, compiled or checked.
+    runtimes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tuned: threading.Event = field(default_factory=threading.Event)
+
+    def forward(self, x: torch.Tensor, *, threads: int | None = None) -> torch.Tensor:
+        return self.predictor.probabilities(x, threads=threads)
+
+    @property
+    def images_per_second(self) -> float | None:
+        """The serving runtime's measured batched speed (None until measured)."""
+        return self.runtimes.get(self.predictor.runtime, {}).get("images_per_second")
+
+    def serving(self) -> dict[str, Any]:
+        """What ``GET /models`` says about it: the runtime serving, its speed, every
+        runtime's measurement or failure, and whether measuring is still under way."""
+        return {"runtime": self.predictor.runtime, "precision": self.predictor.precision,
+                "images_per_second": self.images_per_second,
+                "runtimes": {k: dict(v) for k, v in self.runtimes.items()},
+                "measuring": not self.tuned.is_set()}
 
 
 class ServingMetrics:
@@ -297,8 +338,16 @@ class ModelCache:
         threads: int | None = None,
         runtime: str = "auto",
         loads_per_second: int = 0,
+        tune_seconds: float = 1.0,
+        compile: bool = True,
+        compile_backend: str = "inductor",
     ) -> None:
         self.size = size
+        self.tune_seconds = tune_seconds
+        self.compile, self.compile_backend = compile, compile_backend
+        # Runtimes are built, compiled and timed here, one model at a time, off the request
+        # path (the forward threads keep serving meanwhile).
+        self.tuner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runtime-tuner")
         self.loads_per_second = loads_per_second
         self.recent_loads: deque[float] = deque()  # when the loads of the last second began
         self.runtime = runtime
@@ -329,6 +378,19 @@ class ModelCache:
                 self.lookups = {k: v for k, v in self.lookups.items() if v[0] > now}
         return found
 
+    def cached(self, model: str | None) -> LoadedModel | None:
+        """The loaded model ``model`` names when both the lookup and the model are cached:
+        no database, no thread hop (the request path's common case); else None."""
+        now = time.monotonic()
+        with self.lock:
+            hit = self.lookups.get(model)
+            if hit is None or hit[0] <= now:
+                return None
+            loaded = self.models.get(hit[1][0])
+            if loaded is not None:
+                self.models.move_to_end(loaded.job_id)
+            return loaded
+
     def forget_lookups(self) -> None:
         with self.lock:
             self.lookups.clear()
@@ -355,20 +417,20 @@ class ModelCache:
                 if job_id in self.models:
                     return self.models[job_id]
                 self._admit_load(job_id)
-            onnx_file = checkpoint.with_suffix(".onnx")
-            runtime = choose_runtime(self.runtime, onnx_file=onnx_file, device=self.device,
-                                     precision=self.precision)
-            predictor = Predictor(checkpoint, device=self.device, precision=self.precision,
-                                  runtime=runtime, onnx_file=onnx_file if runtime == "onnx"
-                                  else None, threads=self.forward_threads.threads)
+            runtime = choose_runtime(
+                self.runtime, onnx_file=runtime_file(checkpoint, self.runtime)
+                if self.runtime not in ("auto", "torch", "compiled")
+                else checkpoint.with_suffix(".onnx"), device=self.device,
+                precision=self.precision)
+            predictor = self._build(checkpoint, runtime)
             self.metrics.loads.inc()
-            batcher = Batcher(
-                partial(self.forward_threads.run, predictor.probabilities),
+            model = LoadedModel(job_id, predictor)
+            model.batcher = Batcher(
+                partial(self.forward_threads.run, model.forward),
                 self.forward_threads.executor, max_batch=self.max_batch,
                 max_delay=self.max_delay, max_queue=self.max_queue, lanes=self.lanes,
                 on_batch=self.metrics.batch,
             )
-            model = LoadedModel(job_id, predictor, batcher)
             with self.lock:
                 self.models[job_id] = model
                 while len(self.models) > self.size:
@@ -380,7 +442,103 @@ class ModelCache:
                 self.loading.pop(job_id, None)
             log.info("model %s loaded on %s (%s, %s)", job_id, predictor.plan.device,
                      predictor.runtime, predictor.precision)
+            self.tuner.submit(self.tune, model, checkpoint)
             return model
+
+    def _build(self, checkpoint: Path, runtime: str) -> Predictor:
+        file = runtime_file(checkpoint, runtime)
+        if file is not None and not file.is_file():
+            raise ValueError(f"the model has no verified {runtime} file (the worker did not "
+                             "write one, or discarded it: see the job's exports)")
+        return Predictor(checkpoint, device=self.device, precision=self.precision,
+                         runtime=runtime, threads=self.forward_threads.threads,
+                         compile_backend=self.compile_backend)
+
+    def candidates(self, checkpoint: Path, serving: str) -> list[str]:
+        """The runtimes to measure for a model: all it has under ``auto`` (compiled last:
+        the slowest to build), else the one asked for (and the one serving meanwhile)."""
+        if self.runtime == "auto":
+            found = [rt for rt in available_runtimes(checkpoint)
+                     if rt != "compiled" or self.compile]
+        else:
+            found = [serving, self.runtime]
+        return sorted(dict.fromkeys(found), key=lambda rt: (rt != serving, rt == "compiled"))
+
+    def tune(self, model: LoadedModel, checkpoint: Path) -> None:
+        """Build, check and time each candidate runtime of ``model``, and serve with the
+        fastest (``auto``) or the one asked for, once it is ready. Never raises: a runtime
+        that fails is recorded with its reason, and the one serving stays."""
+        try:
+            self._tune(model, checkpoint)
+        except Exception:  # a bug here must not leave the model unusable
+            log.exception("measuring the runtimes of model %s failed", model.job_id)
+        finally:
+            model.tuned.set()
+
+    def _tune(self, model: LoadedModel, checkpoint: Path) -> None:
+        first = model.predictor
+        size = first.preprocessing.image_size
+        verification = load_verification_set(checkpoint)
+        if verification is not None and len(verification[0]):
+            crops = verification[0].permute(0, 3, 1, 2)  # NCHW views of NHWC, as served
+            batch = crops[torch.arange(self.max_batch) % len(crops)]
+        else:
+            batch = torch.randint(0, 256, (self.max_batch, 3, size, size), dtype=torch.uint8,
+                                  generator=torch.Generator().manual_seed(0))
+        built: dict[str, Predictor] = {}
+        for rt in self.candidates(checkpoint, first.runtime):
+            if model.evicted:
+                return
+            try:
+                predictor = first if rt == first.runtime else self._build(checkpoint, rt)
+                record: dict[str, Any] = {}
+                if rt == "compiled":
+                    if verification is None or not len(verification[0]):
+                        raise ValueError("the job has no verification set to check the "
+                                         "compiled model on (written by workers since "
+                                         "EXPORT_ONNX exports; retrain to get one)")
+                    record["compile_seconds"] = round(predictor.warm_up(), 1)
+                    eager = built.get("torch") or (first if first.runtime == "torch"
+                                                   else self._build(checkpoint, "torch"))
+                    record["max_abs_diff"] = check_against(
+                        predictor, eager, verification[0].permute(0, 3, 1, 2))
+                speed = images_per_second(predictor, batch, seconds=self.tune_seconds,
+                                          threads=self.forward_threads.threads)
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+                log.warning("model %s: runtime %s not used: %s", model.job_id, rt, reason)
+                model.runtimes = {**model.runtimes, rt: {"error": reason}}
+                continue
+            built[rt] = predictor
+            model.runtimes = {**model.runtimes, rt: {
+                "images_per_second": round(speed, 1), "precision": predictor.precision,
+                **record}}
+            self._choose(model, built)
+        if len(built) > 1:
+            # A second pass over all of them, keeping each one's better figure: the machine's
+            # speed drifts within a minute (other processes, a compile just finished), and
+            # one timing each would compare runtimes measured under different conditions.
+            for rt, predictor in built.items():
+                if model.evicted:
+                    return
+                speed = images_per_second(predictor, batch, seconds=self.tune_seconds,
+                                          threads=self.forward_threads.threads)
+                best = max(speed, model.runtimes[rt]["images_per_second"])
+                model.runtimes = {**model.runtimes,
+                                  rt: {**model.runtimes[rt], "images_per_second": round(best, 1)}}
+            self._choose(model, built)
+
+    def _choose(self, model: LoadedModel, built: dict[str, Predictor]) -> None:
+        if self.runtime == "auto":
+            best = max(built, key=lambda rt: model.runtimes[rt]["images_per_second"])
+        elif self.runtime in built:
+            best = self.runtime
+        else:
+            return
+        if model.predictor is not built[best]:
+            log.info("model %s now served by %s (%.1f images/s measured)", model.job_id,
+                     best, model.runtimes[best]["images_per_second"])
+            model.predictor = built[best]
 
     def _admit_load(self, job_id: str) -> None:
         """Count a load about to begin, or refuse it (with ``self.lock`` held)."""
@@ -426,4 +584,5 @@ class ModelCache:
             self.metrics.forget(model.job_id, model.predictor.classes)
 
     def close(self) -> None:
+        self.tuner.shutdown(wait=False, cancel_futures=True)
         self.forward_threads.shutdown()

@@ -79,6 +79,7 @@ class State:
             metrics=ServingMetrics(registry), lanes=_lanes(settings),
             threads=settings.predict_threads, runtime=settings.predict_runtime,
             loads_per_second=settings.model_loads_per_second,
+            tune_seconds=settings.predict_tune_seconds, compile=settings.predict_compile,
         )
         intake = Intake(max_bytes=settings.predict_intake_bytes,
                         max_images=settings.predict_queue_images)

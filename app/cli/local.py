@@ -306,9 +306,10 @@ def cmd_review_local(args: argparse.Namespace) -> int:
 
 def _runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
-    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+    p.add_argument("--runtime", choices=("torch", "onnx", "onnx_int8"), default="torch",
                    help="torch: eager PyTorch; onnx: ONNX Runtime on the .onnx file beside "
-                   "CKPT (exported in memory when there is none)")
+                   "CKPT (exported in memory when there is none); onnx_int8: the verified "
+                   ".int8.onnx file beside CKPT")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="torch runtime: auto is bf16 autocast where the hardware runs it "
                    "natively, else fp32 (onnx always computes in fp32)")

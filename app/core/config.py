@@ -129,11 +129,16 @@ class Settings(BaseSettings):
     predict_threads: int | None = None
     predict_device: str = "auto"
     predict_precision: str = "auto"
-    # Which runtime computes /predict: "onnx" (the job's verified ONNX export in ONNX
-    # Runtime), "torch" (eager PyTorch), or "auto": ONNX Runtime where it is the faster one
-    # (a CPU without native bf16, or PREDICT_PRECISION=fp32), PyTorch otherwise or when a
-    # model has no export.
-    predict_runtime: Literal["auto", "onnx", "torch"] = "auto"
+    # Which runtime computes /predict: "torch" (eager PyTorch), "compiled" (torch.compile,
+    # built in the background while eager serves), "onnx" (the job's verified ONNX export in
+    # ONNX Runtime), "onnx_int8" (its verified INT8 model), or "auto": each runtime the model
+    # has is timed when it is loaded (PREDICT_TUNE_SECONDS each, off the request path) and
+    # the fastest serves.
+    predict_runtime: Literal["auto", "torch", "compiled", "onnx", "onnx_int8"] = "auto"
+    predict_tune_seconds: float = Field(default=1.0, gt=0, le=30)
+    # Whether auto also builds the compiled PyTorch runtime (a compile costs a minute or more
+    # of CPU on a small machine, once per model load).
+    predict_compile: bool = True
     # Batch prediction jobs (POST /predictions): photos per job at most (an uploaded zip's
     # images, or a dataset split's), and images per forward pass on the worker. The zip
     # itself is held to the dataset uploads' limits (MAX_UPLOAD_BYTES, MAX_DATASET_BYTES,
@@ -155,8 +160,10 @@ class Settings(BaseSettings):
     # predictions (and everything else) leave them idle, so a burst of explanations barely
     # slows plain predictions.
     explain_nice: Annotated[int, Field(ge=0, le=19)] = 19
-    # Workers export each succeeded job to ONNX (verified against PyTorch) for /predict.
+    # Workers export each succeeded job to ONNX (verified against PyTorch) for /predict,
+    # and (with EXPORT_INT8) an INT8 model of it, verified against the fp32 export.
     export_onnx: bool = True
+    export_int8: bool = True
     # A worker without CUDA runs a job that asks for N GPUs (2 <= N <= this) as N CPU
     # processes with DDP over gloo, as it would on N GPUs: for tests and development, it is
     # not faster than one process. 0: such a job fails at once (the worker has no GPUs).

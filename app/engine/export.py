@@ -16,6 +16,16 @@ Formats:
   (:func:`export_verified`): its probabilities on the job's own test images must equal the
   PyTorch model's within :data:`PARITY_TOLERANCE`.
 - ``torchscript``: for libtorch / TorchServe-style deployments (``torch.jit.load``).
+
+A job also gets an **INT8** ONNX model (:func:`int8_for_job`): ONNX Runtime's static
+quantization (QDQ, per-channel int8 weights, uint8 activations, after its
+``quant_pre_process``), calibrated on a seeded sample of the job's training images. It is
+kept only if, on the job's test images, its labels agree with the fp32 export's on at least
+:data:`INT8_MIN_AGREEMENT` of them and its accuracy is at most :data:`INT8_MAX_ACCURACY_DROP`
+below fp32's; both figures are recorded either way. And a small **verification set**
+(:func:`write_verification_set`): a sample of decoded test crops and their labels beside the
+checkpoint, on which a server checks a runtime it builds itself (compiled PyTorch) against
+eager PyTorch before serving with it.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import tempfile
 import time
 import warnings
@@ -45,6 +56,8 @@ log = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+INT8_SUFFIX = ".int8.onnx"
+VERIFY_SET_SUFFIX = ".verify.pt"
 CONTRACT_FORMAT = "hotdog.export"
 CONTRACT_VERSION = 1
 ONNX_OPSET = 17
@@ -55,6 +68,15 @@ OUTPUT_NAMES = ("logits", "probabilities")
 PARITY_TOLERANCE = 1e-4
 # Verification decodes at most this many test images (a d2l-sized test set has 800).
 VERIFY_MAX_IMAGES = 512
+# INT8: calibrated on this many training images at most (a seeded sample), and kept only if
+# its labels agree with fp32's on this share of the test images and its accuracy is at most
+# this far below fp32's (0.005: half a point).
+CALIBRATION_IMAGES = 256
+INT8_MIN_AGREEMENT = 0.99
+INT8_MAX_ACCURACY_DROP = 0.005
+# Test crops kept beside the checkpoint for a server's own runtime checks (64 crops at 224 px
+# are 9.6 MB).
+VERIFY_SET_IMAGES = 64
 
 
 class ExportError(RuntimeError):
@@ -292,6 +314,12 @@ class ExportRecord:
     images: int = 0
     seconds: float = 0.0
     error: str | None = None
+    # INT8 only: the share of test images whose label equals fp32's, both accuracies on
+    # them, and how many training images calibrated it.
+    agreement: float | None = None
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
+    calibration_images: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -382,3 +410,200 @@ def export_for_job(checkpoint: str | Path, data_dir: str | Path, out: str | Path
     """A finished job's ONNX export, verified on (up to :data:`VERIFY_MAX_IMAGES` of) the
     test images of its dataset."""
     return export_verified(checkpoint, dataset_images(checkpoint, data_dir), out)
+
+
+def labelled_images(data_dir: str | Path, pre: Preprocessing, split: str = "test",
+                    limit: int = VERIFY_MAX_IMAGES, seed: int | None = None
+                    ) -> Iterator[tuple[torch.Tensor, int]]:
+    """Up to ``limit`` (crop, class index) of a split, decoded as ``/predict`` decodes; a
+    seeded random sample when ``seed`` is given, else the first ones."""
+    splits = load_image_folder(data_dir)
+    samples = list(splits.test if split == "test" else splits.train)
+    if seed is not None and len(samples) > limit:
+        samples = random.Random(seed).sample(samples, limit)
+    for path, target in samples[:limit]:
+        yield load_eval_image(path, pre), int(target)
+
+
+# ------------------------------------------------------------------------------- INT8
+
+
+def int8_verdict(agreement: float, accuracy: float, reference_accuracy: float, *,
+                 min_agreement: float = INT8_MIN_AGREEMENT,
+                 max_drop: float = INT8_MAX_ACCURACY_DROP) -> str | None:
+    """Why an INT8 model with these figures is refused, or None when it is kept."""
+    if agreement < min_agreement:
+        return (f"its labels agree with fp32's on {agreement:.1%} of the test images "
+                f"(at least {min_agreement:.0%} needed)")
+    if reference_accuracy - accuracy > max_drop + 1e-9:  # float rounding
+        return (f"its test accuracy {accuracy:.4f} is {reference_accuracy - accuracy:.4f} "
+                f"below fp32's {reference_accuracy:.4f} (at most {max_drop} allowed)")
+    return None
+
+
+def quantize_int8(fp32_onnx: str | Path, calibration: Iterable[torch.Tensor],
+                  out: str | Path) -> tuple[Path, int]:
+    """Statically quantize an fp32 export (QDQ, per-channel int8 weights, uint8 activations)
+    calibrated on ``calibration`` (uint8 NHWC batches); the contract metadata is carried
+    over. Returns the file and the number of calibration images."""
+    try:
+        import onnx
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:
+        raise ExportError("INT8 needs onnx and onnxruntime: pip install 'hotdog[onnx]'"
+                          ) from exc
+    batches = [np.ascontiguousarray(b.numpy()) for b in calibration]
+    count = sum(len(b) for b in batches)
+    if not count:
+        raise ExportError("no training images to calibrate the INT8 model on")
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.left = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.left, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="hotdog-int8-") as tmp, _atomic_path(out) as dst:
+        # Shape inference and graph optimisation first (ONNX Runtime's advice): the
+        # quantizer then sees fused convolutions, and the model runs faster.
+        prepared = Path(tmp) / "prepared.onnx"
+        with warnings.catch_warnings(), _quiet("root"):
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(fp32_onnx), str(prepared))
+            quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8)
+        source, proto = onnx.load(str(fp32_onnx)), onnx.load(str(dst))
+        del proto.metadata_props[:]
+        for entry in source.metadata_props:
+            proto.metadata_props.add(key=entry.key, value=entry.value)
+        proto.doc_string = source.doc_string + " (INT8)"
+        onnx.save(proto, str(dst))
+    return out, count
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """The quantizer logs a warning for the uint8 input it leaves alone: not ours to show."""
+    target = logging.getLogger(None if logger == "root" else logger)
+    level = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
+
+
+def int8_verified(fp32_onnx: str | Path, calibration: Iterable[torch.Tensor],
+                  test: Iterable[tuple[torch.Tensor, int]], out: str | Path,
+                  **rule: float) -> ExportRecord:
+    """Quantize ``fp32_onnx`` to ``out`` and keep it only if it passes :func:`int8_verdict`
+    (``rule``: its thresholds, the defaults unless given) on ``test`` ((crop, class index)
+    pairs) against the fp32 model; else it is deleted and the record says why (with the
+    figures)."""
+    started = time.perf_counter()
+    out = Path(out)
+    figures: dict[str, Any] = {}
+    try:
+        _, figures["calibration_images"] = quantize_int8(fp32_onnx, calibration, out)
+        fp32, int8 = OnnxModel(fp32_onnx), OnnxModel(out)
+        agree = right = right_ref = count = 0
+        chunk: list[tuple[torch.Tensor, int]] = []
+        for item in (*test, None):
+            if item is not None:
+                chunk.append(item)
+            if chunk and (item is None or len(chunk) == 32):
+                x = torch.stack([image.permute(1, 2, 0) for image, _ in chunk])
+                targets = np.array([t for _, t in chunk])
+                a, b = fp32.run(x)[0].argmax(1), int8.run(x)[0].argmax(1)
+                agree += int((a == b).sum())
+                right_ref += int((a == targets).sum())
+                right += int((b == targets).sum())
+                count += len(chunk)
+                chunk = []
+        if not count:
+            raise ExportError("no test images to verify the INT8 model on")
+        figures.update(images=count, agreement=round(agree / count, 6),
+                       accuracy=round(right / count, 6),
+                       reference_accuracy=round(right_ref / count, 6))
+        refusal = int8_verdict(figures["agreement"], figures["accuracy"],
+                               figures["reference_accuracy"], **rule)
+        if refusal is not None:
+            raise ExportError(f"INT8 model discarded: {refusal}")
+    except Exception as exc:  # the job succeeds without it
+        out.unlink(missing_ok=True)
+        message = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
+        log.warning("INT8 model of %s discarded: %s", fp32_onnx, message)
+        return ExportRecord(error=message, seconds=round(time.perf_counter() - started, 3),
+                            **figures)
+    return ExportRecord(file=out.name, seconds=round(time.perf_counter() - started, 3),
+                        **figures)
+
+
+def int8_for_job(checkpoint: str | Path, data_dir: str | Path, fp32_onnx: str | Path,
+                 out: str | Path) -> ExportRecord:
+    """A finished job's INT8 model: calibrated on a sample of :data:`CALIBRATION_IMAGES`
+    training images (seeded by the job's seed), verified on up to
+    :data:`VERIFY_MAX_IMAGES` test images."""
+    ckpt = load_checkpoint(checkpoint)
+    pre = Preprocessing.from_dict(ckpt["preprocessing"])
+    seed = int((ckpt.get("params") or {}).get("seed", 0))
+    calibration = batches_of(image for image, _ in labelled_images(
+        data_dir, pre, "train", CALIBRATION_IMAGES, seed=seed))
+    return int8_verified(fp32_onnx, calibration, labelled_images(data_dir, pre), out)
+
+
+# ------------------------------------------------------------------ verification set
+
+
+def write_verification_set(checkpoint: str | Path, data_dir: str | Path,
+                           limit: int = VERIFY_SET_IMAGES) -> Path:
+    """Up to ``limit`` decoded test crops (uint8 NHWC) and their class indices, saved beside
+    the checkpoint (:data:`VERIFY_SET_SUFFIX`), for the runtimes a server builds itself."""
+    pre = Preprocessing.from_dict(load_checkpoint(checkpoint)["preprocessing"])
+    pairs = list(labelled_images(data_dir, pre, limit=limit))
+    images = (torch.stack([image.permute(1, 2, 0) for image, _ in pairs]) if pairs
+              else torch.empty(0, pre.image_size, pre.image_size, 3, dtype=torch.uint8))
+    out = verification_set_path(checkpoint)
+    with _atomic_path(out) as tmp:
+        torch.save({"images": images.contiguous(),
+                    "targets": torch.tensor([t for _, t in pairs], dtype=torch.long)}, tmp)
+    return out
+
+
+def verification_set_path(checkpoint: str | Path) -> Path:
+    return Path(checkpoint).with_suffix(VERIFY_SET_SUFFIX)
+
+
+def load_verification_set(checkpoint: str | Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The crops (uint8 NHWC) and targets written by :func:`write_verification_set`, or
+    None when the job has none (trained before it existed, or exports were off)."""
+    path = verification_set_path(checkpoint)
+    if not path.is_file():
+        return None
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return data["images"], data["targets"]
+
+
+def exports_for_job(checkpoint: str | Path, data_dir: str | Path, *, int8: bool = True
+                    ) -> dict[str, dict[str, Any]]:
+    """Everything a worker writes beside a succeeded job's checkpoint, by format: the
+    verified ONNX export, the verified INT8 model (when asked for and the fp32 export was
+    kept) and the verification set."""
+    checkpoint = Path(checkpoint)
+    write_verification_set(checkpoint, data_dir)
+    fp32 = checkpoint.with_suffix(".onnx")
+    out = {"onnx": export_for_job(checkpoint, data_dir, fp32).to_dict()}
+    if int8 and fp32.is_file():
+        out["onnx_int8"] = int8_for_job(checkpoint, data_dir, fp32,
+                                        checkpoint.with_suffix(INT8_SUFFIX)).to_dict()
+    return out

@@ -3,16 +3,21 @@
 Preprocessing is rebuilt from the checkpoint and goes through the same functions as the
 evaluation during training, so ``hotdog predict``, ``hotdog evaluate`` and the service agree.
 
-Two runtimes compute the same function: ``torch`` (eager PyTorch, bf16 autocast where the
-hardware has it) and ``onnx`` (the job's verified ONNX export in ONNX Runtime, fp32; see
-:mod:`app.engine.export`). In fp32 they agree within ``PARITY_TOLERANCE``. Both report
-calibrated probabilities, ``softmax(logits / T)`` with the checkpoint's temperature (1 for a
-model without one; the ONNX graph applies it itself).
+Four runtimes compute the same function: ``torch`` (eager PyTorch, bf16 autocast where the
+hardware has it), ``compiled`` (the same model through ``torch.compile``: inductor with
+freezing, same precision; compiled on first use, so a server builds it in the background and
+checks it against eager with :func:`check_against` before serving with it), ``onnx`` (the
+job's verified ONNX export in ONNX Runtime, fp32; see :mod:`app.engine.export`) and
+``onnx_int8`` (the job's verified INT8 model in ONNX Runtime). In fp32 torch and onnx agree
+within ``PARITY_TOLERANCE``. All report calibrated probabilities, ``softmax(logits / T)``
+with the checkpoint's temperature (1 for a model without one; the ONNX graphs apply it
+themselves).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,6 +38,7 @@ from app.engine.data import (
 from app.engine.device import plan_device
 from app.engine.evaluate import evaluation_from_logits, run_inference
 from app.engine.export import (
+    INT8_SUFFIX,
     OnnxModel,
     export_onnx_bytes,
     onnxruntime_available,
@@ -44,23 +50,52 @@ from app.engine.presets import Preprocessing, load_eval_image, normalize_batch
 from app.engine.split import validation_split
 
 ImageSource = str | Path | bytes | BinaryIO
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "compiled", "onnx", "onnx_int8")
+ONNX_RUNTIMES = ("onnx", "onnx_int8")
+# torch.compile's settings for serving: inductor, weights frozen into the graph (constant
+# folding, prepacked convolution weights), the batch axis dynamic (the batcher's batches
+# have any size up to PREDICT_MAX_BATCH).
+COMPILE_BACKEND = "inductor"
+# A runtime checked against eager PyTorch must give the same label for every image and
+# probabilities within this (bf16's own rounding reaches about 1e-2; fp32 stays near 1e-6).
+CHECK_TOLERANCE = {"bf16": 0.05, "fp16": 0.05, "fp32": 1e-3}
+
+
+def runtime_file(checkpoint: str | Path, runtime: str) -> Path | None:
+    """The file beside ``checkpoint`` that ``runtime`` runs (None for the PyTorch ones)."""
+    if runtime == "onnx":
+        return Path(checkpoint).with_suffix(".onnx")
+    if runtime == "onnx_int8":
+        return Path(checkpoint).with_suffix(INT8_SUFFIX)
+    return None
+
+
+def available_runtimes(checkpoint: str | Path) -> list[str]:
+    """The runtimes a server can build for ``checkpoint``: PyTorch always, ONNX Runtime's
+    for each verified file the worker left beside it (a discarded one was deleted)."""
+    out = ["torch", "compiled"]
+    if onnxruntime_available():
+        out += [rt for rt in ONNX_RUNTIMES if (f := runtime_file(checkpoint, rt)) and f.is_file()]
+    return out
 
 
 def choose_runtime(requested: str, *, onnx_file: Path | None, device: str = "auto",
                    precision: str = "auto") -> str:
-    """The runtime to serve a model with. ``auto``: ONNX Runtime when the model has an export
-    and the alternative would be eager fp32 on a CPU (ONNX Runtime is faster there); eager
-    PyTorch on a GPU or with bf16 autocast on a CPU that has native bf16 (faster still).
-    An ``onnx`` request for a model without an export falls back to PyTorch."""
+    """The runtime to serve a model with before anything is measured. ``auto``: ONNX Runtime
+    when the model has an export and the alternative would be eager fp32 on a CPU (ONNX
+    Runtime is faster there); eager PyTorch on a GPU or with bf16 autocast on a CPU that has
+    native bf16 (faster still). (A server then measures every runtime and keeps the
+    fastest: ``app.api.serving``.) An ``onnx`` request for a model without an export falls
+    back to PyTorch; ``compiled`` starts as eager PyTorch (it is built in the background)."""
     if requested not in (*RUNTIMES, "auto"):
-        raise ValueError(f"runtime must be auto, torch or onnx, not {requested!r}")
-    if requested == "torch" or onnx_file is None or not onnx_file.is_file():
+        raise ValueError(f"runtime must be auto or one of {', '.join(RUNTIMES)}, "
+                         f"not {requested!r}")
+    if requested in ("torch", "compiled") or onnx_file is None or not onnx_file.is_file():
         return "torch"
     if not onnxruntime_available():
         return "torch"
-    if requested == "onnx":
-        return "onnx"
+    if requested in ONNX_RUNTIMES:
+        return requested
     plan = plan_device(device, precision=precision, workers=0)
     return "onnx" if not plan.is_cuda and plan.amp_dtype is None else "torch"
 
@@ -85,9 +120,13 @@ class Predictor:
         runtime: str = "torch",
         onnx_file: str | Path | None = None,
         threads: int | None = None,
+        compile_backend: str = COMPILE_BACKEND,
     ) -> None:
         """``runtime="onnx"`` runs ``onnx_file`` (default: the ``.onnx`` file beside the
-        checkpoint, else an export made in memory now) in ONNX Runtime, in fp32."""
+        checkpoint, else an export made in memory now) in ONNX Runtime, in fp32;
+        ``onnx_int8`` the INT8 model (default: the ``.int8.onnx`` file beside the
+        checkpoint). ``compiled`` wraps the eager model in ``torch.compile`` with
+        ``compile_backend``; it compiles on its first batches (:meth:`warm_up`)."""
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
@@ -103,11 +142,15 @@ class Predictor:
         self.runtime = runtime
         self.model: torch.nn.Module | None = None
         self.onnx: OnnxModel | None = None
-        if runtime == "onnx":
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = self._eager_forward
+        if runtime in ONNX_RUNTIMES:
             self.plan = plan_device(device, precision="fp32", workers=0)
             if onnx_file is None and not isinstance(checkpoint, dict):
-                beside = Path(checkpoint).with_suffix(".onnx")
-                onnx_file = beside if beside.is_file() else None
+                beside = runtime_file(checkpoint, runtime)
+                onnx_file = beside if beside is not None and beside.is_file() else None
+            if onnx_file is None and runtime == "onnx_int8":
+                raise ValueError("this model has no INT8 file (the worker writes one when "
+                                 "the job succeeds, if it passes its verification)")
             source = onnx_file if onnx_file is not None else export_onnx_bytes(ckpt)
             self.onnx = OnnxModel(source, device=self.plan.device, threads=threads)
             if self.onnx.contract.get("classes") != self.classes:
@@ -128,10 +171,26 @@ class Predictor:
         if self.plan.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
+        if runtime == "compiled":
+            options: dict[str, str | int | bool | Callable[..., Any]] | None = (
+                {"freezing": True} if compile_backend == "inductor" else None)
+            self._forward = torch.compile(self._eager_forward, backend=compile_backend,
+                                          dynamic=True, options=options)
 
     @property
     def precision(self) -> str:
-        return "fp32" if self.onnx is not None else self.plan.precision
+        if self.onnx is not None:
+            return "int8" if self.runtime == "onnx_int8" else "fp32"
+        return self.plan.precision
+
+    def warm_up(self, sizes: Iterable[int] = (1, 2)) -> float:
+        """Run one batch of each size (compiling a ``compiled`` runtime: dynamic shapes
+        treat batch 1 apart, hence two sizes); returns the seconds it took."""
+        started = time.perf_counter()
+        s = self.preprocessing.image_size
+        for n in sizes:
+            self.probabilities(torch.zeros(n, 3, s, s, dtype=torch.uint8))
+        return time.perf_counter() - started
 
     def load(self, source: ImageSource, *, name: str | None = None,
              budget: DecodeBudget | None = None, wait: float | None = None) -> torch.Tensor:
@@ -170,6 +229,10 @@ class Predictor:
             batch, pre.mean, pre.std, device=self.plan.device,
             channels_last=self.plan.channels_last,
         )
+        return self._forward(x)
+
+    def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.model is not None
         with self.plan.autocast():
             logits: torch.Tensor = self.model(x)
         return logits.float()
@@ -230,6 +293,41 @@ class Predictor:
         if not self.split or not self.split.get("images"):
             raise ValueError("this model was trained without a validation split")
         return validation_split(splits, 0.0, 0, recorded=self.split).val
+
+
+def images_per_second(predictor: Predictor, images: torch.Tensor, *, seconds: float,
+                      threads: int | None = None) -> float:
+    """``predictor``'s batched speed on ``images`` (uint8 N,3,S,S): one batch to warm up,
+    then as many as fit in ``seconds`` (at least two)."""
+    predictor.probabilities(images, threads=threads)
+    n, started = 0, time.perf_counter()
+    while n < 2 * len(images) or time.perf_counter() - started < seconds:
+        predictor.probabilities(images, threads=threads)
+        n += len(images)
+    return n / (time.perf_counter() - started)
+
+
+def check_against(candidate: Predictor, reference: Predictor, images: torch.Tensor,
+                  *, batch: int = 32) -> float:
+    """Check ``candidate`` against ``reference`` on ``images`` (uint8 N,3,S,S): every
+    image's label equal and every probability within :data:`CHECK_TOLERANCE` of the
+    precision. Returns the largest difference; raises ValueError saying how they differ."""
+    tolerance = CHECK_TOLERANCE.get(reference.precision, CHECK_TOLERANCE["bf16"])
+    if not len(images):
+        raise ValueError("no images to check it on")
+    worst = 0.0
+    for i in range(0, len(images), batch):
+        x = images[i:i + batch]
+        a, b = reference.probabilities(x), candidate.probabilities(x)
+        worst = max(worst, float((a - b).abs().max()))
+        differ = int((a.argmax(1) != b.argmax(1)).sum())
+        if differ:
+            raise ValueError(f"{differ} of {len(x)} images get another label than from "
+                             f"{reference.runtime}")
+    if worst > tolerance:
+        raise ValueError(f"probabilities differ from {reference.runtime}'s by {worst:.2e} "
+                         f"(tolerance {tolerance:.0e} in {reference.precision})")
+    return worst
 
 
 def _reporting(loader: Iterable[tuple[torch.Tensor, torch.Tensor]], callback: Callback,

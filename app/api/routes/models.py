@@ -31,14 +31,16 @@ from app.models import service as models
 router = APIRouter(prefix="/models", tags=["models"], dependencies=GUARDED, responses=ERRORS)
 
 
-def model_out(job: Job, active: bool) -> ModelOut:
+def model_out(job: Job, active: bool, state: State | None = None) -> ModelOut:
     ev = job.evaluation
+    loaded = state.models.models.get(job.id) if state is not None else None
     return ModelOut(id=job.id, dataset_id=dataset_of(job),
                     classes=ev.classes if ev else evaluate_jobs.model_classes(job),
                     image_size=int(job.params.get("image_size", 224)),
                     accuracy=ev.accuracy if ev else None,
                     macro_f1=promotion.macro_f1(ev) if ev else None, active=active,
-                    finished_at=job.finished_at, decision=_decision(job))
+                    finished_at=job.finished_at, decision=_decision(job),
+                    serving=loaded.serving() if loaded is not None else None)
 
 
 def _decision(job: Job) -> DecisionOut | None:
@@ -63,9 +65,10 @@ def dataset_of(job: Job) -> str:
 
 
 @router.get("", response_model=list[ModelOut])
-def list_models(session: SessionDep) -> list[ModelOut]:
-    """Succeeded jobs, usable by ``/predict``; the active one (the default) comes first."""
-    return [model_out(j, i == 0) for i, j in enumerate(models.list_usable(session))]
+def list_models(session: SessionDep, state: StateDep) -> list[ModelOut]:
+    """Succeeded jobs, usable by ``/predict``; the active one (the default) comes first.
+    A model this process has loaded says which runtime serves it and how fast."""
+    return [model_out(j, i == 0, state) for i, j in enumerate(models.list_usable(session))]
 
 
 @router.get("/history", response_model=list[ActivationOut])

@@ -6,27 +6,32 @@ decoded or computed before any of its images is decoded (503 with Retry-After pa
 the process's decode budget, and the images of concurrent requests share forward passes
 (``app.api.serving``). It takes no SessionDep: the model is looked up (in a session of its
 own) only when the lookup cache has no answer.
+
+Two bodies: a multipart form (``file`` repeated, ``model``), for browsers and several
+photos; or one photo as the raw body (``Content-Type: image/jpeg|png|webp``, ``model`` in
+the query), which skips the multipart parser and its spooled temporary files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import torch
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 
 from app.api import explain
 from app.api.deps import GUARDED, StateDep
-from app.api.errors import Unprocessable
+from app.api.errors import Unprocessable, UnsupportedMediaType
 from app.api.explain import PredictOptionsDep
 from app.api.schemas import ERRORS, PredictOut
 from app.api.serving import LoadedModel, Overloaded
@@ -96,23 +101,23 @@ class _Progress:
         return not self.active and self.left() <= 0
 
 
-def _load(state: State, loaded: LoadedModel, file: UploadFile, name: str, progress: _Progress,
+def _load(state: State, loaded: LoadedModel, file: BinaryIO, name: str, progress: _Progress,
           crop: Crop = "center") -> torch.Tensor:
     wait = progress.left()
     if wait <= 0:
         raise DecodeBusy("images are decoded slower than they arrive; retry shortly")
     progress.moved(+1)
     try:
-        file.file.seek(0)
+        file.seek(0)
         if crop == "full":
-            return load_full_image(file.file, loaded.predictor.preprocessing, name=name,
+            return load_full_image(file, loaded.predictor.preprocessing, name=name,
                                    budget=state.decode_budget, wait=wait)
-        return loaded.predictor.load(file.file, name=name, budget=state.decode_budget, wait=wait)
+        return loaded.predictor.load(file, name=name, budget=state.decode_budget, wait=wait)
     finally:
         progress.moved(-1)
 
 
-async def _decode(state: State, loaded: LoadedModel, files: list[UploadFile],
+async def _decode(state: State, loaded: LoadedModel, files: list[BinaryIO],
                   names: list[str], crop: Crop = "center") -> list[torch.Tensor]:
     """Every file decoded and cropped on the decode threads, in parallel. Each image must
     get its share of the decode budget within the wait, and the request is shed as soon as
@@ -141,30 +146,66 @@ async def _decode(state: State, loaded: LoadedModel, files: list[UploadFile],
         raise
 
 
-@router.post("/predict", response_model=PredictOut,
+RAW_TYPES = ("image/jpeg", "image/png", "image/webp")
+# The request body, both ways (FastAPI documents the form alone; its schema keeps its name).
+BODIES = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {
+        "$ref": "#/components/schemas/Body_predict_images_predict_post"}},
+    **{t: {"schema": {"type": "string", "format": "binary"}} for t in RAW_TYPES}}}}
+
+
+@router.post("/predict", response_model=PredictOut, openapi_extra=BODIES,
              responses={200: {"content": {"image/png": {}},
                               "description": "JSON; or, for one image with `Accept: image/png`, "
                               "its explanation's overlay"}})
 async def predict_images(
+    request: Request,
     state: StateDep,
-    file: Annotated[list[UploadFile], File(description="one or more images (repeat the field)")],
     options: PredictOptionsDep,
+    file: Annotated[list[UploadFile] | None, File(
+        description="one or more images (repeat the field)")] = None,
     model: Annotated[str | None, Form(description="job id; default: the active model")] = None,
+    model_query: Annotated[str | None, Query(
+        alias="model", max_length=64, description="job id (default: the active model); "
+        "for a raw image body, where there is no form")] = None,
+    filename: Annotated[str | None, Query(
+        max_length=255, description="a raw body's name in the answer (default: image)")] = None,
 ) -> dict[str, Any] | Response:
-    """Classify photos. Images of concurrent requests share forward passes; explanations
+    """Classify photos: a multipart form (``file``, repeated) or one photo as the raw body
+    (``Content-Type: image/jpeg``, ``image/png`` or ``image/webp``; ``?model=`` and the
+    options in the query). Images of concurrent requests share forward passes; explanations
     (Grad-CAM) run outside them."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in RAW_TYPES:
+        body = await request.body()
+        if not body:
+            raise Unprocessable("the request body is empty: send the photo's bytes")
+        sources: list[BinaryIO] = [io.BytesIO(body)]
+        names = [filename or "image"]
+    elif ctype == "multipart/form-data":
+        if not file:
+            raise Unprocessable("no `file` field in the form: send one or more images as "
+                                "`file`")
+        sources = [f.file for f in file]
+        names = [f.filename or f"file {i + 1}" for i, f in enumerate(file)]
+    else:
+        raise UnsupportedMediaType(
+            f"Content-Type {ctype or '(none)'} is not accepted: send a multipart/form-data "
+            f"form with `file` fields, or one photo as the body with Content-Type "
+            f"{', '.join(RAW_TYPES)}")
     limit = state.settings.predict_max_files
-    if len(file) > limit:
-        raise Unprocessable(f"{len(file)} files in one request; the limit is {limit}")
-    loaded = await run_in_threadpool(_model, state, model)
-    options.check(loaded.predictor.classes, len(file))
-    names = [f.filename or f"file {i + 1}" for i, f in enumerate(file)]
-    explaining = state.explain.admit(len(file)) if options.explain else nullcontext()
+    if len(sources) > limit:
+        raise Unprocessable(f"{len(sources)} files in one request; the limit is {limit}")
+    name = model_query or model
+    cached = state.models.cached(name)
+    loaded = cached if cached is not None else await run_in_threadpool(_model, state, name)
+    options.check(loaded.predictor.classes, len(sources))
+    explaining = state.explain.admit(len(sources)) if options.explain else nullcontext()
     with state.models.held(loaded), explaining:  # metric series stay until it is done
-        with loaded.batcher.admit(len(file)), state.intake.decode(len(file)):
-            images = await _decode(state, loaded, file, names, options.crop)
+        with loaded.batcher.admit(len(sources)), state.intake.decode(len(sources)):
+            images = await _decode(state, loaded, sources, names, options.crop)
         rows = await loaded.batcher.submit(images)
         predictions = loaded.predictor.report(torch.stack(rows), names)
         state.models.metrics.images.inc(len(predictions))
         state.models.predicted(loaded, [p.label for p in predictions])
-        return await explain.answer(state, loaded, file, names, predictions, options)
+        return await explain.answer(state, loaded, sources, names, predictions, options)

@@ -83,13 +83,21 @@ def _queued(session: Session, state: State, job: Job, queue_anyway: bool) -> Pre
     return prediction_out(job, state.settings, _waiting(session, state.settings, job))
 
 
+def _runtime(state: State, model_id: str) -> str:
+    """The runtime a batch job of ``model_id`` uses: the one serving it in /predict when this
+    API has it loaded (so that both give the same probabilities), else PREDICT_RUNTIME (the
+    worker then takes auto's choice before measurement; ``compiled`` runs eagerly there)."""
+    loaded = state.models.models.get(model_id)
+    return loaded.predictor.runtime if loaded is not None else state.settings.predict_runtime
+
+
 def _from_dataset(state: State, body: PredictionsFromDataset) -> PredictionJobOut:
     settings = state.settings
     with state.session() as session:
         model_id, _ = models.find(session, body.model)
         job = predictions.submit_dataset(
             session, dataset_id=body.dataset_id, split=body.split, model_id=model_id,
-            batch_size=settings.batch_predict_size, runtime=settings.predict_runtime,
+            batch_size=settings.batch_predict_size, runtime=_runtime(state, model_id),
             max_photos=settings.batch_max_photos, max_active_jobs=settings.max_active_jobs,
             max_attempts=settings.max_attempts)
         return _queued(session, state, job, body.queue_anyway)
@@ -106,7 +114,7 @@ def _from_upload(state: State, job_id: str, model_id: str, photos: int, ignored:
     with state.session() as session, files_removed_on_error(settings.job_dir(job_id)):
         job = predictions.submit_upload(
             session, job_id=job_id, model_id=model_id, photos=photos, ignored=ignored,
-            batch_size=settings.batch_predict_size, runtime=settings.predict_runtime,
+            batch_size=settings.batch_predict_size, runtime=_runtime(state, model_id),
             max_photos=settings.batch_max_photos, max_active_jobs=settings.max_active_jobs,
             max_attempts=settings.max_attempts)
         return _queued(session, state, job, queue_anyway)
