@@ -97,3 +97,14 @@ def add_service_options(p: argparse.ArgumentParser) -> None:
                    help="the service (env HOTDOG_URL)")
     p.add_argument("--api-key", default=os.environ.get("HOTDOG_API_KEY"),
                    help="API key, when the service has one (env HOTDOG_API_KEY)")
+
+
+def client_commands(command: AddCommand) -> AddCommand:
+    """``command``, each subcommand it adds also taking the service options (--url,
+    --api-key): for the commands that talk to a running service."""
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str,
+            epilog: str = "", *, json_logs: bool = False) -> argparse.ArgumentParser:
+        p = command(name, func, help, epilog, json_logs=json_logs)
+        add_service_options(p)
+        return p
+    return add

@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -28,7 +28,7 @@ from app.cli.local import (
     probabilities_text,
     write_overlays,
 )
-from app.cli.options import AddCommand, add_service_options, add_train_options, given
+from app.cli.options import AddCommand, add_train_options, client_commands, given
 from app.cli.output import EpochTable, emit_json, progress_bar
 from app.client import (
     JOB_STATUSES,
@@ -695,11 +695,7 @@ def print_review(review: LabelReview, *, limit: int) -> None:
 
 
 def register(command: AddCommand) -> None:
-    def client_command(name: str, func: Callable[[argparse.Namespace], int], help: str,
-                       epilog: str) -> argparse.ArgumentParser:
-        p = command(name, func, help, epilog)
-        add_service_options(p)
-        return p
+    client_command = client_commands(command)
 
     p = client_command("upload", cmd_upload, "upload a dataset (zip or folder) to the service",
                        "examples:\n  hotdog demo-data data/demo --zip\n"

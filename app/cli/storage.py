@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 from app.cli.exit_codes import EXIT_OK
-from app.cli.options import AddCommand, add_service_options
+from app.cli.options import AddCommand, client_commands
 from app.cli.output import emit_json
 from app.client import Client
 
@@ -80,11 +79,7 @@ def cmd_delete_job(args: argparse.Namespace) -> int:
 
 
 def register(command: AddCommand) -> None:
-    def client_command(name: str, func: Callable[[argparse.Namespace], int], help: str,
-                       epilog: str) -> argparse.ArgumentParser:
-        p = command(name, func, help, epilog)
-        add_service_options(p)
-        return p
+    client_command = client_commands(command)
 
     p = client_command("storage", cmd_storage, "what the service's data dir holds: bytes by "
                        "category, free space, the biggest datasets and jobs",

@@ -149,10 +149,11 @@ def _unlink(path: Path) -> int:
         return 0
 
 
-def tree_bytes(path: Path) -> int:
-    """The bytes of the files under ``path`` (what removing it frees), links not followed."""
-    total = 0
-    stack = [path]
+def files_under(root: Path) -> list[tuple[Path, int]]:
+    """Every file under ``root`` with its size (links not followed; what vanishes meanwhile
+    is skipped)."""
+    out = []
+    stack = [root]
     while stack:
         try:
             with os.scandir(stack.pop()) as entries:
@@ -161,12 +162,17 @@ def tree_bytes(path: Path) -> int:
                         if e.is_dir(follow_symlinks=False):
                             stack.append(Path(e.path))
                         else:
-                            total += e.stat(follow_symlinks=False).st_size
+                            out.append((Path(e.path), e.stat(follow_symlinks=False).st_size))
                     except FileNotFoundError:
                         continue
         except (FileNotFoundError, NotADirectoryError):
             continue
-    return total
+    return out
+
+
+def tree_bytes(path: Path) -> int:
+    """The bytes of the files under ``path`` (what removing it frees), links not followed."""
+    return sum(size for _, size in files_under(path))
 
 
 def remove_tree(path: Path) -> int:

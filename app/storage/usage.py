@@ -7,10 +7,8 @@ deleting would free.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -20,7 +18,13 @@ from app.core.config import JOB_LOG_NAME, Settings
 from app.db.models import Dataset, Job, JobKind, JobStatus
 from app.engine.export import SUFFIXES
 from app.models import service as models
-from app.storage.retention import INCOMING_PREFIX, LIVE, TRASH_PREFIX, live_users
+from app.storage.retention import (
+    INCOMING_PREFIX,
+    LIVE,
+    TRASH_PREFIX,
+    files_under,
+    live_users,
+)
 
 CATEGORIES = ("datasets", "checkpoints", "exports", "logs", "temporary", "database", "other")
 EXPORT_SUFFIXES = tuple(SUFFIXES.values())
@@ -40,26 +44,6 @@ class Item:
         self.by_category[category] = self.by_category.get(category, 0) + size
 
 
-def _files(root: Path) -> list[tuple[Path, int]]:
-    """Every file under ``root`` with its size (links not followed)."""
-    out = []
-    stack = [root]
-    while stack:
-        try:
-            with os.scandir(stack.pop()) as entries:
-                for e in entries:
-                    try:
-                        if e.is_dir(follow_symlinks=False):
-                            stack.append(Path(e.path))
-                        else:
-                            out.append((Path(e.path), e.stat(follow_symlinks=False).st_size))
-                    except FileNotFoundError:
-                        continue
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-    return out
-
-
 def job_file_category(name: str) -> str:
     if name == JOB_LOG_NAME:
         return "logs"
@@ -77,7 +61,7 @@ def report(session: Session, settings: Settings, *, limit: int) -> dict[str, Any
     root = settings.data_dir.resolve()
     totals = dict.fromkeys(CATEGORIES, 0)
     items: dict[tuple[str, str], Item] = {}
-    for path, size in _files(root) if root.is_dir() else []:
+    for path, size in files_under(root) if root.is_dir() else []:
         rel = path.relative_to(root).parts
         category, item = _classify(rel)
         totals[category] += size
