@@ -25,6 +25,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from app.datasets.label_noise import flip_labels
 from tests.helpers import Stack, embedded_stack, wait_for, write_color_dataset
 
 try:
@@ -741,3 +742,51 @@ def test_the_page_is_packaged(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"app/web/index.html", "app/web/app.js", "app/web/style.css",
             "app/web/data.js"} <= names
+
+
+def test_the_label_review_grid_starts_a_review_and_relabels_a_flagged_photo(
+        browser: WebDriver, service: Stack, color_dataset: Path, tmp_path: Path) -> None:
+    """A model without a review: the Data panel offers one (POST /jobs/{id}/review), shows
+    the flagged photos as a grid once it is done, and relabels one into a new version."""
+    noisy = tmp_path / "noisy"
+    flip_labels(color_dataset, noisy, fraction=0.25, seed=1)
+    data = zip_folder(noisy, tmp_path / "noisy.zip")
+    with data.open("rb") as f:
+        r = httpx.post(f"{service.url}/datasets", files={"file": ("noisy.zip", f)},
+                       data={"name": "noisy"}, timeout=120)
+    assert r.status_code == 201, r.text
+    dataset = r.json()
+    r = httpx.post(f"{service.url}/jobs", timeout=30, json={
+        "dataset_id": dataset["id"], "init": "scratch", "image_size": 32, "batch_size": 8,
+        "epochs": 3})
+    assert r.status_code == 202, r.text
+    job = service.wait(r.json()["id"], {"succeeded", "failed", "cancelled"})
+    assert job["status"] == "succeeded", job["error"]
+
+    open_page(browser, service)
+    wait_on_page(browser, "the dataset in the Data panel", lambda d: d.find_elements(
+        By.CSS_SELECTOR, f'#data-dataset option[value="{dataset["id"]}"]'))
+    Select(browser.find_element(By.ID, "data-dataset")).select_by_value(dataset["id"])
+    wait_on_page(browser, "its trained model", lambda d: d.find_elements(
+        By.CSS_SELECTOR, f'#data-review-job option[value="{job["id"]}"]'))
+    Select(browser.find_element(By.ID, "data-review-job")).select_by_value(job["id"])
+    browser.find_element(By.ID, "data-review-load").click()
+    start = wait_on_page(browser, "the offer of a review", lambda d: d.find_element(
+        By.ID, "data-review-start").is_displayed() and d.find_element(By.ID, "data-review-start"))
+    assert "no label review yet" in visible_text(browser, "data-review-status")
+    start.click()
+    tiles = wait_on_page(browser, "the flagged photos", lambda d: d.find_elements(
+        By.CSS_SELECTOR, "#data-review-grid .tile"), timeout=240)
+    review = httpx.get(f"{service.url}/jobs/{job['id']}/label-review", timeout=10).json()
+    assert review["status"] == "succeeded" and len(tiles) == len(review["issues"]) > 0
+    first = min(review["issues"], key=lambda i: i["rank"])
+    assert first["path"] in tiles[0].text and first["suggested"] in tiles[0].text
+    tiles[0].find_element(By.CSS_SELECTOR, 'button[data-action="relabel"]').click()
+    button = browser.find_element(By.ID, "data-relabel")
+    assert button.text == "Make a new version with 1 change"
+    button.click()
+    wait_on_page(browser, "the new version", lambda d: visible_text(d, "data-relabel-result"))
+    new = [d for d in httpx.get(f"{service.url}/datasets", timeout=10).json()
+           if d["parent_id"] == dataset["id"]]
+    assert len(new) == 1 and new[0]["changes"] == {str(first["image_id"]): first["suggested"]}
+    assert_no_script_errors(browser)

@@ -229,6 +229,8 @@
     } catch (_) {
       // no key given: the page stays as it was, and each panel says what the API answered
     }
+    // The panels in their own files (storage.js) load once they know what the key may do.
+    document.dispatchEvent(new CustomEvent("hotdog:scopes"));
   }
 
   // ---------------------------------------------------------------- small helpers
@@ -815,8 +817,7 @@
       }
     }
     state.chartJobs = state.chartJobs.filter((id) => jobs.some((j) => j.id === id));
-    renderJobs();
-    document.dispatchEvent(new CustomEvent("hotdog:jobs"));
+    renderJobs();  // which tells the other panels ("hotdog:jobs", the jobs as its detail)
     await refreshWorkers();
     await refreshCurves();
   }
@@ -1069,10 +1070,6 @@
 
   // ---------------------------------------------------------------- start
 
-  // What other panels' scripts (storage.js) use.
-  window.hotdog = { api, el, short, showError, announce, ApiError, refreshJobs,
-    refreshDatasets, refreshModels, ACTIVE };
-
   function start() {
     setUpDrop();
     $("dataset-form").addEventListener("submit", uploadDataset);
@@ -1104,9 +1101,10 @@
     })();
   }
 
-  // What the page's other panels (data.js) use: requests, helpers, the shared state.
+  // What the page's other panels (data.js, batch.js, storage.js) use: requests, helpers,
+  // the shared state.
   window.hotdog = { api, ApiError, el, $, showError, announce, state, short, pct, refreshDatasets,
-    KEY_STORE };
+    refreshJobs, refreshModels, ACTIVE, KEY_STORE };
   window.hotdogPage = { api, el, pct }; // for the panels in their own files (explain.js)
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

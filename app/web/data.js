@@ -181,7 +181,7 @@
     const chosen = select.value;
     select.replaceChildren();
     const jobs = state.jobs.filter((j) => j.dataset_id === data.datasetId
-      && j.kind !== "evaluate" && j.status === "succeeded");
+      && (j.kind || "train") === "train" && j.status === "succeeded");
     if (!jobs.length) select.append(el("option", { value: "", text: "no trained model of this dataset" }));
     for (const j of jobs) select.append(el("option", { value: j.id, text: `job ${short(j.id)}` }));
     if (chosen && jobs.some((j) => j.id === chosen)) select.value = chosen;
@@ -226,6 +226,7 @@
     const grid = $("data-review-grid");
     const status = $("data-review-status");
     clearTimeout(data.reviewTimer);
+    $("data-review-start").hidden = true;
     if (!jobId) return;
     try {
       const review = await api("GET", `jobs/${jobId}/label-review`);
@@ -243,8 +244,28 @@
       grid.replaceChildren(...review.issues.slice().sort((a, b) => a.rank - b.rank)
         .map(reviewTile));
     } catch (err) {
-      status.textContent = "";
       grid.replaceChildren();
+      if (err.status === 404) {  // no review of this job yet: offer one
+        status.textContent = `Job ${short(jobId)} has no label review yet.`;
+        $("data-review-start").hidden = false;
+        return;
+      }
+      status.textContent = "";
+      showError("data-error", err);
+    }
+  }
+
+  // A review job of the chosen training job (POST /jobs/{id}/review), then its result.
+  async function startReview() {
+    const jobId = $("data-review-job").value;
+    if (!jobId) return;
+    try {
+      const job = await api("POST", `jobs/${jobId}/review`, { json: {} });
+      showError("data-error", null);
+      $("data-review-start").hidden = true;
+      $("data-review-status").textContent = `Label review job ${short(job.id)} ${job.status}…`;
+      data.reviewTimer = setTimeout(loadReview, POLL_MS * 2);
+    } catch (err) {
       showError("data-error", err);
     }
   }
@@ -283,6 +304,7 @@
   function start() {
     $("data-dataset").addEventListener("change", (ev) => chooseDataset(ev.target.value));
     $("data-review-load").addEventListener("click", loadReview);
+    $("data-review-start").addEventListener("click", startReview);
     $("data-relabel").addEventListener("click", relabel);
     document.addEventListener("hotdog:datasets", fillDatasets);
     document.addEventListener("hotdog:jobs", fillJobs);

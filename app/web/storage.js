@@ -186,9 +186,14 @@
     if (!window.hotdog) return; // app.js did not load
     $("storage-refresh").addEventListener("click", refreshStorage);
     document.addEventListener("hotdog:jobs", (ev) => addLogButtons(ev.detail));
-    refreshStorage();
+    // Only for a key with the admin scope (the panel is hidden otherwise), once app.js knows
+    // the key's scopes: a request the key may not make is never sent.
+    const allowed = () => window.hotdogScopes.can("admin");
+    document.addEventListener("hotdog:scopes", () => {
+      if (allowed()) refreshStorage();
+    });
     setInterval(() => {
-      if (!document.hidden) refreshStorage();
+      if (!document.hidden && allowed()) refreshStorage();
     }, REFRESH_MS);
   }
 
