@@ -141,7 +141,11 @@ def test_fit_under_torchrun_shards_reduces_and_reports_on_rank0(color_dataset: P
     # One checkpoint (and the epoch file), written by rank 0, with the whole history.
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["last.pt", "model.pt"]
     ck = load_checkpoint(tmp_path / "model.pt")
+    compile_decision = ck["compute"].pop("compile")
     assert ck["compute"] == {"device": "cpu", "precision": "fp32", "world_size": 2}
+    # auto never compiles several CPU processes (gloo: a development mode), and says so
+    assert compile_decision["compiled"] is False
+    assert "several CPU processes" in compile_decision["reason"]
     assert ck["history"] == history and ck["epoch"] == 2
     # The evaluation covers the whole test set (both shards, gathered), and is what one
     # process computes from the saved model: every rank evaluated rank 0's weights.
