@@ -489,8 +489,11 @@ def test_the_job_schema_comes_from_train_config(client: TestClient) -> None:
     OpenAPI schema (the web page builds its form from it)."""
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     fields = schemas["JobCreate"]["properties"]
-    assert list(fields) == ["dataset_id", "queue_anyway"] + [f.name for f, _ in params("api")]
+    # the service's own fields (queueing, a follow-up label review), then the engine's
+    assert list(fields) == (["dataset_id", "queue_anyway", "review_labels"]
+                            + [f.name for f, _ in params("api")])
     assert fields["queue_anyway"]["default"] is False
+    assert fields["review_labels"]["default"] is False
     for f, p in params("api"):
         assert fields[f.name]["description"] == p.help
         assert fields[f.name].get("default") == f.default, f.name
