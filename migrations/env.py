@@ -25,13 +25,27 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite's batch migrations copy a table, drop it and rename the copy; with foreign
+            # keys on, dropping a table that rows of another reference (datasets, by jobs)
+            # fails. Off for the migration (set outside a transaction, where SQLite honours
+            # it), and checked afterwards: no row may be left pointing at nothing.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
+            render_as_batch=sqlite,
         )
         with context.begin_transaction():
             context.run_migrations()
+        if sqlite:
+            dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+            connection.commit()
+            if dangling:
+                raise RuntimeError("the migration left rows whose foreign keys point at "
+                                   f"nothing (table, rowid, parent, key): {dangling[:5]}")
     engine.dispose()
 
 

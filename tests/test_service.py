@@ -442,7 +442,8 @@ def test_a_batch_prediction_job_equals_predict_and_classify_splits_a_folder(
         c.predict([next(folder.rglob("*-0.jpg"))], model=model["id"])
         serving = wait_for(lambda: next(
             (m["serving"] for m in c.models() if m["id"] == model["id"]
-             and m["serving"] and not m["serving"]["measuring"]), None), timeout=120)
+             and m["serving"] and not m["serving"]["measuring"]), None), timeout=120,
+            what="the API to measure the model's runtimes")
         job = c.submit_predictions(folder, model=model["id"])  # zipped on the fly
         assert (job["photos"], job["model_id"]) == (9, model["id"])
         job = c.watch_prediction(job["id"], interval=0.2)
