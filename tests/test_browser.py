@@ -99,9 +99,16 @@ def trained(service: Stack, color_dataset: Path, tmp_path_factory: pytest.TempPa
             ) -> dict[str, Any]:
     """A tiny model trained through the API, for /predict."""
     data = zip_folder(color_dataset, tmp_path_factory.mktemp("zip") / "colors.zip")
+    dataset, job = train_through_api(service, data, "colors")
+    return {"dataset": dataset, "job": job, "zip": data}
+
+
+def train_through_api(service: Stack, data: Path, name: str
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Upload the zip ``data`` and train a tiny model on it to success: (dataset, job)."""
     with data.open("rb") as f:
-        r = httpx.post(f"{service.url}/datasets", files={"file": ("colors.zip", f)},
-                       data={"name": "colors"}, timeout=120)
+        r = httpx.post(f"{service.url}/datasets", files={"file": (data.name, f)},
+                       data={"name": name}, timeout=120)
     assert r.status_code == 201, r.text
     dataset = r.json()
     r = httpx.post(f"{service.url}/jobs", timeout=30, json={
@@ -110,7 +117,7 @@ def trained(service: Stack, color_dataset: Path, tmp_path_factory: pytest.TempPa
     assert r.status_code == 202, r.text
     job = service.wait(r.json()["id"], {"succeeded", "failed", "cancelled"})
     assert job["status"] == "succeeded", job["error"]
-    return {"dataset": dataset, "job": job, "zip": data}
+    return dataset, job
 
 
 # --------------------------------------------------------------------------- the browser
@@ -750,18 +757,7 @@ def test_the_label_review_grid_starts_a_review_and_relabels_a_flagged_photo(
     the flagged photos as a grid once it is done, and relabels one into a new version."""
     noisy = tmp_path / "noisy"
     flip_labels(color_dataset, noisy, fraction=0.25, seed=1)
-    data = zip_folder(noisy, tmp_path / "noisy.zip")
-    with data.open("rb") as f:
-        r = httpx.post(f"{service.url}/datasets", files={"file": ("noisy.zip", f)},
-                       data={"name": "noisy"}, timeout=120)
-    assert r.status_code == 201, r.text
-    dataset = r.json()
-    r = httpx.post(f"{service.url}/jobs", timeout=30, json={
-        "dataset_id": dataset["id"], "init": "scratch", "image_size": 32, "batch_size": 8,
-        "epochs": 3})
-    assert r.status_code == 202, r.text
-    job = service.wait(r.json()["id"], {"succeeded", "failed", "cancelled"})
-    assert job["status"] == "succeeded", job["error"]
+    dataset, job = train_through_api(service, zip_folder(noisy, tmp_path / "noisy.zip"), "noisy")
 
     open_page(browser, service)
     wait_on_page(browser, "the dataset in the Data panel", lambda d: d.find_elements(
