@@ -362,7 +362,10 @@ def register(command: AddCommand) -> None:
                    help="verify on this dataset's test images (default: random pixels)")
     p.add_argument("--verify-images", type=int, default=64, metavar="N",
                    help="images to compare the export with PyTorch on")
+    _register_review_local(command)
 
+
+def _register_review_local(command: AddCommand) -> None:
     p = command("review-local", cmd_review_local, "find likely mislabeled training images and "
                 "outliers in a dataset folder, without a service",
                 "examples:\n  hotdog review-local data/demo --checkpoint model.pt   # its "

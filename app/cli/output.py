@@ -10,11 +10,23 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
+
+
+def emit_listing(as_json: bool, key: str, rows: Sequence[Any], header: str,
+                 line: Callable[[Any], str]) -> None:
+    """A list command's answer: ``{key: rows}`` as one JSON line, or a header and a line a
+    row (``line(row)``) for people."""
+    if as_json:
+        emit_json({key: rows})
+        return
+    print(header)
+    for row in rows:
+        print(line(row))
 
 
 def emit_json(obj: object) -> None:

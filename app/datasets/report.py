@@ -213,6 +213,39 @@ def build_report(root: str | Path, *, threads: int = 2, budget: DecodeBudget | N
     unreadable = [{**entries[i].as_dict(), "error": r}
                   for i, r in enumerate(results) if isinstance(r, str)]
 
+    groups, near_skipped = _duplicate_groups(entries, ok, feats, max_near_images)
+    issues = _image_issues(entries, feats)
+    counts = _counts(entries)
+    leakage = [g for g in groups if g["scope"] == "leakage"]
+    by_issue = Counter(name for item in issues for name in item["issues"])
+    summary = {
+        "images": len(entries),
+        "exact_groups": dict(Counter(g["scope"] for g in groups if g["kind"] == "exact")),
+        "near_groups": dict(Counter(g["scope"] for g in groups if g["kind"] == "near")),
+        "leakage_groups": len(leakage),
+        # Test (or val) images that have a copy in another split.
+        "leaked_images": len({img["image_id"] for g in leakage for img in g["images"]
+                              if img["split"] != "train"}),
+        "label_conflicts": sum(1 for g in groups if g["label_conflict"]),
+        "issues": {name: by_issue.get(name, 0) for name in ISSUES},
+        "unreadable": len(unreadable),
+        "imbalance": {split: _imbalance(c) for split, c in counts.items()},
+    }
+    return {
+        "version": VERSION, "dataset_id": dataset_id, "summary": summary,
+        "counts": counts, "thresholds": THRESHOLDS,
+        "hashes": "imagehash pHash + dHash, 64 bits each",
+        "near_duplicates_skipped": near_skipped,
+        "groups": groups, "image_issues": issues, "unreadable": unreadable,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def _duplicate_groups(entries: Sequence[ImageEntry], ok: list[int],
+                      feats: dict[int, Features], max_near_images: int | None
+                      ) -> tuple[list[dict[str, Any]], bool]:
+    """The exact and near duplicate groups of the decodable images ``ok``, and whether the
+    near search was skipped (more than ``max_near_images``)."""
     # Exact duplicates: the same decoded pixels.
     exact = _Groups(len(entries))
     first: dict[bytes, int] = {}
@@ -238,38 +271,16 @@ def build_report(root: str | Path, *, threads: int = 2, budget: DecodeBudget | N
             if len({feats[i].digest for i in g}) > 1:
                 groups.append(_group("near", g, entries, distance))
 
-    issues = _image_issues(entries, feats)
-    counts: dict[str, dict[str, int]] = {}
-    for e in entries:
-        counts.setdefault(e.split, {})
+    return groups, near_skipped
+
+
+def _counts(entries: Sequence[ImageEntry]) -> dict[str, dict[str, int]]:
+    """Images per split and class (every class in every split, zeros included)."""
     classes = sorted({e.label for e in entries})
-    for split in counts:
-        counts[split] = dict.fromkeys(classes, 0)
+    counts = {e.split: dict.fromkeys(classes, 0) for e in entries}
     for e in entries:
         counts[e.split][e.label] += 1
-    leakage = [g for g in groups if g["scope"] == "leakage"]
-    by_issue = Counter(name for item in issues for name in item["issues"])
-    summary = {
-        "images": len(entries),
-        "exact_groups": dict(Counter(g["scope"] for g in groups if g["kind"] == "exact")),
-        "near_groups": dict(Counter(g["scope"] for g in groups if g["kind"] == "near")),
-        "leakage_groups": len(leakage),
-        # Test (or val) images that have a copy in another split.
-        "leaked_images": len({img["image_id"] for g in leakage for img in g["images"]
-                              if img["split"] != "train"}),
-        "label_conflicts": sum(1 for g in groups if g["label_conflict"]),
-        "issues": {name: by_issue.get(name, 0) for name in ISSUES},
-        "unreadable": len(unreadable),
-        "imbalance": {split: _imbalance(c) for split, c in counts.items()},
-    }
-    return {
-        "version": VERSION, "dataset_id": dataset_id, "summary": summary,
-        "counts": counts, "thresholds": THRESHOLDS,
-        "hashes": "imagehash pHash + dHash, 64 bits each",
-        "near_duplicates_skipped": near_skipped,
-        "groups": groups, "image_issues": issues, "unreadable": unreadable,
-        "seconds": round(time.monotonic() - started, 3),
-    }
+    return counts
 
 
 def _image_issues(entries: Sequence[ImageEntry], feats: dict[int, Features]

@@ -219,6 +219,21 @@ class Job(Base):
         back_populates="job", cascade="all, delete-orphan"
     )
 
+    def model_problem(self) -> str | None:
+        """Why this job has no model to use (predict, evaluate, review, start another job
+        from), in a sentence; None when it has one."""
+        if self.kind is not JobKind.TRAIN:
+            return f"job {self.id} is a {self.kind.value} job, not a model"
+        if self.status is not JobStatus.SUCCEEDED or not self.checkpoint_path:
+            return (f"job {self.id} is {self.status.value}; only a succeeded training job "
+                    "has a model")
+        if self.deleted_at is not None:
+            return f"job {self.id} was deleted; its model is gone"
+        if self.files_removed_at is not None:
+            return (f"the model files of job {self.id} were removed (DELETE ?files_only=true, "
+                    "or KEEP_MODELS retention); its history stays")
+        return None
+
 
 class EpochMetric(Base):
     __tablename__ = "epoch_metrics"

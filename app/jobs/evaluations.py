@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.datasets import service as datasets
-from app.db.models import Job, JobKind, JobStatus
+from app.db.models import Job, JobKind
 from app.jobs.service import (
     InvalidParams,
     JobConflict,
@@ -48,15 +48,8 @@ def submit_evaluation(
     The caller commits, then sends the job to its queue."""
     _serialize_submissions(session)  # first: a deletion of the model waits, or refuses this
     model = get_job(session, model_id)
-    if model.kind is not JobKind.TRAIN:
-        raise JobConflict(f"job {model_id} is an evaluation, not a model")
-    if model.status is not JobStatus.SUCCEEDED or not model.checkpoint_path:
-        raise JobConflict(f"job {model_id} is {model.status.value}; only a succeeded "
-                          "training job has a model to evaluate")
-    if model.deleted_at is not None or model.files_removed_at is not None:
-        raise JobConflict(f"the model of job {model_id} was "
-                          + ("deleted" if model.deleted_at is not None else "removed "
-                             "(files_only deletion or KEEP_MODELS retention)"))
+    if (problem := model.model_problem()) is not None:
+        raise JobConflict(f"{problem}: nothing to evaluate")
     dataset = datasets.get_live(session, dataset_id)
     classes = model_classes(model)
     if classes != list(dataset.classes):

@@ -51,14 +51,8 @@ def submit_review(
     allows it (``max_active_jobs`` None: a follow-up, not capped). The caller commits, then
     sends the job to its queue."""
     model = get_job(session, model_id)
-    if model.kind is not JobKind.TRAIN:
-        raise JobConflict(f"job {model_id} is a {model.kind.value} job; only a training "
-                          "job's labels can be reviewed")
-    if model.status is not JobStatus.SUCCEEDED or not model.checkpoint_path:
-        raise JobConflict(f"job {model_id} is {model.status.value}; only a succeeded training "
-                          "job can be reviewed")
-    if model.deleted_at is not None or model.files_removed_at is not None:
-        raise JobConflict(f"job {model_id}'s model files were removed; it cannot be reviewed")
+    if (problem := model.model_problem()) is not None:
+        raise JobConflict(f"{problem}: its labels cannot be reviewed")
     if model.dataset_id is None:  # a training job always has one
         raise JobConflict(f"job {model_id} has no dataset to review")
     if max_active_jobs is not None:

@@ -431,15 +431,8 @@ def _check_init(session: Session, init: str) -> None:
     source = session.get(Job, source_id)
     if source is None:
         raise InvalidParams(f"init: job {source_id} not found")
-    if source.kind is not JobKind.TRAIN:
-        raise InvalidParams(f"init: job {source.id} is a {source.kind.value} job, not a model")
-    if source.status is not JobStatus.SUCCEEDED or not source.checkpoint_path:
-        raise InvalidParams(f"init: job {source.id} has not succeeded ({source.status.value}); "
-                            "only a finished model can start another job")
-    if source.deleted_at is not None or source.files_removed_at is not None:
-        raise InvalidParams(f"init: the model of job {source.id} was "
-                            + ("deleted" if source.deleted_at is not None else
-                               "removed (files_only deletion or KEEP_MODELS retention)"))
+    if (problem := source.model_problem()) is not None:
+        raise InvalidParams(f"init: {problem}: it cannot start another job")
 
 
 def fail_unqueued(session: Session, job_id: str, *, error: str) -> bool:

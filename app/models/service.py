@@ -74,16 +74,9 @@ def active(session: Session) -> Job | None:
 def model_file(job: Job) -> Path:
     """The final checkpoint of ``job``, when it is a training job that succeeded and the
     file is there."""
-    if job.kind is not JobKind.TRAIN:
-        raise ModelUnavailable(f"job {job.id} evaluated a model; it has none of its own")
-    if job.status is not JobStatus.SUCCEEDED or not job.checkpoint_path:
-        raise ModelUnavailable(
-            f"job {job.id} is {job.status.value}; only a succeeded job has a model")
-    if job.deleted_at is not None:
-        raise ModelUnavailable(f"job {job.id} was deleted; its model is gone")
-    if job.files_removed_at is not None:
-        raise ModelUnavailable(f"the model files of job {job.id} were removed (DELETE "
-                               "?files_only=true, or KEEP_MODELS retention); its history stays")
+    if (problem := job.model_problem()) is not None:
+        raise ModelUnavailable(problem)
+    assert job.checkpoint_path is not None  # model_problem() says so otherwise
     path = Path(job.checkpoint_path)
     if not path.is_file():
         log.warning("the checkpoint of job %s is missing: %s", job.id, path)

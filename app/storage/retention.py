@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, Engine, select, update
 from sqlalchemy.orm import Session
@@ -291,22 +291,25 @@ def sweep(engine: Engine, settings: Settings, *, now: float | None = None) -> Sw
     return report
 
 
-def _jobs(engine: Engine, ids: list[str]) -> dict[str, Job]:
-    out: dict[str, Job] = {}
+_Row = TypeVar("_Row", Job, Dataset)
+
+
+def _rows(engine: Engine, table: type[_Row], ids: list[str]) -> dict[str, _Row]:
+    """The rows of ``table`` with these ids, by id (looked up 500 at a time)."""
+    out: dict[str, _Row] = {}
     with Session(engine) as s:
         for start in range(0, len(ids), 500):
-            out.update((j.id, j) for j in s.scalars(select(Job).where(
-                Job.id.in_(ids[start:start + 500]))))
+            out.update((r.id, r) for r in s.scalars(select(table).where(
+                table.id.in_(ids[start:start + 500]))))
     return out
+
+
+def _jobs(engine: Engine, ids: list[str]) -> dict[str, Job]:
+    return _rows(engine, Job, ids)
 
 
 def _datasets(engine: Engine, ids: list[str]) -> dict[str, Dataset]:
-    out: dict[str, Dataset] = {}
-    with Session(engine) as s:
-        for start in range(0, len(ids), 500):
-            out.update((d.id, d) for d in s.scalars(select(Dataset).where(
-                Dataset.id.in_(ids[start:start + 500]))))
-    return out
+    return _rows(engine, Dataset, ids)
 
 
 def _sweep_jobs(engine: Engine, settings: Settings, report: SweepReport, now: float) -> None:

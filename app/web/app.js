@@ -96,6 +96,19 @@
     el.hidden = false;
   }
 
+  // GET `path`: its answer, with the error box `errorId` cleared; on failure the box shows
+  // why and the answer is undefined.
+  async function fetchShown(path, errorId) {
+    try {
+      const out = await api("GET", path);
+      showError(errorId, null);
+      return out;
+    } catch (err) {
+      showError(errorId, err);
+      return undefined;
+    }
+  }
+
   function announce(text) {
     $("status").textContent = text;
   }
@@ -564,14 +577,8 @@
   }
 
   async function refreshHistory() {
-    let list;
-    try {
-      list = await api("GET", "models/history?limit=8");
-    } catch (err) {
-      showError("history-error", err);
-      return;
-    }
-    showError("history-error", null);
+    const list = await fetchShown("models/history?limit=8", "history-error");
+    if (list === undefined) return;
     $("history-list").replaceChildren(...list.map(historyItem));
     $("history-empty").hidden = list.length > 0;
     $("rollback-button").hidden = !list.some((a) => a.previous_id);
@@ -795,14 +802,8 @@
   }
 
   async function refreshJobs() {
-    let jobs;
-    try {
-      jobs = await api("GET", "jobs?limit=200");
-    } catch (err) {
-      showError("jobs-error", err);
-      return;
-    }
-    showError("jobs-error", null);
+    const jobs = await fetchShown("jobs?limit=200", "jobs-error");
+    if (jobs === undefined) return;
     const before = new Map(state.jobs.map((j) => [j.id, j.status]));
     state.jobs = jobs;
     const succeeded = jobs.some((j) => j.status === "succeeded" && before.get(j.id) !== "succeeded"
@@ -832,13 +833,9 @@
 
   // The live workers, and whether "Start from: ImageNet weights" can run anywhere.
   async function refreshWorkers() {
-    try {
-      state.workers = await api("GET", "workers");
-    } catch (err) {
-      showError("workers-error", err);
-      return;
-    }
-    showError("workers-error", null);
+    const workers = await fetchShown("workers", "workers-error");
+    if (workers === undefined) return;
+    state.workers = workers;
     const live = state.workers.filter((w) => w.alive);
     $("workers-list").replaceChildren(...live.map((w) =>
       el("li", { "data-worker": w.name, text: workerText(w) })));
@@ -1078,27 +1075,24 @@
     $("key-button").hidden = !sessionStorage.getItem(KEY_STORE);
     $("key-button").addEventListener("click", () => {
       state.keyDeclined = false;
-      askForKey("").then(async () => {
-        await refreshScopes();
-        await loadJobForm();
-        await refreshDatasets();
-        await refreshModels();
-        await refreshJobs();
-        schedulePoll();
-      }).catch(() => {});
+      askForKey("").then(loadPanels).catch(() => {});
     });
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden) refreshJobs().finally(schedulePoll);
     });
     drawCurves();
-    (async () => {
-      await refreshScopes();
-      await loadJobForm();
-      await refreshDatasets();
-      await refreshModels();
-      await refreshJobs();
-      schedulePoll();
-    })();
+    loadPanels();
+  }
+
+  // Everything the page shows, in the order each needs the one before (the key's scopes
+  // first, the job form's ranges before the datasets it lists), then the polling.
+  async function loadPanels() {
+    await refreshScopes();
+    await loadJobForm();
+    await refreshDatasets();
+    await refreshModels();
+    await refreshJobs();
+    schedulePoll();
   }
 
   // What the page's other panels (data.js, batch.js, storage.js) use: requests, helpers,
