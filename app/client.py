@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NotRequired, TypedDict, cast, get_args
+from typing import Any, BinaryIO, Literal, NotRequired, TypedDict, TypeVar, cast, get_args
 
 import httpx
 
@@ -252,6 +252,7 @@ class PredictionJob(TypedDict):
     source: Literal["upload", "dataset"]
     dataset_id: str | None
     split: str | None
+    coverage: bool  # its rows have crop_coverage
     photos: int
     done: int  # photos classified so far
     fraction: float
@@ -595,11 +596,12 @@ class Client:
                                             data={"model": model} if model else {}))
 
     def submit_predictions(self, source: str | Path, *, model: str | None = None,
-                           queue_anyway: bool = False,
+                           queue_anyway: bool = False, coverage: bool = False,
                            progress: Callable[[int, int], None] | None = None
                            ) -> PredictionJob:
         """A batch prediction job for a zip of photos, or a folder (its photos zipped on the
-        fly, by their paths in it). The zip is streamed; ``progress(bytes_sent, total)``."""
+        fly, by their paths in it). The zip is streamed; ``progress(bytes_sent, total)``.
+        ``coverage``: each row also gets its crop coverage (slower)."""
         source = Path(source)
         with tempfile.TemporaryDirectory(prefix="hotdog-photos-") as tmp:
             archive = (zip_photos(source, Path(tmp) / "photos.zip") if source.is_dir()
@@ -607,6 +609,8 @@ class Client:
             form: dict[str, str] = {"model": model} if model else {}
             if queue_anyway:
                 form["queue_anyway"] = "true"
+            if coverage:
+                form["coverage"] = "true"
             with open(archive, "rb") as fh:
                 body = _ReadProgress(fh, progress) if progress is not None else fh
                 return cast(PredictionJob, self._json(
@@ -614,10 +618,10 @@ class Client:
                     files={"file": (archive.name, body, "application/zip")}))
 
     def submit_dataset_predictions(self, dataset_id: str, *, split: str = "test",
-                                   model: str | None = None, queue_anyway: bool = False
-                                   ) -> PredictionJob:
+                                   model: str | None = None, queue_anyway: bool = False,
+                                   coverage: bool = False) -> PredictionJob:
         """A batch prediction job for one split of a stored dataset."""
-        body: dict[str, Any] = {"dataset_id": dataset_id, "split": split}
+        body: dict[str, Any] = {"dataset_id": dataset_id, "split": split, "coverage": coverage}
         if model:
             body["model"] = model
         if queue_anyway:
@@ -646,24 +650,12 @@ class Client:
                          on_update: Callable[[PredictionJob], None] | None = None
                          ) -> PredictionJob:
         """Poll until the batch job ends; returns its final state."""
-        while True:
-            job = self.prediction(job_id)
-            if on_update is not None:
-                on_update(job)
-            if job["status"] in TERMINAL:
-                return job
-            time.sleep(interval)
+        return _poll(lambda: self.prediction(job_id), interval, on_update)
 
     def watch(self, job_id: str, *, interval: float = 1.0,
               on_update: Callable[[Job], None] | None = None) -> Job:
         """Poll until the job ends; returns its final state."""
-        while True:
-            job = self.job(job_id)
-            if on_update is not None:
-                on_update(job)
-            if job["status"] in TERMINAL:
-                return job
-            time.sleep(interval)
+        return _poll(lambda: self.job(job_id), interval, on_update)
 
 
 def zip_photos(folder: Path, out: Path) -> Path:
@@ -702,3 +694,18 @@ class _ReadProgress:
 
     def fileno(self) -> int:
         return self.fh.fileno()
+
+
+_Watched = TypeVar("_Watched", bound=Mapping[str, object])
+
+
+def _poll(get: Callable[[], _Watched], interval: float,
+          on_update: Callable[[_Watched], None] | None) -> _Watched:
+    """``get()`` every ``interval`` s (``on_update`` each answer) until it is terminal."""
+    while True:
+        job = get()
+        if on_update is not None:
+            on_update(job)
+        if job["status"] in TERMINAL:
+            return job
+        time.sleep(interval)

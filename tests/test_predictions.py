@@ -155,6 +155,44 @@ def test_a_split_of_a_stored_dataset_is_classified(
     assert all(r["label"] in ("hotdog", "not-hotdog") and not r["error"] for r in rows)
 
 
+def test_a_batch_job_asked_for_coverage_gives_each_photo_predicts_crop_coverage(
+        client: TestClient, settings: Settings, model: dict[str, str],
+        color_dataset: Path) -> None:
+    photos = {f"{cls}-{i}.jpg": (color_dataset / "test" / cls / f"{i:03d}.jpg").read_bytes()
+              for cls in ("hotdog", "not-hotdog") for i in range(2)}
+    photos["broken.jpg"] = jpeg()[:80]
+    job = submit_zip(client, make_zip(photos), coverage="true")
+    assert job["coverage"] is True
+    assert run_job_now(job["id"], settings=settings) == "succeeded"
+    rows = [json.loads(line) for line in
+            client.get(f"/predictions/{job['id']}/results?format=jsonl").text.splitlines()]
+    assert [r["filename"] for r in rows] == sorted(photos)
+    (broken,) = [r for r in rows if r["error"]]
+    assert broken["crop_coverage"] is None and broken["label"] is None
+    good = [r for r in rows if not r["error"]]
+    # Each photo's coverage is /predict's explanation's, for the same label.
+    r = client.post("/predict", data={"explain": "true"},
+                    files=[("file", (r["filename"], photos[r["filename"]])) for r in good])
+    assert r.status_code == 200, r.text
+    for row, answer in zip(good, r.json()["predictions"], strict=True):
+        assert row["label"] == answer["label"]
+        explained = answer["explanation"]["crop_coverage"]
+        assert row["crop_coverage"] == pytest.approx(explained, abs=1e-3), row["filename"]
+        assert row["crop_coverage"] is None or 0 <= row["crop_coverage"] <= 1
+    table = list(csv.reader(io.StringIO(client.get(f"/predictions/{job['id']}/results").text)))
+    assert table[0] == csv_header(["hotdog", "not-hotdog"], coverage=True)
+    assert table[0][-2:] == ["crop_coverage", "error"]
+    by_name = {row["filename"]: row for row in rows}
+    for line in table[1:]:
+        covered = by_name[line[0]]["crop_coverage"]
+        assert line[-2] == ("" if covered is None else repr(covered))
+    # A job not asked for it has no such column, and a yes/no field that is neither is a 422.
+    assert "crop_coverage" not in csv_header(["hotdog", "not-hotdog"])
+    r = client.post("/predictions", files={"file": ("p.zip", make_zip(photos))},
+                    data={"coverage": "maybe", "queue_anyway": "true"})
+    assert r.status_code == 422 and "true or false" in r.json()["detail"]
+
+
 def test_a_batch_job_is_cancelled_queued_or_running(
         client: TestClient, settings: Settings, model: dict[str, str], color_dataset: Path,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -47,6 +47,7 @@ from app.engine import (
 )
 from app.engine.batch import Progress as BatchRunProgress
 from app.engine.batch import ResultsWriter, dataset_photos, photos_in, predict_photos
+from app.engine.explain import Explainer
 from app.engine.export import exports_for_job
 from app.engine.predict import choose_runtime
 from worker import protocol as ev
@@ -276,6 +277,10 @@ def predict(spec: dict[str, Any]) -> int:
         root = Path(job["photos"])
         photos = dataset_photos(root, job["split"]) if job.get("split") else photos_in(root)[0]
         batch_size = int(job["batch_size"])
+        # Crop coverage: Grad-CAM needs gradients, so its own fp32 PyTorch model (whatever
+        # runtime serves the probabilities).
+        explainer = (Explainer(model, device=str(predictor.plan.device))
+                     if job.get("coverage") else None)
         emit(ev.Start(classes=predictor.classes, train_count=0, test_count=len(photos),
                       device=str(predictor.plan.device), precision=predictor.precision,
                       start_epoch=0, epochs=1, world_size=1,
@@ -290,10 +295,10 @@ def predict(spec: dict[str, Any]) -> int:
                 emit(ev.Progress(epoch=1, fraction=progress.done / progress.total))
 
         counts = BatchRunProgress(total=len(photos))
-        with ResultsWriter(Path(job["results"])) as out:
+        with ResultsWriter(Path(job["results"]), coverage=explainer is not None) as out:
             out.write(predict_photos(predictor, photos, batch_size=batch_size,
                                      should_stop=reporter.should_stop, on_batch=on_batch,
-                                     progress=counts))
+                                     progress=counts, explainer=explainer))
             seconds = time.monotonic() - started
             _write_json(Path(job["summary"]), {
                 "photos": counts.total, "predicted": counts.total - counts.failed,

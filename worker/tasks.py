@@ -193,6 +193,7 @@ def _predict_spec(s: Session, settings: Settings, job: Job) -> dict[str, Any]:
             "results": str(predictions.results_path(job_dir)),
             "summary": str(predictions.summary_path(job_dir)),
             "runtime": str(job.params.get("runtime") or settings.predict_runtime),
+            "coverage": bool(job.params.get("coverage", False)),
             "batch_size": int(job.params.get("batch_size") or settings.batch_predict_size)}
 
 

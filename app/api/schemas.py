@@ -472,6 +472,9 @@ class PredictionsFromDataset(BaseModel):
                               description="job id; default: the active model (recorded)")
     queue_anyway: bool = Field(False, description="queue it even when no running worker "
                                "would take it now")
+    coverage: bool = Field(False, description="also give each photo its crop_coverage: the "
+                           "share of the Grad-CAM evidence for its label inside the centre "
+                           "crop the model sees (a heatmap per photo: several times slower)")
 
 
 class BatchSummaryOut(BaseModel):
@@ -495,6 +498,8 @@ class PredictionJobOut(BaseModel):
     dataset_id: str | None = Field(description="source dataset: the dataset whose split "
                                    "is classified")
     split: str | None
+    coverage: bool = Field(False, description="its rows have crop_coverage (asked for at "
+                           "submission)")
     photos: int = Field(description="photos in the job")
     done: int = Field(description="photos classified so far")
     fraction: float

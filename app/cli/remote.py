@@ -29,7 +29,7 @@ from app.cli.local import (
     write_overlays,
 )
 from app.cli.options import AddCommand, add_train_options, client_commands, given
-from app.cli.output import EpochTable, emit_json, progress_bar
+from app.cli.output import EpochTable, emit_json, emit_listing, progress_bar
 from app.client import (
     JOB_STATUSES,
     TERMINAL,
@@ -155,29 +155,26 @@ def kept_text(job: Job) -> str:
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as c:
         rows = c.jobs(status=args.status)
-    if args.json:
-        emit_json({"jobs": rows})
-        return EXIT_OK
-    print(f"{'id':<32} {'status':<9} {'epoch':>7} {'test acc':>8}  created")
-    for j in rows:
-        latest = j["latest_metrics"]
-        acc_text = "" if latest is None else f"{latest['test_acc']:.3f}"
-        epoch = f"{j['progress']['epoch']}/{j['progress']['epochs']}"
-        print(f"{j['id']:<32} {j['status']:<9} {epoch:>7} {acc_text:>8}  {j['created_at'][:19]}")
+    emit_listing(args.json, "jobs", rows,
+                 f"{'id':<32} {'status':<9} {'epoch':>7} {'test acc':>8}  created", _job_line)
     return EXIT_OK
+
+
+def _job_line(j: Job) -> str:
+    latest = j["latest_metrics"]
+    acc_text = "" if latest is None else f"{latest['test_acc']:.3f}"
+    epoch = f"{j['progress']['epoch']}/{j['progress']['epochs']}"
+    return f"{j['id']:<32} {j['status']:<9} {epoch:>7} {acc_text:>8}  {j['created_at'][:19]}"
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
     with _client(args) as c:
         rows = c.workers()
-    if args.json:
-        emit_json({"workers": rows})
-        return EXIT_OK
-    print(f"{'name':<32} {'alive':<5} {'kind':<4} {'gpus':>4} {'imagenet':<8}  queues")
-    for w in rows:
-        print(f"{w['name']:<32} {'yes' if w['alive'] else 'no':<5} {w['kind']:<4} "
-              f"{w['gpus']:>4} {'yes' if w['has_imagenet'] else 'no':<8}  "
-              f"{', '.join(w['queues'])}")
+    emit_listing(args.json, "workers", rows,
+                 f"{'name':<32} {'alive':<5} {'kind':<4} {'gpus':>4} {'imagenet':<8}  queues",
+                 lambda w: f"{w['name']:<32} {'yes' if w['alive'] else 'no':<5} {w['kind']:<4} "
+                 f"{w['gpus']:>4} {'yes' if w['has_imagenet'] else 'no':<8}  "
+                 f"{', '.join(w['queues'])}")
     return EXIT_OK
 
 
@@ -195,6 +192,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     if len(args.images) == 1 and _is_collection(Path(args.images[0])):
         return classify_collection(args, Path(args.images[0]))
+    if args.coverage:
+        raise ValueError("--coverage is for a folder or zip of photos; for photos, --explain "
+                         "OUTDIR gives each one's crop_coverage with its heatmap")
     with _client(args) as c:
         out = c.predict(args.images, model=args.model, explain=args.explain is not None,
                         top_k=args.top_k, crop=args.crop)
@@ -313,7 +313,8 @@ def _in_requests(c: Client, photos: _Photos, args: argparse.Namespace
 
 def _as_batch_job(c: Client, source: Path, args: argparse.Namespace) -> PredictionJob:
     """One batch job for all the photos (uploaded as a zip), watched until it ends."""
-    job = c.submit_predictions(source, model=args.model, queue_anyway=args.queue_anyway)
+    job = c.submit_predictions(source, model=args.model, queue_anyway=args.queue_anyway,
+                               coverage=args.coverage)
     print(f"batch job {job['id']}: {job['photos']} photos, model {job['model_id']}",
           file=sys.stderr)
     return _watch_prediction(c, job["id"], args.interval)
@@ -372,7 +373,7 @@ def classify_collection(args: argparse.Namespace, source: Path) -> int:
                            ".tif(f) or .webp)")
     to_json = args.json and not args.out
     with _client(args) as c:
-        if len(photos.names) > args.batch_over:
+        if len(photos.names) > args.batch_over or args.coverage:
             job = _as_batch_job(c, source, args)
             if job["status"] != "succeeded":
                 print(f"batch job {job['id']} {job['status']}"
@@ -414,22 +415,19 @@ def classify_collection(args: argparse.Namespace, source: Path) -> int:
     return EXIT_OK
 
 
-def print_prediction(j: PredictionJob) -> None:
+def _prediction_line(j: PredictionJob) -> str:
     source = (f"dataset {j['dataset_id']} ({j['split']})" if j["source"] == "dataset"
               else "upload")
-    print(f"{j['id']:<32} {j['status']:<9} {j['done']:>6}/{j['photos']:<6} {source:<44} "
-          f"{j['model_id']:<32} {j['created_at'][:19]}")
+    return (f"{j['id']:<32} {j['status']:<9} {j['done']:>6}/{j['photos']:<6} {source:<44} "
+            f"{j['model_id']:<32} {j['created_at'][:19]}")
 
 
 def cmd_predictions(args: argparse.Namespace) -> int:
     with _client(args) as c:
         rows = c.predictions()
-    if args.json:
-        emit_json({"predictions": rows})
-        return EXIT_OK
-    print(f"{'id':<32} {'status':<9} {'photos':>13} {'source':<44} {'model':<32} created")
-    for j in rows:
-        print_prediction(j)
+    emit_listing(args.json, "predictions", rows,
+                 f"{'id':<32} {'status':<9} {'photos':>13} {'source':<44} {'model':<32} created",
+                 _prediction_line)
     return EXIT_OK
 
 
@@ -465,14 +463,12 @@ def _score(x: float | None) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     with _client(args) as c:
         rows = c.models()
-    if args.json:
-        emit_json({"models": rows})
-        return EXIT_OK
-    print(f"{'id':<32} {'active':<6} {'dataset':<32} {'accuracy':>8} {'macro F1':>8}  finished")
-    for m in rows:
-        print(f"{m['id']:<32} {'yes' if m['active'] else '':<6} {m['dataset_id']:<32} "
-              f"{_score(m['accuracy']):>8} {_score(m.get('macro_f1')):>8}  "
-              f"{(m['finished_at'] or '')[:19]}")
+    emit_listing(args.json, "models", rows,
+                 f"{'id':<32} {'active':<6} {'dataset':<32} {'accuracy':>8} {'macro F1':>8}  "
+                 "finished",
+                 lambda m: f"{m['id']:<32} {'yes' if m['active'] else '':<6} "
+                 f"{m['dataset_id']:<32} {_score(m['accuracy']):>8} "
+                 f"{_score(m.get('macro_f1')):>8}  {(m['finished_at'] or '')[:19]}")
     return EXIT_OK
 
 
@@ -501,24 +497,20 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def print_activation(a: Activation) -> None:
+def _activation_line(a: Activation) -> str:
     scores = (f"{a['metric']} {_score(a['model_score']) or 'n/a'} vs "
               f"{_score(a['previous_score']) or 'n/a'}" if a["metric"] else "")
-    print(f"{a['id']:>4} {a['created_at'][:19]} {a['action']:<8} {a['model_id']:<32} "
-          f"{(a['previous_id'] or ''):<32} {scores:<24} {'yes' if a['forced'] else '':<6} "
-          f"{a['actor']}" + (f" ({a['client']})" if a["client"] else ""))
+    return (f"{a['id']:>4} {a['created_at'][:19]} {a['action']:<8} {a['model_id']:<32} "
+            f"{(a['previous_id'] or ''):<32} {scores:<24} {'yes' if a['forced'] else '':<6} "
+            f"{a['actor']}" + (f" ({a['client']})" if a["client"] else ""))
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     with _client(args) as c:
         rows = c.history(limit=args.limit)
-    if args.json:
-        emit_json({"history": rows})
-        return EXIT_OK
-    print(f"{'#':>4} {'when':<19} {'action':<8} {'model':<32} {'replaced':<32} "
-          f"{'scores':<24} {'forced':<6} who")
-    for a in rows:
-        print_activation(a)
+    emit_listing(args.json, "history", rows,
+                 f"{'#':>4} {'when':<19} {'action':<8} {'model':<32} {'replaced':<32} "
+                 f"{'scores':<24} {'forced':<6} who", _activation_line)
     return EXIT_OK
 
 
@@ -696,7 +688,13 @@ def print_review(review: LabelReview, *, limit: int) -> None:
 
 def register(command: AddCommand) -> None:
     client_command = client_commands(command)
+    _register_jobs(client_command)
+    _register_classify(client_command)
+    _register_models(client_command)
+    _register_data(client_command)
 
+
+def _register_jobs(client_command: AddCommand) -> None:
     p = client_command("upload", cmd_upload, "upload a dataset (zip or folder) to the service",
                        "examples:\n  hotdog demo-data data/demo --zip\n"
                        "  hotdog upload data/demo.zip\n  hotdog upload data/demo --name demo\n\n")
@@ -736,6 +734,8 @@ def register(command: AddCommand) -> None:
                        "examples:\n  hotdog cancel JOB_ID\n\n")
     p.add_argument("job_id", metavar="JOB_ID")
 
+
+def _register_classify(client_command: AddCommand) -> None:
     p = client_command("classify", cmd_classify, "classify photos with the service's model "
                        "(each photo's label and every class's probability), or every photo "
                        "of a folder or zip (CSV rows)",
@@ -762,6 +762,10 @@ def register(command: AddCommand) -> None:
                    f"(default: {PER_REQUEST})")
     p.add_argument("--queue-anyway", action="store_true",
                    help="a batch job: queue it even when no running worker would take it now")
+    p.add_argument("--coverage", action="store_true",
+                   help="a folder or zip: add a crop_coverage column (the share of the "
+                   "Grad-CAM evidence inside the centre crop the model sees; low: look at the "
+                   "photo). Runs as a batch job whatever the count, several times slower")
     p.add_argument("--interval", type=float, default=1.0,
                    help="a batch job: seconds between polls")
     add_explain_options(p, "OUTDIR", "write each photo's Grad-CAM overlay (the crop box drawn) "
@@ -787,6 +791,7 @@ def register(command: AddCommand) -> None:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
 
 
+def _register_models(client_command: AddCommand) -> None:
     client_command("models", cmd_models, "list the service's models (succeeded training jobs), "
                    "the active one first", "examples:\n  hotdog models\n\n")
 
@@ -812,6 +817,8 @@ def register(command: AddCommand) -> None:
                        "(who, when, both models and scores)", "examples:\n  hotdog history\n\n")
     p.add_argument("--limit", type=int, default=20, help="at most this many")
 
+
+def _register_data(client_command: AddCommand) -> None:
     p = client_command(
         "review", cmd_review, "review the labels of a succeeded training job's training "
         "images (a job on a worker, started if it has none), wait, and list the likely "

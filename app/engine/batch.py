@@ -1,7 +1,9 @@
 """Batch prediction: many photos through one :class:`Predictor`, in batches, in order.
 
 Each photo gets a row: its label and every class's probability, or why it could not be read
-(a photo that does not decode fails its row, never the batch). Photos are decoded and
+(a photo that does not decode fails its row, never the batch); with an :class:`Explainer`,
+also its ``crop_coverage``: the share of the Grad-CAM evidence for its label that the
+centre crop keeps (low: the model's evidence lies outside what it sees). Photos are decoded and
 cropped on a few threads, one batch ahead of the forward pass, so the model rarely waits.
 The rows are written as JSON lines (:class:`ResultsWriter`: a temp name, renamed once
 complete) and read back as JSON lines or CSV (:func:`read_rows`, :func:`csv_lines`).
@@ -19,9 +21,9 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,6 +31,9 @@ from app.engine.callback import TrainingCancelled
 from app.engine.catalogue import catalogue
 from app.engine.images import ImageDecodeError, is_image_file
 from app.engine.predict import Predictor
+
+if TYPE_CHECKING:
+    from app.engine.explain import Explainer
 
 IGNORED_FOLDERS = ("__MACOSX",)  # resource forks that macOS's Finder adds to zips
 
@@ -41,16 +46,19 @@ class Photo:
 
 @dataclass(frozen=True)
 class BatchRow:
-    """One photo's answer: ``label`` and ``probabilities``, or ``error`` (it did not decode)."""
+    """One photo's answer: ``label`` and ``probabilities``, or ``error`` (it did not decode);
+    ``crop_coverage`` when it was asked for (None for a photo without a label)."""
 
     filename: str
     label: str | None
     probabilities: dict[str, float] | None
     error: str | None = None
+    crop_coverage: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"filename": self.filename, "label": self.label,
-                "probabilities": self.probabilities, "error": self.error}
+    def to_dict(self, *, coverage: bool = False) -> dict[str, Any]:
+        out = {"filename": self.filename, "label": self.label,
+               "probabilities": self.probabilities, "error": self.error}
+        return {**out, "crop_coverage": self.crop_coverage} if coverage else out
 
 
 def _hidden(parts: Sequence[str]) -> bool:
@@ -98,11 +106,14 @@ def predict_photos(
     predictor: Predictor, photos: Sequence[Photo], *, batch_size: int = 64,
     threads: int | None = None, should_stop: Callable[[], bool] = lambda: False,
     on_batch: Callable[[Progress], None] | None = None, progress: Progress | None = None,
+    explainer: Explainer | None = None,
 ) -> Iterator[BatchRow]:
     """Every photo's row, in ``photos``' order. Decoding runs on ``threads`` (default: up
     to 4) one batch ahead of the forward pass; ``should_stop`` is asked before each batch
     (:class:`TrainingCancelled` when it says so); ``on_batch`` hears the progress after
-    each batch's rows are out. ``progress``: counted in this object (else a new one)."""
+    each batch's rows are out. ``progress``: counted in this object (else a new one).
+    ``explainer``: each labelled row also gets its ``crop_coverage`` (a Grad-CAM pass per
+    photo, for its predicted class: several times the cost of the prediction)."""
     progress = progress if progress is not None else Progress(total=len(photos))
     chunks = [photos[i:i + batch_size] for i in range(0, len(photos), batch_size)]
     workers = threads or max(1, min(4, os.cpu_count() or 1))
@@ -118,7 +129,10 @@ def predict_photos(
                 raise TrainingCancelled(f"cancelled after {progress.done} of "
                                         f"{progress.total} photos")
             current, ahead = ahead, decode(chunks[i + 1]) if i + 1 < len(chunks) else []
-            yield from _rows(predictor, chunk, current, progress)
+            rows = _rows(predictor, chunk, current, progress)
+            yield from (rows if explainer is None else
+                        (_with_coverage(explainer, row, photo)
+                         for row, photo in zip(rows, chunk, strict=True)))
             if on_batch is not None:
                 on_batch(progress)
 
@@ -147,13 +161,23 @@ def _rows(predictor: Predictor, chunk: Sequence[Photo], decoded: list[Future[tor
         yield BatchRow(photo.name, label, dict(zip(predictor.classes, p, strict=True)))
 
 
+def _with_coverage(explainer: Explainer, row: BatchRow, photo: Photo) -> BatchRow:
+    """``row`` with the crop coverage of its label's heatmap (None: no label, or a heatmap
+    with no evidence anywhere)."""
+    if row.label is None:
+        return row
+    explanation = explainer.explain(photo.path, row.label, name=photo.name)
+    return replace(row, crop_coverage=explanation.crop_coverage)
+
+
 class ResultsWriter:
     """JSON lines written under a temporary name in the destination's folder and renamed
     over ``path`` only by :meth:`commit`: a reader sees the whole file or none. A writer
     closed without committing removes its temp file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, coverage: bool = False) -> None:
         self.path = path
+        self.coverage = coverage
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         self.tmp = Path(tmp)
@@ -161,7 +185,7 @@ class ResultsWriter:
 
     def write(self, rows: Iterable[BatchRow]) -> None:
         for row in rows:
-            self.fh.write(json.dumps(row.to_dict()) + "\n")
+            self.fh.write(json.dumps(row.to_dict(coverage=self.coverage)) + "\n")
 
     def commit(self) -> Path:
         self.fh.flush()
@@ -187,13 +211,17 @@ def read_rows(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def csv_header(classes: Sequence[str]) -> list[str]:
-    """``filename, label, p_<class>... , error``: one probability column per class."""
-    return ["filename", "label", *(f"p_{c}" for c in classes), "error"]
+def csv_header(classes: Sequence[str], *, coverage: bool = False) -> list[str]:
+    """``filename, label, p_<class>... , [crop_coverage,] error``: one probability column
+    per class."""
+    return ["filename", "label", *(f"p_{c}" for c in classes),
+            *(["crop_coverage"] if coverage else []), "error"]
 
 
-def csv_lines(rows: Iterable[dict[str, Any]], classes: Sequence[str]) -> Iterator[str]:
-    """The rows as CSV text, a header first, one line at a time (for streaming)."""
+def csv_lines(rows: Iterable[dict[str, Any]], classes: Sequence[str], *,
+              coverage: bool = False) -> Iterator[str]:
+    """The rows as CSV text, a header first, one line at a time (for streaming);
+    ``coverage``: with the ``crop_coverage`` column."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
 
@@ -204,9 +232,11 @@ def csv_lines(rows: Iterable[dict[str, Any]], classes: Sequence[str]) -> Iterato
         buf.truncate()
         return text
 
-    yield line(csv_header(classes))
+    yield line(csv_header(classes, coverage=coverage))
     for row in rows:
         probs = row.get("probabilities") or {}
+        covered = row.get("crop_coverage")
         yield line([row["filename"], row.get("label") or "",
                     *(repr(float(probs[c])) if c in probs else "" for c in classes),
+                    *([] if not coverage else ["" if covered is None else repr(covered)]),
                     row.get("error") or ""])

@@ -82,11 +82,8 @@ def remove_uploaded_photos(job_dir: Path) -> None:
 
 def _model(session: Session, model_id: str) -> Job:
     model = get_job(session, model_id)
-    if model.kind is not JobKind.TRAIN:
-        raise JobConflict(f"job {model_id} is a {model.kind.value} job, not a model")
-    if model.status is not JobStatus.SUCCEEDED or not model.checkpoint_path:
-        raise JobConflict(f"job {model_id} is {model.status.value}; only a succeeded "
-                          "training job has a model to predict with")
+    if (problem := model.model_problem()) is not None:
+        raise JobConflict(f"{problem}: nothing to predict with")
     return model
 
 
@@ -100,21 +97,23 @@ def _check_count(photos: int, max_photos: int, what: str) -> None:
 
 
 def _params(model: Job, *, source: str, photos: int, batch_size: int, runtime: str,
-            extra: dict[str, Any]) -> dict[str, Any]:
-    """What a predict job records: its model, what it reads, how many photos, and how it
-    runs. ``device`` and ``gpus`` route it as its model's training was routed (a model
-    trained on a GPU worker predicts on one); one process predicts."""
+            coverage: bool, extra: dict[str, Any]) -> dict[str, Any]:
+    """What a predict job records: its model, what it reads, how many photos, whether each
+    row also gets its crop coverage (a Grad-CAM pass per photo), and how it runs. ``device``
+    and ``gpus`` route it as its model's training was routed (a model trained on a GPU
+    worker predicts on one); one process predicts."""
     trained = model.params
     return {"model": model.id, "source": source, "photos": photos, "batch_size": batch_size,
             "image_size": int(trained.get("image_size", 224)),
             "device": str(trained.get("device") or "auto"),
             "precision": str(trained.get("precision") or "auto"), "runtime": runtime,
-            "gpus": 1, **extra}
+            "coverage": coverage, "gpus": 1, **extra}
 
 
 def submit_upload(
     session: Session, *, job_id: str, model_id: str, photos: int, ignored: Sequence[str],
     batch_size: int, runtime: str, max_photos: int, max_active_jobs: int, max_attempts: int,
+    coverage: bool = False,
 ) -> Job:
     """Store a queued job for the ``photos`` images that an upload put in the folder of job
     ``job_id`` (``ignored``: its files that are not images). The caller commits, then sends
@@ -124,7 +123,7 @@ def submit_upload(
     _serialize_submissions(session)
     check_capacity(session, max_active_jobs)
     params = _params(model, source="upload", photos=photos, batch_size=batch_size,
-                     runtime=runtime, extra={"ignored": len(ignored),
+                     runtime=runtime, coverage=coverage, extra={"ignored": len(ignored),
                                              "ignored_examples": list(ignored[:5])})
     return create_job(session, job_id=job_id, dataset_id=None, params=params, epochs=1,
                       max_attempts=max_attempts, kind=JobKind.PREDICT, model_id=model.id)
@@ -133,6 +132,7 @@ def submit_upload(
 def submit_dataset(
     session: Session, *, dataset_id: str, split: str, model_id: str, batch_size: int,
     runtime: str, max_photos: int, max_active_jobs: int, max_attempts: int,
+    coverage: bool = False,
 ) -> Job:
     """Store a queued job that classifies the images of one split of a stored dataset
     (any classes: the dataset's labels are not used). The caller commits and queues it."""
@@ -146,7 +146,7 @@ def submit_dataset(
     _check_count(photos, max_photos, f"the {split} split of dataset {dataset_id}")
     check_capacity(session, max_active_jobs)
     params = _params(model, source="dataset", photos=photos, batch_size=batch_size,
-                     runtime=runtime, extra={"split": split})
+                     runtime=runtime, coverage=coverage, extra={"split": split})
     return create_job(session, dataset_id=dataset_id, params=params, epochs=1,
                       max_attempts=max_attempts, kind=JobKind.PREDICT, model_id=model.id)
 

@@ -40,6 +40,7 @@
     const form = new FormData();
     form.append("file", file, file.name);
     if ($("batch-model").value) form.append("model", $("batch-model").value);
+    if ($("batch-coverage").checked) form.append("coverage", "true");
     const bar = $("batch-upload");
     const button = $("batch-submit");
     bar.value = 0;
@@ -130,7 +131,8 @@
     const classes = rows.find((r) => r.probabilities);
     const names = classes ? Object.keys(classes.probabilities) : [];
     const head = el("tr");
-    for (const h of ["photo", "label", ...names.map((c) => `p(${c})`)]) {
+    const extra = job.coverage ? ["in the crop"] : [];
+    for (const h of ["photo", "label", ...names.map((c) => `p(${c})`), ...extra]) {
       head.append(el("th", { scope: "col" }, h));
     }
     const body = el("tbody");
@@ -138,10 +140,16 @@
       const tr = el("tr", { "data-file": r.filename });
       tr.append(el("td", {}, r.filename));
       if (r.error) {
-        tr.append(el("td", { class: "job-error", colspan: String(1 + names.length) }, r.error));
+        tr.append(el("td", { class: "job-error", colspan: String(1 + names.length + extra.length) },
+          r.error));
       } else {
         tr.append(el("td", { class: "label" }, r.label));
         for (const c of names) tr.append(el("td", {}, r.probabilities[c].toFixed(3)));
+        // The share of the evidence for the label that the centre crop keeps.
+        if (job.coverage) {
+          const c = r.crop_coverage;
+          tr.append(el("td", { class: "coverage" }, c == null ? "–" : `${Math.round(c * 100)}%`));
+        }
       }
       body.append(tr);
     }

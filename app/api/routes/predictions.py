@@ -45,6 +45,7 @@ router = APIRouter(prefix="/predictions", tags=["predictions"], dependencies=GUA
 
 MEDIA = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
 JSON_BODY_LIMIT = 1 << 20  # as every other JSON body (app.api.app)
 
 
@@ -57,7 +58,8 @@ def prediction_out(job: Job, settings: Settings, waiting_for: str | None = None
     return PredictionJobOut(
         id=job.id, status=job.status.value, model_id=job.model_id or params.get("model", ""),
         source=params.get("source", "upload"), dataset_id=job.dataset_id,
-        split=params.get("split"), photos=total, done=done,
+        split=params.get("split"), coverage=bool(params.get("coverage")), photos=total,
+        done=done,
         fraction=done / total if total else 0.0, ignored=int(params.get("ignored", 0)),
         summary=BatchSummaryOut.model_validate(summary) if summary else None,
         results=(f"/predictions/{job.id}/results" if job.status is JobStatus.SUCCEEDED
@@ -99,7 +101,7 @@ def _from_dataset(state: State, body: PredictionsFromDataset) -> PredictionJobOu
             session, dataset_id=body.dataset_id, split=body.split, model_id=model_id,
             batch_size=settings.batch_predict_size, runtime=_runtime(state, model_id),
             max_photos=settings.batch_max_photos, max_active_jobs=settings.max_active_jobs,
-            max_attempts=settings.max_attempts)
+            max_attempts=settings.max_attempts, coverage=body.coverage)
         return _queued(session, state, job, body.queue_anyway)
 
 
@@ -109,14 +111,14 @@ def _model_of(state: State, model: str | None) -> str:
 
 
 def _from_upload(state: State, job_id: str, model_id: str, photos: int, ignored: list[str],
-                 queue_anyway: bool) -> PredictionJobOut:
+                 queue_anyway: bool, coverage: bool) -> PredictionJobOut:
     settings = state.settings
     with state.session() as session, files_removed_on_error(settings.job_dir(job_id)):
         job = predictions.submit_upload(
             session, job_id=job_id, model_id=model_id, photos=photos, ignored=ignored,
             batch_size=settings.batch_predict_size, runtime=_runtime(state, model_id),
             max_photos=settings.batch_max_photos, max_active_jobs=settings.max_active_jobs,
-            max_attempts=settings.max_attempts)
+            max_attempts=settings.max_attempts, coverage=coverage)
         return _queued(session, state, job, queue_anyway)
 
 
@@ -132,7 +134,8 @@ async def _upload(request: Request, state: State) -> PredictionJobOut:
             if not isinstance(file, UploadFile):
                 raise Unprocessable("multipart field 'file' is required: a zip of photos")
             model = _text(form.get("model"))
-            queue_anyway = str(form.get("queue_anyway") or "").lower() in TRUE
+            queue_anyway = _flag(form.get("queue_anyway"))
+            coverage = _flag(form.get("coverage"))
             model_id = await run_in_threadpool(_model_of, state, model)
             job_id = uuid.uuid4().hex
             limits = Limits(max_bytes=settings.max_dataset_bytes,
@@ -141,7 +144,16 @@ async def _upload(request: Request, state: State) -> PredictionJobOut:
             photos, ignored = await state.uploads.run(
                 predictions.store_upload, file.file, settings.job_dir(job_id), limits)
     return await run_in_threadpool(_from_upload, state, job_id, model_id, photos, ignored,
-                                   queue_anyway)
+                                   queue_anyway, coverage)
+
+
+def _flag(value: Any) -> bool:
+    """A form field's yes/no: true, 1, yes or on (any case) for yes; absent or empty for no;
+    anything else is a 422 rather than a silent no."""
+    text = str(value or "").strip().lower()
+    if text and text not in TRUE and text not in FALSE:
+        raise Unprocessable(f"a yes/no form field must be true or false, not {str(value)!r}")
+    return text in TRUE
 
 
 SUBMIT_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
@@ -150,7 +162,10 @@ SUBMIT_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
             "file": {"type": "string", "format": "binary",
                      "description": "a zip of photos, any folder layout"},
             "model": {"type": "string", "description": "job id; default: the active model"},
-            "queue_anyway": {"type": "boolean"}}}},
+            "queue_anyway": {"type": "boolean"},
+            "coverage": {"type": "boolean", "description": "also give each photo its "
+                         "crop_coverage (a Grad-CAM heatmap per photo: several times "
+                         "slower)"}}}},
     "application/json": {"schema": {"$ref": "#/components/schemas/PredictionsFromDataset"}},
 }}}
 
@@ -216,16 +231,17 @@ def cancel_prediction(session: SessionDep, settings: SettingsDep, job_id: str
 RESULTS_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {
     MEDIA["csv"]: {}, MEDIA["jsonl"]: {}},
     "description": "one row per photo, in path order: filename (its path in the zip), "
-    "label, the probability of every class, and error (why a photo that did not decode "
-    "has no label)"}}
+    "label, the probability of every class, crop_coverage when the job was asked for it, "
+    "and error (why a photo that did not decode has no label)"}}
 
 
 @router.get("/{job_id}/results", response_class=StreamingResponse, responses=RESULTS_DOC)
 def prediction_results(
     session: SessionDep, settings: SettingsDep, job_id: str,
     format: Annotated[Literal["csv", "jsonl"], Query(
-        description="csv: filename, label, p_<class>..., error; jsonl: one JSON object "
-        "per photo ({filename, label, probabilities, error})")] = "csv",
+        description="csv: filename, label, p_<class>..., [crop_coverage,] error; jsonl: one "
+        "JSON object per photo ({filename, label, probabilities, error[, crop_coverage]})"
+    )] = "csv",
     limit: Annotated[int | None, Query(ge=1, le=MAX_OFFSET,
                                        description="only the first rows (a preview)")] = None,
 ) -> StreamingResponse:
@@ -235,7 +251,8 @@ def prediction_results(
     body: Iterator[str] | Iterator[bytes]
     if format == "csv":
         rows = itertools.islice(read_rows(path), limit)
-        body = _joined(csv_lines(rows, predictions.classes_of(session, job)))
+        body = _joined(csv_lines(rows, predictions.classes_of(session, job),
+                                 coverage=bool(job.params.get("coverage"))))
     elif limit is not None:
         body = _joined(itertools.islice(_lines(path), limit))
     else:
