@@ -81,6 +81,24 @@ AT_CHECKPOINT = 0.4
 ANYTIME = 0.15
 
 
+class PatientClient(Client):
+    """The harness's client: it retries what the service asks it to retry, as a user would:
+    a 503 (the API answers so while the database connection is cut, with Retry-After), for
+    up to ``patience`` seconds. Any other answer is the service's, as it was."""
+
+    patience = 60.0
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.patience
+        while True:
+            try:
+                return super().request(method, path, **kwargs)
+            except ServiceError as exc:
+                if exc.status != 503 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
+
+
 def say(message: str) -> None:
     print(f"chaos {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
@@ -483,7 +501,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     # 10 s, not 300, so that the run ends within its deadline.
     env = {"MAX_ATTEMPTS": str(MAX_ATTEMPTS), "OMP_NUM_THREADS": "1",
            "QUEUED_RESEND_SECONDS": "10"}
-    with stack_of(args.stack, tmp, **env) as (stack, proxy, redis), stack.client() as client:
+    with stack_of(args.stack, tmp, **env) as (stack, proxy, redis), \
+            PatientClient(stack.url, timeout=60) as client:
         data_dir = Path(stack.env["DATA_DIR"]).resolve()
         ds = client.upload(dataset)["id"]
         # Queued before the workers start (and while they are killed): queue_anyway.
