@@ -296,6 +296,7 @@ def test_a_zip_of_photos_becomes_a_batch_job_and_a_csv(browser: WebDriver, servi
         By.CSS_SELECTOR, f'#batch-model option[value="{job_id}"]'))
     Select(browser.find_element(By.ID, "batch-model")).select_by_value(job_id)
     browser.find_element(By.ID, "batch-file").send_keys(str(photos))
+    browser.find_element(By.ID, "batch-coverage").click()  # each photo's crop coverage too
     browser.find_element(By.ID, "batch-submit").click()
     panel = wait_on_page(browser, "the batch job", lambda d: (
         d.find_element(By.ID, "batch-job") if d.find_element(By.ID, "batch-job").is_displayed()
@@ -312,11 +313,14 @@ def test_a_zip_of_photos_becomes_a_batch_job_and_a_csv(browser: WebDriver, servi
         By.CSS_SELECTOR, "#batch-preview tbody tr"))
     assert rows[0].get_attribute("data-file") == "broken.jpg"
     assert "broken.jpg" in rows[0].text and len(rows) == 5
+    for row in rows[1:]:  # how much of the evidence the crop keeps, in percent
+        assert re.fullmatch(r"\d{1,3}%|–", row.find_element(By.CSS_SELECTOR, "td.coverage").text)
     # The link downloads the job's CSV.
     link = browser.find_element(By.ID, "batch-download")
     assert link.is_displayed() and link.get_attribute("download")
     csv_text = httpx.get(link.get_attribute("href"), timeout=30).text
     assert csv_text.splitlines()[0].startswith("filename,label,p_")
+    assert csv_text.splitlines()[0].endswith(",crop_coverage,error")
     assert len(csv_text.splitlines()) == 6
     labels = {r.get_attribute("data-file"): r.find_element(By.CSS_SELECTOR, "td.label").text
               for r in rows[1:]}
@@ -326,6 +330,8 @@ def test_a_zip_of_photos_becomes_a_batch_job_and_a_csv(browser: WebDriver, servi
     # The job is in the jobs list as well.
     wait_on_page(browser, "the batch job in the jobs list",
                  lambda d: row_status(d, batch_id) == "succeeded")
+
+
 def test_the_overlay_shows_the_crop_and_toggles_to_the_whole_photo(
         browser: WebDriver, service: Stack, trained: dict, tmp_path: Path) -> None:
     open_page(browser, service)
