@@ -331,6 +331,12 @@ class Proxy:
         except OSError:
             pass
         finally:
+            # shutdown() first: it sends the FIN and wakes the other direction's thread,
+            # blocked in recv() on these sockets. close() alone would leave that recv
+            # holding the socket open, so the server would never hear that its client went
+            # (a Postgres session kept idle in its transaction, with its locks).
             for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     s.close()

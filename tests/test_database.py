@@ -9,12 +9,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, EpochMetric, Evaluation, Job, JobStatus
@@ -92,6 +93,35 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
     engine.dispose()
+
+
+def test_postgres_ends_a_transaction_its_client_left_idle(migrated_postgres_url: str) -> None:
+    """A session that holds a transaction (and its locks) and then says nothing, as a worker
+    killed mid-transaction whose socket lingers does, is ended by Postgres, so the others
+    can take the locks; before, such a lock held every worker's resend of a job forever."""
+    key = 7_351_246  # an advisory lock stands for the row locks of an UPDATE
+    held = make_engine(migrated_postgres_url, idle_transaction_seconds=1)
+    other = make_engine(migrated_postgres_url)
+    try:
+        conn = held.connect()
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})  # then silence
+        deadline = time.monotonic() + 15
+        with other.connect() as probe:
+            while not probe.execute(text("SELECT pg_try_advisory_xact_lock(:k)"),
+                                    {"k": key}).scalar():
+                probe.rollback()
+                assert time.monotonic() < deadline, "the idle transaction still holds its lock"
+                time.sleep(0.2)
+            probe.rollback()
+        with pytest.raises(DBAPIError, match="idle-in-transaction timeout"):  # ended for good
+            conn.execute(text("SELECT 1"))
+        conn.close()
+        # The service's own sessions carry the setting (unless the URL sets its options).
+        with other.connect() as c:
+            assert c.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "1min"
+    finally:
+        held.dispose()
+        other.dispose()
 
 
 def test_postgres_urls_use_psycopg3() -> None:

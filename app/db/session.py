@@ -11,6 +11,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Postgres ends a session that holds a transaction open and does nothing for this long,
+# rolling it back. The service never keeps one idle (every transaction is a few statements),
+# so such a session is a client gone without closing: a process killed mid-transaction whose
+# socket lingers, or a network cut. Its row locks would otherwise block every worker's
+# claims and resends of those jobs for good (bench/chaos.py found jobs queued forever).
+IDLE_TRANSACTION_SECONDS = 60.0
 
 
 def normalize_url(url: str) -> str:
@@ -21,7 +27,8 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, idle_transaction_seconds: float = IDLE_TRANSACTION_SECONDS,
+                **kwargs: Any) -> Engine:
     url = normalize_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         database = make_url(url).database
@@ -30,7 +37,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    return create_engine(url, pool_pre_ping=True,
+                         connect_args=_postgres_options(url, idle_transaction_seconds),
+                         **kwargs)
+
+
+def _postgres_options(url: str, idle_transaction_seconds: float,
+                      statement_seconds: float | None = None) -> dict[str, Any]:
+    """libpq ``options`` for the service's sessions (none when the URL sets its own
+    ``options``: the operator's word wins)."""
+    if "options" in make_url(url).query:
+        return {}
+    settings = [f"-c idle_in_transaction_session_timeout={int(idle_transaction_seconds * 1000)}"]
+    if statement_seconds is not None:
+        settings.append(f"-c statement_timeout={int(statement_seconds * 1000)}")
+    return {"options": " ".join(settings)}
 
 
 def make_probe_engine(url: str, timeout: float) -> Engine:
@@ -44,7 +65,7 @@ def make_probe_engine(url: str, timeout: float) -> Engine:
                          pool_pre_ping=True, connect_args={
                              # libpq counts whole seconds (2 at least)
                              "connect_timeout": max(2, round(timeout)),
-                             "options": f"-c statement_timeout={int(timeout * 1000)}"})
+                             **_postgres_options(url, IDLE_TRANSACTION_SECONDS, timeout)})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
