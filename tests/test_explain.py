@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,12 @@ def objects(tmp_path_factory: pytest.TempPathFactory
 
 
 def test_the_heatmap_points_at_the_object(objects: tuple[Path, Path, dict[str, tuple[
-        int, int, int, int]]]) -> None:
-    data, model, boxes = objects
+        int, int, int, int]]], tmp_path: Path) -> None:
+    # At 96 px layer4's heatmap has 3 x 3 cells over the crop (2 x 2 at 64 px, too coarse
+    # to point with: 72-91 % hits there, by CPU).
+    data, _, boxes = objects
+    model = tmp_path / "model96.pt"
+    fit(data, replace(OBJECT_MODEL, image_size=96), model)
     predictor, explainer = Predictor(model, device="cpu"), Explainer(model)
     hits, correct = 0, 0
     for rel, (x0, y0, x1, y1) in boxes.items():

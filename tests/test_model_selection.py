@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -99,7 +100,10 @@ def test_the_datasets_val_folder_is_used_when_present(color_dataset: Path,
             p.rename(data / "val" / cls / p.name)
     assert load_image_folder(data).counts()["val"] == {"hotdog": 3, "not-hotdog": 3}
     started = Started()
-    result = fit(data, TrainConfig(**TINY, epochs=1), tmp_path / "m.pt", callback=started)
+    # fp32 and a gentle lr: this test is about the split, and scratch's lr in bf16 can
+    # diverge in one epoch on 10 images on some CPUs.
+    result = fit(data, TrainConfig(**{**TINY, "lr": 0.01, "precision": "fp32"}, epochs=1),
+                 tmp_path / "m.pt", callback=started)
     split = load_checkpoint(result.checkpoint)["split"]
     assert split["source"] == "folder" and len(split["images"]) == 6
     assert all(i.startswith("val/") for i in split["images"])
@@ -187,7 +191,8 @@ def test_selection_never_reads_the_test_split(moving_dataset: Path, tmp_path: Pa
     clean = fit(moving_dataset, cfg, tmp_path / "clean.pt")
     dirty = fit(poisoned, cfg, tmp_path / "dirty.pt")
     clean_acc = [m.test_acc for m in clean.history]
-    assert [m.test_acc for m in dirty.history] == [1 - a for a in clean_acc]
+    # (1 - 2/3 is 0.33333333333333337 in floating point, 1/3 is 0.3333333333333333)
+    assert [m.test_acc for m in dirty.history] == pytest.approx([1 - a for a in clean_acc])
     # A choice that read test accuracy would differ between the two runs.
     assert len(set(clean_acc)) > 1, clean_acc
     assert dirty.selected_epoch == clean.selected_epoch
@@ -263,15 +268,32 @@ def _untimed(history: list[dict]) -> list[dict]:
             for m in history]
 
 
+def _earlier_best(history: list[Any], metric: str) -> int:
+    """An epoch to stop after at which the run's best epoch is already behind (the
+    trajectory, and so that epoch, differs between CPUs): the kept model then comes from
+    the best.pt written before the stop."""
+    from app.engine import selection
+
+    rows = [m.to_dict() for m in history]
+    best = selection.pick(rows, "best", metric)["epoch"]
+    for stop in range(best + 1, len(rows)):
+        if selection.pick(rows[:stop], "best", metric)["epoch"] == best:
+            return stop
+    raise AssertionError(f"no epoch of this run has an earlier best {metric}: {rows}")
+
+
 @pytest.mark.parametrize(("schedule", "metric", "stop"), [
     ("cosine", "val_loss", 2),  # the best epoch is the checkpoint's own
-    ("constant", "val_acc", 3),  # the best epoch (2) is earlier: its model comes from best.pt
+    ("constant", "val_acc", None),  # the best epoch is earlier: its model comes from best.pt
 ])
 def test_resume_with_a_schedule_and_a_validation_split_equals_the_uninterrupted_run(
-        moving_dataset: Path, tmp_path: Path, schedule: str, metric: str, stop: int) -> None:
-    cfg = TrainConfig(**MOVING, epochs=4, lr_schedule=schedule, select_metric=metric,
+        moving_dataset: Path, tmp_path: Path, schedule: str, metric: str,
+        stop: int | None) -> None:
+    cfg = TrainConfig(**MOVING, epochs=5, lr_schedule=schedule, select_metric=metric,
                       momentum=0.5 if schedule == "cosine" else 0.0)
     straight = fit(moving_dataset, cfg, tmp_path / "straight.pt")
+    if stop is None:
+        stop = _earlier_best(straight.history, metric)
     last = tmp_path / "last.pt"
     with pytest.raises(TrainingCancelled):
         fit(moving_dataset, cfg, tmp_path / "x.pt", epoch_checkpoint=last,
