@@ -261,7 +261,10 @@ def test_a_decision_threshold_set_at_activation_decides_the_label(
         assert c.post(f"/models/{job}/activate").json()["decision"]["threshold"] == 1e-6
         assert c.post(f"/models/{job}/activate", json={"threshold": None}).json()[
             "decision"] is None
-        assert c.post("/predict", files=_files(photos)).json() == plain
+        # The same answer, but for the runtime's speed: measured in the background, it may
+        # have arrived since the first request (None until then).
+        again = c.post("/predict", files=_files(photos)).json()
+        assert {**again, "images_per_second": None} == {**plain, "images_per_second": None}
 
 
 def test_hotdog_predict_writes_the_overlay(served: tuple[Settings, str, list[bytes]],

@@ -42,16 +42,13 @@ def make_engine(url: str, *, idle_transaction_seconds: float = IDLE_TRANSACTION_
                          **kwargs)
 
 
-def _postgres_options(url: str, idle_transaction_seconds: float,
-                      statement_seconds: float | None = None) -> dict[str, Any]:
+def _postgres_options(url: str, idle_transaction_seconds: float) -> dict[str, Any]:
     """libpq ``options`` for the service's sessions (none when the URL sets its own
     ``options``: the operator's word wins)."""
     if "options" in make_url(url).query:
         return {}
-    settings = [f"-c idle_in_transaction_session_timeout={int(idle_transaction_seconds * 1000)}"]
-    if statement_seconds is not None:
-        settings.append(f"-c statement_timeout={int(statement_seconds * 1000)}")
-    return {"options": " ".join(settings)}
+    return {"options": "-c idle_in_transaction_session_timeout="
+                       f"{int(idle_transaction_seconds * 1000)}"}
 
 
 def make_probe_engine(url: str, timeout: float) -> Engine:
@@ -65,7 +62,7 @@ def make_probe_engine(url: str, timeout: float) -> Engine:
                          pool_pre_ping=True, connect_args={
                              # libpq counts whole seconds (2 at least)
                              "connect_timeout": max(2, round(timeout)),
-                             **_postgres_options(url, IDLE_TRANSACTION_SECONDS, timeout)})
+                             "options": f"-c statement_timeout={int(timeout * 1000)}"})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -166,7 +166,7 @@ def _with_coverage(explainer: Explainer, row: BatchRow, photo: Photo) -> BatchRo
     with no evidence anywhere)."""
     if row.label is None:
         return row
-    explanation = explainer.explain(photo.path, row.label, name=photo.name)
+    explanation = explainer.explain(photo.path, row.label, name=photo.name, overlay=False)
     return replace(row, crop_coverage=explanation.crop_coverage)
 
 

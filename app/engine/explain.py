@@ -117,8 +117,10 @@ class Explainer:
 
     def explain(self, source: str | Path | bytes, target: str | int, *, crop: Crop = "center",
                 name: str | None = None, budget: DecodeBudget | None = None,
-                wait: float | None = None, threads: int | None = None) -> Explanation:
-        """The heatmap of ``target`` (a class name or index) for one photo. ``threads``:
+                wait: float | None = None, threads: int | None = None,
+                overlay: bool = True) -> Explanation:
+        """The heatmap of ``target`` (a class name or index) for one photo (``overlay``
+        False: without drawing its PNG, for the figures alone). ``threads``:
         intra-op threads for this call (per calling thread), so that explanations can be
         kept off the cores that plain predictions use."""
         if crop not in CROPS:
@@ -136,7 +138,8 @@ class Explainer:
             picture = full_resize(img, pre)
             box = (0, 0, pre.image_size, pre.image_size)
         cam = self._cam(picture, index, threads)  # (gh, gw), >= 0
-        return _explanation(self.classes[index], img, size, crop, picture.size, box, cam)
+        return _explanation(self.classes[index], img, size, crop, picture.size, box, cam,
+                            overlay)
 
     def _cam(self, picture: Image.Image, index: int, threads: int | None) -> np.ndarray:
         if threads is not None and torch.get_num_threads() != threads:
@@ -177,7 +180,8 @@ def _resize_short(img: Image.Image, pre: Preprocessing) -> tuple[Image.Image, Bo
 
 
 def _explanation(target: str, img: Image.Image, size: tuple[int, int], crop: Crop,
-                 model_size: tuple[int, int], box: Box, cam: np.ndarray) -> Explanation:
+                 model_size: tuple[int, int], box: Box, cam: np.ndarray,
+                 overlay: bool = True) -> Explanation:
     w, h = size
     mw, mh = model_size  # the picture the heatmap was computed on covers the whole photo
     sx, sy = w / mw, h / mh
@@ -202,7 +206,8 @@ def _explanation(target: str, img: Image.Image, size: tuple[int, int], crop: Cro
         target=target, size=size, crop=crop, crop_box=crop_box,
         grid=[[round(float(v), 4) for v in row] for row in grid], grid_box=(0, 0, w, h),
         peak=peak, crop_coverage=None if coverage is None else round(coverage, 4),
-        warning=warning, overlay_png=_overlay(img, grid, size, crop_box, peak))
+        warning=warning,
+        overlay_png=_overlay(img, grid, size, crop_box, peak) if overlay else b"")
 
 
 def _peak(grid: np.ndarray) -> tuple[float, float]:

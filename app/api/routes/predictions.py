@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
@@ -44,8 +44,7 @@ router = APIRouter(prefix="/predictions", tags=["predictions"], dependencies=GUA
                    responses=ERRORS)
 
 MEDIA = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
-TRUE = ("1", "true", "yes", "on")
-FALSE = ("0", "false", "no", "off")
+_BOOL = TypeAdapter(bool)  # pydantic's yes/no, as FastAPI parses /predict's form fields
 JSON_BODY_LIMIT = 1 << 20  # as every other JSON body (app.api.app)
 
 
@@ -134,8 +133,8 @@ async def _upload(request: Request, state: State) -> PredictionJobOut:
             if not isinstance(file, UploadFile):
                 raise Unprocessable("multipart field 'file' is required: a zip of photos")
             model = _text(form.get("model"))
-            queue_anyway = _flag(form.get("queue_anyway"))
-            coverage = _flag(form.get("coverage"))
+            queue_anyway = _flag(form.get("queue_anyway"), "queue_anyway")
+            coverage = _flag(form.get("coverage"), "coverage")
             model_id = await run_in_threadpool(_model_of, state, model)
             job_id = uuid.uuid4().hex
             limits = Limits(max_bytes=settings.max_dataset_bytes,
@@ -147,13 +146,16 @@ async def _upload(request: Request, state: State) -> PredictionJobOut:
                                    queue_anyway, coverage)
 
 
-def _flag(value: Any) -> bool:
-    """A form field's yes/no: true, 1, yes or on (any case) for yes; absent or empty for no;
-    anything else is a 422 rather than a silent no."""
-    text = str(value or "").strip().lower()
-    if text and text not in TRUE and text not in FALSE:
-        raise Unprocessable(f"a yes/no form field must be true or false, not {str(value)!r}")
-    return text in TRUE
+def _flag(value: Any, name: str) -> bool:
+    """A form field's yes/no (absent or empty: no); a value that is neither is a 422 rather
+    than a silent no."""
+    if value is None or value == "":
+        return False
+    try:
+        return _BOOL.validate_python(value)
+    except ValidationError:
+        raise Unprocessable(f"form field {name!r} must be true or false, not {str(value)!r}"
+                            ) from None
 
 
 SUBMIT_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
