@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,3 +263,75 @@ def test_bad_zips_and_requests_are_refused_naming_the_problem(
         assert client.get(path).status_code == 404
     # Refused uploads leave nothing behind.
     assert (sorted(p.name for p in jobs.iterdir()) if jobs.is_dir() else []) == jobs_before
+
+
+def test_a_predict_job_runs_in_the_spare_process_started_ahead_of_it(
+        client: TestClient, settings: Settings, model: dict[str, str], color_dataset: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """WARM_PREDICT_PROCESS: a worker keeps a prediction process that has imported
+    everything; a predict job runs in it, with the environment a process started for it
+    would have, and gives the same rows as in a process of its own; the next spare starts
+    when the job has ended; a dead spare means a process of its own; a stopping worker
+    leaves none behind."""
+    from worker import runner, tasks
+
+    spare = runner.SpareProcess()
+    monkeypatch.setattr(runner, "SPARE", spare)
+    monkeypatch.setattr(tasks, "SPARE", spare)
+    data, _ = photos_zip(color_dataset)
+
+    def results(job: dict) -> str:
+        return client.get(f"/predictions/{job['id']}/results?format=jsonl").text
+
+    def next_spare(*not_these: subprocess.Popen[str]) -> subprocess.Popen[str]:
+        return wait_for(lambda: spare.proc if spare.proc not in (None, *not_these) else None,
+                        timeout=30, what="the next spare process")
+
+    cold = submit_zip(client, data)
+    assert run_job_now(cold["id"], settings=settings) == "succeeded"
+    assert spare.proc is None  # a worker that keeps none (run_job_now alone) starts none
+
+    spare.ensure()  # as a worker does when it is ready
+    first = next_spare()
+    assert _cmdline(first.pid)[-3:] == ["-m", "worker.child", "--spare"]
+    # Set after the spare started, the job's environment still reaches the job's process
+    # there: it kills itself, and the job's next attempts succeed once the fault is gone.
+    monkeypatch.setenv(FAULT_ENV, "kill-before-predictions")
+    faulty = submit_zip(client, data)
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(
+        run_job_now(faulty["id"], settings=settings)))
+    worker.start()
+    try:
+        assert first.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        monkeypatch.delenv(FAULT_ENV)
+        worker.join(timeout=120)
+    # (an attempt that began before the fault was gone died the same way)
+    assert outcome == ["succeeded"] and client.get(f"/jobs/{faulty['id']}").json()["attempt"] >= 2
+    assert results(faulty) == results(cold)
+
+    waiting = next_spare(first)
+    if waiting.poll() is not None:  # the retried attempt ran in it: the next one, then
+        waiting = next_spare(first, waiting)
+    warm = submit_zip(client, data)
+    assert run_job_now(warm["id"], settings=settings) == "succeeded"
+    assert waiting.wait(timeout=30) == 0  # it ran the job and ended
+    assert results(warm) == results(cold)
+
+    dead = next_spare(first, waiting)
+    dead.kill()
+    dead.wait()
+    after = submit_zip(client, data)
+    assert run_job_now(after["id"], settings=settings) == "succeeded"  # in a process of its own
+    assert results(after) == results(cold)
+    last = next_spare(first, waiting, dead)
+
+    spare.close()  # the worker stops
+    assert last.poll() is not None and spare.take() is None
+    spare.replenish()
+    assert spare.proc is None
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().rstrip("\0").split("\0")

@@ -448,6 +448,8 @@ def test_a_batch_prediction_job_equals_predict_and_classify_splits_a_folder(
         assert (job["photos"], job["model_id"]) == (9, model["id"])
         job = c.watch_prediction(job["id"], interval=0.2)
         assert job["status"] == "succeeded", job
+        # In the worker's spare process, started ahead of it (WARM_PREDICT_PROCESS).
+        assert "runs in the spare prediction process" in c.logs(job["id"])
         assert job["summary"] is not None and job["summary"]["failed"] == 1
         with c.prediction_results(job["id"], "jsonl") as chunks:
             rows = [json.loads(line) for line in b"".join(chunks).decode().splitlines()]

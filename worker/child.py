@@ -9,6 +9,10 @@ epoch its checkpoint holds), ``Progress`` (at most once a second), ``Epoch`` and
 
 SIGTERM asks it to stop between batches (cancellation). Logs go to stderr.
 
+``python -m worker.child --spare`` is a process started ahead of its job (a predict job's,
+see worker.runner.SpareProcess): it imports everything, then reads its job from stdin (one
+JSON line: the spec file and the job's environment) and runs it as above.
+
 A job on several GPUs runs ``python -m torch.distributed.run ... -m worker.child SPEC.json``:
 every rank runs this module, rank 0 alone writes events (on the stdout they all share) and
 the ONNX export; torchrun forwards SIGTERM to every rank and they stop at the same batch.
@@ -376,14 +380,41 @@ def _die_with_launcher() -> None:
         os._exit(EXIT_ERROR)
 
 
+def _wait_for_job() -> list[str] | None:
+    """A spare process (``--spare``, see worker.runner.SpareProcess): everything is
+    imported; wait for the worker to hand over a job (one line on stdin: the spec file and
+    the job's environment). None: the worker closed stdin without one (it is stopping)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the worker's terminal: its call
+    _preload()
+    line = sys.stdin.readline()
+    if not line.strip():
+        return None
+    job = json.loads(line)
+    os.environ.clear()  # the environment it would have had, started for this job
+    os.environ.update(job["env"])
+    return [job["spec"]]
+
+
+def _preload() -> None:
+    """What a predict job imports on its way (the ONNX runtimes), imported while waiting."""
+    import contextlib
+
+    with contextlib.suppress(ImportError):
+        import onnxruntime  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
     _die_with_launcher()
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--spare"]:
+        args = _wait_for_job() or []
+        if not args:
+            return EXIT_OK
     # LOG_FORMAT, and the job the worker passed down on every line (the engine's included)
     adopt_job_from_environment()
     configure_logging(logging.INFO)
-    args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m worker.child SPEC.json", file=sys.stderr)
+        print("usage: python -m worker.child SPEC.json | --spare", file=sys.stderr)
         return 2
     spec = json.loads(Path(args[0]).read_text())
     if spec.get("job_log"):  # the job's own log gets these lines too

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,9 +145,11 @@ class TrainingProcess:
         with os.fdopen(fd, "w") as fh:
             json.dump(spec, fh)
         self._spec_path = Path(spec_path)
-        env = {**os.environ, **job_env(), **self.env}
-        for name in TORCHRUN_VARIABLES:  # a worker started by some launcher: not the job's
-            env.pop(name, None)
+        env = {**_child_env(), **job_env(), **self.env}
+        spare = SPARE.take() if self.predict is not None and self.processes <= 1 else None
+        if spare is not None and _hand_over(spare, spec_path, env):
+            self.proc = spare
+            return self
         if self.processes <= 1:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "worker.child", spec_path],
@@ -200,3 +203,105 @@ class TrainingProcess:
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for name in TORCHRUN_VARIABLES:  # a worker started by some launcher: not the job's
+        env.pop(name, None)
+    return env
+
+
+def _hand_over(spare: subprocess.Popen[str], spec_path: str, env: dict[str, str]) -> bool:
+    """Give a waiting spare process its job: the spec file, and the environment a process
+    started now would have (the worker's, the job's); False when the spare is gone (the
+    caller starts a process of its own)."""
+    assert spare.stdin is not None
+    try:
+        spare.stdin.write(json.dumps({"spec": spec_path, "env": env}) + "\n")
+        spare.stdin.close()
+    except OSError:  # it died while waiting (killed, out of memory)
+        spare.kill()
+        spare.wait()
+        return False
+    log.info("the job runs in the spare prediction process %d (started ahead of it)",
+             spare.pid)
+    return True
+
+
+class SpareProcess:
+    """One prediction process started ahead of its job (WARM_PREDICT_PROCESS): ``python -m
+    worker.child --spare`` imports PyTorch, torchvision and the engine (seconds of a batch
+    job's run otherwise), then waits for a spec on its stdin. A predict job takes it
+    (:meth:`take`) instead of starting a process, and the worker starts the next one when
+    the job has ended (:meth:`ensure`), on a thread of its own: the spare dies with that
+    thread's process (parent-death signal), and the thread lives as long as the worker. A
+    spare that died is replaced at the next :meth:`ensure`; none at hand: the job starts
+    its own process, as every job did before."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen[str] | None = None
+        self.wanted = threading.Event()
+        self.closed = False
+        self.keeper: threading.Thread | None = None
+
+    def ensure(self) -> None:
+        """Have a spare waiting soon (started on the keeper thread; the first call starts
+        that thread)."""
+        with self.lock:
+            if self.closed:
+                return
+            if self.keeper is None:
+                self.keeper = threading.Thread(target=self._keep, daemon=True,
+                                               name="hotdog-spare-keeper")
+                self.keeper.start()
+        self.wanted.set()
+
+    def replenish(self) -> None:
+        """:meth:`ensure`, if this worker keeps a spare (it has called :meth:`ensure`)."""
+        if self.keeper is not None:
+            self.ensure()
+
+    def take(self) -> subprocess.Popen[str] | None:
+        """The waiting spare, now the caller's; None when there is none alive."""
+        with self.lock:
+            proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is not None:
+            return None
+        return proc
+
+    def close(self) -> None:
+        """The worker is stopping: the spare that waits goes, and none is started again."""
+        with self.lock:
+            self.closed = True
+            proc, self.proc = self.proc, None
+        self.wanted.set()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def _keep(self) -> None:
+        while True:
+            self.wanted.wait()
+            self.wanted.clear()
+            with self.lock:
+                if self.closed:
+                    return
+                if self.proc is not None and self.proc.poll() is None:
+                    continue
+                try:
+                    self.proc = subprocess.Popen(
+                        [sys.executable, "-m", "worker.child", SPARE_ARG],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+                        text=True, bufsize=1, env=_child_env(), preexec_fn=_die_with_parent)
+                except OSError:
+                    log.exception("the spare prediction process could not be started; jobs "
+                                  "start their own")
+                    self.proc = None
+
+
+SPARE_ARG = "--spare"
+# This worker's spare prediction process (kept from when the worker is ready, if
+# WARM_PREDICT_PROCESS; run_job_now without a Celery worker has none).
+SPARE = SpareProcess()

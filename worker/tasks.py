@@ -47,6 +47,7 @@ from app.jobs.service import (
 from worker import presence, sweeper
 from worker import protocol as ev
 from worker.runner import (
+    SPARE,
     NotEnoughDevices,
     TrainingProcess,
     cuda_device_count,
@@ -78,6 +79,7 @@ INTERRUPTED = "interrupted"
 @worker_shutting_down.connect
 def _on_shutdown(**_kwargs: Any) -> None:
     SHUTTING_DOWN.set()
+    SPARE.close()
 
 
 def run_job_now(job_id: str, *, settings: Settings | None = None) -> str:
@@ -112,8 +114,12 @@ def _attempt(engine: Engine, settings: Settings, job_id: str, name: str) -> str:
     if isinstance(claimed, str):
         return claimed
     proc = _launch(settings, claimed)
-    outcome, watcher = _consume_events(engine, settings, claimed, proc)
-    return _record_outcome(engine, settings, claimed, outcome, watcher, proc.returncode)
+    try:
+        outcome, watcher = _consume_events(engine, settings, claimed, proc)
+        return _record_outcome(engine, settings, claimed, outcome, watcher, proc.returncode)
+    finally:
+        if claimed.predict is not None:
+            SPARE.replenish()  # the next predict job's process, started once this one is done
 
 
 @dataclass(frozen=True)
@@ -542,3 +548,5 @@ def _start_reaper(sender: Any = None, **_kwargs: Any) -> None:
     Reaper(settings, presence.consumed_queues(sender) if sender is not None else ()).start()
     presence.start(settings, worker_name(), sender)
     sweeper.start(settings)
+    if settings.warm_predict_process:
+        SPARE.ensure()

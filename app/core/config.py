@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     # MAX_DATASET_FILES, MIN_FREE_DISK_BYTES, MAX_CONCURRENT_UPLOADS).
     batch_max_photos: int = 100_000
     batch_predict_size: int = 64
+    # Each worker keeps one prediction process started ahead of the next predict job (PyTorch
+    # and the engine imported: seconds a job's run would otherwise pay first). It holds a few
+    # hundred MB of memory while it waits; false: every job starts its own process.
+    warm_predict_process: bool = True
     # /predict with explain=true (Grad-CAM heatmaps, app.engine.explain): computed outside the
     # batched fast path, with gradients, on threads of their own. Images being explained or
     # waiting at most (a request beyond it gets 503 with Retry-After; one with more images
