@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from app.client import ServiceError
 from app.datasets.label_noise import flip_labels
@@ -126,7 +127,7 @@ def test_errors_through_http(stack: Stack) -> None:
         assert err.value.status == 422 and "epochs" in str(err.value)
 
 
-def test_the_command_line_client(stack: Stack, color_dataset: Path) -> None:
+def test_the_command_line_client(stack: Stack, color_dataset: Path, tmp_path: Path) -> None:
     env = {"HOTDOG_URL": stack.url}
     ds = hotdog_json("upload", str(color_dataset), env=env)
     job = hotdog_json("submit", ds["id"], "--init", "scratch", "--image-size", "32",
@@ -136,6 +137,18 @@ def test_the_command_line_client(stack: Stack, color_dataset: Path) -> None:
     photo = color_dataset / "test" / "hotdog" / "000.jpg"
     out = hotdog_json("classify", str(photo), "--model", job["id"], env=env)
     assert out["model"] == job["id"] and out["predictions"][0]["filename"] == "000.jpg"
+    # --explain OUTDIR: each photo's Grad-CAM overlay written there; --top-k: the k best.
+    other = color_dataset / "test" / "not-hotdog" / "001.jpg"
+    maps = tmp_path / "maps"
+    explained = hotdog_json("classify", str(photo), str(other), "--model", job["id"],
+                            "--explain", str(maps), "--top-k", "1", env=env)
+    for p, name in zip(explained["predictions"], ("000", "001"), strict=True):
+        assert list(p["probabilities"]) == [p["label"]]
+        e = p["explanation"]
+        assert 0 <= (e["crop_coverage"] or 0) <= 1 and e["class"] == p["label"]
+        assert Image.open(maps / f"{name}.png").size == Image.open(
+            color_dataset / "test" / ("hotdog" if name == "000" else "not-hotdog")
+            / f"{name}.jpg").size  # drawn on the original photo
     listed = hotdog_json("jobs", "--status", "succeeded", env=env)["jobs"]
     assert job["id"] in [j["id"] for j in listed]
     # A service that is not there is a clear error, not a traceback.
