@@ -1,7 +1,7 @@
 """The benchmarks stay runnable: bench/gpu_check.sh --quick runs the GPU check's every step
 on the CPU (the gpu tests, then a seconds-long run of both benchmarks), and
-bench/hostile_load.py --quick attacks a real service with small hostile inputs. No timing
-asserted."""
+bench/hostile_load.py --quick attacks a real service with small hostile inputs, and the batch
+job and explanation benchmarks run quick against real services. No timing asserted."""
 
 from __future__ import annotations
 
@@ -135,3 +135,22 @@ def test_the_dataset_report_benchmarks_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     table = json.loads(proc.stdout)
     assert {"phash", "dhash", "phash+dhash", "colour_diff"} <= set(table)
+
+
+def test_the_batch_job_and_explanation_benchmarks_run(tmp_path: Path) -> None:
+    """bench/batch_predict.py and bench/explain_load.py --quick against a real service (the
+    README's figures come from their full runs): each runs to its end, every job succeeds
+    and no plain request fails."""
+    out = tmp_path / "batch.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "batch_predict.py"), "--quick",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    batch = json.loads(out.read_text())
+    (round_,) = batch["rounds"]
+    assert round_["job"]["photos"] == batch["photos"] == 40
+    assert round_["ratio_job_run"] > 0 and len(batch["engine_runs"]) == 2
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "explain_load.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-5000:] + proc.stdout[-2000:]
+    assert "median plain img/s with a burst of explanations / alone" in proc.stdout

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from tests.helpers import (
     migrated,
     object_photo,
     upload,
+    wait_for,
     write_object_dataset,
     zip_tree,
 )
@@ -226,6 +229,47 @@ def test_a_full_explanation_queue_answers_503(served: tuple[Settings, str, list[
             assert c.post("/predict", files=_files(photos[:1])).status_code == 200
         assert c.post("/predict", files=_files(photos[:1]),
                       data={"explain": "true"}).status_code == 200
+
+
+def test_explanations_run_in_a_process_of_their_own_that_is_started_again(
+        served: tuple[Settings, str, list[bytes]]) -> None:
+    """Off the API process (whose interpreter lock the request path needs), at the lowest
+    priority; when that process dies its request gets 503 and the next one a new process."""
+    settings, _job, photos = served
+    app = create_app(settings)
+    with TestClient(app) as c:
+        assert _explain_processes() == []  # started by the first explanation asked for
+        first = c.post("/predict", files=_files(photos[:1]), data={"explain": "true"})
+        assert first.status_code == 200, first.text
+        (pid,) = _explain_processes()
+        assert os.getpriority(os.PRIO_PROCESS, pid) == settings.explain_nice == 19
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: pid not in _explain_processes(), timeout=10, what="it to die")
+        r = c.post("/predict", files=_files(photos[:1]), data={"explain": "true"})
+        assert r.status_code == 503 and "explanation process stopped" in r.json()["detail"]
+        again = c.post("/predict", files=_files(photos[:1]), data={"explain": "true"})
+        assert again.status_code == 200, again.text
+        assert again.json()["predictions"][0]["explanation"] == first.json()[
+            "predictions"][0]["explanation"]
+        (new,) = _explain_processes()
+        assert new != pid
+    assert wait_for(lambda: _explain_processes() == [], timeout=30,
+                    what="the explanation process to end with the app")
+
+
+def _explain_processes() -> list[int]:
+    """This process's children started by multiprocessing (the explanation processes)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1]
+                                            .split()[1]) == os.getpid()
+                    and b"spawn_main" in (proc / "cmdline").read_bytes()):
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def test_a_decision_threshold_set_at_activation_decides_the_label(

@@ -373,9 +373,9 @@ def _die_with_launcher() -> None:
     files."""
     if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
         return
-    from worker.runner import _die_with_parent
+    from app.core.procs import die_with_parent
 
-    _die_with_parent()
+    die_with_parent()
     if os.getppid() == 1:  # the launcher died before the line above
         os._exit(EXIT_ERROR)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -18,24 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from app.core.logs import job_env
+from app.core.procs import die_with_parent
 from app.engine import TrainConfig
 from worker.protocol import Event, ProtocolError, decode
 
 log = logging.getLogger(__name__)
-
-
-def _die_with_parent() -> None:
-    """Linux: the training dies with the worker that started it (a killed worker must not
-    leave a run behind that holds the GPU and writes the job's files)."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-PR_SET_PDEATHSIG = 1
 
 
 def _ranks_of(launcher: int) -> list[int]:
@@ -154,7 +140,7 @@ class TrainingProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "worker.child", spec_path],
                 stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1,
-                env=env, preexec_fn=_die_with_parent,
+                env=env, preexec_fn=die_with_parent,
             )
             return self
         # torchrun from this virtualenv (cancel: see cancel()). The ranks die with it when it
@@ -167,7 +153,7 @@ class TrainingProcess:
              f"--nproc-per-node={self.processes}", "--max-restarts=0",
              "-m", "worker.child", spec_path],
             stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1,
-            env=env, preexec_fn=_die_with_parent, start_new_session=True,
+            env=env, preexec_fn=die_with_parent, start_new_session=True,
         )
         return self
 
@@ -294,7 +280,7 @@ class SpareProcess:
                     self.proc = subprocess.Popen(
                         [sys.executable, "-m", "worker.child", SPARE_ARG],
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
-                        text=True, bufsize=1, env=_child_env(), preexec_fn=_die_with_parent)
+                        text=True, bufsize=1, env=_child_env(), preexec_fn=die_with_parent)
                 except OSError:
                     log.exception("the spare prediction process could not be started; jobs "
                                   "start their own")

@@ -3,8 +3,9 @@
 
 Explanations need gradients, so they never enter the batched fast path (``app.api.serving``):
 the label and probabilities still come from it (an explained answer equals a plain one), and
-the heatmaps are computed afterwards on threads of their own (``EXPLAIN_WORKERS``, each with
-``EXPLAIN_THREADS`` intra-op threads) from an fp32 copy of the model. They are admitted
+the heatmaps are computed afterwards in a process of their own at low priority
+(``EXPLAIN_WORKERS`` processes, each with ``EXPLAIN_THREADS`` intra-op threads;
+:mod:`app.api.explain_process`) from an fp32 copy of the model. They are admitted
 against a bound of their own (``EXPLAIN_QUEUE_IMAGES``; 503 with Retry-After beyond it)
 before any image is decoded.
 """
@@ -121,7 +122,7 @@ async def answer(state: State, loaded: LoadedModel, files: list[BinaryIO], names
             photos.append((f.read(), name, options.explain_class or p.label))
         checkpoint = await run_in_threadpool(_checkpoint, state, loaded.job_id)
         explained = await explainer.explain(
-            loaded.job_id, checkpoint, photos, options.crop, budget=state.decode_budget,
+            loaded.job_id, checkpoint, photos, options.crop,
             wait=state.settings.predict_decode_wait_seconds)
         if options.png:
             e, p = explained[0], predictions[0]

@@ -1,28 +1,32 @@
 """The explanations of one API process (``/predict?explain=true``): their admission against
-``EXPLAIN_QUEUE_IMAGES``, the threads that compute them, the fp32 explainers of the models
-asked about, and the models' decision thresholds (looked up at most once a second).
-Request handling is in :mod:`app.api.explain`."""
+``EXPLAIN_QUEUE_IMAGES``, the process that computes them (:mod:`app.api.explain_process`),
+and the models' decision thresholds (looked up at most once a second). Request handling is
+in :mod:`app.api.explain`."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import multiprocessing
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from app.api import explain_process
 from app.api.serving import LOOKUP_SECONDS, Overloaded
 from app.core.config import Settings
-from app.engine.explain import Crop, Explainer, Explanation
-from app.engine.images import DecodeBudget
+from app.engine.explain import Crop, Explanation
 from app.models import decision as decisions
 from app.models.decision import Decision
+
+log = logging.getLogger(__name__)
 
 
 class ExplainBusy(Overloaded):
@@ -34,21 +38,18 @@ class TooManyToExplain(ValueError):
 
 
 class Explanations:
-    """Explanations of one process: admission (event loop only), the threads, and the fp32
-    explainers of the models asked about (least recently used dropped)."""
+    """Explanations of one API process: admission (event loop only), and the process that
+    computes them (:mod:`app.api.explain_process`: ``EXPLAIN_WORKERS`` processes at nice
+    ``EXPLAIN_NICE``, each with ``EXPLAIN_THREADS`` intra-op threads and the fp32 explainers
+    of the last ``EXPLAIN_MODELS_CACHED`` models asked about), started by the first
+    explanation asked for and started again when one has died."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.max_images = settings.explain_queue_images
-        self.threads = settings.explain_threads
-        self.device = settings.explain_device
-        self.size = settings.explain_models_cached
-        self.executor = ThreadPoolExecutor(
-            max_workers=settings.explain_workers, thread_name_prefix="explain",
-            initializer=partial(_lower_priority, settings.explain_nice))
         self.waiting = 0
-        self.explainers: OrderedDict[str, Explainer] = OrderedDict()
+        self.pool: ProcessPoolExecutor | None = None
         self.lock = threading.Lock()  # the decisions
-        self.loading = threading.Lock()  # the explainers
         self.decisions: dict[str, tuple[float, Decision | None]] = {}
 
     @contextmanager
@@ -67,33 +68,37 @@ class Explanations:
         finally:
             self.waiting -= images
 
-    def explainer(self, job_id: str, checkpoint: Path) -> Explainer:
-        with self.loading:  # loads are rare and one at a time (decisions have their own lock)
-            if job_id in self.explainers:
-                self.explainers.move_to_end(job_id)
-                return self.explainers[job_id]
-            explainer = Explainer(checkpoint, device=self.device)
-            self.explainers[job_id] = explainer
-            while len(self.explainers) > self.size:
-                self.explainers.popitem(last=False)
-            return explainer
-
-    def _explain(self, job_id: str, checkpoint: Path, data: bytes, name: str, target: str,
-                 crop: Crop, budget: DecodeBudget | None, wait: float | None) -> Explanation:
-        return self.explainer(job_id, checkpoint).explain(
-            data, target, crop=crop, name=name, budget=budget, wait=wait, threads=self.threads)
+    def _pool(self) -> ProcessPoolExecutor:
+        if self.pool is None:
+            s = self.settings
+            # spawn: a fork of a process running threads (and maybe CUDA) is not safe.
+            self.pool = ProcessPoolExecutor(
+                max_workers=s.explain_workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=explain_process.start,
+                initargs=(s.explain_nice, s.explain_threads, s.explain_device,
+                          s.explain_models_cached, s.decode_budget_bytes))
+        return self.pool
 
     async def explain(self, job_id: str, checkpoint: Path,
                       photos: list[tuple[bytes, str, str]], crop: Crop, *,
-                      budget: DecodeBudget | None = None, wait: float | None = None
-                      ) -> list[Explanation]:
-        """Each (bytes, name, class) photo's explanation, on the explain threads; each
-        decode within ``budget``, waiting for it up to ``wait`` seconds."""
+                      wait: float | None = None) -> list[Explanation]:
+        """Each (bytes, name, class) photo's explanation, in the explanation process; each
+        decode there waits for its budget up to ``wait`` seconds. A process that died (killed,
+        out of memory) fails the requests it had (503: retry) and is started again."""
         loop = asyncio.get_running_loop()
-        return list(await asyncio.gather(*(
-            loop.run_in_executor(self.executor, partial(
-                self._explain, job_id, checkpoint, data, name, target, crop, budget, wait))
-            for data, name, target in photos)))
+        pool = self._pool()
+        try:
+            return list(await asyncio.gather(*(
+                loop.run_in_executor(pool, partial(
+                    explain_process.explain, job_id, checkpoint, data, name, target, crop, wait))
+                for data, name, target in photos)))
+        except BrokenProcessPool as exc:
+            if self.pool is pool:  # the first request to hear it: the next one starts anew
+                self.pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+                log.warning("the explanation process died (%s); it is started again", exc)
+            raise ExplainBusy("the explanation process stopped (it is started again); retry "
+                              "shortly") from exc
 
     def decision(self, job_id: str, session: Callable[[], Session]) -> Decision | None:
         """The model's decision threshold, looked up (in a ``session()``) at most once per
@@ -117,16 +122,8 @@ class Explanations:
             self.decisions.clear()
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _lower_priority(nice: int) -> None:
-    """This explain thread yields the CPU to everything else of the process (Linux: nice is
-    a per-thread attribute, and the threads torch starts from it inherit it): when plain
-    predictions need the cores, explanations wait, instead of slowing them; an idle machine
-    still runs explanations at full speed."""
-    import os
-    from contextlib import suppress
-
-    with suppress(AttributeError, OSError):  # not Linux, or not allowed: normal priority
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        """The process ends (explanations under way finish first: each takes a second at
+        most); waiting ones are dropped."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None

@@ -150,9 +150,10 @@ class Settings(BaseSettings):
     # hundred MB of memory while it waits; false: every job starts its own process.
     warm_predict_process: bool = True
     # /predict with explain=true (Grad-CAM heatmaps, app.engine.explain): computed outside the
-    # batched fast path, with gradients, on threads of their own. Images being explained or
-    # waiting at most (a request beyond it gets 503 with Retry-After; one with more images
-    # than this, 422); the threads that compute them; the torch intra-op threads each uses
+    # batched fast path, with gradients, in processes of their own (app.api.explain_process).
+    # Images being explained or waiting at most (a request beyond it gets 503 with
+    # Retry-After; one with more images than this, 422); the processes that compute them;
+    # the torch intra-op threads each uses
     # (kept low so that a burst of explanations leaves the cores to plain predictions); where
     # (an fp32 copy of each model, kept for EXPLAIN_MODELS_CACHED models).
     explain_queue_images: Annotated[int, Field(ge=1, le=1024)] = 8
@@ -160,9 +161,9 @@ class Settings(BaseSettings):
     explain_threads: Annotated[int, Field(ge=1, le=256)] = 1
     explain_device: str = "cpu"
     explain_models_cached: Annotated[int, Field(ge=1, le=64)] = 2
-    # The explain threads' niceness (Linux; 0 to 19): at 19 they get the cores only when plain
-    # predictions (and everything else) leave them idle, so a burst of explanations barely
-    # slows plain predictions.
+    # The explanation processes' niceness (Linux; 0 to 19); 19 also means the SCHED_IDLE
+    # class: they get the cores only when plain predictions (and everything else) leave them
+    # idle, so a burst of explanations barely slows plain predictions.
     explain_nice: Annotated[int, Field(ge=0, le=19)] = 19
     # Workers export each succeeded job to ONNX (verified against PyTorch) for /predict,
     # and (with EXPORT_INT8) an INT8 model of it, verified against the fp32 export.
