@@ -48,14 +48,13 @@ log = logging.getLogger(__name__)
 
 COMPILE_CHOICES = ("auto", "on", "off")
 REFERENCE_SIZE = 224  # the break-even is counted in images of this side
-# Break-even in images at 224 px, by device type (README, "Speed"). Neither is yet a clean
-# measurement: on the 2-core AVX512-BF16 development machine the only run
-# (bench/train_throughput.py, 112 px, under ~90% CPU contention from other processes) found
-# compiled/eager 0.88 per round (spread 0.76-1.65) after a 694 s compile, i.e. no gain shown.
-# An estimate from idle figures (eager bf16 ~55 img/s at 224 px; inductor ~1.1x, as for the
-# forward pass; ~60 s compile) gives ~36,000 images; the CPU figure is set well above it until
-# an idle machine measures it. CUDA: compile time of the same order, steps ~50x faster, so the
-# break-even in images is larger. TRAIN_COMPILE_BREAK_EVEN sets the figure a machine measured.
+# Break-even in images at 224 px, by device type (README, "Speed"). Estimates: no CPU measured
+# so far shows a gain (bench/train_throughput.py, 112 px, bf16: an idle 2-core Intel Xeon with
+# AMX, compiled/eager 0.98 per round [0.93-1.07] after a 62 s compile; an AMD EPYC under ~90%
+# contention, 0.88). The CPU figure is a job of ~45 minutes on 2 cores, where a compile that
+# does not pay costs ~2% and one that pays 1.1x saves minutes. CUDA: compile time of the same
+# order, steps ~50x faster, so the break-even in images is larger.
+# TRAIN_COMPILE_BREAK_EVEN sets the figure a machine measured.
 BREAK_EVEN_IMAGES: dict[str, int] = {"cpu": 100_000, "cuda": 500_000}
 
 T = TypeVar("T")
