@@ -81,6 +81,15 @@ def photos_zip(color_dataset: Path) -> tuple[bytes, dict[str, bytes]]:
     return make_zip({**photos, "README.txt": b"my lunch photos"}), photos
 
 
+def _run_in_thread(job_id: str, settings: Settings) -> tuple[threading.Thread, list[str]]:
+    """``run_job_now`` on a thread, as a worker runs it; the list gets its outcome."""
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(
+        run_job_now(job_id, settings=settings)))
+    worker.start()
+    return worker, outcome
+
+
 def _png() -> bytes:
     from PIL import Image
 
@@ -209,10 +218,7 @@ def test_a_batch_job_is_cancelled_queued_or_running(
     flag = tmp_path / "go"
     monkeypatch.setenv(FAULT_ENV, f"wait-before-predictions:{flag}")
     job = submit_zip(client, data)
-    outcome: list[str] = []
-    worker = threading.Thread(target=lambda: outcome.append(
-        run_job_now(job["id"], settings=settings)))
-    worker.start()
+    worker, outcome = _run_in_thread(job["id"], settings)
     try:
         wait_for(lambda: client.get(f"/predictions/{job['id']}").json()["status"] == "running",
                  timeout=60, what="the job to run")
@@ -298,10 +304,7 @@ def test_a_predict_job_runs_in_the_spare_process_started_ahead_of_it(
     # there: it kills itself, and the job's next attempts succeed once the fault is gone.
     monkeypatch.setenv(FAULT_ENV, "kill-before-predictions")
     faulty = submit_zip(client, data)
-    outcome: list[str] = []
-    worker = threading.Thread(target=lambda: outcome.append(
-        run_job_now(faulty["id"], settings=settings)))
-    worker.start()
+    worker, outcome = _run_in_thread(faulty["id"], settings)
     try:
         assert first.wait(timeout=60) == -signal.SIGKILL
     finally:
