@@ -52,7 +52,7 @@ from app.engine import (
 from app.engine.batch import Progress as BatchRunProgress
 from app.engine.batch import ResultsWriter, dataset_photos, photos_in, predict_photos
 from app.engine.explain import Explainer
-from app.engine.export import exports_for_job
+from app.engine.export import exports_for_job, onnxruntime_available
 from app.engine.predict import choose_runtime
 from worker import protocol as ev
 
@@ -385,7 +385,7 @@ def _wait_for_job() -> list[str] | None:
     imported; wait for the worker to hand over a job (one line on stdin: the spec file and
     the job's environment). None: the worker closed stdin without one (it is stopping)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the worker's terminal: its call
-    _preload()
+    onnxruntime_available()  # imported now, while waiting: predict jobs load ONNX models
     line = sys.stdin.readline()
     if not line.strip():
         return None
@@ -393,14 +393,6 @@ def _wait_for_job() -> list[str] | None:
     os.environ.clear()  # the environment it would have had, started for this job
     os.environ.update(job["env"])
     return [job["spec"]]
-
-
-def _preload() -> None:
-    """What a predict job imports on its way (the ONNX runtimes), imported while waiting."""
-    import contextlib
-
-    with contextlib.suppress(ImportError):
-        import onnxruntime  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,11 +53,6 @@ def start(nice: int, threads: int, device: str, models: int, decode_bytes: int |
                         budget=set_decode_budget(decode_bytes), explainers=OrderedDict())
 
 
-def ready() -> int:
-    """Nothing, in the process (its pid): the caller knows the process has started."""
-    return os.getpid()
-
-
 def explain(job_id: str, checkpoint: Path, data: bytes, name: str, target: str, crop: Crop,
             wait: float | None) -> Explanation:
     """One photo's explanation for ``target``; its decode within this process's budget,
