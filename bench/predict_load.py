@@ -23,19 +23,22 @@ What it does
    ``POST /predict`` with one photo per request as the raw body (``--body raw``, the
    default; ``multipart`` sends forms): ``--requests`` sequential requests (concurrency 1),
    then each of ``--concurrency`` (16 and 64) clients at once for ``--seconds``. Requests
-   are pre-encoded bodies on plain ``http.client`` connections (keep-alive), so the client
-   costs little CPU next to the server. Finally every photo is sent once more and its answer
-   compared with the serving runtime's own output in this process.
+   are encoded once, sent on keep-alive connections that one thread drives (``Load``), so
+   the client costs little CPU next to the server. Finally every photo is sent once more
+   and its answer compared with the serving runtime's own output in this process.
 
 How to read it
 --------------
 ``batch`` is the mean images per forward pass and ``fwd busy`` the share of the wall time
-the service spent in forward passes (from its ``/metrics``). "best" is the runtime the
-service chose. Targets (issue 17): best batched / eager batched >= 1.25; /predict c16 /
-best batched >= 0.85; c1 p50 / best bare p50 <= 1.15; zero errors; every answer equal to
-the runtime's in-process output. Ratios are medians over rounds, with their range. The client
-and server share the machine's cores: on 2 cores the client's own work lowers the
-concurrent figures a little. Absolute numbers vary between machines and runs.
+the service spent in forward passes (from its ``/metrics``); ``server CPU ms/img`` the CPU
+time (all its threads, user + system) the service process spent per image classified, and
+``client CPU`` the load generator's own CPU, in cores (both share the machine). "best" is
+the runtime the service chose. Targets (issue 17): best batched / eager batched >= 1.25;
+/predict c16 / best batched >= 0.85; c1 p50 / best bare p50 <= 1.15; zero errors; every
+answer equal to the runtime's in-process output. Ratios are medians over rounds, with their
+range. The client and server share the machine's cores: on 2 cores the client's own work
+(about 1 % of a core) lowers the concurrent figures a little. Absolute numbers vary between
+machines and runs.
 
 Usage::
 
@@ -50,12 +53,12 @@ import argparse
 import http.client
 import json
 import os
+import selectors
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -173,56 +176,113 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (0 without a pid)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Load:
-    def __init__(self, port: int, bodies: list[tuple[bytes, str]], per_request: int = 1) -> None:
+    """The load generator: one thread drives every connection (``selectors``, keep-alive,
+    requests encoded once up front, responses parsed by their Content-Length). Client and
+    service share the machine's cores, so the client must cost little: 16 ``http.client``
+    threads cost several times more CPU per request (header parsing by the email package,
+    the interpreter lock passed between 16 threads), and that CPU was taken from the
+    service being measured. Its own CPU is measured and reported (``client_cpu``)."""
+
+    def __init__(self, port: int, bodies: list[tuple[bytes, str]], per_request: int = 1,
+                 server_pid: int | None = None) -> None:
         self.port = port
-        self.bodies = bodies
+        self.server_pid = server_pid
+        self.requests = [(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                          f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+                          ).encode() + body for body, ctype in bodies]
         self.per_request = per_request
         self.latencies: list[float] = []
         self.errors: list[str] = []
-        self.lock = threading.Lock()
 
-    def client(self, stop_at: float | None, count: int | None, offset: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        i = offset
-        done = 0
-        while (stop_at is None or time.perf_counter() < stop_at) and (
-                count is None or done < count):
-            body, ctype = self.bodies[i % len(self.bodies)]
-            i += 1
-            t = time.perf_counter()
-            try:
-                conn.request("POST", "/predict", body=body, headers={"Content-Type": ctype})
-                r = conn.getresponse()
-                payload = r.read()
-                ok = r.status == 200
-                detail = f"{r.status} {payload[:200]!r}"
-            except (OSError, http.client.HTTPException) as exc:
-                ok, detail = False, repr(exc)
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-            elapsed = time.perf_counter() - t
-            with self.lock:
-                if ok:
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _drive(self, concurrency: int, stop_at: float | None, count: int | None) -> None:
+        """``concurrency`` connections, each sending its next request as soon as the last
+        one is answered, until ``stop_at`` or ``count`` requests per connection."""
+        sel = selectors.DefaultSelector()
+        conns = []
+        for k in range(concurrency):
+            conns.append({"sock": self._connect(), "next": k * 7, "done": 0, "buf": b"",
+                          "sent": 0.0})
+        in_flight = 0
+
+        def send(c: dict[str, Any]) -> bool:
+            nonlocal in_flight
+            if (stop_at is not None and time.perf_counter() >= stop_at) or (
+                    count is not None and c["done"] >= count):
+                return False
+            request = self.requests[c["next"] % len(self.requests)]
+            c["next"] += 1
+            c["buf"] = b""
+            c["sent"] = time.perf_counter()
+            c["sock"].sendall(request)  # fits the socket buffer of a local connection
+            in_flight += 1
+            return True
+
+        for c in conns:
+            if send(c):
+                sel.register(c["sock"], selectors.EVENT_READ, c)
+        deadline = 60.0
+        while in_flight:
+            events = sel.select(timeout=deadline)
+            if not events:
+                self.errors.append(f"no answer within {deadline:.0f} s")
+                break
+            for key, _ in events:
+                c = key.data
+                chunk = c["sock"].recv(1 << 16)
+                if not chunk:
+                    self.errors.append("the service closed the connection")
+                    in_flight -= 1
+                    sel.unregister(c["sock"])
+                    c["sock"].close()
+                    continue
+                c["buf"] += chunk
+                head_end = c["buf"].find(b"\r\n\r\n")
+                if head_end < 0:
+                    continue
+                head = c["buf"][:head_end].decode("latin-1")
+                length = next((int(line.split(":", 1)[1]) for line in head.split("\r\n")[1:]
+                               if line.lower().startswith("content-length:")), 0)
+                if len(c["buf"]) < head_end + 4 + length:
+                    continue
+                elapsed = time.perf_counter() - c["sent"]
+                in_flight -= 1
+                c["done"] += 1
+                status = head[9:12]
+                if status == "200":
                     self.latencies.append(elapsed)
                 else:
-                    self.errors.append(detail)
-            done += 1
-        conn.close()
+                    self.errors.append(f"{status} {c['buf'][head_end + 4:][:200]!r}")
+                if not send(c):
+                    sel.unregister(c["sock"])
+        for c in conns:
+            c["sock"].close()
+        sel.close()
 
     def run(self, concurrency: int, *, seconds: float | None = None,
             requests: int | None = None) -> dict[str, Any]:
         self.latencies, self.errors = [], []
         stop_at = time.perf_counter() + seconds if seconds else None
-        threads = [threading.Thread(target=self.client, args=(stop_at, requests, k * 7))
-                   for k in range(concurrency)]
         before = scrape(self.port)
+        cpu, server_cpu = time.process_time(), process_cpu(self.server_pid)
         start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        self._drive(concurrency, stop_at, requests)
         wall = time.perf_counter() - start
+        client_cpu = (time.process_time() - cpu) / wall
+        server_cpu = process_cpu(self.server_pid) - server_cpu
         after = scrape(self.port)
         delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
         batches = delta.get("hotdog_predict_batch_size_count", 0.0)
@@ -233,6 +293,8 @@ class Load:
                 "p99_ms": 1000 * percentile(self.latencies, 99), "errors": len(self.errors),
                 "mean_batch": delta.get("hotdog_predict_batch_size_sum", 0.0) / max(1, batches),
                 "forward_busy": delta.get("hotdog_predict_forward_seconds_total", 0.0) / wall,
+                "client_cpu": client_cpu,
+                "server_cpu_ms_per_image": 1000 * server_cpu / max(1, ok * self.per_request),
                 "first_error": self.errors[0] if self.errors else None}
 
 
@@ -282,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         server, port = start_server(data_dir, "auto", args.device, compile=not args.no_compile)
         try:
             wait_ready(server, port, data_dir / "api-auto.log")
-            load = Load(port, bodies, per)
+            load = Load(port, bodies, per, server.pid)
             load.run(2, requests=4)  # loads the model: the service starts measuring runtimes
             serving = wait_tuned(port, job_id, server, data_dir / "api-auto.log")
             print(f"service chose {serving['runtime']} ({serving['images_per_second']} "
@@ -380,7 +442,8 @@ def report(rounds: list[dict[str, Any]], serving: dict[str, Any], args: argparse
         print(f"{label:>22} {bm[0]:>8.1f} [{bm[1]:.1f}-{bm[2]:.1f}] "
               f"{lm[0]:>8.1f} [{lm[1]:.1f}-{lm[2]:.1f}]")
     print(f"{'/predict (auto: ' + serving['runtime'] + ')':>22} {'requests':>8} {'img/s':>7} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'batch':>5} {'fwd busy':>8}")
+          f"{'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'batch':>5} {'fwd busy':>8} "
+          f"{'server CPU ms/img':>17} {'client CPU':>10}")
     for key in rounds[0]["load"]:
         rs = [r["load"][key] for r in rounds]
         print(f"{key:>22} {sum(x['requests'] for x in rs):>8} "
@@ -389,7 +452,9 @@ def report(rounds: list[dict[str, Any]], serving: dict[str, Any], args: argparse
               f"{statistics.median(x['p99_ms'] for x in rs):>7.1f} "
               f"{sum(x['errors'] for x in rs):>6} "
               f"{statistics.median(x['mean_batch'] for x in rs):>5.1f} "
-              f"{statistics.median(x['forward_busy'] for x in rs):>8.0%}")
+              f"{statistics.median(x['forward_busy'] for x in rs):>8.0%} "
+              f"{statistics.median(x['server_cpu_ms_per_image'] for x in rs):>17.1f} "
+              f"{statistics.median(x['client_cpu'] for x in rs):>10.0%}")
 
     best = serving["runtime"] if serving["runtime"] in base0 else "torch"
     summary: dict[str, Any] = {"best": best}
