@@ -52,7 +52,9 @@ _bearer = HTTPBearer(auto_error=False, description="the API key, when one is con
 _header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def api_key_scheme(
+# async, like get_state: FastAPI runs a plain ``def`` dependency on a worker thread, and this
+# one is on every guarded request (a thread hop there and back for nothing).
+async def api_key_scheme(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header: Annotated[str | None, Depends(_header)],
 ) -> None:
