@@ -157,3 +157,44 @@ def test_forward_threads_give_a_lone_pass_every_thread() -> None:
     c.result(10)
     lanes.shutdown()
     assert seen == [4, 2, 4]  # alone: all 4; overlapping: 4 // 2 lanes; alone again: 4
+
+
+def test_a_lone_request_is_decoded_and_computed_in_one_hop_to_a_forward_thread() -> None:
+    rec = Recorder()
+    threads: list[str] = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        threads.append(threading.current_thread().name)
+        return rec(x)
+
+    pool = ThreadPoolExecutor(2, thread_name_prefix="forward")
+    batcher = Batcher(forward, pool, max_batch=4, max_delay=0, max_queue=100, lanes=2)
+
+    def decode() -> list[torch.Tensor]:
+        threads.append(threading.current_thread().name)
+        return [image(5)]
+
+    async def main() -> None:
+        with batcher.admit(1):
+            assert batcher.alone(1)
+            alone = asyncio.create_task(batcher.run_alone(decode))
+            await computing(rec)
+        # While it computes, nothing else is alone: another request is batched.
+        with batcher.admit(1):
+            assert not batcher.alone(1)
+        with batcher.admit(2):
+            assert not batcher.alone(2)
+        queued_one = asyncio.create_task(batcher.submit([image(7)]))
+        rec.release.set()
+        assert [float(r) for r in await alone] == [5 * 12 * 2]
+        assert [float(r) for r in await queued_one] == [7 * 12 * 2]
+        # Once done, the next lone request takes the short way again.
+        with batcher.admit(1):
+            assert batcher.alone(1)
+            assert [float(r) for r in await batcher.run_alone(decode)] == [5 * 12 * 2]
+
+    run(main())
+    # Decoded and computed on the same forward thread, not the event loop's.
+    assert threads[0] == threads[1] and threads[0].startswith("forward")
+    assert batcher.computing == 0 and rec.sizes == [1, 1, 1]
+    pool.shutdown()

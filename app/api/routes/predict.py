@@ -146,6 +146,15 @@ async def _decode(state: State, loaded: LoadedModel, files: list[BinaryIO],
         raise
 
 
+def _decode_here(state: State, loaded: LoadedModel, files: list[BinaryIO], names: list[str],
+                 crop: Crop) -> list[torch.Tensor]:
+    """``_decode`` on the calling thread (a forward thread, for a lone request: see
+    ``Batcher.run_alone``)."""
+    progress = _Progress(state.settings.predict_decode_wait_seconds)
+    return [_load(state, loaded, f, n, progress, crop)
+            for f, n in zip(files, names, strict=True)]
+
+
 RAW_TYPES = ("image/jpeg", "image/png", "image/webp")
 # The request body, both ways (FastAPI documents the form alone; its schema keeps its name).
 BODIES = {"requestBody": {"required": True, "content": {
@@ -203,8 +212,14 @@ async def predict_images(
     explaining = state.explain.admit(len(sources)) if options.explain else nullcontext()
     with state.models.held(loaded), explaining:  # metric series stay until it is done
         with loaded.batcher.admit(len(sources)), state.intake.decode(len(sources)):
-            images = await _decode(state, loaded, sources, names, options.crop)
-        rows = await loaded.batcher.submit(images)
+            if len(sources) == 1 and loaded.batcher.alone(1):
+                rows = await loaded.batcher.run_alone(partial(
+                    _decode_here, state, loaded, sources, names, options.crop))
+            else:
+                rows = None
+                images = await _decode(state, loaded, sources, names, options.crop)
+        if rows is None:
+            rows = await loaded.batcher.submit(images)
         predictions = loaded.predictor.report(torch.stack(rows), names)
         state.models.metrics.images.inc(len(predictions))
         state.models.predicted(loaded, [p.label for p in predictions])
