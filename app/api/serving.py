@@ -51,6 +51,9 @@ from app.engine.predict import (
 log = logging.getLogger(__name__)
 
 LOOKUP_SECONDS = 1.0
+# Passes a forward thread computes one after another for a model while its images keep
+# waiting, before it goes back to the executor (see Batcher._lane).
+CHAINED_PASSES = 8
 
 
 class Overloaded(RuntimeError):
@@ -119,6 +122,7 @@ class Batcher:
         self.pending: deque[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] = deque()
         self.decoding = 0  # images of admitted requests not submitted yet (see admit)
         self.computing = 0  # forward passes under way (batches, and lone requests' own)
+        self.take_lock = threading.Lock()
         self.task: asyncio.Task[None] | None = None
         self.wakeup: asyncio.Event | None = None
         self.free: asyncio.Semaphore | None = None
@@ -201,11 +205,7 @@ class Batcher:
             # images; a lone request never waits.
             if self.last_batch > 1 and len(self.pending) < self.max_batch and self.max_delay:
                 await asyncio.sleep(self.max_delay)
-            batch: list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] = []
-            while self.pending and len(batch) < self.max_batch:
-                image, fut = self.pending.popleft()
-                if not fut.done():  # skip the images of requests that went away
-                    batch.append((image, fut))
+            batch = self._take()
             if not batch:
                 self.free.release()
                 continue
@@ -226,19 +226,55 @@ class Batcher:
         assert self.free is not None
         loop = asyncio.get_running_loop()
         try:
-            started = time.perf_counter()
-            out = await loop.run_in_executor(self.executor, self._stack_forward,
-                                             [image for image, _ in batch])
-            seconds = time.perf_counter() - started
-        except Exception as exc:  # one bad batch fails its requests, not the batcher
-            log.exception("forward pass of %d images failed", len(batch))
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
+            await loop.run_in_executor(self.executor, self._lane, batch, loop)
         finally:
             self.free.release()
             self.computing -= 1
+
+    def _lane(self, batch: list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]],
+              loop: asyncio.AbstractEventLoop) -> None:
+        """On a forward thread: compute ``batch``, hand its rows to the event loop, and go on
+        with the images waiting by then (up to ``CHAINED_PASSES`` passes) without a round
+        trip through the loop between passes. Under load the loop is busy with requests
+        and answers; a lane that waited for it to dispatch each batch sat idle for part of
+        every pass (8 % of the CPU at concurrency 16 on 2 cores). The bound keeps a busy
+        model from holding the forward threads that other models' batches wait for."""
+        for passes in range(1, CHAINED_PASSES + 1):
+            started = time.perf_counter()
+            try:
+                out: torch.Tensor | Exception = self._stack_forward(
+                    [image for image, _ in batch])
+            except Exception as exc:  # one bad batch fails its requests, not the batcher
+                log.exception("forward pass of %d images failed", len(batch))
+                out = exc
+            loop.call_soon_threadsafe(self._deliver, batch, out,
+                                      time.perf_counter() - started)
+            if passes == CHAINED_PASSES:
+                return
+            batch = self._take()
+            if not batch:
+                return
+            self.last_batch = len(batch)
+
+    def _take(self) -> list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]]:
+        """Up to ``max_batch`` waiting images, skipping those of requests that went away;
+        called by the batching task and by forward threads (``_lane``), hence the lock."""
+        batch: list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] = []
+        with self.take_lock:
+            while self.pending and len(batch) < self.max_batch:
+                image, fut = self.pending.popleft()
+                if not fut.done():
+                    batch.append((image, fut))
+        return batch
+
+    def _deliver(self, batch: list[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]],
+                 out: torch.Tensor | Exception, seconds: float) -> None:
+        """On the event loop: each image's row (or the pass's failure) to its request."""
+        if isinstance(out, Exception):
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(out)
+            return
         if self.on_batch is not None:
             self.on_batch(len(batch), seconds)
         for (_, fut), row in zip(batch, out, strict=True):
