@@ -110,7 +110,9 @@ async def answer(state: State, loaded: LoadedModel, files: list[BinaryIO], names
     """``/predict``'s answer: labels by the model's decision threshold, the top_k, and each
     image's explanation when asked (or the one overlay PNG for ``Accept: image/png``)."""
     explainer = state.explain
-    decision = await run_in_threadpool(explainer.decision, loaded.job_id, state.session)
+    cached = explainer.cached_decision(loaded.job_id)
+    decision = cached[0] if cached is not None else await run_in_threadpool(
+        explainer.decision, loaded.job_id, state.session)
     if decision is not None:
         predictions = [Prediction(p.filename, decision.label(p.probabilities), p.probabilities)
                        for p in predictions]

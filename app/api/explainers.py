@@ -105,10 +105,9 @@ class Explanations:
         ``LOOKUP_SECONDS`` (activation in this process forgets it at once:
         :meth:`forget_decisions`)."""
         now = time.monotonic()
-        with self.lock:
-            hit = self.decisions.get(job_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        hit = self.cached_decision(job_id)
+        if hit is not None:
+            return hit[0]
         with session() as s:
             found = decisions.find(s, job_id)
         with self.lock:
@@ -116,6 +115,13 @@ class Explanations:
             if len(self.decisions) > 1024:
                 self.decisions = {k: v for k, v in self.decisions.items() if v[0] > now}
         return found
+
+    def cached_decision(self, job_id: str) -> tuple[Decision | None] | None:
+        """``(decision,)`` while the last lookup of ``job_id`` is fresh, else None: the
+        request path's common case, answered without a database or a thread hop."""
+        with self.lock:
+            hit = self.decisions.get(job_id)
+        return (hit[1],) if hit is not None and hit[0] > time.monotonic() else None
 
     def forget_decisions(self) -> None:
         with self.lock:
