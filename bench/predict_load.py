@@ -32,7 +32,12 @@ How to read it
 ``batch`` is the mean images per forward pass and ``fwd busy`` the share of the wall time
 the service spent in forward passes (from its ``/metrics``); ``server CPU ms/img`` the CPU
 time (all its threads, user + system) the service process spent per image classified, and
-``client CPU`` the load generator's own CPU, in cores (both share the machine). "best" is
+``client CPU`` the load generator's own CPU, in cores (both share the machine). The next
+table splits the service's CPU per image by thread: the forward threads (compare with the
+in-process ``batched CPU ms/img``: a forward pass served costs what it costs alone), the
+decode threads, the event loop (HTTP, the app's Python, hand-offs) and the rest. On 2
+cores, every millisecond of decode and event loop per image comes out of the forward
+passes' share: that is what separates /predict from the batched figure. "best" is
 the runtime the service chose. Targets (issue 17): best batched / eager batched >= 1.25;
 /predict c16 / best batched >= 0.85; c1 p50 / best bare p50 <= 1.15; zero errors; every
 answer equal to the runtime's in-process output. Ratios are medians over rounds, with their
@@ -129,7 +134,11 @@ def baselines(predictor: Any, photos: list[Path], batch: int, seconds: float
 
     images = [predictor.load(p) for p in photos]
     x = torch.stack([images[i % len(images)] for i in range(batch)])
+    cpu, wall = time.process_time(), time.perf_counter()
     batched = images_per_second(predictor, x, seconds=seconds)
+    # CPU per image of the batched run (its warm-up pass included): what a forward pass
+    # costs the machine, to set beside the service's forward threads' figure.
+    batched_cpu = (time.process_time() - cpu) / max(1e-9, batched * (time.perf_counter() - wall))
     blobs = [p.read_bytes() for p in photos]
     for b in blobs[:3]:
         predictor.predict([b], names=["warm"])
@@ -141,7 +150,8 @@ def baselines(predictor: Any, photos: list[Path], batch: int, seconds: float
         predictor.predict([blobs[i % len(blobs)]], names=["x"])
         lat.append(time.perf_counter() - t)
         i += 1
-    return {"batched_img_s": batched, "bare_p50_ms": 1000 * statistics.median(lat),
+    return {"batched_img_s": batched, "batched_cpu_ms_per_image": 1000 * batched_cpu,
+            "bare_p50_ms": 1000 * statistics.median(lat),
             "precision": predictor.precision, "runtime": predictor.runtime,
             "device": str(predictor.plan.device)}
 
@@ -176,12 +186,46 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def process_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) process ``pid`` has used so far (0 without a pid)."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(stat: str) -> float:
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int | None) -> dict[str, tuple[str, float]]:
+    """CPU seconds (user + system) that process ``pid`` has used so far: ``total`` (which
+    keeps the time of threads that ended), and per live thread id its part and seconds.
+    Parts: the forward threads (and the ONNX Runtime or OpenMP threads they started, which
+    inherit the name), the decode threads (the service names both:
+    ``app.core.procs.name_thread``), the event loop (the main thread). Empty without a pid
+    or ``/proc``."""
+    out: dict[str, tuple[str, float]] = {}
+    if pid is None or not Path(f"/proc/{pid}").is_dir():
+        return out
+    out["total"] = ("total", _cpu_seconds(Path(f"/proc/{pid}/stat").read_text()))
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            seconds = _cpu_seconds((task / "stat").read_text())
+        except OSError:  # the thread ended meanwhile
+            continue
+        part = ("event loop" if task.name == str(pid) else
+                name if name in ("forward", "decode") else "other")
+        out[task.name] = (part, seconds)
+    return out
+
+
+def cpu_by_part(before: dict[str, tuple[str, float]], after: dict[str, tuple[str, float]],
+                images: int) -> dict[str, float]:
+    """ms of CPU per image between two ``process_cpu`` readings, by part; ``other`` is the
+    rest of the process's total (threads that ended included)."""
+    if "total" not in after:
+        return {}
+    ms = {"total": 0.0, "forward": 0.0, "decode": 0.0, "event loop": 0.0}
+    for key, (part, seconds) in after.items():
+        if part in ms:
+            ms[part] += seconds - before.get(key, (part, 0.0))[1]
+    ms["other"] = ms["total"] - ms["forward"] - ms["decode"] - ms["event loop"]
+    return {part: 1000 * v / max(1, images) for part, v in ms.items()}
 
 
 class Load:
@@ -282,7 +326,8 @@ class Load:
         self._drive(concurrency, stop_at, requests)
         wall = time.perf_counter() - start
         client_cpu = (time.process_time() - cpu) / wall
-        server_cpu = process_cpu(self.server_pid) - server_cpu
+        server_ms = cpu_by_part(server_cpu, process_cpu(self.server_pid),
+                                len(self.latencies) * self.per_request)
         after = scrape(self.port)
         delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
         batches = delta.get("hotdog_predict_batch_size_count", 0.0)
@@ -294,7 +339,8 @@ class Load:
                 "mean_batch": delta.get("hotdog_predict_batch_size_sum", 0.0) / max(1, batches),
                 "forward_busy": delta.get("hotdog_predict_forward_seconds_total", 0.0) / wall,
                 "client_cpu": client_cpu,
-                "server_cpu_ms_per_image": 1000 * server_cpu / max(1, ok * self.per_request),
+                "server_cpu_ms_per_image": server_ms.get("total", float("nan")),
+                "server_cpu_ms_per_image_by_part": server_ms,
                 "first_error": self.errors[0] if self.errors else None}
 
 
@@ -434,13 +480,15 @@ def report(rounds: list[dict[str, Any]], serving: dict[str, Any], args: argparse
     print(f"\nmodel: ResNet-18 at {args.image_size} px on {base0['torch']['device']}, "
           f"{photos} photos of 160-512 px, {args.photos_per_request} per request ({body}), "
           f"{len(rounds)} round(s); medians over rounds [min-max]")
-    print(f"{'in process':>22} {'batched img/s':>22} {'bare p50 ms':>20}")
+    print(f"{'in process':>22} {'batched img/s':>22} {'bare p50 ms':>20} "
+          f"{'batched CPU ms/img':>18}")
     for name, b in base0.items():
         label = f"{b['runtime']} {b['precision']}"
         bm = spread([r["baseline"][name]["batched_img_s"] for r in rounds])
         lm = spread([r["baseline"][name]["bare_p50_ms"] for r in rounds])
+        cm = statistics.median(r["baseline"][name]["batched_cpu_ms_per_image"] for r in rounds)
         print(f"{label:>22} {bm[0]:>8.1f} [{bm[1]:.1f}-{bm[2]:.1f}] "
-              f"{lm[0]:>8.1f} [{lm[1]:.1f}-{lm[2]:.1f}]")
+              f"{lm[0]:>8.1f} [{lm[1]:.1f}-{lm[2]:.1f}] {cm:>18.2f}")
     print(f"{'/predict (auto: ' + serving['runtime'] + ')':>22} {'requests':>8} {'img/s':>7} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'batch':>5} {'fwd busy':>8} "
           f"{'server CPU ms/img':>17} {'client CPU':>10}")
@@ -455,6 +503,13 @@ def report(rounds: list[dict[str, Any]], serving: dict[str, Any], args: argparse
               f"{statistics.median(x['forward_busy'] for x in rs):>8.0%} "
               f"{statistics.median(x['server_cpu_ms_per_image'] for x in rs):>17.1f} "
               f"{statistics.median(x['client_cpu'] for x in rs):>10.0%}")
+    parts = ("forward", "decode", "event loop", "other")
+    print(f"{'service CPU ms/img by':>22} " + " ".join(f"{p:>10}" for p in parts)
+         )
+    for key in rounds[0]["load"]:
+        rs = [r["load"][key]["server_cpu_ms_per_image_by_part"] for r in rounds]
+        print(f"{key:>22} " + " ".join(
+            f"{statistics.median(x.get(p, 0.0) for x in rs):>10.2f}" for p in parts))
 
     best = serving["runtime"] if serving["runtime"] in base0 else "torch"
     summary: dict[str, Any] = {"best": best}

@@ -44,6 +44,9 @@ def test_the_gpu_check_runs_end_to_end_quick(tmp_path: Path) -> None:
         assert b["batched_img_s"] > 0 and b["bare_p50_ms"] > 0
     assert r["load"]["c1"]["requests"] == 10 and r["load"]["c16"]["requests"] > 0
     assert r["load"]["c16"]["mean_batch"] >= 1
+    # The service's CPU split by thread: its forward and decode threads are named.
+    split = r["load"]["c16"]["server_cpu_ms_per_image_by_part"]
+    assert split["forward"] > 0 and split["decode"] > 0 and split["event loop"] > 0
     # The service measured each runtime and serves the fastest.
     speeds = predict["serving"]["runtimes"]
     assert predict["serving"]["runtime"] == max(

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from app.core.procs import name_thread
 from app.engine.export import load_verification_set
 from app.engine.predict import (
     Predictor,
@@ -293,7 +294,8 @@ class ForwardThreads:
         self.lanes = max(1, lanes)
         self.threads = max(1, threads)
         self.shared = max(1, self.threads // self.lanes)
-        self.executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="forward")
+        self.executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="forward",
+                                           initializer=name_thread, initargs=("forward",))
         self.lock = threading.Lock()
         self.busy = 0
 

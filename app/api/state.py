@@ -21,6 +21,7 @@ from app.api.logs import Followers
 from app.api.readiness import PROBE_SECONDS, Readiness
 from app.api.serving import Intake, ModelCache, ServingMetrics
 from app.core.config import Settings
+from app.core.procs import name_thread
 from app.datasets.reporting import Reports
 from app.datasets.uploads import Uploads
 from app.engine.images import DecodeBudget, set_decode_budget
@@ -71,7 +72,7 @@ class State:
         registry = CollectorRegistry()
         decode_pool = ThreadPoolExecutor(
             max_workers=settings.predict_decode_threads or os.cpu_count() or 1,
-            thread_name_prefix="decode")
+            thread_name_prefix="decode", initializer=name_thread, initargs=("decode",))
         models = ModelCache(
             size=settings.models_cached, device=settings.predict_device,
             precision=settings.predict_precision, max_batch=settings.predict_max_batch,
