@@ -188,7 +188,9 @@ def test_a_lone_request_is_decoded_and_computed_in_one_hop_to_a_forward_thread()
         rec.release.set()
         assert [float(r) for r in await alone] == [5 * 12 * 2]
         assert [float(r) for r in await queued_one] == [7 * 12 * 2]
-        # Once done, the next lone request takes the short way again.
+        # Once done (the lane is handed back after its rows), the next lone request takes
+        # the short way again.
+        await wait_for_async(lambda: batcher.computing == 0, timeout=10, what="lanes free")
         with batcher.admit(1):
             assert batcher.alone(1)
             assert [float(r) for r in await batcher.run_alone(decode)] == [5 * 12 * 2]
