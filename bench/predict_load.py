@@ -35,7 +35,10 @@ time (all its threads, user + system) the service process spent per image classi
 ``client CPU`` the load generator's own CPU, in cores (both share the machine). The next
 table splits the service's CPU per image by thread: the forward threads (compare with the
 in-process ``batched CPU ms/img``: a forward pass served costs what it costs alone), the
-decode threads, the event loop (HTTP, the app's Python, hand-offs) and the rest. On 2
+decode threads, the event loop (HTTP, the app's Python, hand-offs) and the rest (mostly
+ONNX Runtime's own pool threads, which a pass running alone on two threads uses: they are
+started with the session, by the thread that built it). A lone request (c1) is decoded on
+a forward thread (``Batcher.run_alone``), so its decode counts as forward there. On 2
 cores, every millisecond of decode and event loop per image comes out of the forward
 passes' share: that is what separates /predict from the batched figure. "best" is
 the runtime the service chose. Targets (issue 17): best batched / eager batched >= 1.25;

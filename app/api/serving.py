@@ -1,14 +1,17 @@
 """Serving predictions: loaded models (cached) and the batcher that pools the images of
 concurrent requests into one forward pass.
 
-The event loop never runs model code. Decoding happens on the decode threads (``State``); the
-forward pass runs on one thread per process (the device's), fed by a :class:`Batcher`
-per model: the first image waiting starts a batch, which waits up to ``max_delay`` for
-more (never beyond ``max_batch``); while a batch is computing, new images queue up and form
-the next one. The queue is bounded: past ``max_queue`` waiting images a request is refused
-at once (503 with Retry-After) rather than left to time out. Images being decoded count
-too: a request is admitted (``Batcher.admit``) before its images are decoded, so a flood
-is refused before it costs any decoding.
+The event loop never runs model code. Decoding happens on the decode threads (``State``);
+forward passes run on the forward threads (``ForwardThreads``, one per lane), fed by a
+:class:`Batcher` per model: the first image waiting starts a batch, which waits up to
+``max_delay`` for more (never beyond ``max_batch``); while a batch is computing, new images
+queue up and form the next one, which the forward thread takes itself when it is done
+(``Batcher._lane``), without waiting for the event loop. A lone one-photo request (nothing
+else decoding, waiting or computing) is decoded and computed on one forward thread, in one
+hop (``Batcher.run_alone``). The queue is bounded: past ``max_queue`` waiting images a
+request is refused at once (503 with Retry-After) rather than left to time out. Images being
+decoded count too: a request is admitted (``Batcher.admit``) before its images are decoded,
+so a flood is refused before it costs any decoding.
 
 Which runtime computes a model's forward passes is decided by measurement
 (:meth:`ModelCache.tune`): a model starts on the runtime :func:`choose_runtime` picks without
