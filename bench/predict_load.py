@@ -507,8 +507,7 @@ def report(rounds: list[dict[str, Any]], serving: dict[str, Any], args: argparse
               f"{statistics.median(x['server_cpu_ms_per_image'] for x in rs):>17.1f} "
               f"{statistics.median(x['client_cpu'] for x in rs):>10.0%}")
     parts = ("forward", "decode", "event loop", "other")
-    print(f"{'service CPU ms/img by':>22} " + " ".join(f"{p:>10}" for p in parts)
-         )
+    print(f"{'service CPU ms/img by':>22} " + " ".join(f"{p:>10}" for p in parts))
     for key in rounds[0]["load"]:
         rs = [r["load"][key]["server_cpu_ms_per_image_by_part"] for r in rounds]
         print(f"{key:>22} " + " ".join(

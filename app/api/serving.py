@@ -241,7 +241,7 @@ class Batcher:
         with the images waiting by then (up to ``CHAINED_PASSES`` passes) without a round
         trip through the loop between passes. Under load the loop is busy with requests
         and answers; a lane that waited for it to dispatch each batch sat idle for part of
-        every pass (8 % of the CPU at concurrency 16 on 2 cores). The bound keeps a busy
+        every pass (the service used 1.85 of 2 cores at concurrency 16). The bound keeps a busy
         model from holding the forward threads that other models' batches wait for."""
         for passes in range(1, CHAINED_PASSES + 1):
             started = time.perf_counter()

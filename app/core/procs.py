@@ -1,7 +1,8 @@
-"""Child processes that must not outlive their parent."""
+"""Process and thread helpers: children that must not outlive their parent, named threads."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import signal
 import sys
@@ -13,12 +14,7 @@ def die_with_parent() -> None:
     """Linux: this process gets SIGKILL when its parent dies (strictly: when the parent's
     thread that started it ends), so that a killed worker or API leaves no training or
     explanation process behind holding memory, a GPU or a job's files. Elsewhere: nothing."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except OSError:
-            pass
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 PR_SET_NAME = 15
@@ -30,9 +26,11 @@ def name_thread(name: str) -> None:
     decode threads, the forward threads (and the threads that ONNX Runtime or OpenMP start
     from them, which inherit the name). Python 3.11 leaves every thread named after the
     process. Elsewhere: nothing."""
+    _prctl(PR_SET_NAME, name.encode()[:15])
+
+
+def _prctl(option: int, arg: int | bytes) -> None:
+    """Linux's prctl(option, arg); nothing elsewhere, or where libc cannot be loaded."""
     if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(PR_SET_NAME, name.encode()[:15])
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, arg)
