@@ -11,8 +11,8 @@ stops the first. Clients that are not browsers (curl, the ``hotdog`` commands) s
 
 from __future__ import annotations
 
+import random
 import re
-import uuid
 from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
@@ -34,6 +34,14 @@ def _quoted(value: str) -> str:
     return repr(value[:SHOWN] + ("…" if len(value) > SHOWN else ""))
 
 
+def new_request_id() -> str:
+    """32 random hex digits. Not ``uuid4``: its ``os.urandom`` is a system call that lets go
+    of the GIL, and the event loop then waits for the forward and decode threads to hand it
+    back (0.6 ms a request under load, measured). An id that finds a log line needs no
+    cryptographic randomness; ``random`` is reseeded in each forked worker."""
+    return f"{random.getrandbits(128):032x}"
+
+
 class RequestId:
     """Every request gets an id: the client's ``X-Request-ID`` when it is a plain token,
     else a new one. Every line logged while answering carries it (``app.core.logs``) and the
@@ -47,7 +55,7 @@ class RequestId:
             await self.app(scope, receive, send)
             return
         given = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
-        request_id = given if CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = given if CLIENT_REQUEST_ID.fullmatch(given) else new_request_id()
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
