@@ -219,3 +219,29 @@ def test_raw_bodies_that_are_no_photo_are_422(service) -> None:  # type: ignore[
     assert junk.status_code == 422, junk.text
     no_file = c.post("/predict", data={"model": "x"}, files={"other": ("a", b"a", "text/plain")})
     assert no_file.status_code == 422 and "no `file` field" in no_file.json()["detail"]
+
+
+def test_a_raw_body_query_is_checked_as_a_form_query_is(
+        service, color_dataset: Path) -> None:  # type: ignore[no-untyped-def]
+    # The raw body skips FastAPI's parameter handling (PredictRoute): its query must still be
+    # refused with the very answer FastAPI gives a form's.
+    c, _ = service
+    photo = _photos(color_dataset)[0].read_bytes()
+    raw_type = {"content-type": "image/jpeg"}
+    for query in ("top_k=0", "top_k=two", "crop=left", "explain=perhaps", "model=" + "x" * 65,
+                  "filename=" + "y" * 256):
+        raw = c.post(f"/predict?{query}", content=photo, headers=raw_type)
+        form = c.post(f"/predict?{query}", files={"file": ("a.jpg", photo, "image/jpeg")})
+        assert raw.status_code == form.status_code == 422, (query, raw.text)
+        assert raw.json() == form.json(), query
+        [error] = raw.json()["detail"]
+        assert error["loc"] == ["query", query.split("=")[0]]
+    top = c.post("/predict?top_k=1&top_k=2&filename=x.jpg&unknown=1", content=photo,
+                 headers=raw_type)
+    assert top.status_code == 200, top.text
+    [p] = top.json()["predictions"]
+    assert p["filename"] == "x.jpg" and len(p["probabilities"]) == 2  # the last top_k counts
+    top = c.post("/predict?top_k=1", content=photo, headers=raw_type).json()["predictions"][0]
+    assert list(top["probabilities"]) == [top["label"]]
+    unknown = c.post("/predict?model=nosuchjob", content=photo, headers=raw_type)
+    assert unknown.status_code == 404, unknown.text

@@ -20,7 +20,9 @@ from urllib.parse import quote
 
 from fastapi import Depends, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import BaseModel, Field, ValidationError
 
 from app.api.errors import Unprocessable
 from app.api.serving import LoadedModel
@@ -34,6 +36,35 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+class PredictQuery(BaseModel):
+    """``/predict``'s query parameters, validated as one model: the options (a form's fields
+    win over them) and, for a raw body, where there is no form, the model and the photo's
+    name. A raw-body request is validated with this alone (``PredictQuery.of``)."""
+
+    model: str | None = Field(None, max_length=64, description="job id (default: the active "
+                              "model); for a raw image body, where there is no form")
+    filename: str | None = Field(None, max_length=255, description="a raw body's name in the "
+                                 "answer (default: image)")
+    explain: bool | None = Field(None, description="add a Grad-CAM heatmap per image")
+    explain_class: str | None = Field(None, max_length=200, description="explain this class "
+                                      "instead of the predicted one")
+    crop: Crop | None = Field(None, description="center (default: Resize + CenterCrop) or full "
+                              "(the whole photo resized to the model's square input, no crop)")
+    top_k: int | None = Field(None, ge=1, description="report the k most probable classes "
+                              "(default: all)")
+
+    @classmethod
+    def of(cls, request: Request) -> PredictQuery:
+        """``request``'s query, refused as FastAPI refuses a parameter: 422, ``loc`` naming
+        it. The last of a repeated parameter counts, as in FastAPI."""
+        try:
+            return cls.model_validate(dict(request.query_params))
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
+            ) from exc
+
+
 @dataclass(frozen=True)
 class PredictOptions:
     explain: bool = False
@@ -41,6 +72,21 @@ class PredictOptions:
     crop: Crop = "center"
     top_k: int | None = None
     png: bool = False  # Accept: image/png: the overlay itself is the answer
+    model: str | None = None  # the query's: a form's own ``model`` field comes after it
+    filename: str | None = None  # a raw body's name
+
+    @classmethod
+    def of(cls, request: Request, query: PredictQuery, *, explain: bool | None = None,
+           explain_class: str | None = None, crop: Crop | None = None,
+           top_k: int | None = None) -> PredictOptions:
+        """A request's options: its form's fields (the keywords), else its query's."""
+        png = _accepts_png(request)
+        explain_class = _either(explain_class, query.explain_class)
+        return cls(
+            explain=bool(_either(explain, query.explain)) or png or explain_class is not None,
+            explain_class=explain_class, crop=_either(crop, query.crop) or "center",
+            top_k=_either(top_k, query.top_k), png=png, model=query.model,
+            filename=query.filename)
 
     def check(self, classes: Sequence[str], files: int) -> None:
         """422 for options this model or request cannot take."""
@@ -62,31 +108,22 @@ def _accepts_png(request: Request) -> bool:
 
 async def predict_options(
     request: Request,
-    explain_form: Annotated[bool | None, Form(
-        alias="explain", description="add a Grad-CAM heatmap per image (or as a query "
-        "parameter, as every option here)")] = None,
-    explain_query: Annotated[bool | None, Query(alias="explain")] = None,
-    explain_class_form: Annotated[str | None, Form(
-        alias="explain_class", max_length=200,
-        description="explain this class instead of the predicted one")] = None,
-    explain_class_query: Annotated[str | None, Query(alias="explain_class",
-                                                     max_length=200)] = None,
-    crop_form: Annotated[Crop | None, Form(
-        alias="crop", description="center (default: Resize + CenterCrop) or full (the "
-        "whole photo resized to the model's square input, no crop)")] = None,
-    crop_query: Annotated[Crop | None, Query(alias="crop")] = None,
-    top_k_form: Annotated[int | None, Form(
-        alias="top_k", ge=1, description="report the k most probable classes (default: all)"
-    )] = None,
-    top_k_query: Annotated[int | None, Query(alias="top_k", ge=1)] = None,
+    query: Annotated[PredictQuery, Query()],
+    explain: Annotated[bool | None, Form(
+        description="add a Grad-CAM heatmap per image (or as a query parameter, as every "
+        "option here)")] = None,
+    explain_class: Annotated[str | None, Form(
+        max_length=200, description="explain this class instead of the predicted one")] = None,
+    crop: Annotated[Crop | None, Form(
+        description="center (default: Resize + CenterCrop) or full (the whole photo resized "
+        "to the model's square input, no crop)")] = None,
+    top_k: Annotated[int | None, Form(
+        ge=1, description="report the k most probable classes (default: all)")] = None,
 ) -> PredictOptions:
-    """The options of ``/predict``, as form fields or query parameters (the form wins)."""
-    png = _accepts_png(request)
-    explain_class = _either(explain_class_form, explain_class_query)
-    return PredictOptions(
-        explain=bool(_either(explain_form, explain_query)) or png or explain_class is not None,
-        explain_class=explain_class, crop=_either(crop_form, crop_query) or "center",
-        top_k=_either(top_k_form, top_k_query), png=png)
+    """The options of a multipart ``/predict``, as form fields or query parameters (the form
+    wins)."""
+    return PredictOptions.of(request, query, explain=explain, explain_class=explain_class,
+                             crop=crop, top_k=top_k)
 
 
 def _either(form: T | None, query: T | None) -> T | None:
