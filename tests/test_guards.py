@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.app import create_app
+from app.api.guards import new_request_id
 from app.core.config import Settings, is_loopback
 from app.core.logs import make_handler
 from app.db.session import upgrade
@@ -132,6 +134,22 @@ def test_answers_carry_a_request_id_that_the_log_lines_carry(settings: Settings)
     lines = [line for line in stream.getvalue().splitlines() if "readiness" in line]
     assert lines and all('"request_id": "abc-123"' in line for line in lines), lines
     assert str(settings.broker_folder) in lines[0]  # the log names the path; the answer not
+
+
+def test_request_ids_are_fresh_in_every_process() -> None:
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    # A forked worker (uvicorn --workers, Celery's prefork) must not repeat its parent's ids.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert len(child) == 32 and child != new_request_id()
 
 
 def _serve(tmp: Path, host: str) -> Stack:

@@ -9,7 +9,8 @@ own) only when the lookup cache has no answer.
 
 Two bodies: a multipart form (``file`` repeated, ``model``), for browsers and several
 photos; or one photo as the raw body (``Content-Type: image/jpeg|png|webp``, ``model`` in
-the query), which skips the multipart parser and its spooled temporary files.
+the query), which skips the multipart parser and its spooled temporary files, and FastAPI's
+parameter handling too (``PredictRoute``).
 """
 
 from __future__ import annotations
