@@ -36,6 +36,17 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+# Each option's words and bounds, for its query parameter and its form field alike.
+DOCS = {
+    "explain": "add a Grad-CAM heatmap per image",
+    "explain_class": "explain this class instead of the predicted one",
+    "crop": "center (default: Resize + CenterCrop) or full (the whole photo resized to the "
+            "model's square input, no crop)",
+    "top_k": "report the k most probable classes (default: all)",
+}
+CLASS_MAX = 200  # characters of explain_class
+
+
 class PredictQuery(BaseModel):
     """``/predict``'s query parameters, validated as one model: the options (a form's fields
     win over them) and, for a raw body, where there is no form, the model and the photo's
@@ -45,13 +56,10 @@ class PredictQuery(BaseModel):
                               "model); for a raw image body, where there is no form")
     filename: str | None = Field(None, max_length=255, description="a raw body's name in the "
                                  "answer (default: image)")
-    explain: bool | None = Field(None, description="add a Grad-CAM heatmap per image")
-    explain_class: str | None = Field(None, max_length=200, description="explain this class "
-                                      "instead of the predicted one")
-    crop: Crop | None = Field(None, description="center (default: Resize + CenterCrop) or full "
-                              "(the whole photo resized to the model's square input, no crop)")
-    top_k: int | None = Field(None, ge=1, description="report the k most probable classes "
-                              "(default: all)")
+    explain: bool | None = Field(None, description=DOCS["explain"])
+    explain_class: str | None = Field(None, max_length=CLASS_MAX, description=DOCS["explain_class"])
+    crop: Crop | None = Field(None, description=DOCS["crop"])
+    top_k: int | None = Field(None, ge=1, description=DOCS["top_k"])
 
     @classmethod
     def of(cls, request: Request) -> PredictQuery:
@@ -110,15 +118,11 @@ async def predict_options(
     request: Request,
     query: Annotated[PredictQuery, Query()],
     explain: Annotated[bool | None, Form(
-        description="add a Grad-CAM heatmap per image (or as a query parameter, as every "
-        "option here)")] = None,
-    explain_class: Annotated[str | None, Form(
-        max_length=200, description="explain this class instead of the predicted one")] = None,
-    crop: Annotated[Crop | None, Form(
-        description="center (default: Resize + CenterCrop) or full (the whole photo resized "
-        "to the model's square input, no crop)")] = None,
-    top_k: Annotated[int | None, Form(
-        ge=1, description="report the k most probable classes (default: all)")] = None,
+        description=DOCS["explain"] + " (or as a query parameter, as every option here)")] = None,
+    explain_class: Annotated[str | None, Form(max_length=CLASS_MAX,
+                                              description=DOCS["explain_class"])] = None,
+    crop: Annotated[Crop | None, Form(description=DOCS["crop"])] = None,
+    top_k: Annotated[int | None, Form(ge=1, description=DOCS["top_k"])] = None,
 ) -> PredictOptions:
     """The options of a multipart ``/predict``, as form fields or query parameters (the form
     wins)."""

@@ -180,8 +180,8 @@ PREDICT_OUT = TypeAdapter(PredictOut)
 async def _predict_raw(request: Request, state: State) -> Response:
     """One photo as the body. The query is validated as one model and the answer checked
     and serialised by pydantic in one call each: what FastAPI does for the form, per field."""
+    body = await request.body()  # read whole first: the client then reads any refusal
     options = PredictOptions.of(request, PredictQuery.of(request))
-    body = await request.body()
     if not body:
         raise Unprocessable("the request body is empty: send the photo's bytes")
     answer = await _classify(state, options, [io.BytesIO(body)], [options.filename or "image"])
