@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import subprocess
 import sys
 import threading
 import tracemalloc
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -160,6 +162,46 @@ def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
     assert p.stat().st_size < 2_000_000
     with pytest.raises(ImageDecodeError, match=r"bomb\.png.*too large"):
         open_rgb(p)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_the_pixel_limit_holds_while_other_threads_change_the_warnings_filter() -> None:
+    # catch_warnings swaps the process's filter list: a thread leaving it restores the list
+    # it found, undoing what other threads set meanwhile. The limit must not depend on it
+    # (a filter turning PIL's bomb warning into an error let 88 of these 800 through).
+    side = int((MAX_IMAGE_PIXELS * 1.5) ** 0.5)
+    buf = io.BytesIO()
+    Image.new("1", (side, side)).save(buf, "PNG")
+    bomb = buf.getvalue()
+    accepted: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def quieting() -> None:
+        while not stop.is_set():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+
+    def decoding() -> None:
+        for _ in range(200):
+            with contextlib.suppress(ImageDecodeError):
+                accepted.append(open_rgb(bomb, then=lambda img: img.size))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave at almost every bytecode
+    try:
+        with warnings.catch_warnings():
+            others = [threading.Thread(target=quieting) for _ in range(2)]
+            decoders = [threading.Thread(target=decoding) for _ in range(4)]
+            for t in others + decoders:
+                t.start()
+            for t in decoders:
+                t.join()
+            stop.set()
+            for t in others:
+                t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert accepted == []
 
 
 def test_uploaded_bytes_are_named_by_caller() -> None:

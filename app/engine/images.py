@@ -32,6 +32,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 # sizes a decompression bomb needs. PIL raises DecompressionBombError at twice this.
 MAX_IMAGE_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# Between 1x and 2x that, PIL warns as it opens the file: ``open_rgb`` refuses such an image
+# itself, so the warning would only repeat the refusal on stderr, once for each size sent.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # PIL allocates a picture in blocks of up to this size. Above glibc's largest mmap threshold
 # (32 MiB), every such block is mapped on its own and given back to the system when freed;
 # PIL's default 16 MiB blocks came from malloc's heaps once a first one was freed, which
@@ -116,11 +119,16 @@ def open_rgb(
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
-        with warnings.catch_warnings():
-            # A bomb warning (between 1x and 2x MAX_IMAGE_PIXELS) is an error here.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source, formats=SUPPORTED_FORMATS) as img:
-                return _decode(img, label, min_short_side, then, budget, wait)
+        with Image.open(source, formats=SUPPORTED_FORMATS) as img:
+            # PIL itself refuses only twice MAX_IMAGE_PIXELS (and warns between): the limit
+            # is checked here, from the header, and not through the warnings filter, which
+            # is the process's (a thread's ``catch_warnings`` changes it for every thread).
+            pixels = img.width * img.height
+            if pixels > MAX_IMAGE_PIXELS:
+                raise ImageDecodeError(
+                    f"{label}: image is too large ({img.width}x{img.height}, {pixels:,} "
+                    f"pixels; the limit is {MAX_IMAGE_PIXELS:,})")
+            return _decode(img, label, min_short_side, then, budget, wait)
     except FileNotFoundError as exc:
         raise ImageDecodeError(f"{label}: file not found") from exc
     except UnidentifiedImageError as exc:
