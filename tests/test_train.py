@@ -248,10 +248,13 @@ def test_pickle_payload_checkpoint_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_run_whose_losses_blow_up_fails_saying_so(demo_dataset: Path, tmp_path: Path) -> None:
-    # lr 10 from scratch: the weights blow up in the first epoch; the losses are nan or inf,
-    # which no epoch row, JSON answer or model selection can use.
+    # lr 10 from scratch, the head at 100x and momentum 0.99: the weights blow up in the
+    # first epoch; the losses are nan or inf, which no epoch row, JSON answer or model
+    # selection can use. (lr 10 alone gave nan in bf16 but losses of 1e33, finite, in fp32 on
+    # a CPU without native bf16; these settings give nan in both.)
     rec = Recorder()
-    cfg = TrainConfig(**{**TINY, "init": "scratch", "lr": 10.0, "epochs": 2})
+    cfg = TrainConfig(**{**TINY, "init": "scratch", "lr": 10.0, "head_lr_mult": 100.0,
+                         "momentum": 0.99, "epochs": 2})
     with pytest.raises(TrainingDiverged, match=r"diverged at epoch 1: .*loss (nan|inf).* lower lr"):
         fit(demo_dataset, cfg, tmp_path / "m.pt", callback=rec)
     assert not rec.epochs and not (tmp_path / "m.pt").exists()
