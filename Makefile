@@ -20,8 +20,12 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m app.cli demo $(ARGS)
 
+# The suite in TEST_WORKERS processes (pytest-xdist): about 40 % of one process's time is spent
+# waiting on the processes a test starts (a worker importing torch, a job's training process),
+# which a second process fills. TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # ruff, mypy (pyproject's [tool.mypy]) and the layer contracts (import-linter).
 lint: $(STAMP)
