@@ -17,8 +17,9 @@ trains the same recipe twice from the same starting weights:
 * **engine** - ``app.engine.fit`` with the equivalent ``TrainConfig`` (same init, epochs,
   batch size, lr, head multiplier, weight decay, momentum, image size, seed) on the CPU:
   images decoded once into an in-memory cache, channels_last, batched normalisation, and
-  whatever precision its device plan picks - bf16 autocast on a CPU with native bf16
-  (AVX512-BF16/AMX), else fp32; the header line says which. ``--engine-precision fp32``
+  whatever precision its device plan picks - bf16 autocast on a CPU where it measures
+  faster than fp32 (``app.engine.device.cpu_bf16_pays``), else fp32; the header line says
+  which. ``--engine-precision fp32``
   forces fp32 (``TrainConfig.precision``) to separate
   the bf16 gain from that of channels_last + caching.
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from app.engine import device
 from app.engine.device import plan_device
 
 
@@ -16,6 +17,39 @@ def test_cpu_without_bf16_runs_fp32_channels_last() -> None:
 def test_cpu_with_native_bf16_uses_autocast() -> None:
     plan = plan_device("cpu", cuda_available=False, cpu_bf16=True, cpu_count=32)
     assert plan.amp_dtype == torch.bfloat16 and plan.workers > 0
+
+
+def test_cpu_bf16_is_measured_and_taken_only_where_it_pays(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    speedup = device.cpu_bf16_speedup()  # the real probe, on this CPU
+    assert 0.01 < speedup < 100
+    assert device.cpu_bf16_pays() == (
+        device.cpu_supports_bf16() and speedup >= device.BF16_MIN_SPEEDUP)
+    assert (plan_device("cpu", cuda_available=False).amp_dtype == torch.bfloat16) == (
+        device.cpu_bf16_pays())
+
+    # The decision, on CPUs unlike this one: native instructions and measured faster.
+    measured: list[float] = []
+
+    def fake(value: float) -> None:
+        measured.clear()
+
+        def speedup() -> float:
+            measured.append(value)
+            return value
+
+        monkeypatch.setattr(device, "cpu_bf16_speedup", speedup)
+
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: True)
+    fake(0.68)  # AVX512-BF16 without AMX, as measured on one Intel Xeon
+    assert plan_device("cpu", cuda_available=False).amp_dtype is None and measured == [0.68]
+    fake(2.0)  # with AMX
+    assert plan_device("cpu", cuda_available=False).amp_dtype == torch.bfloat16
+    fake(2.0)  # an explicit precision is not measured
+    assert plan_device("cpu", precision="fp32", cuda_available=False).amp_dtype is None
+    assert measured == []
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: False)
+    assert plan_device("cpu", cuda_available=False).amp_dtype is None and measured == []
 
 
 def test_cuda_is_chosen_when_present_with_bf16_and_pinned_memory() -> None:

@@ -83,8 +83,8 @@ def choose_runtime(requested: str, *, onnx_file: Path | None, device: str = "aut
                    precision: str = "auto") -> str:
     """The runtime to serve a model with before anything is measured. ``auto``: ONNX Runtime
     when the model has an export and the alternative would be eager fp32 on a CPU (ONNX
-    Runtime is faster there); eager PyTorch on a GPU or with bf16 autocast on a CPU that has
-    native bf16 (faster still). (A server then measures every runtime and keeps the
+    Runtime is faster there); eager PyTorch on a GPU or with bf16 autocast on a CPU where it
+    measures faster than fp32 (faster still). (A server then measures every runtime and keeps the
     fastest: ``app.api.serving``.) An ``onnx`` request for a model without an export falls
     back to PyTorch; ``compiled`` starts as eager PyTorch (it is built in the background)."""
     if requested not in (*RUNTIMES, "auto"):
