@@ -221,7 +221,8 @@ def run_local(cfg: DemoConfig, out: DemoOutput) -> DemoResult:
 def _local_start(cfg: DemoConfig, out: DemoOutput) -> tuple[str, str | None, Run | None]:
     """Where the fine-tune starts: ImageNet weights, or (without them, or asked to) the
     other-task model, trained here first; the note that says so, and that run."""
-    from app.engine.model import PretrainedWeightsMissing, load_imagenet_state_dict
+    from app.engine.errors import PretrainedWeightsMissing
+    from app.engine.model import load_imagenet_state_dict
 
     note: str | None = None
     if cfg.start == "pretext":
@@ -328,7 +329,7 @@ class _ServiceRuns:
             if exc.kind != ErrorKind.WEIGHTS_MISSING:
                 raise
             if self.cfg.start == "imagenet":
-                from app.engine.model import PretrainedWeightsMissing
+                from app.engine.errors import PretrainedWeightsMissing
 
                 raise PretrainedWeightsMissing(f"{FINE_TUNE} job refused: {exc.detail}") from exc
             self.start_pretext("no running worker of the service has them")
@@ -347,7 +348,7 @@ class _ServiceRuns:
         if (fine is not None and fine["status"] == "failed"
                 and fine.get("error_kind") == ErrorKind.WEIGHTS_MISSING):
             if self.cfg.start == "imagenet":
-                from app.engine.model import PretrainedWeightsMissing
+                from app.engine.errors import PretrainedWeightsMissing
 
                 raise PretrainedWeightsMissing(
                     f"{FINE_TUNE} job {fine['id']} failed: {fine['error']}")

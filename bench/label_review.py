@@ -37,7 +37,8 @@ from app.datasets.label_noise import flip_labels  # noqa: E402
 from app.engine import TrainConfig, fit  # noqa: E402
 from app.engine.catalogue import catalogue  # noqa: E402
 from app.engine.config import INIT_IMAGENET, INIT_SCRATCH  # noqa: E402
-from app.engine.model import PretrainedWeightsMissing, load_imagenet_state_dict  # noqa: E402
+from app.engine.errors import PretrainedWeightsMissing  # noqa: E402
+from app.engine.model import load_imagenet_state_dict  # noqa: E402
 from app.engine.review import (  # noqa: E402
     ReviewConfig,
     choose_backbone,

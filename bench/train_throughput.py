@@ -104,11 +104,12 @@ from torchvision.models import resnet18
 
 from app.engine import BatchProgress, Callback, EpochMetrics, StartInfo, TrainConfig, fit
 from app.engine.checkpoint import load_checkpoint
-from app.engine.compiled import BREAK_EVEN_IMAGES, COMPILE_CHOICES, REFERENCE_SIZE, CompiledStep
-from app.engine.config import INIT_IMAGENET, INIT_SCRATCH
-from app.engine.data import DatasetError, load_image_folder
+from app.engine.compiled import BREAK_EVEN_IMAGES, REFERENCE_SIZE, CompiledStep
+from app.engine.config import COMPILE_CHOICES, INIT_IMAGENET, INIT_SCRATCH
+from app.engine.data import load_image_folder
 from app.engine.device import DevicePlan, plan_device
-from app.engine.model import PretrainedWeightsMissing, build_model, load_imagenet_state_dict
+from app.engine.errors import DatasetError, PretrainedWeightsMissing
+from app.engine.model import build_model, load_imagenet_state_dict
 from app.engine.train import forward_backward, make_optimizer
 
 MEAN = [0.485, 0.456, 0.406]

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.engine.errors import ImageDecodeError
 from app.engine.images import (
     MAX_IMAGE_PIXELS,
     DecodeBudget,
     DecodeBusy,
-    ImageDecodeError,
     open_rgb,
 )
 from app.engine.presets import Preprocessing, load_eval_image

@@ -8,8 +8,8 @@ import torch
 from torchvision.models import resnet18
 
 from app.engine.config import TrainConfig
+from app.engine.errors import PretrainedWeightsMissing
 from app.engine.model import (
-    PretrainedWeightsMissing,
     build_model,
     imagenet_weights_cache_path,
     load_imagenet_state_dict,

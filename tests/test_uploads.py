@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.core.config import Settings
 from app.datasets.archive import Limits, extract_zip
-from app.engine.data import DatasetError
+from app.engine.errors import DatasetError
 from tests.helpers import (
     free_port,
     jpeg,

@@ -19,9 +19,8 @@ from app.datasets.report import ImageNotFound
 from app.datasets.service import DatasetBusy, DatasetNotFound
 from app.datasets.uploads import UploadsBusy
 from app.datasets.versions import InvalidChanges
-from app.engine.checkpoint import CheckpointError
-from app.engine.data import DatasetError
-from app.engine.images import DecodeBusy, ImageDecodeError
+from app.engine.errors import CheckpointError, DatasetError, ImageDecodeError
+from app.engine.images import DecodeBusy
 from app.jobs.broker import QueueUnreachable
 from app.jobs.reviews import ReviewNotFound
 from app.jobs.service import InvalidParams, JobConflict, JobNotFound, TooManyActiveJobs

@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 from app.datasets import zipdir
 from app.datasets.layout import SPLITS, is_hidden, present_splits
-from app.engine.data import DatasetError
+from app.engine.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

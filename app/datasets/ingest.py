@@ -21,10 +21,10 @@ from typing import BinaryIO
 from app.datasets.archive import Limits, extract_zip
 from app.datasets.layout import ALL_SPLITS, MAX_LISTED, find_root, is_hidden, present_splits
 from app.engine.catalogue import write_manifest
-from app.engine.data import DatasetError, ImageFolderSplits, load_image_folder
+from app.engine.data import ImageFolderSplits, load_image_folder
+from app.engine.errors import DatasetError, ImageDecodeError
 from app.engine.images import (
     DecodeBudget,
-    ImageDecodeError,
     decode_budget,
     is_image_file,
     open_rgb,

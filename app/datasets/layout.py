@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.engine.data import DatasetError
+from app.engine.errors import DatasetError
 
 SPLITS: tuple[str, str] = ("train", "test")  # every dataset has these
 OPTIONAL_SPLITS: tuple[str] = ("val",)

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from app.engine.callback import TrainingCancelled
 from app.engine.catalogue import catalogue
-from app.engine.images import ImageDecodeError, is_image_file
+from app.engine.errors import ImageDecodeError, TrainingCancelled
+from app.engine.images import is_image_file
 from app.engine.predict import Predictor
 
 if TYPE_CHECKING:

@@ -11,10 +11,6 @@ from typing import Any
 from app.engine.config import TrainConfig
 
 
-class TrainingCancelled(Exception):
-    """The callback asked the run to stop."""
-
-
 @dataclass(frozen=True)
 class StartInfo:
     classes: list[str]

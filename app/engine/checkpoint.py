@@ -23,13 +23,11 @@ from typing import Any
 
 import torch
 
+from app.engine.errors import CheckpointError
+
 FORMAT = "hotdog.checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("model", "classes", "preprocessing", "params", "epoch")
-
-
-class CheckpointError(ValueError):
-    """The file is not a hotdog checkpoint this version can read."""
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:

@@ -44,9 +44,10 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import nn
 
+from app.engine.config import COMPILE_CHOICES
+
 log = logging.getLogger(__name__)
 
-COMPILE_CHOICES = ("auto", "on", "off")
 REFERENCE_SIZE = 224  # the break-even is counted in images of this side
 # Break-even in images at 224 px, by device type (README, "Speed"). Estimates: no CPU measured
 # so far shows a gain (bench/train_throughput.py, 112 px, bf16: an idle 2-core Intel Xeon with

@@ -6,14 +6,17 @@ import re
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
-from app.engine.compiled import COMPILE_CHOICES
-from app.engine.imbalance import CLASS_WEIGHTS, SAMPLERS
-from app.engine.presets import DEFAULT_IMAGE_SIZE
-from app.engine.schedule import LR_SCHEDULES
 from app.engine.selection import SELECT_CHOICES, SELECT_METRICS
 
 INIT_IMAGENET = "imagenet"
 INIT_SCRATCH = "scratch"
+# The choices of the fields below, here rather than beside the code that acts on them, so
+# that a run's configuration (the command line's options, the API's schema) imports no torch.
+DEFAULT_IMAGE_SIZE = 224
+LR_SCHEDULES = ("constant", "cosine", "step")
+CLASS_WEIGHTS = ("none", "balanced")
+SAMPLERS = ("shuffle", "balanced")
+COMPILE_CHOICES = ("auto", "on", "off")
 
 # Defaults reproduce d2l's run (d2l.ai, "Fine-Tuning", PyTorch): batch 128, lr 5e-5 for the
 # backbone and 10x for the new head, weight decay 1e-3, plain SGD (no momentum), 5 epochs.

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms.v2 import functional as F
 
+from app.engine.errors import DatasetError
 from app.engine.images import is_image_file, open_rgb
 from app.engine.presets import (
     Preprocessing,
@@ -29,10 +30,6 @@ from app.engine.presets import (
 log = logging.getLogger(__name__)
 
 Sample = tuple[Path, int]
-
-
-class DatasetError(ValueError):
-    """The directory is not a usable ImageFolder dataset; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,7 @@ class Explainer:
 
 def original_size(data: bytes) -> tuple[int, int]:
     """Width and height of the photo as shown (EXIF orientation applied), from its header."""
-    from app.engine.images import ImageDecodeError
+    from app.engine.errors import ImageDecodeError
 
     try:
         with Image.open(io.BytesIO(data)) as im:

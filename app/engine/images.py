@@ -22,6 +22,8 @@ from typing import BinaryIO, TypeVar, overload
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from app.engine.errors import ImageDecodeError
+
 # Formats a user's photo realistically arrives in (JPEG covers multi-picture MPO files).
 # Anything else is refused rather than handed to a less-exercised PIL decoder.
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
@@ -64,10 +66,6 @@ _TRANSPOSE = {
 _FROM_16_BIT = np.rint(np.arange(65536, dtype=np.float64) * (255.0 / 65535.0)).astype(np.uint8)
 
 T = TypeVar("T")
-
-
-class ImageDecodeError(ValueError):
-    """A file that is not a decodable image of a supported format. The message names it."""
 
 
 class DecodeBusy(RuntimeError):

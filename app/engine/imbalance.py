@@ -13,9 +13,6 @@ import torch
 
 from app.engine.data import Sample
 
-CLASS_WEIGHTS = ("none", "balanced")
-SAMPLERS = ("shuffle", "balanced")
-
 
 def class_counts(samples: Sequence[Sample], num_classes: int) -> torch.Tensor:
     return torch.bincount(torch.tensor([label for _, label in samples], dtype=torch.long),

@@ -15,14 +15,12 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from app.engine.errors import PretrainedWeightsMissing
+
 log = logging.getLogger(__name__)
 
 PRETRAINED_ENV = "HOTDOG_PRETRAINED_PATH"
 FEATURES = 512
-
-
-class PretrainedWeightsMissing(RuntimeError):
-    """ImageNet weights are not on this machine and cannot be downloaded."""
 
 
 def imagenet_weights_cache_path() -> Path:

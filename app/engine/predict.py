@@ -26,7 +26,7 @@ import torch
 from torchvision.models import resnet18
 
 from app.engine.calibrate import calibration_report
-from app.engine.callback import BatchProgress, Callback, TrainingCancelled
+from app.engine.callback import BatchProgress, Callback
 from app.engine.checkpoint import load_checkpoint
 from app.engine.data import (
     ImageFolderSplits,
@@ -36,6 +36,7 @@ from app.engine.data import (
     make_loader,
 )
 from app.engine.device import plan_device
+from app.engine.errors import TrainingCancelled
 from app.engine.evaluate import evaluation_from_logits, run_inference
 from app.engine.export import (
     INT8_SUFFIX,

@@ -23,11 +23,11 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from app.engine.config import DEFAULT_IMAGE_SIZE
 from app.engine.images import DecodeBudget, open_rgb
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-DEFAULT_IMAGE_SIZE = 224
 # RandomResizedCrop's default scale range: a crop can cover as little as 8% of the area.
 TRAIN_CROP_SCALE: tuple[float, float] = (0.08, 1.0)
 

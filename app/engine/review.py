@@ -39,13 +39,19 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from app.engine.callback import BatchProgress, Callback, TrainingCancelled
+from app.engine.callback import BatchProgress, Callback
 from app.engine.catalogue import ImageEntry, catalogue
-from app.engine.checkpoint import CheckpointError, load_checkpoint
+from app.engine.checkpoint import load_checkpoint
 from app.engine.config import INIT_IMAGENET, INIT_SCRATCH
-from app.engine.data import DatasetError, Sample, eval_dataset, load_image_folder, make_loader
+from app.engine.data import Sample, eval_dataset, load_image_folder, make_loader
 from app.engine.device import DevicePlan, plan_device
-from app.engine.model import PretrainedWeightsMissing, load_imagenet_state_dict
+from app.engine.errors import (
+    CheckpointError,
+    DatasetError,
+    PretrainedWeightsMissing,
+    TrainingCancelled,
+)
+from app.engine.model import load_imagenet_state_dict
 from app.engine.presets import Preprocessing, normalize_batch
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
-LR_SCHEDULES = ("constant", "cosine", "step")
+from app.engine.config import LR_SCHEDULES
 
 
 def step_size(epochs: int, warmup: int, every: int) -> int:

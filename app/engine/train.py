@@ -27,9 +27,8 @@ from app.engine.callback import (
     Callback,
     EpochMetrics,
     StartInfo,
-    TrainingCancelled,
 )
-from app.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from app.engine.checkpoint import load_checkpoint, save_checkpoint
 from app.engine.compiled import CompileDecision, CompiledStep, decide
 from app.engine.config import INIT_IMAGENET, INIT_SCRATCH, TrainConfig
 from app.engine.data import (
@@ -42,6 +41,7 @@ from app.engine.data import (
     train_dataset,
 )
 from app.engine.device import DevicePlan
+from app.engine.errors import CheckpointError, TrainingCancelled
 from app.engine.evaluate import Batches, evaluation_from_logits
 from app.engine.imbalance import balanced_class_weights, balanced_sample_weights
 from app.engine.metrics import Evaluation
