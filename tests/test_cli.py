@@ -133,6 +133,35 @@ def test_every_command_has_examples_exit_codes_and_json() -> None:
         assert "--json" in text, name
 
 
+def test_client_commands_start_without_torch() -> None:
+    """Every command's parser, and a client command that reaches no service (exit 5),
+    without importing torch: the engine's computing modules are imported by the commands
+    that compute."""
+    probe = ("import sys\n"
+             "from app.cli.main import build_parser, main\n"
+             "build_parser().format_help()\n"
+             "code = main(sys.argv[1:])\n"
+             "print(code, 'torch' in sys.modules, 'torchvision' in sys.modules)\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, "jobs", "--url", f"http://127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["5", "False", "False"], proc.stdout + proc.stderr
+    assert "cannot" in proc.stderr or "reach" in proc.stderr, proc.stderr
+
+
+def test_the_engine_s_names_resolve_to_their_homes() -> None:
+    import importlib
+
+    import app.engine as engine
+
+    for name in engine.__all__:
+        home = importlib.import_module(f"app.engine.{engine._HOME[name]}")
+        assert getattr(engine, name) is getattr(home, name), name
+    assert set(engine.__all__) == set(engine._HOME)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        engine.no_such_name  # noqa: B018
+
+
 def test_train_options_come_from_train_config() -> None:
     from app.cli.main import build_parser
     from app.cli.options import given, train_config

@@ -6,17 +6,21 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from app.cli.exit_codes import EXIT_OK
 from app.cli.options import AddCommand, add_train_options, train_config
 from app.cli.output import EpochTable, emit_json, progress_bar
-from app.engine import Callback, EpochMetrics, Evaluation, Predictor, StartInfo, fit
-from app.engine.callback import BatchProgress
+from app.engine.callback import BatchProgress, Callback, EpochMetrics, StartInfo
 from app.engine.config import INIT_IMAGENET, INIT_SCRATCH, TrainConfig
-from app.engine.train import best_beside
+
+if TYPE_CHECKING:
+    from app.engine.metrics import Evaluation
+    from app.engine.predict import Predictor
+
+# torch and the engine's computing modules are imported by the commands that compute, not
+# here: every command's parser is built from this module, and a client command (which
+# only talks to a service) then starts without loading torch.
 
 TRAIN_EPILOG = """examples:
   hotdog demo-data data/demo
@@ -64,6 +68,8 @@ class _TrainReport(Callback):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from app.engine.train import best_beside, fit
+
     config = train_config(args)
     out = Path(args.out)
     last = out.with_name(out.stem + ".last.pt")
@@ -130,6 +136,8 @@ def calibration_text(c: dict[str, Any]) -> str:
 
 
 def _predictor(args: argparse.Namespace) -> Predictor:
+    from app.engine.predict import Predictor
+
     return Predictor(args.checkpoint, device=args.device, precision=args.precision,
                      runtime=args.runtime)
 
@@ -158,6 +166,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = _predictor(args)
     paths = [Path(p) for p in args.images]
     if args.crop == "full":
+        import torch
+
         from app.engine.explain import load_full_image
 
         batch = torch.stack([load_full_image(p, predictor.preprocessing, name=str(p))
