@@ -321,8 +321,8 @@ def _runtime_options(p: argparse.ArgumentParser) -> None:
                    "CKPT (exported in memory when there is none); onnx_int8: the verified "
                    ".int8.onnx file beside CKPT")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="torch runtime: auto is bf16 autocast where the hardware runs it "
-                   "natively, else fp32 (onnx always computes in fp32)")
+                   help="torch runtime: auto is bf16 autocast where it measures faster than "
+                   "fp32, else fp32 (onnx always computes in fp32)")
 
 
 def register(command: AddCommand) -> None:
