@@ -43,6 +43,7 @@ from app.client import (
     ReportGroup,
     ServiceError,
 )
+from app.engine.batch import csv_lines, photos_in
 from app.engine.errors import DatasetError
 from app.engine.images import is_image_file
 
@@ -243,8 +244,6 @@ class _Photos:
         if self.zip is not None:
             self.names = _zip_photos(source)
         else:
-            from app.engine.batch import photos_in  # imports torch: only for a folder
-
             photos, _ = photos_in(source)
             self.paths = {p.name: p.path for p in photos}
             self.names = list(self.paths)
@@ -405,8 +404,6 @@ def classify_collection(args: argparse.Namespace, source: Path) -> int:
             if to_json:
                 result["predictions"] = rows
             else:
-                from app.engine.batch import csv_lines
-
                 with _Output(args.out) as out:
                     for line in csv_lines(rows, classes):
                         out.write(line.encode())

@@ -25,15 +25,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from app.engine.catalogue import catalogue
 from app.engine.errors import ImageDecodeError, TrainingCancelled
 from app.engine.images import is_image_file
-from app.engine.predict import Predictor
 
 if TYPE_CHECKING:
+    import torch
+
     from app.engine.explain import Explainer
+    from app.engine.predict import Predictor
+
+# torch, the dataset catalogue (which reads through torch's data module) and the predictor
+# are imported by the functions that predict: listing a folder's photos and writing CSV
+# (``hotdog classify --url`` on a folder, a client command) start without torch.
 
 IGNORED_FOLDERS = ("__MACOSX",)  # resource forks that macOS's Finder adds to zips
 
@@ -89,6 +92,8 @@ def photos_in(root: Path) -> tuple[list[Photo], list[str]]:
 
 def dataset_photos(root: Path, split: str) -> list[Photo]:
     """The images of one split of a stored dataset, named by their path in its upload."""
+    from app.engine.catalogue import catalogue
+
     return [Photo(e.uploaded, root / e.path) for e in catalogue(root) if e.split == split]
 
 
@@ -139,6 +144,8 @@ def predict_photos(
 
 def _rows(predictor: Predictor, chunk: Sequence[Photo], decoded: list[Future[torch.Tensor]],
           progress: Progress) -> Iterator[BatchRow]:
+    import torch
+
     images: list[torch.Tensor] = []
     errors: list[str | None] = []
     for future in decoded:
