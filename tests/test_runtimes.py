@@ -200,15 +200,40 @@ def _png(photo: Path) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("ctype", ["text/plain", "application/octet-stream", "image/gif",
-                                   "application/json", None])
+@pytest.mark.parametrize("ctype", ["text/plain", "image/svg+xml", "image/heic",
+                                   "application/x-www-form-urlencoded", "application/json", None])
 def test_other_content_types_are_415(service, color_dataset: Path,  # type: ignore[no-untyped-def]
                                      ctype: str | None) -> None:
     c, _ = service
     body = _photos(color_dataset)[0].read_bytes()
     r = c.post("/predict", content=body, headers={"content-type": ctype} if ctype else {})
     assert r.status_code == 415, r.text
-    assert "image/jpeg, image/png, image/webp" in r.json()["detail"]
+    assert "image/jpeg, image/png, image/webp, image/gif" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(("fmt", "ctype"), [
+    ("GIF", "image/gif"), ("BMP", "image/bmp"), ("TIFF", "image/tiff"), ("WEBP", "image/webp"),
+    ("JPEG", "image/jpg"), ("PNG", "application/octet-stream"), ("BMP", "image/x-ms-bmp"),
+    ("PNG", "image/jpeg"),  # the header is a label: the decoder reads the bytes' format
+])
+def test_a_raw_body_takes_every_format_a_form_takes(  # type: ignore[no-untyped-def]
+        service, color_dataset: Path, fmt: str, ctype: str) -> None:
+    import io
+
+    from PIL import Image
+
+    c, job_id = service
+    buf = io.BytesIO()
+    Image.open(_photos(color_dataset)[2]).convert("RGB").save(buf, fmt)
+    form = c.post("/predict", files={"file": ("p", buf.getvalue(), "application/octet-stream")},
+                  data={"model": job_id})
+    raw = c.post(f"/predict?model={job_id}&filename=p", content=buf.getvalue(),
+                 headers={"content-type": ctype})
+    assert form.status_code == raw.status_code == 200, raw.text
+    [pa], [pb] = form.json()["predictions"], raw.json()["predictions"]
+    assert pa["label"] == pb["label"]
+    assert np.allclose(list(pa["probabilities"].values()), list(pb["probabilities"].values()),
+                       atol=1e-6)
 
 
 def test_raw_bodies_that_are_no_photo_are_422(service) -> None:  # type: ignore[no-untyped-def]

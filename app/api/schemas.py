@@ -546,7 +546,7 @@ _ERROR_TEXT = {
          "live worker would take the job, or the promotion gate refused an activation",
     413: "the request body is over its limit",
     415: "a body of a content type the endpoint does not take (POST /predict: a form or "
-         "one image/jpeg, image/png or image/webp)",
+         "one photo as image/jpeg, png, webp, gif, bmp, tiff or application/octet-stream)",
     422: "invalid parameters or unusable content (the detail names them)",
     429: "too many jobs queued or running; retry after Retry-After seconds",
     503: "overloaded or a dependency is unreachable; retry after Retry-After seconds",

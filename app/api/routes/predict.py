@@ -63,7 +63,7 @@ class PredictRoute(APIRoute):
                     pass
                 raise Overloaded(refusal)
             with state.intake.receive(size):
-                if _content_type(request) in RAW_TYPES:
+                if _content_type(request) in RAW_ACCEPTED:
                     return await _predict_raw(request, state)
                 return await handle(request)
 
@@ -162,7 +162,14 @@ def _decode_here(state: State, loaded: LoadedModel, files: list[BinaryIO], names
             for f, n in zip(files, names, strict=True)]
 
 
-RAW_TYPES = ("image/jpeg", "image/png", "image/webp")
+# One photo as the body: each format the decoder reads (images.SUPPORTED_FORMATS), under its
+# registered type and the aliases clients send, or application/octet-stream (what a generic
+# binary upload is labelled). The decoder reads the format from the bytes, whatever the header
+# says, and refuses others with a 422 naming the formats.
+RAW_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
+             "application/octet-stream")
+RAW_ACCEPTED = frozenset(RAW_TYPES) | {"image/jpg", "image/pjpeg", "image/x-png",
+                                        "image/x-ms-bmp", "image/x-bmp", "image/x-tiff"}
 # The request body, both ways (FastAPI documents the form alone; its schema keeps its name).
 BODIES = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
@@ -204,9 +211,10 @@ async def predict_images(
     model: Annotated[str | None, Form(description="job id; default: the active model")] = None,
 ) -> dict[str, Any] | Response:
     """Classify photos: a multipart form (``file``, repeated) or one photo as the raw body
-    (``Content-Type: image/jpeg``, ``image/png`` or ``image/webp``; ``?model=`` and the
-    options in the query). Images of concurrent requests share forward passes; explanations
-    (Grad-CAM) run outside them."""
+    (``Content-Type: image/jpeg``, ``image/png``, ``image/webp``, ``image/gif``, ``image/bmp``,
+    ``image/tiff`` or ``application/octet-stream``; ``?model=`` and the options in the
+    query). Images of concurrent requests share forward passes; explanations (Grad-CAM) run
+    outside them."""
     # A raw body never gets here: PredictRoute answers it (_predict_raw).
     ctype = _content_type(request)
     if ctype != "multipart/form-data":
