@@ -6,6 +6,7 @@ leaves nothing in DATA_DIR/datasets. The API runs in process on the embedded def
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 import socket
 import threading
@@ -243,6 +244,63 @@ def test_uploads_beyond_the_limit_are_503_at_once(settings: Settings,
         # The slot is free again: the next upload is read (and refused for what it is).
         assert httpx.post(url + "/datasets", files=probe, timeout=30).status_code == 422
     assert len(stored_datasets(settings)) == 1
+
+
+def _answer(sock: socket.socket) -> bytes:
+    return b"".join(iter(lambda: sock.recv(1 << 16), b""))
+
+
+def test_a_stalled_body_is_408_and_frees_what_it_held(settings: Settings,
+                                                      color_dataset: Path) -> None:
+    # A client that declares a body and stops sending would hold the only upload slot (and
+    # /predict's intake) for as long as it kept the socket: now it gets 408 and is closed.
+    one = settings.model_copy(update={"max_concurrent_uploads": 1,
+                                      "request_body_idle_seconds": 1.0})
+    with serving(create_app(one)) as url:
+        port = url.rsplit(":", 1)[1]
+        head, body = multipart_post(port, zip_tree(color_dataset))
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=30) as stalled, \
+                socket.create_connection(("127.0.0.1", int(port)), timeout=30) as photo:
+            stalled.sendall(head + body[:len(body) // 2])
+            photo.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                          f"Content-Type: image/jpeg\r\nContent-Length: 99999\r\n\r\n"
+                          .encode() + jpeg())
+            for sock, what, sent in ((stalled, "/datasets", len(body) // 2),
+                                     (photo, "/predict", len(jpeg()))):
+                answer = _answer(sock)  # the server closes the connection after it
+                assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+                assert (f"the request body stalled: no bytes for 1 s after {sent} bytes "
+                        f"of POST {what}").encode() in answer, answer
+        assert stored_datasets(settings) == []  # nothing half-written
+        # The slot is free: a whole upload that keeps sending is taken.
+        r = httpx.post(url + "/datasets",
+                       files={"file": ("set.zip", zip_tree(color_dataset), "application/zip")},
+                       timeout=60)
+        assert r.status_code == 201, r.text
+        metrics = httpx.get(url + "/metrics", timeout=30).text
+        assert 'route="/predict",status="408"' in metrics and 'status="500"' not in metrics
+
+
+def test_a_client_gone_before_its_body_is_in_is_no_server_error(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    # Starlette raises ClientDisconnect while the body is read: it was logged as an unhandled
+    # error (a traceback, twice) and counted as a 500.
+    caplog.set_level(logging.INFO, logger="app.api.errors")
+    with serving(create_app(settings)) as url:
+        port = url.rsplit(":", 1)[1]
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=30) as gone:
+            gone.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                         f"Content-Type: image/jpeg\r\nContent-Length: 99999\r\n\r\n"
+                         .encode() + jpeg())
+
+        def counted() -> str | None:
+            m = httpx.get(url + "/metrics", timeout=30).text
+            return m if 'route="/predict",status="499"' in m else None
+
+        metrics = wait_for(counted, timeout=30, what="the closed request to be counted")
+        assert 'status="500"' not in metrics
+    assert not [r for r in caplog.records if r.levelno >= 40], caplog.text
+    assert "client went away during POST /predict" in caplog.text
 
 
 def test_stored_images_keep_their_uploaded_paths_and_ids_in_imagefolder_order(

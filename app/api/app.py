@@ -6,6 +6,7 @@ It never trains.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import tempfile
@@ -62,11 +63,16 @@ def check_schema(state: State) -> None:
 
 class BodyLimit:
     """Refuse request bodies over a per-route limit with a JSON 413 that names it: by
-    Content-Length before reading, and by counting while reading (chunked uploads)."""
+    Content-Length before reading, and by counting while reading (chunked uploads); and a
+    body that stalls, no bytes for ``idle_seconds``, with a 408 (the connection is then
+    closed): a client that declares a body and sends nothing more would otherwise hold an
+    upload slot, or its share of /predict's intake, for as long as it keeps the socket."""
 
-    def __init__(self, app: ASGIApp, limits: dict[tuple[str, str], int]) -> None:
+    def __init__(self, app: ASGIApp, limits: dict[tuple[str, str], int],
+                 idle_seconds: float) -> None:
         self.app = app
         self.limits = limits
+        self.idle_seconds = idle_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,15 +93,27 @@ class BodyLimit:
                                f"of {limit} bytes for {what}"}, 413)(scope, receive, send)
                 return
         seen = 0
+        done = False
 
         async def counting() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done
+            if done:  # the body is in: what is awaited now is the disconnect, however late
+                return await receive()
+            try:
+                async with asyncio.timeout(self.idle_seconds):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(
+                    408, f"the request body stalled: no bytes for {self.idle_seconds:g} s "
+                         f"after {seen} bytes of {what}", {"Connection": "close"}) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise HTTPException(
                         413, f"request body is over the limit of {limit} bytes for {what}")
+                done = not message.get("more_body", False)
+            else:
+                done = True
             return message
 
         await self.app(scope, counting, send)
@@ -247,7 +265,7 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
         ("POST", "/datasets"): settings.max_upload_bytes,
         ("POST", "/predict"): settings.predict_max_bytes,
         ("POST", "/predictions"): settings.max_upload_bytes,  # a zip of photos
-    })
+    }, idle_seconds=settings.request_body_idle_seconds)
     if not ring:  # with a key, a page on another site cannot send it
         api.add_middleware(CrossSiteGuard)
     api.add_middleware(ApiKeyGate, ring=ring)

@@ -6,8 +6,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from starlette.requests import ClientDisconnect
 
 from app.api.explainers import TooManyToExplain
 from app.api.logs import LogFollowersBusy
@@ -87,6 +88,7 @@ def install(app: FastAPI) -> None:
     for exc_type, status in STATUS:
         app.add_exception_handler(exc_type, _handler(status))
     app.add_exception_handler(DBAPIError, _database_handler)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _internal_error)
 
 
@@ -123,6 +125,17 @@ async def _database_handler(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": "the database cannot be reached; retry shortly"},
                             status_code=503, headers={"Retry-After": RETRY_AFTER[503]})
     return await _internal_error(request, exc)
+
+
+# nginx's "client closed request": the client went away before its body was in. Not the
+# service's fault, so not a 500; the metrics and the access log count it under this status.
+CLIENT_CLOSED = 499
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    log.info("client went away during %s %s before its body was in", request.method,
+             request.url.path)
+    return Response(status_code=CLIENT_CLOSED)  # nobody reads it
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

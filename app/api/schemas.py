@@ -542,6 +542,8 @@ _ERROR_TEXT = {
     403: "the API key lacks the scope this operation needs (`kind`: `scope_missing`, "
          "`scopes`: the ones that would do), or a cross-site request was refused",
     404: "no such dataset, job or model",
+    408: "the request body stalled: no bytes for REQUEST_BODY_IDLE_SECONDS (the connection "
+         "is closed)",
     409: "not possible in the resource's state (e.g. a job that has not succeeded), no "
          "live worker would take the job, or the promotion gate refused an activation",
     413: "the request body is over its limit",

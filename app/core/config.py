@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # Uploads received and ingested at once (each holds a spooled body and an extraction); one
     # more gets 503 with Retry-After before its body is read.
     max_concurrent_uploads: int = 2
+    # A request body that sends no bytes for this long gets 408 and its connection is closed:
+    # a stalled client would otherwise hold an upload slot or /predict's intake for good.
+    request_body_idle_seconds: Annotated[float, Field(gt=0)] = 60.0
     # Dataset reports (duplicates, leakage, image issues), computed in the API process after
     # an upload: reports computed at once, decode threads each, how long a running one may
     # stay silent before another start takes it up, starts before it is failed, and the
