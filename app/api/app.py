@@ -6,7 +6,6 @@ It never trains.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import tempfile
@@ -21,11 +20,11 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import DBAPIError
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import app as package
 from app.api import errors
+from app.api.bodies import BodyLimit, StrictJson
 from app.api.guards import CrossSiteGuard, HostCheck, RequestId
 from app.api.keys import ApiKeyGate, KeyRing, document_scopes
 from app.api.keys import router as keys_router
@@ -36,9 +35,6 @@ from app.api.state import State
 from app.core.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-JSON_BODY_LIMIT = 1 << 20
-
 
 class SchemaNotCurrent(RuntimeError):
     pass
@@ -59,64 +55,6 @@ def check_schema(state: State) -> None:
             f"the database is at revision {current or 'none'}, the code needs {head}: "
             "run `hotdog migrate` first"
         )
-
-
-class BodyLimit:
-    """Refuse request bodies over a per-route limit with a JSON 413 that names it: by
-    Content-Length before reading, and by counting while reading (chunked uploads); and a
-    body that stalls, no bytes for ``idle_seconds``, with a 408 (the connection is then
-    closed): a client that declares a body and sends nothing more would otherwise hold an
-    upload slot, or its share of /predict's intake, for as long as it keeps the socket."""
-
-    def __init__(self, app: ASGIApp, limits: dict[tuple[str, str], int],
-                 idle_seconds: float) -> None:
-        self.app = app
-        self.limits = limits
-        self.idle_seconds = idle_seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.limits.get((scope["method"], scope["path"].rstrip("/")), JSON_BODY_LIMIT)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        what = f"{scope['method']} {scope['path']}"
-        if declared is not None:
-            if not declared.isdigit():
-                await JSONResponse({"detail": "invalid Content-Length header"}, 400)(
-                    scope, receive, send)
-                return
-            if int(declared) > limit:
-                await JSONResponse(
-                    {"detail": f"request body of {int(declared)} bytes is over the limit "
-                               f"of {limit} bytes for {what}"}, 413)(scope, receive, send)
-                return
-        seen = 0
-        done = False
-
-        async def counting() -> Message:
-            nonlocal seen, done
-            if done:  # the body is in: what is awaited now is the disconnect, however late
-                return await receive()
-            try:
-                async with asyncio.timeout(self.idle_seconds):
-                    message = await receive()
-            except TimeoutError:
-                raise HTTPException(
-                    408, f"the request body stalled: no bytes for {self.idle_seconds:g} s "
-                         f"after {seen} bytes of {what}", {"Connection": "close"}) from None
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise HTTPException(
-                        413, f"request body is over the limit of {limit} bytes for {what}")
-                done = not message.get("more_body", False)
-            else:
-                done = True
-            return message
-
-        await self.app(scope, counting, send)
 
 
 # The docs' sections, in the order a user needs them.
@@ -261,6 +199,7 @@ def create_app(settings: Settings | None = None, *, check: bool = True) -> FastA
                                        f"{request.url.path}; use {', '.join(methods)}"},
                             405, headers={"Allow": ", ".join(methods)})
 
+    api.add_middleware(StrictJson)  # inside BodyLimit: reads what it lets through
     api.add_middleware(BodyLimit, limits={
         ("POST", "/datasets"): settings.max_upload_bytes,
         ("POST", "/predict"): settings.predict_max_bytes,

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.requests import ClientDisconnect
 
+from app.api.bodies import CLIENT_CLOSED
 from app.api.explainers import TooManyToExplain
 from app.api.logs import LogFollowersBusy
 from app.api.redact import public_message
@@ -125,11 +126,6 @@ async def _database_handler(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": "the database cannot be reached; retry shortly"},
                             status_code=503, headers={"Retry-After": RETRY_AFTER[503]})
     return await _internal_error(request, exc)
-
-
-# nginx's "client closed request": the client went away before its body was in. Not the
-# service's fault, so not a 500; the metrics and the access log count it under this status.
-CLIENT_CLOSED = 499
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

@@ -37,9 +37,47 @@ def make_engine(url: str, *, idle_transaction_seconds: float = IDLE_TRANSACTION_
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True,
-                         connect_args=_postgres_options(url, idle_transaction_seconds),
-                         **kwargs)
+    engine = create_engine(url, pool_pre_ping=True,
+                           connect_args=_postgres_options(url, idle_transaction_seconds),
+                           **kwargs)
+    event.listen(engine, "before_cursor_execute", _without_nul, retval=True)
+    return engine
+
+
+# Postgres text cannot hold NUL, not even as a query's parameter: an id from a URL
+# (``/jobs/a%00b``), a query or JSON value, a dataset's name, each made the driver raise and
+# the API answer 500. Every string sent to Postgres has NUL replaced by U+FFFD (the
+# replacement character) instead: a lookup then finds nothing (404), a name is stored
+# readable, and a row the service writes itself (an error text) cannot fail on one. SQLite
+# stores NUL as given.
+NUL, REPLACEMENT = "\x00", "\ufffd"
+
+
+def _nul_free(value: Any) -> Any:
+    return value.replace(NUL, REPLACEMENT) if isinstance(value, str) and NUL in value else value
+
+
+def _row_without_nul(row: Any) -> Any:
+    if isinstance(row, dict):
+        return {k: _nul_free(v) for k, v in row.items()}
+    if isinstance(row, (tuple, list)):
+        return type(row)(_nul_free(v) for v in row)
+    return row
+
+
+def _holds_nul(row: Any) -> bool:
+    values = row.values() if isinstance(row, dict) else row
+    return any(isinstance(v, str) and NUL in v for v in values)
+
+
+def _without_nul(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any,
+                 executemany: bool) -> tuple[str, Any]:
+    rows = parameters if executemany else [parameters]
+    if not any(row and _holds_nul(row) for row in rows):
+        return statement, parameters  # nearly always: nothing copied
+    if executemany:
+        return statement, [_row_without_nul(row) for row in parameters]
+    return statement, _row_without_nul(parameters)
 
 
 def _postgres_options(url: str, idle_transaction_seconds: float) -> dict[str, Any]:

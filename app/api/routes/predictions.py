@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
@@ -45,7 +45,6 @@ router = APIRouter(prefix="/predictions", tags=["predictions"], dependencies=GUA
 
 MEDIA = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 _BOOL = TypeAdapter(bool)  # pydantic's yes/no, as FastAPI parses /predict's form fields
-JSON_BODY_LIMIT = 1 << 20  # as every other JSON body (app.api.app)
 
 
 def prediction_out(job: Job, settings: Settings, waiting_for: str | None = None
@@ -182,14 +181,9 @@ async def submit_predictions(request: Request, state: StateDep) -> PredictionJob
     if kind == "multipart/form-data":
         return await _upload(request, state)
     if kind == "application/json":
-        raw = bytearray()
-        async for chunk in request.stream():  # this route's body limit is an upload's
-            raw += chunk
-            if len(raw) > JSON_BODY_LIMIT:
-                raise HTTPException(413, "a JSON body of POST /predictions is at most "
-                                    f"{JSON_BODY_LIMIT} bytes")
+        raw = await request.body()  # at most JSON_BODY_LIMIT (app.api.bodies.StrictJson)
         try:
-            body = PredictionsFromDataset.model_validate_json(bytes(raw))
+            body = PredictionsFromDataset.model_validate_json(raw)
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from None
         return await run_in_threadpool(_from_dataset, state, body)
