@@ -25,6 +25,7 @@ ROUTES = ["/jobs", "/predictions", "/models/abc/activate", "/datasets/abc/relabe
 NOT_JSON = {
     "NaN": (b'{"dataset_id": "abc", "lr": NaN}', "NaN is not a JSON number"),
     "Infinity": (b'{"dataset_id": "abc", "lr": -Infinity}', "-Infinity is not a JSON number"),
+    "1e999": (b'{"dataset_id": "abc", "lr": 1e999}', "1e999 is beyond a float's range"),
     "unpaired surrogate": (b'{"dataset_id": "\\ud800", "name": "x"}', "unpaired surrogate"),
     "not UTF-8": (b'{"dataset_id": "\xff\xfe"}', "not UTF-8 text"),
     "nested too deeply": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sys
 
 from fastapi.responses import JSONResponse, Response
@@ -93,16 +94,25 @@ def _refuse_constant(name: str) -> None:
 
 
 def _parse_int(digits: str) -> int:
-    if len(digits.lstrip("-")) > sys.get_int_max_str_digits():
+    limit = sys.get_int_max_str_digits()  # 0: none (PYTHONINTMAXSTRDIGITS=0)
+    if limit and len(digits.lstrip("-")) > limit:
         raise ValueError(f"a number of {len(digits)} digits is more than this service reads")
     return int(digits)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text} is beyond a float's range: send a finite number")
+    return value
 
 
 def json_problem(body: bytes) -> str | None:
     """Why a JSON body would break a route although Python's parser reads it (None: it
     would not). Text that is not JSON at all is left to the route, which answers it."""
     try:
-        value = json.loads(body, parse_constant=_refuse_constant, parse_int=_parse_int)
+        value = json.loads(body, parse_constant=_refuse_constant, parse_float=_parse_float,
+                           parse_int=_parse_int)
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError:
         return None
@@ -113,7 +123,7 @@ def json_problem(body: bytes) -> str | None:
         return f"the JSON body is not UTF-8 text ({exc.reason} at byte {exc.start})"
     except RecursionError:
         return "the JSON body is nested too deeply"
-    except ValueError as exc:  # NaN, Infinity
+    except ValueError as exc:  # NaN, Infinity, 1e999, too many digits
         return f"the JSON body is not valid JSON: {exc}"
     return None
 
