@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from app.api.app import create_app
 from app.api.bodies import JSON_BODY_LIMIT
-from tests.helpers import embedded, zip_tree
+from tests.helpers import embedded, jpeg, zip_tree
 
 JSON = {"content-type": "application/json"}
 ROUTES = ["/jobs", "/predictions", "/models/abc/activate", "/datasets/abc/relabel"]
@@ -52,6 +52,10 @@ def test_json_python_reads_but_json_does_not_is_422_naming_it(client: TestClient
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "lr"], r.text
     r = client.post(route, content=b'{"dataset_id": ', headers=JSON)
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid", r.text
+    # A photo labelled JSON: the route's own refusal (POST /predictions' echoed its bytes
+    # and could not be written), and POST /predict's is still 415 (test_runtimes).
+    r = client.post(route, content=jpeg(), headers=JSON)
+    assert r.status_code in (400, 422), r.text
 
 
 def test_a_json_body_is_at_most_its_limit_on_every_route(client: TestClient) -> None:

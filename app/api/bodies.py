@@ -109,11 +109,15 @@ def _parse_float(text: str) -> float:
 
 def json_problem(body: bytes) -> str | None:
     """Why a JSON body would break a route although Python's parser reads it (None: it
-    would not). Text that is not JSON at all is left to the route, which answers it."""
+    would not). A body that is not JSON at all (a photo labelled application/json, JSON in
+    UTF-16) is left to the route, which answers it as before."""
     try:
-        value = json.loads(body, parse_constant=_refuse_constant, parse_float=_parse_float,
-                           parse_int=_parse_int)
+        # Parsed with bad bytes replaced, so that a JSON document with a stray byte in a
+        # string is told apart from bytes that are no JSON at all; then checked strictly.
+        value = json.loads(body.decode("utf-8", "replace"), parse_constant=_refuse_constant,
+                           parse_float=_parse_float, parse_int=_parse_int)
         json.dumps(value, ensure_ascii=False).encode("utf-8")
+        body.decode("utf-8")
     except json.JSONDecodeError:
         return None
     except UnicodeEncodeError:  # "\ud800": half of a surrogate pair, no character

@@ -185,7 +185,11 @@ async def submit_predictions(request: Request, state: StateDep) -> PredictionJob
         try:
             body = PredictionsFromDataset.model_validate_json(raw)
         except ValidationError as exc:
-            raise RequestValidationError(exc.errors(include_url=False)) from None
+            # A body that is no JSON is not echoed back (its bytes need not be text), as
+            # FastAPI does for the JSON bodies it parses itself.
+            raise RequestValidationError([
+                {**e, "input": {}} if isinstance(e.get("input"), bytes) else e
+                for e in exc.errors(include_url=False)]) from None
         return await run_in_threadpool(_from_dataset, state, body)
     raise Unprocessable("send multipart/form-data with a zip of photos in 'file', or JSON "
                         '{"dataset_id": ..., "split": "test"}')
