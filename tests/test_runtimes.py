@@ -209,6 +209,10 @@ def test_other_content_types_are_415(service, color_dataset: Path,  # type: igno
     r = c.post("/predict", content=body, headers={"content-type": ctype} if ctype else {})
     assert r.status_code == 415, r.text
     assert "image/jpeg, image/png, image/webp, image/gif" in r.json()["detail"]
+    if ctype == "application/json":  # a photo over a JSON body's 1 MiB too: it is no JSON
+        big = body + b"\0" * (2 << 20)
+        r = c.post("/predict", content=big, headers={"content-type": ctype})
+        assert r.status_code == 415, r.text
 
 
 @pytest.mark.parametrize(("fmt", "ctype"), [

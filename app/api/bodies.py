@@ -140,11 +140,13 @@ class StrictJson:
     echoed the value in a 422 (JSON has no NaN; UTF-8 has no lone surrogate). Other bodies
     pass untouched; the route reads the checked body as if from the client."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, not_json: frozenset[tuple[str, str]] = frozenset()) -> None:
         self.app = app
+        self.not_json = not_json  # (method, path) of routes that take no JSON: they say so
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not json_media_type(scope):
+        if (scope["type"] != "http" or not json_media_type(scope)
+                or (scope["method"], scope["path"].rstrip("/")) in self.not_json):
             await self.app(scope, receive, send)
             return
         what = f"{scope['method']} {scope['path']}"
