@@ -210,6 +210,10 @@ def serving(app: FastAPI) -> Iterator[str]:
         thread.join(60)
 
 
+def _answer(sock: socket.socket) -> bytes:
+    return b"".join(iter(lambda: sock.recv(1 << 16), b""))
+
+
 def multipart_post(port: str, data: bytes) -> tuple[bytes, bytes]:
     """A raw ``POST /datasets`` of ``data``: its head and its body."""
     boundary = "hotdog-test-boundary"
@@ -239,15 +243,11 @@ def test_uploads_beyond_the_limit_are_503_at_once(settings: Settings,
             r = wait_for(busy, timeout=30, what="POST /datasets to answer 503")
             assert r.headers["retry-after"] == "1" and "retry shortly" in r.json()["detail"]
             slow.sendall(body[len(body) // 2:])
-            answer = b"".join(iter(lambda: slow.recv(1 << 16), b""))
+            answer = _answer(slow)
         assert answer.startswith(b"HTTP/1.1 201"), answer[:500]
         # The slot is free again: the next upload is read (and refused for what it is).
         assert httpx.post(url + "/datasets", files=probe, timeout=30).status_code == 422
     assert len(stored_datasets(settings)) == 1
-
-
-def _answer(sock: socket.socket) -> bytes:
-    return b"".join(iter(lambda: sock.recv(1 << 16), b""))
 
 
 def test_a_stalled_body_is_408_and_frees_what_it_held(settings: Settings,
@@ -285,7 +285,7 @@ def test_a_client_gone_before_its_body_is_in_is_no_server_error(
         settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     # Starlette raises ClientDisconnect while the body is read: it was logged as an unhandled
     # error (a traceback, twice) and counted as a 500.
-    caplog.set_level(logging.INFO, logger="app.api.errors")
+    caplog.set_level(logging.INFO, logger="app.api")
     with serving(create_app(settings)) as url:
         port = url.rsplit(":", 1)[1]
         with socket.create_connection(("127.0.0.1", int(port)), timeout=30) as gone:

@@ -22,6 +22,13 @@ JSON_BODY_LIMIT = 1 << 20  # every JSON body; and every body of a route without 
 CLIENT_CLOSED = 499
 
 
+def client_gone(method: str, path: str) -> Response:
+    """The answer to a request whose client went away before its body was in (nobody reads
+    it; the metrics and the access log count its status)."""
+    log.info("client went away during %s %s before its body was in", method, path)
+    return Response(status_code=CLIENT_CLOSED)
+
+
 class BodyLimit:
     """Refuse request bodies over a per-route limit with a JSON 413 that names it: by
     Content-Length before reading, and by counting while reading (chunked uploads); and a
@@ -111,24 +118,29 @@ def json_problem(body: bytes) -> str | None:
     """Why a JSON body would break a route although Python's parser reads it (None: it
     would not). A body that is not JSON at all (a photo labelled application/json, JSON in
     UTF-16) is left to the route, which answers it as before."""
+    # Decoded once; with bad bytes replaced where it is not UTF-8, so that a JSON document
+    # with a stray byte in a string is told apart from bytes that are no JSON at all.
+    not_utf8: UnicodeDecodeError | None = None
     try:
-        # Parsed with bad bytes replaced, so that a JSON document with a stray byte in a
-        # string is told apart from bytes that are no JSON at all; then checked strictly.
-        value = json.loads(body.decode("utf-8", "replace"), parse_constant=_refuse_constant,
-                           parse_float=_parse_float, parse_int=_parse_int)
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-        body.decode("utf-8")
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        not_utf8, text = exc, body.decode("utf-8", "replace")
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_parse_float,
+                           parse_int=_parse_int)
+        if "\\u" in text:  # only an escape makes a lone surrogate
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError:
         return None
     except UnicodeEncodeError:  # "\ud800": half of a surrogate pair, no character
         return "the JSON body holds an unpaired surrogate escape (such as \\ud800): no " \
                "character; send text as UTF-8 or whole \\u pairs"
-    except UnicodeDecodeError as exc:
-        return f"the JSON body is not UTF-8 text ({exc.reason} at byte {exc.start})"
     except RecursionError:
         return "the JSON body is nested too deeply"
     except ValueError as exc:  # NaN, Infinity, 1e999, too many digits
         return f"the JSON body is not valid JSON: {exc}"
+    if not_utf8 is not None:
+        return f"the JSON body is not UTF-8 text ({not_utf8.reason} at byte {not_utf8.start})"
     return None
 
 
@@ -156,9 +168,8 @@ class StrictJson:
         try:
             while more:
                 message = await receive()
-                if message["type"] != "http.request":  # the client went away
-                    log.info("client went away during %s before its body was in", what)
-                    await Response(status_code=CLIENT_CLOSED)(scope, receive, send)
+                if message["type"] != "http.request":
+                    await client_gone(scope["method"], scope["path"])(scope, receive, send)
                     return
                 chunk = message.get("body", b"")
                 size += len(chunk)

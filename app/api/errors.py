@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.requests import ClientDisconnect
 
-from app.api.bodies import CLIENT_CLOSED
+from app.api.bodies import client_gone
 from app.api.explainers import TooManyToExplain
 from app.api.logs import LogFollowersBusy
 from app.api.redact import public_message
@@ -129,9 +129,7 @@ async def _database_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
-    log.info("client went away during %s %s before its body was in", request.method,
-             request.url.path)
-    return Response(status_code=CLIENT_CLOSED)  # nobody reads it
+    return client_gone(request.method, request.url.path)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
